@@ -1,0 +1,479 @@
+//! The `VaultSecretBinding` custom resource (group `kvsync.io`, version `v1alpha1`).
+//!
+//! Doc comments on these types become the CRD's field descriptions, so they are
+//! written for the person running `kubectl explain vaultsecretbinding.spec`.
+
+// clippy reads the repeated `printcolumn(type_ = ...)` as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+mod validate;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use validate::{FieldError, ValidationErrors};
+
+/// Pattern of a Key Vault secret name.
+pub const SECRET_NAME_PATTERN: &str = "^[0-9a-zA-Z-]{1,127}$";
+/// Pattern of a key in a Kubernetes Secret's `data`.
+pub const SECRET_KEY_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
+/// Pattern of a DNS-1123 subdomain (Secret and ServiceAccount names).
+pub const DNS1123_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// Pattern of a Go-style duration (`30s`, `5m`, `1h30m`).
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+/// The shortest refresh interval a binding may ask for.
+pub const MIN_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Keeps a Kubernetes Secret in step with secrets held in an Azure Key Vault.
+///
+/// The operator signs in to Entra ID (workload identity by default), reads the
+/// secrets named in `secrets` and/or matched by `select`, writes them into the
+/// Secret named by `target`, and checks the vault for new versions every
+/// `refreshInterval`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kvsync.io",
+    version = "v1alpha1",
+    kind = "VaultSecretBinding",
+    plural = "vaultsecretbindings",
+    shortname = "vsb",
+    category = "kvsync",
+    namespaced,
+    doc = "Keeps a Kubernetes Secret in step with secrets held in an Azure Key Vault.",
+    status = "VaultSecretBindingStatus",
+    derive = "PartialEq",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
+    ),
+    printcolumn(
+        name = "Secrets",
+        type_ = "integer",
+        json_path = ".status.secretCount",
+        description = "Number of vault secrets in the target Secret"
+    ),
+    printcolumn(name = "Last Sync", type_ = "date", json_path = ".status.lastSyncTime"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.secrets) && size(self.secrets) > 0) || has(self.select)",
+        "message": "name at least one secret in spec.secrets or add spec.select"
+    }
+]))]
+pub struct VaultSecretBindingSpec {
+    /// URL of the Key Vault, e.g. `https://contoso-ci.vault.azure.net`. Must be
+    /// https, and its host must end in a Key Vault DNS suffix
+    /// (`.vault.azure.net`, `.vault.azure.cn`, `.vault.usgovcloudapi.net`,
+    /// `.vault.microsoftazure.de`, `.managedhsm.azure.net`) or be allowed by the
+    /// operator's `--allowed-vault-hosts`; bearer tokens go nowhere else.
+    #[schemars(pattern(r"^https://[^/?#\s]+/?$"), length(max = 2048))]
+    pub vault_url: String,
+
+    /// The Entra identity used to read the vault. Omit it to use the operator's
+    /// own workload identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<VaultIdentity>,
+
+    /// Secrets picked by name, like "+ Add" in an Azure Pipelines variable
+    /// group linked to a Key Vault.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub secrets: Vec<SecretPick>,
+
+    /// Picks secrets in bulk: every secret (`all: true`), those whose name
+    /// starts with `namePrefix`, and/or those carrying all of `tags`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<SecretSelector>,
+
+    /// How a vault secret name becomes a key in the Secret when a pick sets no
+    /// `key`: `Verbatim` keeps it (`db-password`), `EnvVar` makes it an
+    /// environment variable name (`DB_PASSWORD`).
+    #[serde(default)]
+    pub key_transform: KeyTransform,
+
+    /// The Secret to write. Defaults to an `Opaque` Secret named like the
+    /// binding, owned by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<SecretTarget>,
+
+    /// How often to check the vault for new versions, as a duration (`30s`,
+    /// `5m`, `1h`); at least `30s`. Defaults to the operator's
+    /// `--default-refresh-interval` (5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "duration(self) >= duration('30s')", "message": "refreshInterval must be at least 30s"}
+    ]))]
+    pub refresh_interval: Option<String>,
+
+    /// What to do when a secret is disabled in the vault: `KeepLast` keeps the
+    /// last value synced, `Remove` drops its key from the Secret, `Fail` marks
+    /// the binding not Ready (the Secret keeps its last data).
+    #[serde(default)]
+    pub on_disabled: OnDisabled,
+
+    /// What to do with a secret past its expiry date (Key Vault still serves
+    /// it): `Sync` syncs it, `Warn` syncs it and sets the `ExpiringSoon`
+    /// condition, `Skip` leaves it out of the Secret.
+    #[serde(default)]
+    pub on_expired: OnExpired,
+
+    /// Workloads to restart (their pod template is annotated
+    /// `kvsync.io/restartedAt`, as `kubectl rollout restart` does) when the
+    /// Secret's data changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub rollout: Vec<RolloutTarget>,
+}
+
+/// The Entra identity used to read the vault. Set at most one of
+/// `serviceAccountName`, `managedIdentity` and `clientSecretRef`; with none of
+/// them, `clientId`/`tenantId` override the operator's own workload identity.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.serviceAccountName) ? 1 : 0) + (has(self.managedIdentity) ? 1 : 0) + (has(self.clientSecretRef) ? 1 : 0) <= 1",
+        "message": "set at most one of identity.serviceAccountName, identity.managedIdentity and identity.clientSecretRef"
+    },
+    {
+        "rule": "!has(self.clientSecretRef) || has(self.clientId)",
+        "message": "identity.clientSecretRef needs identity.clientId (the application's client id)"
+    },
+    {
+        "rule": "!has(self.managedIdentity) || (!has(self.clientId) && !has(self.tenantId))",
+        "message": "identity.managedIdentity takes its client id in identity.managedIdentity.clientId; remove identity.clientId/tenantId"
+    }
+]))]
+pub struct VaultIdentity {
+    /// A ServiceAccount in the binding's namespace whose
+    /// `azure.workload.identity/client-id` (and optional `tenant-id`)
+    /// annotations name the Entra application. The operator gets a token for it
+    /// with the TokenRequest API (audience `api://AzureADTokenExchange`) and
+    /// exchanges it at Entra ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
+    pub service_account_name: Option<String>,
+
+    /// Entra application (client) id; overrides the ServiceAccount annotation
+    /// or the operator's `AZURE_CLIENT_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub client_id: Option<String>,
+
+    /// Entra tenant id; overrides the ServiceAccount annotation or the
+    /// operator's `AZURE_TENANT_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub tenant_id: Option<String>,
+
+    /// Use the node's managed identity through the instance metadata service
+    /// (IMDS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_identity: Option<ManagedIdentity>,
+
+    /// Use a service principal whose client secret is stored in a Secret of
+    /// the binding's namespace (with `clientId`, and `tenantId` unless the
+    /// operator's tenant is meant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A managed identity reached through IMDS.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedIdentity {
+    /// Client id of a user-assigned managed identity; omit for the
+    /// system-assigned one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub client_id: Option<String>,
+}
+
+/// A key of a Secret in the binding's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
+    pub name: String,
+    /// Key in the Secret holding the client secret.
+    #[schemars(pattern(r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub key: String,
+}
+
+/// One vault secret picked by name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretPick {
+    /// Name of the secret in Key Vault (1-127 letters, digits and dashes).
+    #[schemars(pattern(r"^[0-9a-zA-Z-]{1,127}$"))]
+    pub name: String,
+
+    /// Key to write in the Secret. Defaults to the name passed through
+    /// `keyTransform`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub key: Option<String>,
+
+    /// Pins a version (the 32-character id at the end of a secret's URI).
+    /// Empty or omitted means the latest version, followed as it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9a-zA-Z]{0,64}$"))]
+    pub version: Option<String>,
+
+    /// When true, a secret that is missing, disabled or unreadable is left out
+    /// instead of failing the binding.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// Picks vault secrets in bulk. Every condition given must hold.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!(has(self.all) && self.all && has(self.namePrefix) && self.namePrefix != '')",
+        "message": "select.all and select.namePrefix are exclusive: use all: true for every secret, or a namePrefix"
+    },
+    {
+        "rule": "(has(self.all) && self.all) || (has(self.namePrefix) && self.namePrefix != '') || (has(self.tags) && size(self.tags) > 0)",
+        "message": "select needs all: true, a namePrefix or tags"
+    }
+]))]
+pub struct SecretSelector {
+    /// Only secrets whose name starts with this prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9a-zA-Z-]{0,127}$"), length(max = 127))]
+    pub name_prefix: Option<String>,
+
+    /// Every secret in the vault (the variable group's `*` filter).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+
+    /// Drop `namePrefix` from the name before it becomes a key
+    /// (`agent-token` with prefix `agent-` becomes `token`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_prefix: bool,
+
+    /// Only secrets carrying all of these tags with these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// How a vault secret name becomes a Secret key.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+pub enum KeyTransform {
+    /// Keep the name as it is: `db-password`.
+    #[default]
+    Verbatim,
+    /// Upper case, dashes to underscores: `db-password` becomes `DB_PASSWORD`.
+    EnvVar,
+}
+
+/// The Secret the binding writes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTarget {
+    /// Name of the Secret, in the binding's namespace. Defaults to the
+    /// binding's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
+    pub name: Option<String>,
+
+    /// Secret type, e.g. `Opaque` (default), `kubernetes.io/dockerconfigjson`,
+    /// `kubernetes.io/tls`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub type_: Option<String>,
+
+    /// Extra labels for the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Extra annotations for the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Who owns the Secret: `Owner` (the binding; deleted with it), `Orphan`
+    /// (left behind when the binding goes), `Merge` (add our keys to a Secret
+    /// someone else owns; they are removed when the binding goes).
+    #[serde(default)]
+    pub policy: TargetPolicy,
+}
+
+/// Ownership of the target Secret.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+pub enum TargetPolicy {
+    /// The binding owns the Secret; Kubernetes deletes it with the binding.
+    #[default]
+    Owner,
+    /// The Secret is left behind when the binding is deleted.
+    Orphan,
+    /// Our keys are added to a Secret someone else manages, and removed when
+    /// the binding is deleted.
+    Merge,
+}
+
+/// What to do with a secret disabled in the vault.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+pub enum OnDisabled {
+    /// Keep the last value synced.
+    #[default]
+    KeepLast,
+    /// Remove the key from the Secret.
+    Remove,
+    /// Mark the binding not Ready; the Secret keeps its last data.
+    Fail,
+}
+
+/// What to do with a secret past its expiry date.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+pub enum OnExpired {
+    /// Sync it as usual.
+    #[default]
+    Sync,
+    /// Sync it and report it in the `ExpiringSoon` condition.
+    Warn,
+    /// Leave it out of the Secret.
+    Skip,
+}
+
+/// A workload restarted when the Secret's data changes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutTarget {
+    /// Kind of the workload.
+    pub kind: RolloutKind,
+    /// Name of the workload, in the binding's namespace.
+    #[schemars(
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
+    pub name: String,
+}
+
+/// Kinds of workload that can be restarted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum RolloutKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+/// What the operator last saw and did. Never holds a secret value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultSecretBindingStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready` (with a reason such as `Synced`, `VaultForbidden`,
+    /// `InvalidSpec`) and `ExpiringSoon`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The vault secrets now in the target Secret: names, keys and versions,
+    /// never values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SyncedSecret>,
+
+    /// Number of entries in `secrets` (for the printer column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_count: Option<i32>,
+
+    /// Last successful check with the vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+
+    /// Last time the Secret's data changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change_time: Option<Time>,
+
+    /// `sha256:` hash of the data written; an equal hash means no write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_hash: Option<String>,
+}
+
+/// One vault secret synced into the target Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncedSecret {
+    /// Name in the vault.
+    pub name: String,
+    /// Key in the Secret.
+    pub key: String,
+    /// Version id synced.
+    pub version: String,
+    /// When that version was last updated in the vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<Time>,
+    /// When the secret expires, if it has an expiry date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<Time>,
+}
+
+impl VaultSecretBindingSpec {
+    /// The Secret's name: `target.name`, else the binding's name.
+    pub fn target_name<'a>(&'a self, binding_name: &'a str) -> &'a str {
+        self.target
+            .as_ref()
+            .and_then(|t| t.name.as_deref())
+            .unwrap_or(binding_name)
+    }
+
+    /// The target's ownership policy.
+    pub fn policy(&self) -> TargetPolicy {
+        self.target.as_ref().map(|t| t.policy).unwrap_or_default()
+    }
+
+    /// The Secret's type: `target.type`, else `Opaque`.
+    pub fn target_type(&self) -> &str {
+        self.target
+            .as_ref()
+            .and_then(|t| t.type_.as_deref())
+            .unwrap_or("Opaque")
+    }
+
+    /// The refresh interval, or `default` when unset. Call after `validate()`.
+    pub fn refresh_interval_or(&self, default: std::time::Duration) -> std::time::Duration {
+        self.refresh_interval
+            .as_deref()
+            .and_then(|s| crate::duration::parse(s).ok())
+            .unwrap_or(default)
+    }
+}
+
+/// The CRD as YAML, as `kvsync crd` prints it and `crds/` holds it.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&VaultSecretBinding::crd()).expect("the CRD serializes to YAML")
+}

@@ -1,0 +1,270 @@
+//! Checks of a `VaultSecretBindingSpec` that mirror the schema's patterns and
+//! CEL rules (so `kvsync check` and the reconciler catch them even where the
+//! CRD was not applied with validation) and add what a schema cannot say.
+
+use std::fmt;
+
+use super::{MIN_REFRESH_INTERVAL, SecretPick, VaultSecretBindingSpec};
+
+/// One problem with one field of a binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `spec.secrets[2].name`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Every problem found in a binding's spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// Is `name` a valid Key Vault secret name (1-127 of `[0-9a-zA-Z-]`)?
+pub fn is_vault_secret_name(name: &str) -> bool {
+    (1..=127).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Is `key` a valid key of a Secret's `data` (`[-._a-zA-Z0-9]+`, not `.`/`..`)?
+pub fn is_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && key != ".."
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+/// Is `name` a DNS-1123 subdomain (the names of Secrets, ServiceAccounts, Deployments)?
+pub fn is_dns1123_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        })
+}
+
+/// The label that marks a Secret as written by kvsync; users cannot set it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+impl VaultSecretBindingSpec {
+    /// Checks the spec; returns every problem found, each naming its field.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errs = Vec::new();
+        let mut push = |field: String, message: String| errs.push(FieldError { field, message });
+
+        check_vault_url(&self.vault_url, &mut push);
+
+        if self.secrets.is_empty() && self.select.is_none() {
+            push(
+                "spec.secrets".into(),
+                "name at least one secret in spec.secrets or add spec.select".into(),
+            );
+        }
+        for (i, pick) in self.secrets.iter().enumerate() {
+            check_pick(i, pick, &mut push);
+        }
+
+        if let Some(sel) = &self.select {
+            let prefix = sel.name_prefix.as_deref().unwrap_or("");
+            if sel.all && !prefix.is_empty() {
+                push(
+                    "spec.select".into(),
+                    "select.all and select.namePrefix are exclusive: use all: true for every secret, or a namePrefix".into(),
+                );
+            }
+            if !sel.all && prefix.is_empty() && sel.tags.is_empty() {
+                push(
+                    "spec.select".into(),
+                    "select needs all: true, a namePrefix or tags".into(),
+                );
+            }
+            if !prefix.is_empty() && !is_vault_secret_name(prefix) {
+                push(
+                    "spec.select.namePrefix".into(),
+                    format!(
+                        "{prefix:?} cannot start a Key Vault secret name: use letters, digits and dashes"
+                    ),
+                );
+            }
+            if sel.strip_prefix && prefix.is_empty() {
+                push(
+                    "spec.select.stripPrefix".into(),
+                    "stripPrefix needs a namePrefix to strip".into(),
+                );
+            }
+        }
+
+        if let Some(id) = &self.identity {
+            let variants = [
+                id.service_account_name.is_some(),
+                id.managed_identity.is_some(),
+                id.client_secret_ref.is_some(),
+            ];
+            if variants.iter().filter(|v| **v).count() > 1 {
+                push(
+                    "spec.identity".into(),
+                    "set at most one of identity.serviceAccountName, identity.managedIdentity and identity.clientSecretRef".into(),
+                );
+            }
+            if let Some(sa) = &id.service_account_name
+                && !is_dns1123_subdomain(sa)
+            {
+                push(
+                    "spec.identity.serviceAccountName".into(),
+                    format!("{sa:?} is not a ServiceAccount name (lower-case DNS-1123 subdomain)"),
+                );
+            }
+            if let Some(r) = &id.client_secret_ref {
+                if id.client_id.is_none() {
+                    push(
+                        "spec.identity.clientId".into(),
+                        "identity.clientSecretRef needs identity.clientId (the application's client id)".into(),
+                    );
+                }
+                if !is_dns1123_subdomain(&r.name) {
+                    push(
+                        "spec.identity.clientSecretRef.name".into(),
+                        format!("{:?} is not a Secret name", r.name),
+                    );
+                }
+                if !is_secret_key(&r.key) {
+                    push(
+                        "spec.identity.clientSecretRef.key".into(),
+                        format!("{:?} is not a Secret key", r.key),
+                    );
+                }
+            }
+            if id.managed_identity.is_some() && (id.client_id.is_some() || id.tenant_id.is_some()) {
+                push(
+                    "spec.identity.managedIdentity".into(),
+                    "identity.managedIdentity takes its client id in identity.managedIdentity.clientId; remove identity.clientId/tenantId".into(),
+                );
+            }
+        }
+
+        if let Some(t) = &self.target {
+            if let Some(name) = &t.name
+                && !is_dns1123_subdomain(name)
+            {
+                push(
+                    "spec.target.name".into(),
+                    format!(
+                        "{name:?} is not a Secret name: use lower-case letters, digits, '-' and '.'"
+                    ),
+                );
+            }
+            if t.type_.as_deref() == Some("") {
+                push(
+                    "spec.target.type".into(),
+                    "type cannot be empty: omit it for Opaque".into(),
+                );
+            }
+            if t.labels.contains_key(MANAGED_BY_LABEL) {
+                push(
+                    format!("spec.target.labels[{MANAGED_BY_LABEL}]"),
+                    "this label is set by kvsync to find the Secrets it manages; remove it".into(),
+                );
+            }
+        }
+
+        if let Some(ri) = &self.refresh_interval {
+            match crate::duration::parse(ri) {
+                Err(e) => push("spec.refreshInterval".into(), e.to_string()),
+                Ok(d) if d < MIN_REFRESH_INTERVAL => push(
+                    "spec.refreshInterval".into(),
+                    format!("refreshInterval must be at least 30s (got {ri})"),
+                ),
+                Ok(_) => {}
+            }
+        }
+
+        for (i, r) in self.rollout.iter().enumerate() {
+            if !is_dns1123_subdomain(&r.name) {
+                push(
+                    format!("spec.rollout[{i}].name"),
+                    format!("{:?} is not a workload name", r.name),
+                );
+            }
+        }
+
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(errs))
+        }
+    }
+}
+
+fn check_vault_url(url: &str, push: &mut impl FnMut(String, String)) {
+    let field = "spec.vaultUrl".to_string();
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        push(
+            field,
+            format!("{url:?} is not a URL: write it like https://contoso.vault.azure.net"),
+        );
+        return;
+    };
+    if parsed.scheme() != "https" {
+        push(field, format!("{url:?} must use https"));
+    } else if parsed.host_str().is_none_or(str::is_empty)
+        || !parsed.username().is_empty()
+        || parsed.password().is_some()
+        || !matches!(parsed.path(), "" | "/")
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+    {
+        push(
+            field,
+            format!(
+                "{url:?} must be just the vault's address, like https://contoso.vault.azure.net"
+            ),
+        );
+    }
+}
+
+fn check_pick(i: usize, pick: &SecretPick, push: &mut impl FnMut(String, String)) {
+    if !is_vault_secret_name(&pick.name) {
+        push(
+            format!("spec.secrets[{i}].name"),
+            format!(
+                "{:?} is not a Key Vault secret name: 1-127 letters, digits and dashes",
+                pick.name
+            ),
+        );
+    }
+    if let Some(key) = &pick.key
+        && !is_secret_key(key)
+    {
+        push(
+            format!("spec.secrets[{i}].key"),
+            format!("{key:?} is not a valid Secret key: use letters, digits, '-', '_' and '.'"),
+        );
+    }
+    if let Some(v) = &pick.version
+        && (v.len() > 64 || !v.bytes().all(|b| b.is_ascii_alphanumeric()))
+    {
+        push(
+            format!("spec.secrets[{i}].version"),
+            format!(
+                "{v:?} is not a Key Vault version id (the 32 characters at the end of the secret's URI)"
+            ),
+        );
+    }
+}

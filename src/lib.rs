@@ -1,0 +1,5 @@
+//! kvsync: a Kubernetes operator that keeps native Secrets in step with Azure Key Vault.
+
+pub mod cli;
+pub mod crd;
+pub mod duration;

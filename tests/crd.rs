@@ -1,0 +1,382 @@
+//! The CRD: generated YAML in sync with `crds/`, a structural schema, the
+//! examples valid, and invalid specs rejected with a message naming the field.
+
+use kube::CustomResourceExt;
+use kvsync::crd::{
+    KeyTransform, OnDisabled, OnExpired, TargetPolicy, VaultSecretBinding, VaultSecretBindingSpec,
+};
+use serde_json::Value;
+
+const CRD_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/crds/kvsync.io_vaultsecretbindings.yaml"
+);
+
+#[test]
+fn checked_in_crd_matches_generated() {
+    let on_disk = std::fs::read_to_string(CRD_FILE).unwrap_or_default();
+    assert!(
+        on_disk == kvsync::crd::crd_yaml(),
+        "crds/kvsync.io_vaultsecretbindings.yaml is stale: regenerate it with \
+         `cargo run -- crd > crds/kvsync.io_vaultsecretbindings.yaml`"
+    );
+}
+
+#[test]
+fn crd_names_and_printer_columns() {
+    let crd = VaultSecretBinding::crd();
+    assert_eq!(crd.spec.group, "kvsync.io");
+    assert_eq!(crd.spec.scope, "Namespaced");
+    assert_eq!(crd.spec.names.plural, "vaultsecretbindings");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["vsb".to_string()]));
+    assert_eq!(crd.spec.names.categories, Some(vec!["kvsync".to_string()]));
+    let version = &crd.spec.versions[0];
+    assert_eq!(version.name, "v1alpha1");
+    assert!(version.subresources.as_ref().unwrap().status.is_some());
+    let columns: Vec<_> = version
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(columns, ["Ready", "Reason", "Secrets", "Last Sync", "Age"]);
+}
+
+/// Walks the schema and collects every construct the API server rejects in a
+/// structural schema (see "Specifying a structural schema" in the Kubernetes docs).
+fn structural_violations(node: &Value, path: &str, out: &mut Vec<String>) {
+    let Some(obj) = node.as_object() else {
+        out.push(format!("{path}: schema node is not an object"));
+        return;
+    };
+    for forbidden in [
+        "$ref",
+        "definitions",
+        "$defs",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "not",
+        "$schema",
+    ] {
+        if obj.contains_key(forbidden) {
+            out.push(format!("{path}: uses {forbidden}"));
+        }
+    }
+    let preserve = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    let int_or_string = obj.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+    match obj.get("type") {
+        Some(Value::String(t)) if !t.is_empty() => {
+            if !["object", "array", "string", "integer", "number", "boolean"].contains(&t.as_str())
+            {
+                out.push(format!("{path}: unknown type {t}"));
+            }
+            if t == "array" && !obj.contains_key("items") {
+                out.push(format!("{path}: array without items"));
+            }
+        }
+        Some(other) => out.push(format!("{path}: type must be one string, found {other}")),
+        None if preserve || int_or_string => {}
+        None => out.push(format!("{path}: no type")),
+    }
+    if obj.contains_key("properties") && obj.contains_key("additionalProperties") {
+        out.push(format!("{path}: both properties and additionalProperties"));
+    }
+    if let Some(Value::Object(props)) = obj.get("properties") {
+        for (name, child) in props {
+            structural_violations(child, &format!("{path}.{name}"), out);
+        }
+    }
+    if let Some(extra) = obj.get("additionalProperties") {
+        if extra.is_object() {
+            structural_violations(extra, &format!("{path}[*]"), out);
+        } else if extra != &Value::Bool(false) {
+            out.push(format!("{path}: additionalProperties must be a schema"));
+        }
+    }
+    if let Some(items) = obj.get("items") {
+        structural_violations(items, &format!("{path}[]"), out);
+    }
+    if let Some(Value::Array(keys)) = obj.get("x-kubernetes-list-map-keys") {
+        if obj.get("x-kubernetes-list-type") != Some(&Value::String("map".into())) {
+            out.push(format!("{path}: list-map-keys without list-type map"));
+        }
+        let required = obj["items"]
+            .get("required")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for key in keys {
+            if !required.contains(key) {
+                out.push(format!(
+                    "{path}: list-map key {key} is not required in items"
+                ));
+            }
+        }
+    }
+}
+
+#[test]
+fn schema_is_structural() {
+    let crd = serde_json::to_value(VaultSecretBinding::crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut violations = Vec::new();
+    structural_violations(schema, "", &mut violations);
+    assert!(
+        violations.is_empty(),
+        "non-structural schema: {violations:#?}"
+    );
+
+    // The walker itself must catch what it claims to catch.
+    let bad = serde_json::json!({"type": "object", "properties": {
+        "a": {"anyOf": [{"type": "string"}]},
+        "b": {"$ref": "#/definitions/x"},
+        "c": {"type": "array"}
+    }});
+    let mut found = Vec::new();
+    structural_violations(&bad, "", &mut found);
+    assert_eq!(found.len(), 5, "{found:#?}");
+}
+
+#[test]
+fn every_spec_field_has_a_description() {
+    let crd = serde_json::to_value(VaultSecretBinding::crd()).unwrap();
+    fn walk(node: &Value, path: &str, missing: &mut Vec<String>) {
+        if let Some(Value::Object(props)) = node.get("properties") {
+            for (name, child) in props {
+                let p = format!("{path}.{name}");
+                if child.get("description").is_none() {
+                    missing.push(p.clone());
+                }
+                walk(child, &p, missing);
+            }
+        }
+        if let Some(items) = node.get("items") {
+            walk(items, path, missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(
+        &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"],
+        "spec",
+        &mut missing,
+    );
+    assert!(
+        missing.is_empty(),
+        "fields without a description for kubectl explain: {missing:?}"
+    );
+}
+
+fn example(name: &str) -> VaultSecretBinding {
+    let path = format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn examples_are_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 3,
+        "expected at least three examples, found {names:?}"
+    );
+    for name in names {
+        let binding = example(&name);
+        if let Err(e) = binding.spec.validate() {
+            panic!("examples/{name} is invalid: {e}");
+        }
+    }
+}
+
+#[test]
+fn pinned_example_pins_one_version_and_follows_the_rest() {
+    let b = example("pinned-picks.yaml");
+    assert_eq!(
+        b.spec.secrets[0].version.as_deref(),
+        Some("3f6c2a1b9d8e4f7a8b0c1d2e3f405162")
+    );
+    assert_eq!(b.spec.secrets[1].version, None);
+    assert!(b.spec.secrets[2].optional);
+    assert_eq!(b.spec.target_name("payments-db"), "payments-db-credentials");
+}
+
+#[test]
+fn build_agent_example_selects_all_as_env_vars() {
+    let b = example("build-agent-all.yaml");
+    assert!(b.spec.select.as_ref().unwrap().all);
+    assert_eq!(b.spec.key_transform, KeyTransform::EnvVar);
+    assert_eq!(b.spec.on_expired, OnExpired::Warn);
+    assert_eq!(b.spec.rollout.len(), 1);
+}
+
+#[test]
+fn merge_example_targets_a_dockerconfigjson_secret() {
+    let b = example("registry-merge.yaml");
+    assert_eq!(b.spec.policy(), TargetPolicy::Merge);
+    assert_eq!(b.spec.target_type(), "kubernetes.io/dockerconfigjson");
+    assert_eq!(b.spec.secrets[0].key.as_deref(), Some(".dockerconfigjson"));
+}
+
+#[test]
+fn omitted_fields_take_documented_defaults() {
+    let spec: VaultSecretBindingSpec =
+        serde_yaml::from_str("vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\n")
+            .unwrap();
+    assert_eq!(spec.key_transform, KeyTransform::Verbatim);
+    assert_eq!(spec.on_disabled, OnDisabled::KeepLast);
+    assert_eq!(spec.on_expired, OnExpired::Sync);
+    assert_eq!(spec.policy(), TargetPolicy::Owner);
+    assert_eq!(spec.target_type(), "Opaque");
+    assert_eq!(spec.target_name("my-binding"), "my-binding");
+    assert_eq!(
+        spec.refresh_interval_or(std::time::Duration::from_secs(300)),
+        std::time::Duration::from_secs(300)
+    );
+    assert!(!spec.secrets[0].optional);
+}
+
+#[test]
+fn invalid_specs_are_rejected_naming_the_field() {
+    // (spec YAML, field the error must name, words the message must contain)
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "vaultUrl: http://v.vault.azure.net\nsecrets: [{name: a}]",
+            "spec.vaultUrl",
+            "https",
+        ),
+        (
+            "vaultUrl: not a url\nsecrets: [{name: a}]",
+            "spec.vaultUrl",
+            "not a URL",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net/secrets/a\nsecrets: [{name: a}]",
+            "spec.vaultUrl",
+            "just the vault",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net",
+            "spec.secrets",
+            "at least one",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: db_password}]",
+            "spec.secrets[0].name",
+            "Key Vault secret name",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}, {name: b, key: 'a b'}]",
+            "spec.secrets[1].key",
+            "Secret key",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a, key: '..'}]",
+            "spec.secrets[0].key",
+            "Secret key",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a, version: 'v-1'}]",
+            "spec.secrets[0].version",
+            "version id",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nselect: {all: true, namePrefix: agent-}",
+            "spec.select",
+            "exclusive",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nselect: {}",
+            "spec.select",
+            "needs all",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nselect: {all: true, stripPrefix: true}",
+            "spec.select.stripPrefix",
+            "namePrefix",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nselect: {namePrefix: 'a_'}",
+            "spec.select.namePrefix",
+            "letters, digits",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\nidentity: {serviceAccountName: sa, managedIdentity: {}}",
+            "spec.identity",
+            "at most one",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\nidentity: {clientSecretRef: {name: c, key: k}}",
+            "spec.identity.clientId",
+            "clientId",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\nidentity: {serviceAccountName: Build_Agent}",
+            "spec.identity.serviceAccountName",
+            "ServiceAccount",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\nidentity: {clientId: x, managedIdentity: {}}",
+            "spec.identity.managedIdentity",
+            "managedIdentity.clientId",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\ntarget: {name: My_Secret}",
+            "spec.target.name",
+            "Secret name",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\ntarget: {type: ''}",
+            "spec.target.type",
+            "empty",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\ntarget: {labels: {app.kubernetes.io/managed-by: me}}",
+            "spec.target.labels",
+            "set by kvsync",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\nrefreshInterval: 10s",
+            "spec.refreshInterval",
+            "at least 30s",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\nrefreshInterval: 5 minutes",
+            "spec.refreshInterval",
+            "not a duration",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\nrollout: [{kind: Deployment, name: Agent}]",
+            "spec.rollout[0].name",
+            "workload name",
+        ),
+    ];
+    for (yaml, field, words) in cases {
+        let spec: VaultSecretBindingSpec =
+            serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        let errs = spec.validate().expect_err(yaml).0;
+        assert!(
+            errs.iter()
+                .any(|e| e.field.starts_with(field) && e.message.contains(words)),
+            "{yaml}\nexpected an error on {field} mentioning {words:?}, got {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn schema_rejects_unknown_enum_values_at_parse_time() {
+    for yaml in [
+        "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\nkeyTransform: Shout",
+        "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\ntarget: {policy: Steal}",
+        "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\nrollout: [{kind: Job, name: x}]",
+    ] {
+        let err = serde_yaml::from_str::<VaultSecretBindingSpec>(yaml).unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{yaml}: {err}");
+    }
+}
