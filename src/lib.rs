@@ -1,5 +1,7 @@
 //! kvsync: a Kubernetes operator that keeps native Secrets in step with Azure Key Vault.
 
+pub mod azure;
 pub mod cli;
 pub mod crd;
 pub mod duration;
+pub mod value;

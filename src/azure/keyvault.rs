@@ -1,0 +1,747 @@
+//! A Key Vault secrets client on `reqwest` (api-version 2025-07-01): get a
+//! secret (latest or pinned), list secret items across pages, list versions.
+//! Retries, the 401 challenge and Azure's error bodies are handled here; the
+//! rest of kvsync sees typed results and [`KeyVaultError`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::Url;
+use reqwest::header::HeaderMap;
+use serde::Deserialize;
+
+use super::hosts::{HostError, VaultEndpoint};
+use super::http::{MAX_RESPONSE_BYTES, describe_transport_error, read_limited};
+use super::identity::{IdentityError, TokenSource};
+use super::retry::RetryPolicy;
+use crate::value::SecretValue;
+
+/// The Key Vault REST API version kvsync speaks.
+pub const API_VERSION: &str = "2025-07-01";
+/// Items per list page (Key Vault's maximum and default).
+pub const PAGE_SIZE: usize = 25;
+const MAX_PAGES: usize = 10_000;
+
+/// A Key Vault operation, for messages and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// `GET /secrets/{name}[/{version}]`.
+    GetSecret,
+    /// `GET /secrets` (one page).
+    ListSecrets,
+    /// `GET /secrets/{name}/versions` (one page).
+    ListVersions,
+}
+
+impl Operation {
+    /// Label used in metrics and stats.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::GetSecret => "get_secret",
+            Self::ListSecrets => "list_secrets",
+            Self::ListVersions => "list_versions",
+        }
+    }
+
+    fn permission(self) -> &'static str {
+        match self {
+            Self::GetSecret => "secrets/get",
+            Self::ListSecrets | Self::ListVersions => "secrets/list",
+        }
+    }
+}
+
+/// Why a vault refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForbiddenKind {
+    /// An Azure RBAC role is missing (`ForbiddenByRbac`).
+    Rbac,
+    /// The vault's access policy lacks the permission.
+    AccessPolicy,
+    /// The vault firewall refused the client address.
+    Firewall,
+    /// Public network access is disabled; only private endpoints get in.
+    PrivateLink,
+    /// Another 403.
+    Other,
+}
+
+/// What went wrong talking to a vault. Messages say what to do; none holds a value.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyVaultError {
+    /// The vault URL failed the host guard; no token was requested.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// No token could be had.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// 403: a permission, the firewall or private-link rules.
+    #[error("{}", forbidden_message(.vault, .who, *.operation, *.kind, .detail))]
+    Forbidden {
+        vault: String,
+        who: String,
+        operation: Operation,
+        kind: ForbiddenKind,
+        detail: String,
+    },
+    /// 403 `SecretDisabled`.
+    #[error("secret {name} is disabled in vault {vault}: enable it in the vault, or set onDisabled (KeepLast keeps the last value)")]
+    SecretDisabled { vault: String, name: String },
+    /// 404.
+    #[error("secret {name}{} was not found in vault {vault}: check the name, or mark the pick optional: true", .version.as_deref().map(|v| format!(" version {v}")).unwrap_or_default())]
+    NotFound {
+        vault: String,
+        name: String,
+        version: Option<String>,
+    },
+    /// 401 after a fresh token.
+    #[error("vault {vault} did not accept the token of {who} ({detail}): check that the identity belongs to the vault's tenant")]
+    Unauthorized {
+        vault: String,
+        who: String,
+        detail: String,
+    },
+    /// 429 beyond the retry budget.
+    #[error("vault {vault} is throttling requests (429) after {attempts} attempts; kvsync backs off and retries")]
+    Throttled { vault: String, attempts: u32 },
+    /// 5xx beyond the retry budget.
+    #[error("vault {vault} failed with HTTP {status} {code} after {attempts} attempts: {detail}")]
+    Server {
+        vault: String,
+        status: u16,
+        code: String,
+        detail: String,
+        attempts: u32,
+    },
+    /// DNS, connect, TLS or timeout.
+    #[error("cannot reach vault {vault} at {authority}: {detail} — check DNS and egress from the cluster to the vault (a private endpoint needs the privatelink.vaultcore.azure.net DNS zone)")]
+    Unreachable {
+        vault: String,
+        authority: String,
+        detail: String,
+    },
+    /// 400 and other client errors.
+    #[error("vault {vault} rejected the request (HTTP {status} {code}): {detail}")]
+    BadRequest {
+        vault: String,
+        status: u16,
+        code: String,
+        detail: String,
+    },
+    /// A response that is not what the API promises.
+    #[error("vault {vault} sent a response kvsync cannot read: {detail}")]
+    InvalidResponse { vault: String, detail: String },
+}
+
+fn forbidden_message(vault: &str, who: &str, op: Operation, kind: ForbiddenKind, detail: &str) -> String {
+    match (kind, op) {
+        (ForbiddenKind::Firewall, _) => format!(
+            "vault {vault} refused the client address (firewall): add the cluster's egress IP to \
+             the vault's firewall allow-list, or reach the vault through a private endpoint"
+        ),
+        (ForbiddenKind::PrivateLink, _) => format!(
+            "vault {vault} refused the client address: public network access is disabled — reach \
+             it through a private endpoint from the cluster's network (see private endpoints)"
+        ),
+        (ForbiddenKind::Rbac | ForbiddenKind::AccessPolicy, Operation::ListSecrets | Operation::ListVersions) => format!(
+            "{who} lacks secrets/list on vault {vault} (it does not have secrets list permission): \
+             grant it 'Key Vault Secrets User' on the whole vault (a role on single secrets cannot \
+             list), or List in the vault's access policy; picks by name in spec.secrets work without it"
+        ),
+        (ForbiddenKind::Rbac | ForbiddenKind::AccessPolicy, Operation::GetSecret) => format!(
+            "{who} lacks secrets/get on vault {vault}: grant it 'Key Vault Secrets User' on the \
+             vault or on the secret, or Get in the vault's access policy"
+        ),
+        (ForbiddenKind::Other, _) => format!(
+            "vault {vault} refused {} for {who}: {detail}",
+            op.permission()
+        ),
+    }
+}
+
+impl KeyVaultError {
+    /// The condition reason for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Host(_) => "VaultHostNotAllowed",
+            Self::Identity(e) => e.reason(),
+            Self::Forbidden {
+                kind: ForbiddenKind::Firewall | ForbiddenKind::PrivateLink,
+                ..
+            } => "VaultNetworkRefused",
+            Self::Forbidden {
+                operation: Operation::ListSecrets | Operation::ListVersions,
+                ..
+            } => "ListForbidden",
+            Self::Forbidden { .. } => "VaultForbidden",
+            Self::SecretDisabled { .. } => "SecretDisabled",
+            Self::NotFound { .. } => "SecretNotFound",
+            Self::Unauthorized { .. } => "AuthenticationFailed",
+            Self::Throttled { .. } => "VaultThrottled",
+            Self::Server { .. } => "VaultUnavailable",
+            Self::Unreachable { .. } => "VaultUnreachable",
+            Self::BadRequest { .. } => "VaultBadRequest",
+            Self::InvalidResponse { .. } => "InvalidVaultResponse",
+        }
+    }
+
+    /// Whether retrying later may help without a person changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Identity(e) => e.is_transient(),
+            Self::Throttled { .. } | Self::Server { .. } | Self::Unreachable { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// `attributes` of a secret (unix-time fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretAttributes {
+    /// Whether the secret may be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Not valid before (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Expiry (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    /// Creation time (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
+    /// Last update (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<i64>,
+    /// Soft-delete retention days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recoverable_days: Option<i32>,
+    /// Deletion recovery level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_level: Option<String>,
+}
+
+impl SecretAttributes {
+    /// `enabled`, which Key Vault treats as true when absent.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+}
+
+/// A secret with its value (`SecretBundle`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretBundle {
+    /// The value (redacted in `Debug`).
+    pub value: SecretValue,
+    /// `https://{vault}/secrets/{name}/{version}`.
+    pub id: String,
+    /// Content type, if set.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// Attributes.
+    #[serde(default)]
+    pub attributes: SecretAttributes,
+    /// Tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Key id, for a secret backing a certificate.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// True for a secret backing a certificate.
+    #[serde(default)]
+    pub managed: Option<bool>,
+}
+
+impl SecretBundle {
+    /// The version id at the end of `id`.
+    pub fn version(&self) -> &str {
+        parse_secret_id(&self.id).map(|(_, v)| v).unwrap_or_default()
+    }
+}
+
+/// A secret's metadata without its value (`SecretItem`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretItem {
+    /// `https://{vault}/secrets/{name}` (with `/{version}` when listing versions).
+    pub id: String,
+    /// Attributes.
+    #[serde(default)]
+    pub attributes: SecretAttributes,
+    /// Tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Content type, if set.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// True for a secret backing a certificate.
+    #[serde(default)]
+    pub managed: Option<bool>,
+}
+
+impl SecretItem {
+    /// The secret's name, from `id`.
+    pub fn name(&self) -> &str {
+        parse_secret_id(&self.id).map(|(n, _)| n).unwrap_or_default()
+    }
+
+    /// The version, when `id` carries one (version listings).
+    pub fn version(&self) -> &str {
+        parse_secret_id(&self.id).map(|(_, v)| v).unwrap_or_default()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretListResult {
+    value: Vec<SecretItem>,
+    #[serde(default)]
+    next_link: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct AzureErrorBody {
+    #[serde(default)]
+    error: Option<AzureError>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+struct AzureError {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    innererror: Option<Box<AzureError>>,
+}
+
+/// Splits `https://host/secrets/{name}[/{version}]` into name and version.
+pub fn parse_secret_id(id: &str) -> Option<(&str, &str)> {
+    let path = id.split_once("://")?.1.split_once('/')?.1;
+    let rest = path.strip_prefix("secrets/")?;
+    let (name, version) = rest.split_once('/').unwrap_or((rest, ""));
+    Some((name, version.trim_end_matches('/')))
+}
+
+/// The `Retry-After` header, in seconds.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// Parses `Bearer authorization="…", resource="…"` into its parameters.
+fn parse_challenge(header: &str) -> BTreeMap<String, String> {
+    let rest = header.trim().strip_prefix("Bearer").unwrap_or(header);
+    rest.split(',')
+        .filter_map(|part| {
+            let (k, v) = part.trim().split_once('=')?;
+            Some((k.trim().to_ascii_lowercase(), v.trim().trim_matches('"').to_string()))
+        })
+        .collect()
+}
+
+/// Requests sent by one client, by operation (for benches and `check`).
+#[derive(Debug, Default)]
+pub struct RequestCounts {
+    /// `GET /secrets/{name}` requests.
+    pub get_secret: AtomicU64,
+    /// `GET /secrets` pages.
+    pub list_secrets: AtomicU64,
+    /// `GET /secrets/{name}/versions` pages.
+    pub list_versions: AtomicU64,
+}
+
+impl RequestCounts {
+    fn count(&self, op: Operation) {
+        let c = match op {
+            Operation::GetSecret => &self.get_secret,
+            Operation::ListSecrets => &self.list_secrets,
+            Operation::ListVersions => &self.list_versions,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A client for one vault, signed in as one identity.
+pub struct KeyVaultClient {
+    http: reqwest::Client,
+    endpoint: VaultEndpoint,
+    tokens: Arc<TokenSource>,
+    retry: RetryPolicy,
+    scope: std::sync::Mutex<String>,
+    counts: RequestCounts,
+}
+
+impl KeyVaultClient {
+    /// A client for `endpoint` (already checked by the host guard).
+    pub fn new(
+        http: reqwest::Client,
+        endpoint: VaultEndpoint,
+        tokens: Arc<TokenSource>,
+        retry: RetryPolicy,
+    ) -> Self {
+        let scope = std::sync::Mutex::new(endpoint.scope());
+        Self {
+            http,
+            endpoint,
+            tokens,
+            retry,
+            scope,
+            counts: RequestCounts::default(),
+        }
+    }
+
+    /// The vault this client talks to.
+    pub fn endpoint(&self) -> &VaultEndpoint {
+        &self.endpoint
+    }
+
+    /// Requests sent so far, by operation.
+    pub fn counts(&self) -> &RequestCounts {
+        &self.counts
+    }
+
+    /// Gets a secret's value: the latest version when `version` is `None` or empty.
+    pub async fn get_secret(&self, name: &str, version: Option<&str>) -> Result<SecretBundle, KeyVaultError> {
+        let version = version.filter(|v| !v.is_empty());
+        let mut url = self.endpoint.base.clone();
+        url.path_segments_mut()
+            .expect("https URL has a path")
+            .clear()
+            .extend(["secrets", name, version.unwrap_or("")]);
+        url.query_pairs_mut().append_pair("api-version", API_VERSION);
+        let body = self
+            .send(url, Operation::GetSecret, Some((name, version)))
+            .await?;
+        let bundle: SecretBundle = self.parse(&body, "secret bundle")?;
+        match parse_secret_id(&bundle.id) {
+            Some((n, v)) if n.eq_ignore_ascii_case(name) && !v.is_empty() => Ok(bundle),
+            _ => Err(KeyVaultError::InvalidResponse {
+                vault: self.endpoint.name.clone(),
+                detail: format!("secret id {:?} does not name secret {name} and a version", bundle.id),
+            }),
+        }
+    }
+
+    /// Lists every secret's metadata, following `nextLink` across pages.
+    pub async fn list_secrets(&self) -> Result<Vec<SecretItem>, KeyVaultError> {
+        let mut url = self.endpoint.base.clone();
+        url.set_path("/secrets");
+        url.query_pairs_mut()
+            .append_pair("api-version", API_VERSION)
+            .append_pair("maxresults", &PAGE_SIZE.to_string());
+        self.list_pages(url, Operation::ListSecrets).await
+    }
+
+    /// Lists the versions of one secret.
+    pub async fn list_versions(&self, name: &str) -> Result<Vec<SecretItem>, KeyVaultError> {
+        let mut url = self.endpoint.base.clone();
+        url.path_segments_mut()
+            .expect("https URL has a path")
+            .clear()
+            .extend(["secrets", name, "versions"]);
+        url.query_pairs_mut()
+            .append_pair("api-version", API_VERSION)
+            .append_pair("maxresults", &PAGE_SIZE.to_string());
+        self.list_pages(url, Operation::ListVersions).await
+    }
+
+    async fn list_pages(&self, first: Url, op: Operation) -> Result<Vec<SecretItem>, KeyVaultError> {
+        let mut items = Vec::new();
+        let mut next = Some(first);
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(self.invalid(format!("more than {MAX_PAGES} pages of secrets")));
+            }
+            let body = self.send(url, op, None).await?;
+            let page: SecretListResult = self.parse(&body, "secret list")?;
+            items.extend(page.value);
+            if let Some(link) = page.next_link.filter(|l| !l.is_empty()) {
+                next = Some(self.checked_next_link(&link)?);
+            }
+        }
+        Ok(items)
+    }
+
+    /// A `nextLink` must point at the same vault: a token never leaves it.
+    fn checked_next_link(&self, link: &str) -> Result<Url, KeyVaultError> {
+        let url = Url::parse(link).map_err(|_| self.invalid(format!("nextLink {link:?} is not a URL")))?;
+        let base = &self.endpoint.base;
+        if url.scheme() != "https"
+            || url.host_str() != base.host_str()
+            || url.port_or_known_default() != base.port_or_known_default()
+        {
+            return Err(self.invalid(format!(
+                "nextLink points away from the vault ({}): refused",
+                url.host_str().unwrap_or_default()
+            )));
+        }
+        Ok(url)
+    }
+
+    fn invalid(&self, detail: String) -> KeyVaultError {
+        KeyVaultError::InvalidResponse {
+            vault: self.endpoint.name.clone(),
+            detail,
+        }
+    }
+
+    fn parse<'a, T: Deserialize<'a>>(&self, body: &'a [u8], what: &str) -> Result<T, KeyVaultError> {
+        serde_json::from_slice(body).map_err(|e| {
+            // serde's message names the field and position, never the value.
+            self.invalid(format!("not a {what}: {}", redact_serde_error(&e)))
+        })
+    }
+
+    async fn send(
+        &self,
+        url: Url,
+        op: Operation,
+        secret: Option<(&str, Option<&str>)>,
+    ) -> Result<Vec<u8>, KeyVaultError> {
+        let vault = self.endpoint.name.clone();
+        let mut attempt = 0;
+        let mut reauthenticated = false;
+        loop {
+            attempt += 1;
+            let last = attempt >= self.retry.max_attempts;
+            let scope = self.scope.lock().expect("scope lock").clone();
+            let token = self.tokens.token(&scope).await?;
+            self.counts.count(op);
+            let sent = self
+                .http
+                .get(url.clone())
+                .bearer_auth(token.token.expose())
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    let detail = describe_transport_error(&e);
+                    tracing::debug!(vault = %vault, op = op.label(), attempt, error = %detail, "vault request failed");
+                    if last {
+                        return Err(KeyVaultError::Unreachable {
+                            vault,
+                            authority: self.endpoint.authority(),
+                            detail,
+                        });
+                    }
+                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+                    continue;
+                }
+            };
+            let status = resp.status().as_u16();
+            tracing::trace!(vault = %vault, op = op.label(), status, "vault response");
+            let wait = retry_after(resp.headers());
+            let challenge = resp
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(parse_challenge);
+            let body = match read_limited(resp, MAX_RESPONSE_BYTES).await {
+                Ok(Some(b)) => b,
+                Ok(None) => return Err(self.invalid(format!("response larger than {MAX_RESPONSE_BYTES} bytes"))),
+                Err(e) if !last => {
+                    tracing::debug!(vault = %vault, error = %describe_transport_error(&e), "vault response cut short");
+                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(KeyVaultError::Unreachable {
+                        vault,
+                        authority: self.endpoint.authority(),
+                        detail: describe_transport_error(&e),
+                    });
+                }
+            };
+            if (200..300).contains(&status) {
+                return Ok(body);
+            }
+            let error = serde_json::from_slice::<AzureErrorBody>(&body)
+                .ok()
+                .and_then(|b| b.error)
+                .unwrap_or_default();
+            match status {
+                401 if !reauthenticated => {
+                    // The token may have expired or be for another cloud's
+                    // resource: take the challenge's resource, fetch a new one.
+                    reauthenticated = true;
+                    if let Some(resource) = challenge
+                        .as_ref()
+                        .and_then(|c| c.get("resource").or_else(|| c.get("scope")))
+                        .filter(|r| r.starts_with("https://"))
+                    {
+                        let resource = resource.trim_end_matches("/.default").trim_end_matches('/');
+                        *self.scope.lock().expect("scope lock") = format!("{resource}/.default");
+                    }
+                    self.tokens.invalidate(&scope).await;
+                    attempt -= 1;
+                    continue;
+                }
+                401 => {
+                    return Err(KeyVaultError::Unauthorized {
+                        vault,
+                        who: self.tokens.describe(),
+                        detail: first_line(&error.message),
+                    });
+                }
+                429 if !last => {
+                    let delay = wait
+                        .filter(|d| *d <= self.retry.max_retry_after)
+                        .unwrap_or_else(|| self.retry.backoff(attempt));
+                    tracing::debug!(vault = %vault, op = op.label(), ?delay, "vault throttled the request; waiting");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                429 => {
+                    return Err(KeyVaultError::Throttled {
+                        vault,
+                        attempts: attempt,
+                    });
+                }
+                500..=599 if !last => {
+                    tokio::time::sleep(wait.filter(|d| *d <= self.retry.max_retry_after).unwrap_or_else(|| self.retry.backoff(attempt))).await;
+                    continue;
+                }
+                500..=599 => {
+                    return Err(KeyVaultError::Server {
+                        vault,
+                        status,
+                        code: error.code,
+                        detail: first_line(&error.message),
+                        attempts: attempt,
+                    });
+                }
+                _ => return Err(self.classify(status, error, op, secret)),
+            }
+        }
+    }
+
+    fn classify(
+        &self,
+        status: u16,
+        error: AzureError,
+        op: Operation,
+        secret: Option<(&str, Option<&str>)>,
+    ) -> KeyVaultError {
+        let vault = self.endpoint.name.clone();
+        let inner = error.innererror.as_ref().map(|i| i.code.as_str()).unwrap_or("");
+        let (name, version) = secret.unwrap_or(("", None));
+        match status {
+            403 if inner == "SecretDisabled"
+                || error.code == "SecretDisabled"
+                || error.message.contains("disabled secret") =>
+            {
+                KeyVaultError::SecretDisabled {
+                    vault,
+                    name: name.into(),
+                }
+            }
+            403 => {
+                let kind = if inner == "ForbiddenByRbac" {
+                    ForbiddenKind::Rbac
+                } else if inner == "ForbiddenByFirewall"
+                    || error.message.contains("Client address is not authorized")
+                {
+                    ForbiddenKind::Firewall
+                } else if inner == "ForbiddenByConnection"
+                    || error.message.contains("Public network access is disabled")
+                {
+                    ForbiddenKind::PrivateLink
+                } else if inner == "AccessDenied" || error.message.contains("does not have secrets") {
+                    ForbiddenKind::AccessPolicy
+                } else {
+                    ForbiddenKind::Other
+                };
+                KeyVaultError::Forbidden {
+                    vault,
+                    who: self.tokens.describe(),
+                    operation: op,
+                    kind,
+                    detail: first_line(&error.message),
+                }
+            }
+            404 if op != Operation::ListSecrets => KeyVaultError::NotFound {
+                vault,
+                name: name.into(),
+                version: version.map(str::to_string),
+            },
+            _ => KeyVaultError::BadRequest {
+                vault,
+                status,
+                code: error.code,
+                detail: first_line(&error.message),
+            },
+        }
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().trim().to_string()
+}
+
+/// serde_json errors can quote the input around the error; keep only the
+/// category and position so no value from the body reaches a message.
+fn redact_serde_error(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "read error",
+        serde_json::error::Category::Syntax => "invalid JSON",
+        serde_json::error::Category::Data => "unexpected fields or types",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    let msg = e.to_string();
+    // "missing field `value`" is safe and useful; other texts may quote data.
+    if msg.starts_with("missing field") || msg.starts_with("invalid type") {
+        let head = msg.split(" at line").next().unwrap_or(&msg);
+        let head = head.split(": \"").next().unwrap_or(head);
+        format!("{what}: {head} (line {}, column {})", e.line(), e.column())
+    } else {
+        format!("{what} at line {}, column {}", e.line(), e.column())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_ids_split_into_name_and_version() {
+        assert_eq!(
+            parse_secret_id("https://v.vault.azure.net/secrets/db/3f6c"),
+            Some(("db", "3f6c"))
+        );
+        assert_eq!(parse_secret_id("https://v.vault.azure.net/secrets/db"), Some(("db", "")));
+        assert_eq!(parse_secret_id("https://v.vault.azure.net/keys/db"), None);
+    }
+
+    #[test]
+    fn challenge_parameters_are_read() {
+        let c = parse_challenge(
+            r#"Bearer authorization="https://login.microsoftonline.com/72f988bf", resource="https://vault.azure.net""#,
+        );
+        assert_eq!(c["authorization"], "https://login.microsoftonline.com/72f988bf");
+        assert_eq!(c["resource"], "https://vault.azure.net");
+    }
+
+    #[test]
+    fn serde_errors_do_not_quote_the_body() {
+        let e = serde_json::from_str::<SecretBundle>(r#"{"value": 12, "id": "x"}"#).unwrap_err();
+        let shown = redact_serde_error(&e);
+        assert!(!shown.contains("12"), "{shown}");
+        let e = serde_json::from_str::<SecretBundle>(r#"{"value": "topsecret"}"#).unwrap_err();
+        let shown = redact_serde_error(&e);
+        assert!(shown.contains("missing field `id`") && !shown.contains("topsecret"), "{shown}");
+    }
+}
