@@ -702,13 +702,20 @@ fn redact_serde_error(e: &serde_json::Error) -> String {
         serde_json::error::Category::Eof => "truncated JSON",
     };
     let msg = e.to_string();
-    // "missing field `value`" is safe and useful; other texts may quote data.
-    if msg.starts_with("missing field") || msg.starts_with("invalid type") {
-        let head = msg.split(" at line").next().unwrap_or(&msg);
-        let head = head.split(": \"").next().unwrap_or(head);
-        format!("{what}: {head} (line {}, column {})", e.line(), e.column())
+    // "missing field `id`" and "expected a string" are safe and useful; the
+    // rest of serde's text may quote data from the body.
+    let head = msg.split(" at line").next().unwrap_or(&msg);
+    let safe = if head.starts_with("missing field") || head.starts_with("unknown variant") {
+        head.split(',').next().unwrap_or(head).to_string()
+    } else if let Some((_, expected)) = head.split_once(", expected ") {
+        format!("expected {expected}")
     } else {
+        String::new()
+    };
+    if safe.is_empty() {
         format!("{what} at line {}, column {}", e.line(), e.column())
+    } else {
+        format!("{what}: {safe} (line {}, column {})", e.line(), e.column())
     }
 }
 
