@@ -3,5 +3,6 @@
 pub mod azure;
 pub mod cli;
 pub mod crd;
+pub mod devvault;
 pub mod duration;
 pub mod value;

@@ -8,8 +8,14 @@ use reqwest::Url;
 pub const KEY_VAULT_SUFFIXES: &[(&str, &str)] = &[
     (".vault.azure.net", "https://vault.azure.net"),
     (".vault.azure.cn", "https://vault.azure.cn"),
-    (".vault.usgovcloudapi.net", "https://vault.usgovcloudapi.net"),
-    (".vault.microsoftazure.de", "https://vault.microsoftazure.de"),
+    (
+        ".vault.usgovcloudapi.net",
+        "https://vault.usgovcloudapi.net",
+    ),
+    (
+        ".vault.microsoftazure.de",
+        "https://vault.microsoftazure.de",
+    ),
     (".managedhsm.azure.net", "https://managedhsm.azure.net"),
 ];
 
@@ -141,7 +147,9 @@ mod tests {
             "https://vault.azure.cn"
         );
         assert_eq!(
-            p.check("https://x.vault.usgovcloudapi.net").unwrap().resource,
+            p.check("https://x.vault.usgovcloudapi.net")
+                .unwrap()
+                .resource,
             "https://vault.usgovcloudapi.net"
         );
     }
@@ -166,7 +174,10 @@ mod tests {
             p.check("http://x.vault.azure.net"),
             Err(HostError::NotHttps { .. })
         ));
-        assert!(matches!(p.check("nonsense"), Err(HostError::NotAUrl { .. })));
+        assert!(matches!(
+            p.check("nonsense"),
+            Err(HostError::NotAUrl { .. })
+        ));
     }
 
     #[test]
@@ -184,6 +195,9 @@ mod tests {
             .check("https://127.0.0.1:8443")
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("--allowed-vault-hosts 127.0.0.1:8443"), "{msg}");
+        assert!(
+            msg.contains("--allowed-vault-hosts 127.0.0.1:8443"),
+            "{msg}"
+        );
     }
 }

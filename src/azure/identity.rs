@@ -53,7 +53,9 @@ pub enum IdentityError {
     )]
     TokenFile { path: String, detail: String },
     /// The ServiceAccount named by the binding does not exist.
-    #[error("ServiceAccount {namespace}/{name} does not exist: create it or fix spec.identity.serviceAccountName")]
+    #[error(
+        "ServiceAccount {namespace}/{name} does not exist: create it or fix spec.identity.serviceAccountName"
+    )]
     ServiceAccountNotFound { namespace: String, name: String },
     /// The ServiceAccount does not name an Entra application.
     #[error(
@@ -173,17 +175,22 @@ impl Credential {
             Self::ClientAssertion {
                 tenant_id,
                 client_id,
-                assertion: AssertionSource::ServiceAccount {
-                    namespace, name, ..
-                },
+                assertion:
+                    AssertionSource::ServiceAccount {
+                        namespace, name, ..
+                    },
             } => format!("sa/{namespace}/{name}/{tenant_id}/{client_id}"),
             Self::ClientSecret {
                 tenant_id,
                 client_id,
                 secret,
             } => {
-                let digest = ring::digest::digest(&ring::digest::SHA256, secret.expose().as_bytes());
-                let short: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+                let digest =
+                    ring::digest::digest(&ring::digest::SHA256, secret.expose().as_bytes());
+                let short: String = digest.as_ref()[..8]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
                 format!("sp/{tenant_id}/{client_id}/{short}")
             }
             Self::ManagedIdentity { client_id } => {
@@ -202,15 +209,18 @@ impl Credential {
             } => format!("identity {client_id} (operator workload identity)"),
             Self::ClientAssertion {
                 client_id,
-                assertion: AssertionSource::ServiceAccount {
-                    namespace, name, ..
-                },
+                assertion:
+                    AssertionSource::ServiceAccount {
+                        namespace, name, ..
+                    },
                 ..
             } => format!("identity {client_id} (ServiceAccount {namespace}/{name})"),
             Self::ClientSecret { client_id, .. } => {
                 format!("identity {client_id} (service principal)")
             }
-            Self::ManagedIdentity { client_id: Some(c) } => format!("identity {c} (managed identity)"),
+            Self::ManagedIdentity { client_id: Some(c) } => {
+                format!("identity {c} (managed identity)")
+            }
             Self::ManagedIdentity { client_id: None } => {
                 "the system-assigned managed identity".to_string()
             }
@@ -265,12 +275,12 @@ impl AzureEnvironment {
         client_override: Option<&str>,
         tenant_override: Option<&str>,
     ) -> Result<Credential, IdentityError> {
-        let file = self
-            .federated_token_file
-            .clone()
-            .ok_or(IdentityError::MissingOperatorIdentity {
-                var: "AZURE_FEDERATED_TOKEN_FILE",
-            })?;
+        let file =
+            self.federated_token_file
+                .clone()
+                .ok_or(IdentityError::MissingOperatorIdentity {
+                    var: "AZURE_FEDERATED_TOKEN_FILE",
+                })?;
         let client_id = client_override
             .map(str::to_string)
             .or_else(|| self.client_id.clone())
@@ -511,7 +521,9 @@ impl TokenSource {
 
     async fn fetch(&self, scope: &str) -> Result<AccessToken, IdentityError> {
         match &self.credential {
-            Credential::ManagedIdentity { client_id } => self.fetch_imds(scope, client_id.as_deref()).await,
+            Credential::ManagedIdentity { client_id } => {
+                self.fetch_imds(scope, client_id.as_deref()).await
+            }
             Credential::ClientSecret {
                 tenant_id,
                 client_id,
@@ -612,7 +624,11 @@ impl TokenSource {
             .await
     }
 
-    async fn fetch_imds(&self, scope: &str, client_id: Option<&str>) -> Result<AccessToken, IdentityError> {
+    async fn fetch_imds(
+        &self,
+        scope: &str,
+        client_id: Option<&str>,
+    ) -> Result<AccessToken, IdentityError> {
         let mut endpoint = self.env.imds_endpoint.clone();
         {
             let mut q = endpoint.query_pairs_mut();
@@ -624,8 +640,10 @@ impl TokenSource {
         }
         let http = self.http.clone();
         let ep = endpoint.clone();
-        self.send_with_retry(&endpoint, move || http.get(ep.clone()).header("Metadata", "true"))
-            .await
+        self.send_with_retry(&endpoint, move || {
+            http.get(ep.clone()).header("Metadata", "true")
+        })
+        .await
     }
 
     async fn send_with_retry(
@@ -672,17 +690,24 @@ impl TokenSource {
                         endpoint: shown.clone(),
                         detail: format!("not a token response ({e})"),
                     })?;
-                let lifetime = parsed.expires_in.seconds().ok_or_else(|| IdentityError::InvalidResponse {
-                    endpoint: shown.clone(),
-                    detail: "expires_in is not a number".into(),
-                })?;
+                let lifetime =
+                    parsed
+                        .expires_in
+                        .seconds()
+                        .ok_or_else(|| IdentityError::InvalidResponse {
+                            endpoint: shown.clone(),
+                            detail: "expires_in is not a number".into(),
+                        })?;
                 if parsed.access_token.is_empty() {
                     return Err(IdentityError::InvalidResponse {
                         endpoint: shown,
                         detail: "empty access_token".into(),
                     });
                 }
-                return Ok(AccessToken::new(parsed.access_token, Duration::from_secs(lifetime)));
+                return Ok(AccessToken::new(
+                    parsed.access_token,
+                    Duration::from_secs(lifetime),
+                ));
             }
             let transient = status.as_u16() == 429 || status.is_server_error();
             if transient && !last {
@@ -698,7 +723,11 @@ impl TokenSource {
                 return Err(IdentityError::Unavailable {
                     who,
                     endpoint: shown,
-                    detail: format!("HTTP {} {}", status.as_u16(), first_line(&err.error_description)),
+                    detail: format!(
+                        "HTTP {} {}",
+                        status.as_u16(),
+                        first_line(&err.error_description)
+                    ),
                 });
             }
             let code = if err.error.is_empty() {
@@ -725,7 +754,10 @@ fn first_line(text: &str) -> &str {
 fn entra_hint(description: &str, credential: &Credential) -> String {
     let subject = match credential {
         Credential::ClientAssertion {
-            assertion: AssertionSource::ServiceAccount { namespace, name, .. },
+            assertion:
+                AssertionSource::ServiceAccount {
+                    namespace, name, ..
+                },
             ..
         } => format!("system:serviceaccount:{namespace}:{name}"),
         _ => "system:serviceaccount:<operator namespace>:<operator ServiceAccount>".into(),
@@ -764,13 +796,23 @@ impl TokenSources {
         let key = credential.key();
         let mut map = self.sources.lock().expect("token source registry lock");
         map.entry(key)
-            .or_insert_with(|| Arc::new(TokenSource::new(credential, env.clone(), http.clone(), retry)))
+            .or_insert_with(|| {
+                Arc::new(TokenSource::new(
+                    credential,
+                    env.clone(),
+                    http.clone(),
+                    retry,
+                ))
+            })
             .clone()
     }
 
     /// How many identities have a source.
     pub fn len(&self) -> usize {
-        self.sources.lock().expect("token source registry lock").len()
+        self.sources
+            .lock()
+            .expect("token source registry lock")
+            .len()
     }
 
     /// True when no identity has a source yet.

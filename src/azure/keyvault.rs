@@ -87,7 +87,9 @@ pub enum KeyVaultError {
         detail: String,
     },
     /// 403 `SecretDisabled`.
-    #[error("secret {name} is disabled in vault {vault}: enable it in the vault, or set onDisabled (KeepLast keeps the last value)")]
+    #[error(
+        "secret {name} is disabled in vault {vault}: enable it in the vault, or set onDisabled (KeepLast keeps the last value)"
+    )]
     SecretDisabled { vault: String, name: String },
     /// 404.
     #[error("secret {name}{} was not found in vault {vault}: check the name, or mark the pick optional: true", .version.as_deref().map(|v| format!(" version {v}")).unwrap_or_default())]
@@ -97,14 +99,18 @@ pub enum KeyVaultError {
         version: Option<String>,
     },
     /// 401 after a fresh token.
-    #[error("vault {vault} did not accept the token of {who} ({detail}): check that the identity belongs to the vault's tenant")]
+    #[error(
+        "vault {vault} did not accept the token of {who} ({detail}): check that the identity belongs to the vault's tenant"
+    )]
     Unauthorized {
         vault: String,
         who: String,
         detail: String,
     },
     /// 429 beyond the retry budget.
-    #[error("vault {vault} is throttling requests (429) after {attempts} attempts; kvsync backs off and retries")]
+    #[error(
+        "vault {vault} is throttling requests (429) after {attempts} attempts; kvsync backs off and retries"
+    )]
     Throttled { vault: String, attempts: u32 },
     /// 5xx beyond the retry budget.
     #[error("vault {vault} failed with HTTP {status} {code} after {attempts} attempts: {detail}")]
@@ -116,7 +122,9 @@ pub enum KeyVaultError {
         attempts: u32,
     },
     /// DNS, connect, TLS or timeout.
-    #[error("cannot reach vault {vault} at {authority}: {detail} — check DNS and egress from the cluster to the vault (a private endpoint needs the privatelink.vaultcore.azure.net DNS zone)")]
+    #[error(
+        "cannot reach vault {vault} at {authority}: {detail} — check DNS and egress from the cluster to the vault (a private endpoint needs the privatelink.vaultcore.azure.net DNS zone)"
+    )]
     Unreachable {
         vault: String,
         authority: String,
@@ -135,7 +143,13 @@ pub enum KeyVaultError {
     InvalidResponse { vault: String, detail: String },
 }
 
-fn forbidden_message(vault: &str, who: &str, op: Operation, kind: ForbiddenKind, detail: &str) -> String {
+fn forbidden_message(
+    vault: &str,
+    who: &str,
+    op: Operation,
+    kind: ForbiddenKind,
+    detail: &str,
+) -> String {
     match (kind, op) {
         (ForbiddenKind::Firewall, _) => format!(
             "vault {vault} refused the client address (firewall): add the cluster's egress IP to \
@@ -145,7 +159,10 @@ fn forbidden_message(vault: &str, who: &str, op: Operation, kind: ForbiddenKind,
             "vault {vault} refused the client address: public network access is disabled — reach \
              it through a private endpoint from the cluster's network (see private endpoints)"
         ),
-        (ForbiddenKind::Rbac | ForbiddenKind::AccessPolicy, Operation::ListSecrets | Operation::ListVersions) => format!(
+        (
+            ForbiddenKind::Rbac | ForbiddenKind::AccessPolicy,
+            Operation::ListSecrets | Operation::ListVersions,
+        ) => format!(
             "{who} lacks secrets/list on vault {vault} (it does not have secrets list permission): \
              grant it 'Key Vault Secrets User' on the whole vault (a role on single secrets cannot \
              list), or List in the vault's access policy; picks by name in spec.secrets work without it"
@@ -259,7 +276,9 @@ pub struct SecretBundle {
 impl SecretBundle {
     /// The version id at the end of `id`.
     pub fn version(&self) -> &str {
-        parse_secret_id(&self.id).map(|(_, v)| v).unwrap_or_default()
+        parse_secret_id(&self.id)
+            .map(|(_, v)| v)
+            .unwrap_or_default()
     }
 }
 
@@ -286,12 +305,16 @@ pub struct SecretItem {
 impl SecretItem {
     /// The secret's name, from `id`.
     pub fn name(&self) -> &str {
-        parse_secret_id(&self.id).map(|(n, _)| n).unwrap_or_default()
+        parse_secret_id(&self.id)
+            .map(|(n, _)| n)
+            .unwrap_or_default()
     }
 
     /// The version, when `id` carries one (version listings).
     pub fn version(&self) -> &str {
-        parse_secret_id(&self.id).map(|(_, v)| v).unwrap_or_default()
+        parse_secret_id(&self.id)
+            .map(|(_, v)| v)
+            .unwrap_or_default()
     }
 }
 
@@ -345,7 +368,10 @@ fn parse_challenge(header: &str) -> BTreeMap<String, String> {
     rest.split(',')
         .filter_map(|part| {
             let (k, v) = part.trim().split_once('=')?;
-            Some((k.trim().to_ascii_lowercase(), v.trim().trim_matches('"').to_string()))
+            Some((
+                k.trim().to_ascii_lowercase(),
+                v.trim().trim_matches('"').to_string(),
+            ))
         })
         .collect()
 }
@@ -412,14 +438,19 @@ impl KeyVaultClient {
     }
 
     /// Gets a secret's value: the latest version when `version` is `None` or empty.
-    pub async fn get_secret(&self, name: &str, version: Option<&str>) -> Result<SecretBundle, KeyVaultError> {
+    pub async fn get_secret(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<SecretBundle, KeyVaultError> {
         let version = version.filter(|v| !v.is_empty());
         let mut url = self.endpoint.base.clone();
         url.path_segments_mut()
             .expect("https URL has a path")
             .clear()
             .extend(["secrets", name, version.unwrap_or("")]);
-        url.query_pairs_mut().append_pair("api-version", API_VERSION);
+        url.query_pairs_mut()
+            .append_pair("api-version", API_VERSION);
         let body = self
             .send(url, Operation::GetSecret, Some((name, version)))
             .await?;
@@ -428,7 +459,10 @@ impl KeyVaultClient {
             Some((n, v)) if n.eq_ignore_ascii_case(name) && !v.is_empty() => Ok(bundle),
             _ => Err(KeyVaultError::InvalidResponse {
                 vault: self.endpoint.name.clone(),
-                detail: format!("secret id {:?} does not name secret {name} and a version", bundle.id),
+                detail: format!(
+                    "secret id {:?} does not name secret {name} and a version",
+                    bundle.id
+                ),
             }),
         }
     }
@@ -456,7 +490,11 @@ impl KeyVaultClient {
         self.list_pages(url, Operation::ListVersions).await
     }
 
-    async fn list_pages(&self, first: Url, op: Operation) -> Result<Vec<SecretItem>, KeyVaultError> {
+    async fn list_pages(
+        &self,
+        first: Url,
+        op: Operation,
+    ) -> Result<Vec<SecretItem>, KeyVaultError> {
         let mut items = Vec::new();
         let mut next = Some(first);
         let mut pages = 0;
@@ -477,7 +515,8 @@ impl KeyVaultClient {
 
     /// A `nextLink` must point at the same vault: a token never leaves it.
     fn checked_next_link(&self, link: &str) -> Result<Url, KeyVaultError> {
-        let url = Url::parse(link).map_err(|_| self.invalid(format!("nextLink {link:?} is not a URL")))?;
+        let url = Url::parse(link)
+            .map_err(|_| self.invalid(format!("nextLink {link:?} is not a URL")))?;
         let base = &self.endpoint.base;
         if url.scheme() != "https"
             || url.host_str() != base.host_str()
@@ -498,7 +537,11 @@ impl KeyVaultClient {
         }
     }
 
-    fn parse<'a, T: Deserialize<'a>>(&self, body: &'a [u8], what: &str) -> Result<T, KeyVaultError> {
+    fn parse<'a, T: Deserialize<'a>>(
+        &self,
+        body: &'a [u8],
+        what: &str,
+    ) -> Result<T, KeyVaultError> {
         serde_json::from_slice(body).map_err(|e| {
             // serde's message names the field and position, never the value.
             self.invalid(format!("not a {what}: {}", redact_serde_error(&e)))
@@ -552,7 +595,11 @@ impl KeyVaultClient {
                 .map(parse_challenge);
             let body = match read_limited(resp, MAX_RESPONSE_BYTES).await {
                 Ok(Some(b)) => b,
-                Ok(None) => return Err(self.invalid(format!("response larger than {MAX_RESPONSE_BYTES} bytes"))),
+                Ok(None) => {
+                    return Err(
+                        self.invalid(format!("response larger than {MAX_RESPONSE_BYTES} bytes"))
+                    );
+                }
                 Err(e) if !last => {
                     tracing::debug!(vault = %vault, error = %describe_transport_error(&e), "vault response cut short");
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
@@ -612,7 +659,11 @@ impl KeyVaultClient {
                     });
                 }
                 500..=599 if !last => {
-                    tokio::time::sleep(wait.filter(|d| *d <= self.retry.max_retry_after).unwrap_or_else(|| self.retry.backoff(attempt))).await;
+                    tokio::time::sleep(
+                        wait.filter(|d| *d <= self.retry.max_retry_after)
+                            .unwrap_or_else(|| self.retry.backoff(attempt)),
+                    )
+                    .await;
                     continue;
                 }
                 500..=599 => {
@@ -637,7 +688,11 @@ impl KeyVaultClient {
         secret: Option<(&str, Option<&str>)>,
     ) -> KeyVaultError {
         let vault = self.endpoint.name.clone();
-        let inner = error.innererror.as_ref().map(|i| i.code.as_str()).unwrap_or("");
+        let inner = error
+            .innererror
+            .as_ref()
+            .map(|i| i.code.as_str())
+            .unwrap_or("");
         let (name, version) = secret.unwrap_or(("", None));
         match status {
             403 if inner == "SecretDisabled"
@@ -660,7 +715,8 @@ impl KeyVaultClient {
                     || error.message.contains("Public network access is disabled")
                 {
                     ForbiddenKind::PrivateLink
-                } else if inner == "AccessDenied" || error.message.contains("does not have secrets") {
+                } else if inner == "AccessDenied" || error.message.contains("does not have secrets")
+                {
                     ForbiddenKind::AccessPolicy
                 } else {
                     ForbiddenKind::Other
@@ -729,7 +785,10 @@ mod tests {
             parse_secret_id("https://v.vault.azure.net/secrets/db/3f6c"),
             Some(("db", "3f6c"))
         );
-        assert_eq!(parse_secret_id("https://v.vault.azure.net/secrets/db"), Some(("db", "")));
+        assert_eq!(
+            parse_secret_id("https://v.vault.azure.net/secrets/db"),
+            Some(("db", ""))
+        );
         assert_eq!(parse_secret_id("https://v.vault.azure.net/keys/db"), None);
     }
 
@@ -738,7 +797,10 @@ mod tests {
         let c = parse_challenge(
             r#"Bearer authorization="https://login.microsoftonline.com/72f988bf", resource="https://vault.azure.net""#,
         );
-        assert_eq!(c["authorization"], "https://login.microsoftonline.com/72f988bf");
+        assert_eq!(
+            c["authorization"],
+            "https://login.microsoftonline.com/72f988bf"
+        );
         assert_eq!(c["resource"], "https://vault.azure.net");
     }
 
@@ -749,6 +811,9 @@ mod tests {
         assert!(!shown.contains("98765"), "{shown}");
         let e = serde_json::from_str::<SecretBundle>(r#"{"value": "topsecret"}"#).unwrap_err();
         let shown = redact_serde_error(&e);
-        assert!(shown.contains("missing field `id`") && !shown.contains("topsecret"), "{shown}");
+        assert!(
+            shown.contains("missing field `id`") && !shown.contains("topsecret"),
+            "{shown}"
+        );
     }
 }

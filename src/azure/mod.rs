@@ -7,3 +7,69 @@ pub mod http;
 pub mod identity;
 pub mod keyvault;
 pub mod retry;
+
+use std::sync::Arc;
+
+use hosts::{HostError, VaultEndpoint, VaultHostPolicy};
+use identity::{AzureEnvironment, Credential, TokenSource, TokenSources};
+use keyvault::KeyVaultClient;
+use retry::RetryPolicy;
+
+/// Everything needed to reach Azure, shared by the whole operator: one HTTPS
+/// client, the host guard, the environment, and one token source per identity.
+pub struct AzureAccess {
+    /// The HTTPS client (connection pool shared by every vault).
+    pub http: reqwest::Client,
+    /// The vault host guard.
+    pub policy: VaultHostPolicy,
+    /// The operator's Azure environment.
+    pub env: AzureEnvironment,
+    /// Retry policy of every call.
+    pub retry: RetryPolicy,
+    tokens: TokenSources,
+}
+
+impl AzureAccess {
+    /// Builds the shared access.
+    pub fn new(
+        http: reqwest::Client,
+        policy: VaultHostPolicy,
+        env: AzureEnvironment,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            http,
+            policy,
+            env,
+            retry,
+            tokens: TokenSources::default(),
+        }
+    }
+
+    /// Checks a vault URL against the host guard. Call before resolving any
+    /// identity: a refused URL must not cause a token request.
+    pub fn endpoint(&self, vault_url: &str) -> Result<VaultEndpoint, HostError> {
+        self.policy.check(vault_url)
+    }
+
+    /// The shared token source of `credential`.
+    pub fn token_source(&self, credential: Credential) -> Arc<TokenSource> {
+        self.tokens
+            .get(credential, &self.env, &self.http, self.retry)
+    }
+
+    /// A client for `endpoint` signed in as `credential`.
+    pub fn client(&self, endpoint: VaultEndpoint, credential: Credential) -> KeyVaultClient {
+        KeyVaultClient::new(
+            self.http.clone(),
+            endpoint,
+            self.token_source(credential),
+            self.retry,
+        )
+    }
+
+    /// Number of identities with a token source.
+    pub fn identities(&self) -> usize {
+        self.tokens.len()
+    }
+}

@@ -8,6 +8,8 @@
 
 mod validate;
 
+pub use validate::{MANAGED_BY_LABEL, is_dns1123_subdomain, is_secret_key, is_vault_secret_name};
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

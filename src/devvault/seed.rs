@@ -1,0 +1,163 @@
+//! The dev vault's seed file: secrets (several entries of one name are
+//! versions, last is latest) and optional access rules.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::value::SecretValue;
+
+/// A seed file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seed {
+    /// Secrets in order; a repeated name adds a version.
+    #[serde(default)]
+    pub secrets: Vec<SeedSecret>,
+    /// Who may read what. Absent: every client reads everything.
+    #[serde(default)]
+    pub access: Option<Vec<AccessEntry>>,
+}
+
+/// One version of a secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedSecret {
+    /// Secret name.
+    pub name: String,
+    /// Value of this version.
+    pub value: SecretValue,
+    /// Tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Content type.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// Enabled (default true).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Expiry: RFC 3339 time or unix seconds.
+    #[serde(default)]
+    pub expires: Option<SeedTime>,
+    /// Not before: RFC 3339 time or unix seconds.
+    #[serde(default)]
+    pub not_before: Option<SeedTime>,
+}
+
+/// A time in a seed file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SeedTime {
+    /// Unix seconds.
+    Unix(i64),
+    /// RFC 3339, e.g. `2027-01-01T00:00:00Z`.
+    Text(String),
+}
+
+impl SeedTime {
+    /// Unix seconds.
+    pub fn unix(&self) -> Result<i64, String> {
+        match self {
+            Self::Unix(n) => Ok(*n),
+            Self::Text(s) => s
+                .parse::<k8s_openapi::jiff::Timestamp>()
+                .map(|t| t.as_second())
+                .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}")),
+        }
+    }
+}
+
+/// One access rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessEntry {
+    /// An exact client id, or `"*"` for any other client.
+    pub client_id: String,
+    /// Names, `prefix-*` patterns or `"*"` (which also allows listing).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// When set, the client-secret flow must present this secret.
+    #[serde(default)]
+    pub client_secret: Option<SecretValue>,
+}
+
+impl Seed {
+    /// Parses and checks a seed file.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        let seed: Seed =
+            serde_yaml::from_str(text).map_err(|e| format!("invalid seed file: {e}"))?;
+        for s in &seed.secrets {
+            if !crate::crd::is_vault_secret_name(&s.name) {
+                return Err(format!(
+                    "seed secret name {:?} is not a Key Vault secret name",
+                    s.name
+                ));
+            }
+            if let Some(t) = &s.expires {
+                t.unix()
+                    .map_err(|e| format!("secret {}: expires: {e}", s.name))?;
+            }
+            if let Some(t) = &s.not_before {
+                t.unix()
+                    .map_err(|e| format!("secret {}: notBefore: {e}", s.name))?;
+            }
+        }
+        Ok(seed)
+    }
+}
+
+/// Does `name` match a pattern: exact (case-insensitive), `prefix-*` or `*`?
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name
+            .to_ascii_lowercase()
+            .starts_with(&prefix.to_ascii_lowercase()),
+        None => pattern.eq_ignore_ascii_case(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_versions_tags_times_and_access() {
+        let seed = Seed::from_yaml(
+            r#"
+secrets:
+  - {name: db-password, value: v1}
+  - {name: db-password, value: v2, tags: {team: ci}, expires: "2030-01-01T00:00:00Z"}
+  - {name: off, value: x, enabled: false, notBefore: 1700000000}
+access:
+  - {clientId: restricted-app, secrets: ["public-*"]}
+  - {clientId: "*", secrets: ["*"]}
+"#,
+        )
+        .unwrap();
+        assert_eq!(seed.secrets.len(), 3);
+        assert_eq!(
+            seed.secrets[1].expires.as_ref().unwrap().unix(),
+            Ok(1893456000)
+        );
+        assert_eq!(seed.access.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn rejects_bad_names_and_unknown_fields() {
+        assert!(Seed::from_yaml("secrets: [{name: bad_name, value: x}]").is_err());
+        assert!(Seed::from_yaml("secrets: [{name: a, value: x, colour: red}]").is_err());
+        assert!(Seed::from_yaml("secrets: [{name: a, value: x, expires: soon}]").is_err());
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches("*", "anything"));
+        assert!(pattern_matches("public-*", "public-key"));
+        assert!(!pattern_matches("public-*", "private-key"));
+        assert!(pattern_matches("DB", "db"));
+        assert!(!pattern_matches("db", "db2"));
+    }
+}

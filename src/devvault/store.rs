@@ -1,0 +1,505 @@
+//! The dev vault's state: secrets with versions, access rules, request
+//! counts and injected faults. Pure data; the HTTP layer sits in `server`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::seed::{AccessEntry, Seed, pattern_matches};
+use crate::value::SecretValue;
+
+/// One version of a secret.
+#[derive(Debug, Clone)]
+pub struct StoredVersion {
+    /// 32 hex characters.
+    pub id: String,
+    /// The value.
+    pub value: SecretValue,
+    /// Content type.
+    pub content_type: Option<String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Enabled.
+    pub enabled: bool,
+    /// Not before (unix seconds).
+    pub nbf: Option<i64>,
+    /// Expiry (unix seconds).
+    pub exp: Option<i64>,
+    /// Created (unix seconds).
+    pub created: i64,
+    /// Updated (unix seconds).
+    pub updated: i64,
+}
+
+/// A secret: its name as first written, and its versions (last is latest).
+#[derive(Debug, Clone)]
+pub struct SecretEntry {
+    /// Name as created.
+    pub name: String,
+    /// Versions, oldest first.
+    pub versions: Vec<StoredVersion>,
+}
+
+/// Attribute changes of `PATCH /secrets/{name}/{version}` and of a new version.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttributesPatch {
+    /// Enabled.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Not before.
+    #[serde(default)]
+    pub nbf: Option<i64>,
+    /// Expiry.
+    #[serde(default)]
+    pub exp: Option<i64>,
+}
+
+/// A fault to inject, as posted to `/_dev/faults`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultSpec {
+    /// Operation it applies to (`get_secret`, `list_secrets`, `list_versions`,
+    /// `set_secret`, `update_secret`, `delete_secret`, `token`) or `*`.
+    #[serde(default = "any_op")]
+    pub op: String,
+    /// Only requests for this secret name.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// HTTP status to answer with.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Azure error code (`error.code`).
+    #[serde(default)]
+    pub code: Option<String>,
+    /// Azure error message.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// `error.innererror.code`, e.g. `ForbiddenByFirewall`.
+    #[serde(default)]
+    pub inner_code: Option<String>,
+    /// `Retry-After` seconds.
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+    /// Delay before answering (or before the normal answer when no status).
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    /// Close the connection without an answer.
+    #[serde(default)]
+    pub drop: bool,
+    /// Apply to this many requests, then stop.
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// Apply for this long, then stop.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+}
+
+fn any_op() -> String {
+    "*".into()
+}
+
+/// Operation labels of `/_dev/stats`.
+pub const OPS: &[&str] = &[
+    "get_secret",
+    "list_secrets",
+    "list_versions",
+    "set_secret",
+    "update_secret",
+    "delete_secret",
+    "token",
+];
+
+impl FaultSpec {
+    /// Checks a posted fault.
+    pub fn check(&self) -> Result<(), String> {
+        if self.op != "*" && !OPS.contains(&self.op.as_str()) {
+            return Err(format!(
+                "op {:?} is not one of {} or *",
+                self.op,
+                OPS.join(", ")
+            ));
+        }
+        if let Some(s) = self.status
+            && !(400..=599).contains(&s)
+        {
+            return Err(format!("status {s} is not an error status (400-599)"));
+        }
+        if self.status.is_none() && self.latency_ms.is_none() && !self.drop {
+            return Err("a fault needs a status, a latencyMs or drop: true".into());
+        }
+        Ok(())
+    }
+}
+
+struct ActiveFault {
+    spec: FaultSpec,
+    remaining: Option<u32>,
+    until: Option<Instant>,
+}
+
+/// The state of one dev vault.
+pub struct VaultState {
+    secrets: BTreeMap<String, SecretEntry>,
+    access: Option<Vec<AccessEntry>>,
+    stats: BTreeMap<String, BTreeMap<String, u64>>,
+    faults: Vec<ActiveFault>,
+    assertion_subjects: BTreeMap<String, Vec<String>>,
+}
+
+/// Stats as served by `GET /_dev/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// `{OP: {STATUS: COUNT}}`.
+    pub requests: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Subjects of the client assertions received, per client id, in order.
+    pub assertion_subjects: BTreeMap<String, Vec<String>>,
+}
+
+impl Stats {
+    /// Requests of `op` with `status`.
+    pub fn count(&self, op: &str, status: u16) -> u64 {
+        self.requests
+            .get(op)
+            .and_then(|m| m.get(&status.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests of `op`, any status.
+    pub fn total(&self, op: &str) -> u64 {
+        self.requests.get(op).map(|m| m.values().sum()).unwrap_or(0)
+    }
+}
+
+/// A new random version id (32 lower-case hex characters, like Azure's).
+pub fn new_version_id() -> String {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("system random");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl VaultState {
+    /// State from a seed, with every seeded version created at `now`.
+    pub fn from_seed(seed: &Seed, now: i64) -> Self {
+        let mut state = Self {
+            secrets: BTreeMap::new(),
+            access: seed.access.clone(),
+            stats: BTreeMap::new(),
+            faults: Vec::new(),
+            assertion_subjects: BTreeMap::new(),
+        };
+        for s in &seed.secrets {
+            state.set(
+                &s.name,
+                s.value.clone(),
+                s.tags.clone(),
+                s.content_type.clone(),
+                AttributesPatch {
+                    enabled: s.enabled,
+                    nbf: s.not_before.as_ref().and_then(|t| t.unix().ok()),
+                    exp: s.expires.as_ref().and_then(|t| t.unix().ok()),
+                },
+                now,
+            );
+        }
+        state
+    }
+
+    /// The secret called `name` (case-insensitive).
+    pub fn entry(&self, name: &str) -> Option<&SecretEntry> {
+        self.secrets.get(&name.to_ascii_lowercase())
+    }
+
+    /// A version of `name`: the latest when `version` is empty.
+    pub fn version(&self, name: &str, version: &str) -> Option<&StoredVersion> {
+        let entry = self.entry(name)?;
+        if version.is_empty() {
+            entry.versions.last()
+        } else {
+            entry
+                .versions
+                .iter()
+                .find(|v| v.id.eq_ignore_ascii_case(version))
+        }
+    }
+
+    /// Adds a version (creating the secret) and returns it.
+    pub fn set(
+        &mut self,
+        name: &str,
+        value: SecretValue,
+        tags: BTreeMap<String, String>,
+        content_type: Option<String>,
+        attrs: AttributesPatch,
+        now: i64,
+    ) -> StoredVersion {
+        let entry = self
+            .secrets
+            .entry(name.to_ascii_lowercase())
+            .or_insert_with(|| SecretEntry {
+                name: name.to_string(),
+                versions: Vec::new(),
+            });
+        let v = StoredVersion {
+            id: new_version_id(),
+            value,
+            content_type,
+            tags,
+            enabled: attrs.enabled.unwrap_or(true),
+            nbf: attrs.nbf,
+            exp: attrs.exp,
+            created: now,
+            updated: now,
+        };
+        entry.versions.push(v.clone());
+        v
+    }
+
+    /// Updates attributes, tags or content type of a version (latest when empty).
+    pub fn update(
+        &mut self,
+        name: &str,
+        version: &str,
+        attrs: AttributesPatch,
+        tags: Option<BTreeMap<String, String>>,
+        content_type: Option<String>,
+        now: i64,
+    ) -> Option<StoredVersion> {
+        let entry = self.secrets.get_mut(&name.to_ascii_lowercase())?;
+        let v = if version.is_empty() {
+            entry.versions.last_mut()?
+        } else {
+            entry
+                .versions
+                .iter_mut()
+                .find(|v| v.id.eq_ignore_ascii_case(version))?
+        };
+        if let Some(e) = attrs.enabled {
+            v.enabled = e;
+        }
+        if attrs.nbf.is_some() {
+            v.nbf = attrs.nbf;
+        }
+        if attrs.exp.is_some() {
+            v.exp = attrs.exp;
+        }
+        if let Some(t) = tags {
+            v.tags = t;
+        }
+        if content_type.is_some() {
+            v.content_type = content_type;
+        }
+        v.updated = now;
+        Some(v.clone())
+    }
+
+    /// Deletes a secret with all its versions.
+    pub fn delete(&mut self, name: &str) -> Option<SecretEntry> {
+        self.secrets.remove(&name.to_ascii_lowercase())
+    }
+
+    /// Every secret with its latest version, by name.
+    pub fn list(&self) -> Vec<(&str, &StoredVersion)> {
+        self.secrets
+            .values()
+            .filter_map(|e| e.versions.last().map(|v| (e.name.as_str(), v)))
+            .collect()
+    }
+
+    /// May `client` read `name` (`None`: list the vault)?
+    pub fn allowed(&self, client: &str, name: Option<&str>) -> bool {
+        let Some(rules) = &self.access else {
+            return true;
+        };
+        let entry = rules
+            .iter()
+            .find(|r| r.client_id == client)
+            .or_else(|| rules.iter().find(|r| r.client_id == "*"));
+        let Some(entry) = entry else {
+            return false;
+        };
+        match name {
+            None => entry.secrets.iter().any(|p| p == "*"),
+            Some(n) => entry.secrets.iter().any(|p| pattern_matches(p, n)),
+        }
+    }
+
+    /// The client secret the seed requires of `client`, if any.
+    pub fn required_client_secret(&self, client: &str) -> Option<&SecretValue> {
+        self.access
+            .as_ref()?
+            .iter()
+            .find(|r| r.client_id == client)?
+            .client_secret
+            .as_ref()
+    }
+
+    /// Counts a request.
+    pub fn count(&mut self, op: &str, status: u16) {
+        *self
+            .stats
+            .entry(op.to_string())
+            .or_default()
+            .entry(status.to_string())
+            .or_default() += 1;
+    }
+
+    /// Remembers the subject of a client assertion.
+    pub fn remember_subject(&mut self, client: &str, sub: &str) {
+        self.assertion_subjects
+            .entry(client.to_string())
+            .or_default()
+            .push(sub.to_string());
+    }
+
+    /// The counts since start or the last reset.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            requests: self.stats.clone(),
+            assertion_subjects: self.assertion_subjects.clone(),
+        }
+    }
+
+    /// Forgets the counts.
+    pub fn reset_stats(&mut self) {
+        self.stats.clear();
+        self.assertion_subjects.clear();
+    }
+
+    /// Adds a fault (checked by the caller).
+    pub fn add_fault(&mut self, spec: FaultSpec) {
+        self.faults.push(ActiveFault {
+            remaining: spec.count,
+            until: spec
+                .duration_ms
+                .map(|ms| Instant::now() + Duration::from_millis(ms)),
+            spec,
+        });
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&mut self) {
+        self.faults.clear();
+    }
+
+    /// The fault that applies to this request, if any (consuming one use).
+    pub fn take_fault(&mut self, op: &str, secret: Option<&str>) -> Option<FaultSpec> {
+        let now = Instant::now();
+        self.faults
+            .retain(|f| f.remaining != Some(0) && f.until.is_none_or(|u| u > now));
+        let fault = self.faults.iter_mut().find(|f| {
+            (f.spec.op == "*" || f.spec.op == op)
+                && f.spec
+                    .secret
+                    .as_deref()
+                    .is_none_or(|s| secret.is_some_and(|n| n.eq_ignore_ascii_case(s)))
+        })?;
+        if let Some(r) = fault.remaining.as_mut() {
+            *r -= 1;
+        }
+        Some(fault.spec.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seeded() -> VaultState {
+        let seed = Seed::from_yaml(
+            r#"
+secrets:
+  - {name: db-password, value: v1}
+  - {name: db-password, value: v2}
+  - {name: public-key, value: k}
+access:
+  - {clientId: restricted-app, secrets: ["public-*"]}
+  - {clientId: nobody, secrets: []}
+  - {clientId: "*", secrets: ["*"]}
+"#,
+        )
+        .unwrap();
+        VaultState::from_seed(&seed, 1000)
+    }
+
+    #[test]
+    fn later_seed_entries_are_newer_versions() {
+        let s = seeded();
+        let e = s.entry("DB-PASSWORD").unwrap();
+        assert_eq!(e.versions.len(), 2);
+        assert_eq!(s.version("db-password", "").unwrap().value.expose(), "v2");
+        let first = e.versions[0].id.clone();
+        assert_eq!(
+            s.version("db-password", &first).unwrap().value.expose(),
+            "v1"
+        );
+    }
+
+    #[test]
+    fn access_rules_scope_reads_and_listing() {
+        let s = seeded();
+        assert!(s.allowed("restricted-app", Some("public-key")));
+        assert!(!s.allowed("restricted-app", Some("db-password")));
+        assert!(!s.allowed("restricted-app", None));
+        assert!(s.allowed("someone-else", None));
+        assert!(!s.allowed("nobody", Some("public-key")));
+    }
+
+    #[test]
+    fn faults_apply_to_their_op_and_run_out() {
+        let mut s = seeded();
+        s.add_fault(FaultSpec {
+            op: "get_secret".into(),
+            status: Some(503),
+            count: Some(2),
+            ..Default::default()
+        });
+        assert!(s.take_fault("list_secrets", None).is_none());
+        assert!(s.take_fault("get_secret", Some("a")).is_some());
+        assert!(s.take_fault("get_secret", Some("a")).is_some());
+        assert!(s.take_fault("get_secret", Some("a")).is_none());
+    }
+
+    #[test]
+    fn fault_checks() {
+        assert!(
+            FaultSpec {
+                op: "bogus".into(),
+                status: Some(500),
+                ..Default::default()
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            FaultSpec {
+                op: "*".into(),
+                ..Default::default()
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            FaultSpec {
+                op: "*".into(),
+                status: Some(200),
+                ..Default::default()
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            FaultSpec {
+                op: "token".into(),
+                drop: true,
+                ..Default::default()
+            }
+            .check()
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! Resolving `spec.identity` through the Kubernetes API (scripted mock API
+//! server, kube's tower-test pattern) and signing in at the dev vault.
+
+mod support;
+
+use http::{Request, Response};
+use kube::client::Body;
+use kvsync::azure::identity::{AssertionSource, Credential, IdentityError};
+use kvsync::crd::{SecretKeyRef, VaultIdentity};
+use kvsync::devvault::jwt;
+use serde_json::{Value, json};
+use support::start;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn mock_client() -> (kube::Client, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (kube::Client::new(service, "default"), handle)
+}
+
+async fn expect(handle: &mut Handle, method: &str, path: &str, status: u16, body: Value) -> Value {
+    let (request, send) = handle.next_request().await.expect("a request");
+    assert_eq!(request.method().as_str(), method);
+    assert_eq!(request.uri().path(), path);
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let sent: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    send.send_response(
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+    sent
+}
+
+fn sa(annotations: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ServiceAccount",
+           "metadata": {"name": "build-agent", "namespace": "ci", "annotations": annotations}})
+}
+
+fn not_found() -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404,
+           "message": "serviceaccounts \"build-agent\" not found"})
+}
+
+fn sa_identity() -> VaultIdentity {
+    VaultIdentity {
+        service_account_name: Some("build-agent".into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn service_account_identity_uses_a_token_request_and_signs_in() {
+    let f = start("secrets:\n  - {name: db, value: one}\n").await;
+    let env = f.env("operator-app", "system:serviceaccount:kvsync:kvsync");
+    let (client, mut handle) = mock_client();
+    let server = tokio::spawn(async move {
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/ci/serviceaccounts/build-agent",
+            200,
+            sa(json!({"azure.workload.identity/client-id": "sa-app"})),
+        )
+        .await;
+        let assertion = jwt::encode_signed(
+            &json!({"sub": "system:serviceaccount:ci:build-agent", "aud": ["api://AzureADTokenExchange"]}),
+        );
+        let sent = expect(
+            &mut handle,
+            "POST",
+            "/api/v1/namespaces/ci/serviceaccounts/build-agent/token",
+            201,
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                   "spec": {"audiences": ["api://AzureADTokenExchange"]},
+                   "status": {"token": assertion, "expirationTimestamp": "2030-01-01T00:00:00Z"}}),
+        )
+        .await;
+        assert_eq!(
+            sent["spec"]["audiences"],
+            json!(["api://AzureADTokenExchange"])
+        );
+    });
+
+    let cred = env
+        .resolve(Some(&sa_identity()), "ci", &client)
+        .await
+        .unwrap();
+    let Credential::ClientAssertion {
+        client_id,
+        tenant_id,
+        assertion: AssertionSource::ServiceAccount {
+            namespace, name, ..
+        },
+    } = &cred
+    else {
+        panic!("expected a ServiceAccount assertion, got {cred:?}");
+    };
+    assert_eq!(
+        (client_id.as_str(), namespace.as_str(), name.as_str()),
+        ("sa-app", "ci", "build-agent")
+    );
+    assert_eq!(
+        tenant_id,
+        kvsync::devvault::DEV_TENANT_ID,
+        "falls back to the operator's tenant"
+    );
+
+    let kv = f.client_with(f.token_source(cred, &env));
+    assert_eq!(
+        kv.get_secret("db", None).await.unwrap().value.expose(),
+        "one"
+    );
+    server.await.unwrap();
+    assert_eq!(
+        f.stats().await.assertion_subjects["sa-app"],
+        ["system:serviceaccount:ci:build-agent"]
+    );
+}
+
+#[tokio::test]
+async fn binding_overrides_beat_service_account_annotations() {
+    let env = kvsync::azure::identity::AzureEnvironment::from_lookup(|_| None);
+    let (client, mut handle) = mock_client();
+    let server = tokio::spawn(async move {
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/ci/serviceaccounts/build-agent",
+            200,
+            sa(
+                json!({"azure.workload.identity/client-id": "from-annotation",
+                      "azure.workload.identity/tenant-id": "annotation-tenant"}),
+            ),
+        )
+        .await;
+    });
+    let id = VaultIdentity {
+        client_id: Some("from-binding".into()),
+        ..sa_identity()
+    };
+    let cred = env.resolve(Some(&id), "ci", &client).await.unwrap();
+    server.await.unwrap();
+    let Credential::ClientAssertion {
+        client_id,
+        tenant_id,
+        ..
+    } = cred
+    else {
+        panic!()
+    };
+    assert_eq!(client_id, "from-binding");
+    assert_eq!(tenant_id, "annotation-tenant");
+}
+
+#[tokio::test]
+async fn service_account_without_client_id_is_a_clear_error() {
+    let env = kvsync::azure::identity::AzureEnvironment::from_lookup(|_| None);
+    let (client, mut handle) = mock_client();
+    let server = tokio::spawn(async move {
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/ci/serviceaccounts/build-agent",
+            200,
+            sa(json!({})),
+        )
+        .await;
+    });
+    let err = env
+        .resolve(Some(&sa_identity()), "ci", &client)
+        .await
+        .unwrap_err();
+    server.await.unwrap();
+    assert!(
+        matches!(err, IdentityError::MissingClientId { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("azure.workload.identity/client-id"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn missing_service_account_is_named() {
+    let env = kvsync::azure::identity::AzureEnvironment::from_lookup(|_| None);
+    let (client, mut handle) = mock_client();
+    let server = tokio::spawn(async move {
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/ci/serviceaccounts/build-agent",
+            404,
+            not_found(),
+        )
+        .await;
+    });
+    let err = env
+        .resolve(Some(&sa_identity()), "ci", &client)
+        .await
+        .unwrap_err();
+    server.await.unwrap();
+    assert!(
+        err.to_string()
+            .contains("ServiceAccount ci/build-agent does not exist"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn client_secret_is_read_from_the_binding_namespace() {
+    let env = kvsync::azure::identity::AzureEnvironment::from_lookup(|k| {
+        (k == "AZURE_TENANT_ID").then(|| "op-tenant".to_string())
+    });
+    let (client, mut handle) = mock_client();
+    let server = tokio::spawn(async move {
+        expect(&mut handle, "GET", "/api/v1/namespaces/team-a/secrets/sp-cred", 200,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sp-cred", "namespace": "team-a"},
+                   "data": {"secret": "czNjcjN0Cg=="}})).await; // "s3cr3t\n"
+    });
+    let id = VaultIdentity {
+        client_id: Some("sp-app".into()),
+        client_secret_ref: Some(SecretKeyRef {
+            name: "sp-cred".into(),
+            key: "secret".into(),
+        }),
+        ..Default::default()
+    };
+    let cred = env.resolve(Some(&id), "team-a", &client).await.unwrap();
+    server.await.unwrap();
+    let Credential::ClientSecret {
+        client_id,
+        tenant_id,
+        secret,
+    } = &cred
+    else {
+        panic!("{cred:?}")
+    };
+    assert_eq!(
+        (client_id.as_str(), tenant_id.as_str()),
+        ("sp-app", "op-tenant")
+    );
+    assert_eq!(
+        secret.expose(),
+        "s3cr3t",
+        "a trailing newline from `kubectl create secret --from-file` is dropped"
+    );
+    assert!(!format!("{cred:?}").contains("s3cr3t"));
+}
+
+#[tokio::test]
+async fn managed_identity_needs_no_api_call() {
+    let env = kvsync::azure::identity::AzureEnvironment::from_lookup(|_| None);
+    let (client, _handle) = mock_client();
+    let id = VaultIdentity {
+        managed_identity: Some(kvsync::crd::ManagedIdentity { client_id: None }),
+        ..Default::default()
+    };
+    let cred = env.resolve(Some(&id), "ci", &client).await.unwrap();
+    assert_eq!(cred.describe(), "the system-assigned managed identity");
+}
