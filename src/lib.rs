@@ -5,4 +5,5 @@ pub mod cli;
 pub mod crd;
 pub mod devvault;
 pub mod duration;
+pub mod plan;
 pub mod value;
