@@ -6,4 +6,5 @@ pub mod crd;
 pub mod devvault;
 pub mod duration;
 pub mod plan;
+pub mod render;
 pub mod value;

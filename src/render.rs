@@ -1,0 +1,359 @@
+//! From what was read in the vault to the Secret's data: pure, no I/O.
+//!
+//! Applies `onDisabled` and `onExpired`, keeps the last value of a disabled
+//! secret (KeepLast), enforces the 1 MiB Secret limit and computes `dataHash`.
+
+use std::collections::BTreeMap;
+
+use crate::crd::{OnDisabled, OnExpired, SyncedSecret};
+use crate::plan::Plan;
+use crate::value::SecretValue;
+
+/// Kubernetes' limit on a Secret's data.
+pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
+/// A synced secret expiring sooner than this sets `ExpiringSoon`.
+pub const EXPIRY_WARNING_SECS: i64 = 7 * 86400;
+
+/// What the vault said about one planned key.
+#[derive(Debug, Clone)]
+pub enum Fetched {
+    /// The value and its version's attributes.
+    Value {
+        value: SecretValue,
+        version: String,
+        updated: Option<i64>,
+        expires: Option<i64>,
+    },
+    /// The secret (version) is disabled.
+    Disabled,
+    /// No such secret or version.
+    Missing,
+}
+
+/// A secret expiring soon, or expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    /// Vault secret name.
+    pub name: String,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
+/// The Secret's data as it should be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// Key → value (ours only).
+    pub data: BTreeMap<String, SecretValue>,
+    /// What is in it, for `status.secrets`.
+    pub synced: Vec<SyncedSecret>,
+    /// `sha256:` hash of `data`.
+    pub hash: String,
+    /// Secrets that expire within 7 days or have expired (and are synced).
+    pub expiring: Vec<Expiry>,
+    /// Keys left out, and why (optional missing, Remove, Skip).
+    pub skipped: Vec<(String, String)>,
+    /// Keys kept at their last value because the secret is disabled.
+    pub kept: Vec<String>,
+}
+
+/// Why nothing may be written. Each leaves the Secret as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    /// A required secret does not exist.
+    #[error("secret {name} was not found in the vault: create it, fix the name, or mark the pick optional: true")]
+    Missing { name: String },
+    /// A required secret is disabled and the policy says fail (or there is nothing to keep).
+    #[error("secret {name} is disabled in the vault{}: enable it, or set onDisabled: Remove", if *.nothing_kept { " and the Secret has no earlier value to keep" } else { " (onDisabled: Fail)" })]
+    Disabled { name: String, nothing_kept: bool },
+    /// The Secret would exceed Kubernetes' 1 MiB limit.
+    #[error("the Secret would hold {bytes} bytes, over Kubernetes' 1 MiB limit: split the binding or pick fewer secrets")]
+    TooLarge { bytes: usize },
+}
+
+impl RenderError {
+    /// The condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing { .. } => "SecretNotFound",
+            Self::Disabled { .. } => "SecretDisabled",
+            Self::TooLarge { .. } => "SecretTooLarge",
+        }
+    }
+}
+
+/// Everything rendering depends on.
+pub struct RenderInput<'a> {
+    /// The plan.
+    pub plan: &'a Plan,
+    /// Key → what the vault said (every planned key must be present).
+    pub fetched: &'a BTreeMap<String, Fetched>,
+    /// The target Secret's current data (for KeepLast).
+    pub current: Option<&'a BTreeMap<String, Vec<u8>>>,
+    /// The last status's secrets (versions of kept values).
+    pub previous: &'a [SyncedSecret],
+    /// `spec.onDisabled`.
+    pub on_disabled: OnDisabled,
+    /// `spec.onExpired`.
+    pub on_expired: OnExpired,
+    /// Now, unix seconds.
+    pub now: i64,
+}
+
+fn time(secs: i64) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+    k8s_openapi::jiff::Timestamp::from_second(secs)
+        .ok()
+        .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
+}
+
+/// `sha256:<hex>` over the keys and values (length-prefixed, in key order).
+pub fn data_hash(data: &BTreeMap<String, SecretValue>) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (k, v) in data {
+        ctx.update(&(k.len() as u64).to_le_bytes());
+        ctx.update(k.as_bytes());
+        ctx.update(&(v.len() as u64).to_le_bytes());
+        ctx.update(v.expose().as_bytes());
+    }
+    let hex: String = ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Renders the Secret's data.
+pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
+    let mut data = BTreeMap::new();
+    let mut synced = Vec::new();
+    let mut expiring = Vec::new();
+    let mut skipped = Vec::new();
+    let mut kept = Vec::new();
+
+    for planned in &input.plan.keys {
+        let fetched = input.fetched.get(&planned.key).unwrap_or(&Fetched::Missing);
+        match fetched {
+            Fetched::Value {
+                value,
+                version,
+                updated,
+                expires,
+            } => {
+                let expired = expires.is_some_and(|e| e <= input.now);
+                if expired && input.on_expired == OnExpired::Skip {
+                    skipped.push((planned.key.clone(), format!("{} has expired (onExpired: Skip)", planned.secret)));
+                    continue;
+                }
+                if let Some(e) = expires
+                    && *e - input.now <= EXPIRY_WARNING_SECS
+                {
+                    expiring.push(Expiry {
+                        name: planned.secret.clone(),
+                        expires: *e,
+                    });
+                }
+                data.insert(planned.key.clone(), value.clone());
+                synced.push(SyncedSecret {
+                    name: planned.secret.clone(),
+                    key: planned.key.clone(),
+                    version: version.clone(),
+                    updated: updated.and_then(time),
+                    expires: expires.and_then(time),
+                });
+            }
+            Fetched::Missing if planned.optional => {
+                skipped.push((planned.key.clone(), format!("{} does not exist (optional)", planned.secret)));
+            }
+            Fetched::Missing => {
+                return Err(RenderError::Missing {
+                    name: planned.secret.clone(),
+                });
+            }
+            Fetched::Disabled => match input.on_disabled {
+                OnDisabled::Remove => {
+                    skipped.push((planned.key.clone(), format!("{} is disabled (onDisabled: Remove)", planned.secret)));
+                }
+                OnDisabled::Fail if !planned.optional => {
+                    return Err(RenderError::Disabled {
+                        name: planned.secret.clone(),
+                        nothing_kept: false,
+                    });
+                }
+                OnDisabled::Fail => {
+                    skipped.push((planned.key.clone(), format!("{} is disabled (optional)", planned.secret)));
+                }
+                OnDisabled::KeepLast => {
+                    let last = input
+                        .current
+                        .and_then(|c| c.get(&planned.key))
+                        .and_then(|b| String::from_utf8(b.clone()).ok());
+                    match last {
+                        Some(v) => {
+                            data.insert(planned.key.clone(), SecretValue::new(v));
+                            kept.push(planned.key.clone());
+                            if let Some(prev) = input.previous.iter().find(|s| s.key == planned.key) {
+                                synced.push(prev.clone());
+                            }
+                        }
+                        None if planned.optional => {
+                            skipped.push((planned.key.clone(), format!("{} is disabled and was never synced", planned.secret)));
+                        }
+                        None => {
+                            return Err(RenderError::Disabled {
+                                name: planned.secret.clone(),
+                                nothing_kept: true,
+                            });
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    let bytes: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_SECRET_BYTES {
+        return Err(RenderError::TooLarge { bytes });
+    }
+    Ok(Rendered {
+        hash: data_hash(&data),
+        data,
+        synced,
+        expiring,
+        skipped,
+        kept,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::PlannedKey;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn plan(keys: &[(&str, bool)]) -> Plan {
+        Plan {
+            keys: keys
+                .iter()
+                .map(|(k, optional)| PlannedKey {
+                    key: k.to_string(),
+                    secret: format!("{k}-secret"),
+                    version: None,
+                    optional: *optional,
+                })
+                .collect(),
+        }
+    }
+
+    fn value(v: &str, expires: Option<i64>) -> Fetched {
+        Fetched::Value {
+            value: SecretValue::new(v),
+            version: format!("ver-{v}"),
+            updated: Some(NOW - 10),
+            expires,
+        }
+    }
+
+    fn run(
+        plan: &Plan,
+        fetched: &[(&str, Fetched)],
+        current: Option<&BTreeMap<String, Vec<u8>>>,
+        on_disabled: OnDisabled,
+        on_expired: OnExpired,
+    ) -> Result<Rendered, RenderError> {
+        let fetched: BTreeMap<String, Fetched> = fetched.iter().map(|(k, f)| (k.to_string(), f.clone())).collect();
+        render(&RenderInput {
+            plan,
+            fetched: &fetched,
+            current,
+            previous: &[],
+            on_disabled,
+            on_expired,
+            now: NOW,
+        })
+    }
+
+    #[test]
+    fn values_become_data_and_status_without_values() {
+        let r = run(&plan(&[("a", false), ("b", false)]), &[("a", value("1", None)), ("b", value("2", None))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap();
+        assert_eq!(r.data["a"].expose(), "1");
+        assert_eq!(r.synced.len(), 2);
+        assert_eq!(r.synced[0].version, "ver-1");
+        assert!(r.hash.starts_with("sha256:") && r.hash.len() == 71);
+        assert!(!format!("{:?}", r.synced).contains("\"1\""));
+    }
+
+    #[test]
+    fn hash_changes_with_any_value_and_not_otherwise() {
+        let p = plan(&[("a", false)]);
+        let one = run(&p, &[("a", value("x", None))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap();
+        let same = run(&p, &[("a", value("x", None))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap();
+        let other = run(&p, &[("a", value("y", None))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap();
+        assert_eq!(one.hash, same.hash);
+        assert_ne!(one.hash, other.hash);
+        // Length prefixes: {"ab": ""} and {"a": "b"} differ.
+        let mut d1 = BTreeMap::new();
+        d1.insert("ab".to_string(), SecretValue::new(""));
+        let mut d2 = BTreeMap::new();
+        d2.insert("a".to_string(), SecretValue::new("b"));
+        assert_ne!(data_hash(&d1), data_hash(&d2));
+    }
+
+    #[test]
+    fn missing_required_fails_and_missing_optional_is_skipped() {
+        let err = run(&plan(&[("a", false)]), &[("a", Fetched::Missing)], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap_err();
+        assert_eq!(err.reason(), "SecretNotFound");
+        let r = run(&plan(&[("a", true), ("b", false)]), &[("a", Fetched::Missing), ("b", value("2", None))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap();
+        assert_eq!(r.data.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(r.skipped.len(), 1);
+    }
+
+    #[test]
+    fn disabled_keep_last_keeps_the_current_value() {
+        let current: BTreeMap<String, Vec<u8>> = [("a".to_string(), b"old".to_vec())].into();
+        let r = run(&plan(&[("a", false)]), &[("a", Fetched::Disabled)], Some(&current), OnDisabled::KeepLast, OnExpired::Sync).unwrap();
+        assert_eq!(r.data["a"].expose(), "old");
+        assert_eq!(r.kept, ["a"]);
+    }
+
+    #[test]
+    fn disabled_keep_last_with_nothing_to_keep_fails() {
+        let err = run(&plan(&[("a", false)]), &[("a", Fetched::Disabled)], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap_err();
+        assert!(matches!(err, RenderError::Disabled { nothing_kept: true, .. }));
+    }
+
+    #[test]
+    fn disabled_remove_drops_the_key_and_fail_fails() {
+        let current: BTreeMap<String, Vec<u8>> = [("a".to_string(), b"old".to_vec())].into();
+        let r = run(&plan(&[("a", false)]), &[("a", Fetched::Disabled)], Some(&current), OnDisabled::Remove, OnExpired::Sync).unwrap();
+        assert!(r.data.is_empty());
+        let err = run(&plan(&[("a", false)]), &[("a", Fetched::Disabled)], Some(&current), OnDisabled::Fail, OnExpired::Sync).unwrap_err();
+        assert_eq!(err.reason(), "SecretDisabled");
+        assert!(err.to_string().contains("onDisabled: Fail"));
+    }
+
+    #[test]
+    fn expired_secrets_follow_on_expired() {
+        let p = plan(&[("a", false)]);
+        let expired = [("a", value("1", Some(NOW - 1)))];
+        let synced = run(&p, &expired, None, OnDisabled::KeepLast, OnExpired::Sync).unwrap();
+        assert_eq!(synced.data.len(), 1);
+        assert_eq!(synced.expiring.len(), 1);
+        let skipped = run(&p, &expired, None, OnDisabled::KeepLast, OnExpired::Skip).unwrap();
+        assert!(skipped.data.is_empty());
+        let warned = run(&p, &expired, None, OnDisabled::KeepLast, OnExpired::Warn).unwrap();
+        assert_eq!(warned.data.len(), 1);
+    }
+
+    #[test]
+    fn expiring_within_seven_days_is_reported() {
+        let p = plan(&[("a", false), ("b", false)]);
+        let r = run(&p, &[("a", value("1", Some(NOW + 86400))), ("b", value("2", Some(NOW + 30 * 86400)))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap();
+        assert_eq!(r.expiring, [Expiry { name: "a-secret".into(), expires: NOW + 86400 }]);
+        assert!(r.synced[1].expires.is_some());
+    }
+
+    #[test]
+    fn over_one_mebibyte_is_refused() {
+        let big = "x".repeat(600 * 1024);
+        let p = plan(&[("a", false), ("b", false)]);
+        let err = run(&p, &[("a", value(&big, None)), ("b", value(&big, None))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap_err();
+        assert_eq!(err.reason(), "SecretTooLarge");
+    }
+}
