@@ -6,5 +6,6 @@ pub mod crd;
 pub mod devvault;
 pub mod duration;
 pub mod plan;
+pub mod poller;
 pub mod render;
 pub mod value;

@@ -34,14 +34,18 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     /// Two vault secrets map to the same key.
-    #[error("vault secrets {first} and {second} both map to key {key}: set an explicit key on one of them in spec.secrets")]
+    #[error(
+        "vault secrets {first} and {second} both map to key {key}: set an explicit key on one of them in spec.secrets"
+    )]
     KeyCollision {
         key: String,
         first: String,
         second: String,
     },
     /// A key is not valid in a Secret.
-    #[error("key {key:?} (from vault secret {secret}) is not a valid Secret key: keys are letters, digits, '-', '_' and '.'; set spec.secrets[].key")]
+    #[error(
+        "key {key:?} (from vault secret {secret}) is not a valid Secret key: keys are letters, digits, '-', '_' and '.'; set spec.secrets[].key"
+    )]
     InvalidKey { key: String, secret: String },
 }
 
@@ -75,7 +79,11 @@ pub fn selects(spec: &VaultSecretBindingSpec, item: &SecretItem) -> bool {
     };
     let name = item.name();
     let prefix = sel.name_prefix.as_deref().unwrap_or("");
-    if !prefix.is_empty() && !name.to_ascii_lowercase().starts_with(&prefix.to_ascii_lowercase()) {
+    if !prefix.is_empty()
+        && !name
+            .to_ascii_lowercase()
+            .starts_with(&prefix.to_ascii_lowercase())
+    {
         return false;
     }
     sel.tags.iter().all(|(k, v)| item.tags.get(k) == Some(v))
@@ -126,7 +134,11 @@ pub fn plan(spec: &VaultSecretBindingSpec, listing: &[SecretItem]) -> Result<Pla
         for item in selected {
             let name = item.name();
             // Secrets picked explicitly keep their explicit key only.
-            if spec.secrets.iter().any(|p| p.name.eq_ignore_ascii_case(name)) {
+            if spec
+                .secrets
+                .iter()
+                .any(|p| p.name.eq_ignore_ascii_case(name))
+            {
                 continue;
             }
             let base = if sel.strip_prefix && !prefix.is_empty() {
@@ -162,21 +174,31 @@ mod tests {
         SecretItem {
             id: format!("https://v.vault.azure.net/secrets/{name}"),
             attributes: SecretAttributes::default(),
-            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             content_type: None,
             managed: None,
         }
     }
 
     fn keys(p: &Plan) -> Vec<(&str, &str)> {
-        p.keys.iter().map(|k| (k.key.as_str(), k.secret.as_str())).collect()
+        p.keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.secret.as_str()))
+            .collect()
     }
 
     #[test]
     fn explicit_picks_use_key_or_transform() {
-        let s = spec("secrets: [{name: db-password}, {name: api-key, key: API}]\nkeyTransform: EnvVar");
+        let s =
+            spec("secrets: [{name: db-password}, {name: api-key, key: API}]\nkeyTransform: EnvVar");
         let p = plan(&s, &[]).unwrap();
-        assert_eq!(keys(&p), [("API", "api-key"), ("DB_PASSWORD", "db-password")]);
+        assert_eq!(
+            keys(&p),
+            [("API", "api-key"), ("DB_PASSWORD", "db-password")]
+        );
     }
 
     #[test]
@@ -198,16 +220,34 @@ mod tests {
 
     #[test]
     fn select_prefix_is_case_insensitive_and_can_be_stripped() {
-        let listing = [item("Agent-token", &[]), item("agent-url", &[]), item("db", &[])];
+        let listing = [
+            item("Agent-token", &[]),
+            item("agent-url", &[]),
+            item("db", &[]),
+        ];
         let kept = plan(&spec("select: {namePrefix: agent-}"), &listing).unwrap();
-        assert_eq!(keys(&kept), [("Agent-token", "Agent-token"), ("agent-url", "agent-url")]);
-        let stripped = plan(&spec("select: {namePrefix: agent-, stripPrefix: true}\nkeyTransform: EnvVar"), &listing).unwrap();
-        assert_eq!(keys(&stripped), [("TOKEN", "Agent-token"), ("URL", "agent-url")]);
+        assert_eq!(
+            keys(&kept),
+            [("Agent-token", "Agent-token"), ("agent-url", "agent-url")]
+        );
+        let stripped = plan(
+            &spec("select: {namePrefix: agent-, stripPrefix: true}\nkeyTransform: EnvVar"),
+            &listing,
+        )
+        .unwrap();
+        assert_eq!(
+            keys(&stripped),
+            [("TOKEN", "Agent-token"), ("URL", "agent-url")]
+        );
     }
 
     #[test]
     fn select_tags_must_all_match() {
-        let listing = [item("a", &[("team", "ci"), ("env", "prod")]), item("b", &[("team", "ci")]), item("c", &[])];
+        let listing = [
+            item("a", &[("team", "ci"), ("env", "prod")]),
+            item("b", &[("team", "ci")]),
+            item("c", &[]),
+        ];
         let p = plan(&spec("select: {tags: {team: ci, env: prod}}"), &listing).unwrap();
         assert_eq!(keys(&p), [("a", "a")]);
         let p = plan(&spec("select: {namePrefix: b, tags: {team: ci}}"), &listing).unwrap();
@@ -224,14 +264,22 @@ mod tests {
 
     #[test]
     fn two_secrets_on_one_key_collide() {
-        let s = spec("secrets: [{name: db-password}, {name: DB-PASSWORD2, key: DB_PASSWORD}]\nkeyTransform: EnvVar");
+        let s = spec(
+            "secrets: [{name: db-password}, {name: DB-PASSWORD2, key: DB_PASSWORD}]\nkeyTransform: EnvVar",
+        );
         let err = plan(&s, &[]).unwrap_err();
-        assert!(matches!(err, PlanError::KeyCollision { ref key, .. } if key == "DB_PASSWORD"), "{err:?}");
+        assert!(
+            matches!(err, PlanError::KeyCollision { ref key, .. } if key == "DB_PASSWORD"),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("both map to key DB_PASSWORD"));
         // Via select + transform: a-b and A_B both become A_B.
         let s = spec("select: {all: true}\nkeyTransform: EnvVar");
         let err = plan(&s, &[item("a-b", &[]), item("A-B", &[])]);
-        assert!(err.is_ok(), "a-b and A-B are one secret in Key Vault (names are case-insensitive)");
+        assert!(
+            err.is_ok(),
+            "a-b and A-B are one secret in Key Vault (names are case-insensitive)"
+        );
         let err = plan(&s, &[item("a-b", &[]), item("x", &[])]).map(|p| p.keys.len());
         assert_eq!(err, Ok(2));
     }

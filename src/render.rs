@@ -60,13 +60,17 @@ pub struct Rendered {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenderError {
     /// A required secret does not exist.
-    #[error("secret {name} was not found in the vault: create it, fix the name, or mark the pick optional: true")]
+    #[error(
+        "secret {name} was not found in the vault: create it, fix the name, or mark the pick optional: true"
+    )]
     Missing { name: String },
     /// A required secret is disabled and the policy says fail (or there is nothing to keep).
     #[error("secret {name} is disabled in the vault{}: enable it, or set onDisabled: Remove", if *.nothing_kept { " and the Secret has no earlier value to keep" } else { " (onDisabled: Fail)" })]
     Disabled { name: String, nothing_kept: bool },
     /// The Secret would exceed Kubernetes' 1 MiB limit.
-    #[error("the Secret would hold {bytes} bytes, over Kubernetes' 1 MiB limit: split the binding or pick fewer secrets")]
+    #[error(
+        "the Secret would hold {bytes} bytes, over Kubernetes' 1 MiB limit: split the binding or pick fewer secrets"
+    )]
     TooLarge { bytes: usize },
 }
 
@@ -114,7 +118,12 @@ pub fn data_hash(data: &BTreeMap<String, SecretValue>) -> String {
         ctx.update(&(v.len() as u64).to_le_bytes());
         ctx.update(v.expose().as_bytes());
     }
-    let hex: String = ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("sha256:{hex}")
 }
 
@@ -137,7 +146,10 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
             } => {
                 let expired = expires.is_some_and(|e| e <= input.now);
                 if expired && input.on_expired == OnExpired::Skip {
-                    skipped.push((planned.key.clone(), format!("{} has expired (onExpired: Skip)", planned.secret)));
+                    skipped.push((
+                        planned.key.clone(),
+                        format!("{} has expired (onExpired: Skip)", planned.secret),
+                    ));
                     continue;
                 }
                 if let Some(e) = expires
@@ -158,7 +170,10 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
                 });
             }
             Fetched::Missing if planned.optional => {
-                skipped.push((planned.key.clone(), format!("{} does not exist (optional)", planned.secret)));
+                skipped.push((
+                    planned.key.clone(),
+                    format!("{} does not exist (optional)", planned.secret),
+                ));
             }
             Fetched::Missing => {
                 return Err(RenderError::Missing {
@@ -167,7 +182,10 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
             }
             Fetched::Disabled => match input.on_disabled {
                 OnDisabled::Remove => {
-                    skipped.push((planned.key.clone(), format!("{} is disabled (onDisabled: Remove)", planned.secret)));
+                    skipped.push((
+                        planned.key.clone(),
+                        format!("{} is disabled (onDisabled: Remove)", planned.secret),
+                    ));
                 }
                 OnDisabled::Fail if !planned.optional => {
                     return Err(RenderError::Disabled {
@@ -176,7 +194,10 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
                     });
                 }
                 OnDisabled::Fail => {
-                    skipped.push((planned.key.clone(), format!("{} is disabled (optional)", planned.secret)));
+                    skipped.push((
+                        planned.key.clone(),
+                        format!("{} is disabled (optional)", planned.secret),
+                    ));
                 }
                 OnDisabled::KeepLast => {
                     let last = input
@@ -187,12 +208,16 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
                         Some(v) => {
                             data.insert(planned.key.clone(), SecretValue::new(v));
                             kept.push(planned.key.clone());
-                            if let Some(prev) = input.previous.iter().find(|s| s.key == planned.key) {
+                            if let Some(prev) = input.previous.iter().find(|s| s.key == planned.key)
+                            {
                                 synced.push(prev.clone());
                             }
                         }
                         None if planned.optional => {
-                            skipped.push((planned.key.clone(), format!("{} is disabled and was never synced", planned.secret)));
+                            skipped.push((
+                                planned.key.clone(),
+                                format!("{} is disabled and was never synced", planned.secret),
+                            ));
                         }
                         None => {
                             return Err(RenderError::Disabled {
@@ -257,7 +282,10 @@ mod tests {
         on_disabled: OnDisabled,
         on_expired: OnExpired,
     ) -> Result<Rendered, RenderError> {
-        let fetched: BTreeMap<String, Fetched> = fetched.iter().map(|(k, f)| (k.to_string(), f.clone())).collect();
+        let fetched: BTreeMap<String, Fetched> = fetched
+            .iter()
+            .map(|(k, f)| (k.to_string(), f.clone()))
+            .collect();
         render(&RenderInput {
             plan,
             fetched: &fetched,
@@ -271,7 +299,14 @@ mod tests {
 
     #[test]
     fn values_become_data_and_status_without_values() {
-        let r = run(&plan(&[("a", false), ("b", false)]), &[("a", value("1", None)), ("b", value("2", None))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap();
+        let r = run(
+            &plan(&[("a", false), ("b", false)]),
+            &[("a", value("1", None)), ("b", value("2", None))],
+            None,
+            OnDisabled::KeepLast,
+            OnExpired::Sync,
+        )
+        .unwrap();
         assert_eq!(r.data["a"].expose(), "1");
         assert_eq!(r.synced.len(), 2);
         assert_eq!(r.synced[0].version, "ver-1");
@@ -282,9 +317,30 @@ mod tests {
     #[test]
     fn hash_changes_with_any_value_and_not_otherwise() {
         let p = plan(&[("a", false)]);
-        let one = run(&p, &[("a", value("x", None))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap();
-        let same = run(&p, &[("a", value("x", None))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap();
-        let other = run(&p, &[("a", value("y", None))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap();
+        let one = run(
+            &p,
+            &[("a", value("x", None))],
+            None,
+            OnDisabled::KeepLast,
+            OnExpired::Sync,
+        )
+        .unwrap();
+        let same = run(
+            &p,
+            &[("a", value("x", None))],
+            None,
+            OnDisabled::KeepLast,
+            OnExpired::Sync,
+        )
+        .unwrap();
+        let other = run(
+            &p,
+            &[("a", value("y", None))],
+            None,
+            OnDisabled::KeepLast,
+            OnExpired::Sync,
+        )
+        .unwrap();
         assert_eq!(one.hash, same.hash);
         assert_ne!(one.hash, other.hash);
         // Length prefixes: {"ab": ""} and {"a": "b"} differ.
@@ -297,9 +353,23 @@ mod tests {
 
     #[test]
     fn missing_required_fails_and_missing_optional_is_skipped() {
-        let err = run(&plan(&[("a", false)]), &[("a", Fetched::Missing)], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap_err();
+        let err = run(
+            &plan(&[("a", false)]),
+            &[("a", Fetched::Missing)],
+            None,
+            OnDisabled::KeepLast,
+            OnExpired::Sync,
+        )
+        .unwrap_err();
         assert_eq!(err.reason(), "SecretNotFound");
-        let r = run(&plan(&[("a", true), ("b", false)]), &[("a", Fetched::Missing), ("b", value("2", None))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap();
+        let r = run(
+            &plan(&[("a", true), ("b", false)]),
+            &[("a", Fetched::Missing), ("b", value("2", None))],
+            None,
+            OnDisabled::KeepLast,
+            OnExpired::Sync,
+        )
+        .unwrap();
         assert_eq!(r.data.keys().collect::<Vec<_>>(), ["b"]);
         assert_eq!(r.skipped.len(), 1);
     }
@@ -307,23 +377,57 @@ mod tests {
     #[test]
     fn disabled_keep_last_keeps_the_current_value() {
         let current: BTreeMap<String, Vec<u8>> = [("a".to_string(), b"old".to_vec())].into();
-        let r = run(&plan(&[("a", false)]), &[("a", Fetched::Disabled)], Some(&current), OnDisabled::KeepLast, OnExpired::Sync).unwrap();
+        let r = run(
+            &plan(&[("a", false)]),
+            &[("a", Fetched::Disabled)],
+            Some(&current),
+            OnDisabled::KeepLast,
+            OnExpired::Sync,
+        )
+        .unwrap();
         assert_eq!(r.data["a"].expose(), "old");
         assert_eq!(r.kept, ["a"]);
     }
 
     #[test]
     fn disabled_keep_last_with_nothing_to_keep_fails() {
-        let err = run(&plan(&[("a", false)]), &[("a", Fetched::Disabled)], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap_err();
-        assert!(matches!(err, RenderError::Disabled { nothing_kept: true, .. }));
+        let err = run(
+            &plan(&[("a", false)]),
+            &[("a", Fetched::Disabled)],
+            None,
+            OnDisabled::KeepLast,
+            OnExpired::Sync,
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            RenderError::Disabled {
+                nothing_kept: true,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn disabled_remove_drops_the_key_and_fail_fails() {
         let current: BTreeMap<String, Vec<u8>> = [("a".to_string(), b"old".to_vec())].into();
-        let r = run(&plan(&[("a", false)]), &[("a", Fetched::Disabled)], Some(&current), OnDisabled::Remove, OnExpired::Sync).unwrap();
+        let r = run(
+            &plan(&[("a", false)]),
+            &[("a", Fetched::Disabled)],
+            Some(&current),
+            OnDisabled::Remove,
+            OnExpired::Sync,
+        )
+        .unwrap();
         assert!(r.data.is_empty());
-        let err = run(&plan(&[("a", false)]), &[("a", Fetched::Disabled)], Some(&current), OnDisabled::Fail, OnExpired::Sync).unwrap_err();
+        let err = run(
+            &plan(&[("a", false)]),
+            &[("a", Fetched::Disabled)],
+            Some(&current),
+            OnDisabled::Fail,
+            OnExpired::Sync,
+        )
+        .unwrap_err();
         assert_eq!(err.reason(), "SecretDisabled");
         assert!(err.to_string().contains("onDisabled: Fail"));
     }
@@ -344,8 +448,24 @@ mod tests {
     #[test]
     fn expiring_within_seven_days_is_reported() {
         let p = plan(&[("a", false), ("b", false)]);
-        let r = run(&p, &[("a", value("1", Some(NOW + 86400))), ("b", value("2", Some(NOW + 30 * 86400)))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap();
-        assert_eq!(r.expiring, [Expiry { name: "a-secret".into(), expires: NOW + 86400 }]);
+        let r = run(
+            &p,
+            &[
+                ("a", value("1", Some(NOW + 86400))),
+                ("b", value("2", Some(NOW + 30 * 86400))),
+            ],
+            None,
+            OnDisabled::KeepLast,
+            OnExpired::Sync,
+        )
+        .unwrap();
+        assert_eq!(
+            r.expiring,
+            [Expiry {
+                name: "a-secret".into(),
+                expires: NOW + 86400
+            }]
+        );
         assert!(r.synced[1].expires.is_some());
     }
 
@@ -353,7 +473,14 @@ mod tests {
     fn over_one_mebibyte_is_refused() {
         let big = "x".repeat(600 * 1024);
         let p = plan(&[("a", false), ("b", false)]);
-        let err = run(&p, &[("a", value(&big, None)), ("b", value(&big, None))], None, OnDisabled::KeepLast, OnExpired::Sync).unwrap_err();
+        let err = run(
+            &p,
+            &[("a", value(&big, None)), ("b", value(&big, None))],
+            None,
+            OnDisabled::KeepLast,
+            OnExpired::Sync,
+        )
+        .unwrap_err();
         assert_eq!(err.reason(), "SecretTooLarge");
     }
 }
