@@ -1,5 +1,6 @@
 //! kvsync: a Kubernetes operator that keeps native Secrets in step with Azure Key Vault.
 
+pub mod apply;
 pub mod azure;
 pub mod cli;
 pub mod crd;
@@ -8,4 +9,5 @@ pub mod duration;
 pub mod plan;
 pub mod poller;
 pub mod render;
+pub mod status;
 pub mod value;

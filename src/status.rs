@@ -1,0 +1,229 @@
+//! The binding's status: computed purely from the outcome of a sync, then
+//! written with a merge patch on the status subresource only when it changed
+//! (beyond `lastSyncTime`, which is refreshed at most every half interval).
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+
+use crate::crd::{VaultSecretBinding, VaultSecretBindingStatus};
+use crate::render::Rendered;
+
+/// Condition type: the Secret holds what the binding asks for.
+pub const READY: &str = "Ready";
+/// Condition type: a synced secret expires within 7 days (or has expired).
+pub const EXPIRING_SOON: &str = "ExpiringSoon";
+/// Condition type: every rollout target exists.
+pub const ROLLOUT_READY: &str = "RolloutTargetsFound";
+
+/// A condition with `lastTransitionTime` carried over when its status is unchanged.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// Everything a successful sync reports.
+pub struct SyncReport<'a> {
+    /// What was rendered.
+    pub rendered: &'a Rendered,
+    /// Whether the Secret's data changed now.
+    pub data_changed: bool,
+    /// Vault short name.
+    pub vault: &'a str,
+    /// Target Secret name.
+    pub target: &'a str,
+    /// Rollout targets that do not exist.
+    pub missing_rollout: &'a [String],
+    /// Optional keys that could not be read, with why.
+    pub optional_failures: &'a [(String, String)],
+}
+
+/// Status after a successful sync.
+pub fn synced(prev: Option<&VaultSecretBindingStatus>, generation: Option<i64>, report: &SyncReport<'_>, now: Time) -> VaultSecretBindingStatus {
+    let empty = Vec::new();
+    let prev_conditions = prev.map(|p| &p.conditions).unwrap_or(&empty);
+    let r = report.rendered;
+    let mut message = format!(
+        "{} secret(s) from vault {} are in Secret {}",
+        r.synced.len(),
+        report.vault,
+        report.target
+    );
+    if !r.kept.is_empty() {
+        message.push_str(&format!("; kept the last value of disabled: {}", r.kept.join(", ")));
+    }
+    if !r.skipped.is_empty() {
+        let why: Vec<String> = r.skipped.iter().map(|(k, w)| format!("{k} ({w})")).collect();
+        message.push_str(&format!("; left out: {}", why.join(", ")));
+    }
+    if !report.optional_failures.is_empty() {
+        let why: Vec<String> = report.optional_failures.iter().map(|(n, w)| format!("{n}: {w}")).collect();
+        message.push_str(&format!("; optional secrets unreadable: {}", why.join("; ")));
+    }
+    let mut conditions = vec![condition(prev_conditions, READY, true, "Synced", message, generation, &now)];
+    let now_secs = now.0.as_second();
+    if r.expiring.is_empty() {
+        conditions.push(condition(prev_conditions, EXPIRING_SOON, false, "NoneExpiring", "no synced secret expires within 7 days".into(), generation, &now));
+    } else {
+        let expired = r.expiring.iter().any(|e| e.expires <= now_secs);
+        let list: Vec<String> = r
+            .expiring
+            .iter()
+            .map(|e| {
+                let when = Timestamp::from_second(e.expires).map(|t| t.to_string()).unwrap_or_default();
+                format!("{} {} {when}", e.name, if e.expires <= now_secs { "expired" } else { "expires" })
+            })
+            .collect();
+        conditions.push(condition(
+            prev_conditions,
+            EXPIRING_SOON,
+            true,
+            if expired { "SecretExpired" } else { "SecretExpiring" },
+            format!("{}: set a new version or a later expiry in the vault", list.join(", ")),
+            generation,
+            &now,
+        ));
+    }
+    if !report.missing_rollout.is_empty() {
+        conditions.push(condition(
+            prev_conditions,
+            ROLLOUT_READY,
+            false,
+            "TargetMissing",
+            format!("rollout targets not found in this namespace: {}", report.missing_rollout.join(", ")),
+            generation,
+            &now,
+        ));
+    } else if prev_conditions.iter().any(|c| c.type_ == ROLLOUT_READY) {
+        conditions.push(condition(prev_conditions, ROLLOUT_READY, true, "Found", "every rollout target exists".into(), generation, &now));
+    }
+    VaultSecretBindingStatus {
+        observed_generation: generation,
+        conditions,
+        secrets: r.synced.clone(),
+        secret_count: Some(r.synced.len() as i32),
+        last_sync_time: Some(now.clone()),
+        last_change_time: if report.data_changed {
+            Some(now)
+        } else {
+            prev.and_then(|p| p.last_change_time.clone())
+        },
+        data_hash: Some(r.hash.clone()),
+    }
+}
+
+/// Status after a failure: `Ready=False` with the reason; what is in the
+/// Secret (versions, hash, times) is left as it was.
+pub fn failed(prev: Option<&VaultSecretBindingStatus>, generation: Option<i64>, reason: &str, message: &str, now: Time) -> VaultSecretBindingStatus {
+    let mut status = prev.cloned().unwrap_or_default();
+    let ready = condition(&status.conditions, READY, false, reason, message.to_string(), generation, &now);
+    status.conditions.retain(|c| c.type_ != READY);
+    status.conditions.insert(0, ready);
+    status.observed_generation = generation;
+    status
+}
+
+/// Whether `new` must be written: anything but `lastSyncTime` differs, or
+/// `lastSyncTime` is older than half the refresh interval.
+pub fn needs_write(prev: Option<&VaultSecretBindingStatus>, new: &VaultSecretBindingStatus, refresh: Duration) -> bool {
+    let Some(prev) = prev else { return true };
+    let mut a = prev.clone();
+    let mut b = new.clone();
+    let (ta, tb) = (a.last_sync_time.take(), b.last_sync_time.take());
+    if a != b {
+        return true;
+    }
+    match (ta, tb) {
+        (Some(old), Some(new)) => {
+            let age = new.0.as_second() - old.0.as_second();
+            age as u64 >= (refresh / 2).as_secs().max(1)
+        }
+        (None, None) => false,
+        _ => true,
+    }
+}
+
+/// Writes the status with a merge patch on the status subresource.
+pub async fn write(api: &Api<VaultSecretBinding>, name: &str, status: &VaultSecretBindingStatus) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// Now, as a Kubernetes time (whole seconds, as the API server stores it).
+pub fn now() -> Time {
+    let secs = Timestamp::now().as_second();
+    Time(Timestamp::from_second(secs).expect("now is a valid time"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_status_is_unchanged() {
+        let first = condition(&[], READY, true, "Synced", "a".into(), Some(1), &t(100));
+        let again = condition(std::slice::from_ref(&first), READY, true, "Synced", "b".into(), Some(1), &t(200));
+        assert_eq!(again.last_transition_time, t(100));
+        let flipped = condition(&[again], READY, false, "VaultForbidden", "c".into(), Some(1), &t(300));
+        assert_eq!(flipped.last_transition_time, t(300));
+    }
+
+    #[test]
+    fn failure_keeps_what_is_in_the_secret() {
+        let prev = VaultSecretBindingStatus {
+            data_hash: Some("sha256:abc".into()),
+            last_sync_time: Some(t(100)),
+            ..Default::default()
+        };
+        let s = failed(Some(&prev), Some(2), "VaultUnreachable", "down", t(200));
+        assert_eq!(s.data_hash.as_deref(), Some("sha256:abc"));
+        assert_eq!(s.last_sync_time, Some(t(100)));
+        assert_eq!(s.conditions[0].reason, "VaultUnreachable");
+        assert_eq!(s.conditions[0].status, "False");
+    }
+
+    #[test]
+    fn only_last_sync_time_changing_is_written_at_most_every_half_interval() {
+        let a = VaultSecretBindingStatus {
+            last_sync_time: Some(t(1000)),
+            data_hash: Some("h".into()),
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        b.last_sync_time = Some(t(1060));
+        assert!(!needs_write(Some(&a), &b, Duration::from_secs(300)));
+        b.last_sync_time = Some(t(1150));
+        assert!(needs_write(Some(&a), &b, Duration::from_secs(300)));
+        b.last_sync_time = Some(t(1060));
+        b.data_hash = Some("other".into());
+        assert!(needs_write(Some(&a), &b, Duration::from_secs(300)));
+    }
+}
