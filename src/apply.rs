@@ -21,17 +21,27 @@ pub const BINDING_ANNOTATION: &str = "kvsync.io/binding";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
     /// An unmanaged Secret of that name exists.
-    #[error("Secret {name} already exists and is not managed by kvsync: delete it, choose another target.name, or use target.policy: Merge to add keys to it")]
+    #[error(
+        "Secret {name} already exists and is not managed by kvsync: delete it, choose another target.name, or use target.policy: Merge to add keys to it"
+    )]
     NotManaged { name: String },
     /// Another binding writes that Secret.
     #[error("Secret {name} is written by binding {other}: choose another target.name")]
     OwnedByOtherBinding { name: String, other: String },
     /// Merge needs an existing Secret.
-    #[error("target.policy Merge adds keys to an existing Secret, and Secret {name} does not exist: create it, or use policy Owner")]
+    #[error(
+        "target.policy Merge adds keys to an existing Secret, and Secret {name} does not exist: create it, or use policy Owner"
+    )]
     MergeTargetMissing { name: String },
     /// The Secret's type differs and Kubernetes cannot change it.
-    #[error("Secret {name} has type {current} but the binding asks for {wanted}; Kubernetes cannot change a Secret's type: delete the Secret (kvsync writes it again) or set target.type: {current}")]
-    TypeMismatch { name: String, current: String, wanted: String },
+    #[error(
+        "Secret {name} has type {current} but the binding asks for {wanted}; Kubernetes cannot change a Secret's type: delete the Secret (kvsync writes it again) or set target.type: {current}"
+    )]
+    TypeMismatch {
+        name: String,
+        current: String,
+        wanted: String,
+    },
 }
 
 impl ApplyError {
@@ -56,7 +66,10 @@ pub fn field_manager(binding: &VaultSecretBinding) -> String {
 }
 
 /// Checks that the binding may write `current` (the Secret as it is now).
-pub fn check_ownership(binding: &VaultSecretBinding, current: Option<&Secret>) -> Result<(), ApplyError> {
+pub fn check_ownership(
+    binding: &VaultSecretBinding,
+    current: Option<&Secret>,
+) -> Result<(), ApplyError> {
     let name = binding.spec.target_name(&binding.name_any()).to_string();
     let policy = binding.spec.policy();
     let Some(current) = current else {
@@ -69,14 +82,20 @@ pub fn check_ownership(binding: &VaultSecretBinding, current: Option<&Secret>) -
     let writer = current.annotations().get(BINDING_ANNOTATION).cloned();
     let managed = current.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some("kvsync");
     match (policy, writer) {
-        (_, Some(other)) if managed && other != binding.name_any() => Err(ApplyError::OwnedByOtherBinding { name, other }),
+        (_, Some(other)) if managed && other != binding.name_any() => {
+            Err(ApplyError::OwnedByOtherBinding { name, other })
+        }
         (TargetPolicy::Merge, _) => Ok(()),
         (_, Some(_)) if managed => check_type(binding, current, name),
         _ => Err(ApplyError::NotManaged { name }),
     }
 }
 
-fn check_type(binding: &VaultSecretBinding, current: &Secret, name: String) -> Result<(), ApplyError> {
+fn check_type(
+    binding: &VaultSecretBinding,
+    current: &Secret,
+    name: String,
+) -> Result<(), ApplyError> {
     let current_type = current.type_.as_deref().unwrap_or("Opaque");
     if current_type != binding.spec.target_type() {
         return Err(ApplyError::TypeMismatch {
@@ -140,7 +159,8 @@ pub fn in_sync(desired: &Secret, current: Option<&Secret>) -> bool {
     if want.iter().any(|(k, v)| have.get(k) != Some(v)) {
         return false;
     }
-    let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
+    let subset = |want: &Option<BTreeMap<String, String>>,
+                  have: &Option<BTreeMap<String, String>>| {
         want.iter()
             .flatten()
             .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
@@ -162,7 +182,11 @@ pub fn in_sync(desired: &Secret, current: Option<&Secret>) -> bool {
 /// Keys kvsync wrote before that the desired Secret no longer has. With
 /// server-side apply they are removed by applying without them; this tells
 /// whether an apply is needed for that.
-pub fn has_stale_keys(previous_keys: &[String], desired: &Secret, current: Option<&Secret>) -> bool {
+pub fn has_stale_keys(
+    previous_keys: &[String],
+    desired: &Secret,
+    current: Option<&Secret>,
+) -> bool {
     let Some(have) = current.and_then(|c| c.data.as_ref()) else {
         return false;
     };
@@ -173,19 +197,44 @@ pub fn has_stale_keys(previous_keys: &[String], desired: &Secret, current: Optio
 }
 
 /// Server-side apply of the desired Secret.
-pub async fn apply(api: &Api<Secret>, desired: &Secret, manager: &str) -> Result<Secret, kube::Error> {
+pub async fn apply(
+    api: &Api<Secret>,
+    desired: &Secret,
+    manager: &str,
+) -> Result<Secret, kube::Error> {
     let mut patch = serde_json::to_value(desired).expect("a Secret serializes");
     patch["apiVersion"] = "v1".into();
     patch["kind"] = "Secret".into();
-    let name = desired.metadata.name.as_deref().expect("desired Secret has a name");
-    api.patch(name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch)).await
+    let name = desired
+        .metadata
+        .name
+        .as_deref()
+        .expect("desired Secret has a name");
+    api.patch(
+        name,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
 }
 
 /// Removes the keys a Merge binding added: applying an empty object as its
 /// field manager releases every field it owned.
-pub async fn release_merged(api: &Api<Secret>, name: &str, manager: &str) -> Result<(), kube::Error> {
-    let patch = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}});
-    match api.patch(name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch)).await {
+pub async fn release_merged(
+    api: &Api<Secret>,
+    name: &str,
+    manager: &str,
+) -> Result<(), kube::Error> {
+    let patch =
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}});
+    match api
+        .patch(
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e),
@@ -208,7 +257,10 @@ mod tests {
     }
 
     fn rendered(pairs: &[(&str, &str)]) -> Rendered {
-        let data: BTreeMap<String, SecretValue> = pairs.iter().map(|(k, v)| (k.to_string(), SecretValue::new(*v))).collect();
+        let data: BTreeMap<String, SecretValue> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), SecretValue::new(*v)))
+            .collect();
         Rendered {
             hash: data_hash(&data),
             data,
@@ -219,8 +271,18 @@ mod tests {
         }
     }
 
-    fn secret(labels: &[(&str, &str)], annotations: &[(&str, &str)], data: &[(&str, &str)]) -> Secret {
-        let map = |p: &[(&str, &str)]| Some(p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    fn secret(
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+        data: &[(&str, &str)],
+    ) -> Secret {
+        let map = |p: &[(&str, &str)]| {
+            Some(
+                p.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
         Secret {
             metadata: ObjectMeta {
                 name: Some("b".into()),
@@ -229,7 +291,11 @@ mod tests {
                 ..Default::default()
             },
             type_: Some("Opaque".into()),
-            data: Some(data.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()),
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
             ..Default::default()
         }
     }
@@ -238,15 +304,27 @@ mod tests {
     fn owner_policy_sets_owner_reference_label_and_annotation() {
         let d = desired(&binding(""), &rendered(&[("a", "1")]));
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("VaultSecretBinding", "u-1", Some(true)));
-        assert_eq!(d.metadata.labels.as_ref().unwrap()[MANAGED_BY_LABEL], "kvsync");
-        assert_eq!(d.metadata.annotations.as_ref().unwrap()[BINDING_ANNOTATION], "b");
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("VaultSecretBinding", "u-1", Some(true))
+        );
+        assert_eq!(
+            d.metadata.labels.as_ref().unwrap()[MANAGED_BY_LABEL],
+            "kvsync"
+        );
+        assert_eq!(
+            d.metadata.annotations.as_ref().unwrap()[BINDING_ANNOTATION],
+            "b"
+        );
         assert_eq!(d.type_.as_deref(), Some("Opaque"));
     }
 
     #[test]
     fn orphan_policy_has_no_owner_reference() {
-        let d = desired(&binding("  target: {policy: Orphan}"), &rendered(&[("a", "1")]));
+        let d = desired(
+            &binding("  target: {policy: Orphan}"),
+            &rendered(&[("a", "1")]),
+        );
         assert!(d.metadata.owner_references.is_none());
     }
 
@@ -254,7 +332,11 @@ mod tests {
     fn merge_policy_touches_only_data_and_uses_its_own_manager() {
         let b = binding("  target: {policy: Merge, name: shared}");
         let d = desired(&b, &rendered(&[("a", "1")]));
-        assert!(d.metadata.labels.is_none() && d.metadata.owner_references.is_none() && d.type_.is_none());
+        assert!(
+            d.metadata.labels.is_none()
+                && d.metadata.owner_references.is_none()
+                && d.type_.is_none()
+        );
         assert_eq!(field_manager(&b), "kvsync-merge-u-1");
         assert_eq!(field_manager(&binding("")), "kvsync");
     }
@@ -263,23 +345,49 @@ mod tests {
     fn ownership_rules() {
         let owner = binding("");
         assert_eq!(check_ownership(&owner, None), Ok(()));
-        let ours = secret(&[(MANAGED_BY_LABEL, "kvsync")], &[(BINDING_ANNOTATION, "b")], &[]);
+        let ours = secret(
+            &[(MANAGED_BY_LABEL, "kvsync")],
+            &[(BINDING_ANNOTATION, "b")],
+            &[],
+        );
         assert_eq!(check_ownership(&owner, Some(&ours)), Ok(()));
         let foreign = secret(&[], &[], &[("x", "y")]);
-        assert_eq!(check_ownership(&owner, Some(&foreign)).unwrap_err().reason(), "SecretNotManaged");
-        let others = secret(&[(MANAGED_BY_LABEL, "kvsync")], &[(BINDING_ANNOTATION, "other")], &[]);
-        assert_eq!(check_ownership(&owner, Some(&others)).unwrap_err().reason(), "SecretOwnedByOtherBinding");
+        assert_eq!(
+            check_ownership(&owner, Some(&foreign))
+                .unwrap_err()
+                .reason(),
+            "SecretNotManaged"
+        );
+        let others = secret(
+            &[(MANAGED_BY_LABEL, "kvsync")],
+            &[(BINDING_ANNOTATION, "other")],
+            &[],
+        );
+        assert_eq!(
+            check_ownership(&owner, Some(&others)).unwrap_err().reason(),
+            "SecretOwnedByOtherBinding"
+        );
 
         let merge = binding("  target: {policy: Merge}");
-        assert_eq!(check_ownership(&merge, None).unwrap_err().reason(), "MergeTargetMissing");
+        assert_eq!(
+            check_ownership(&merge, None).unwrap_err().reason(),
+            "MergeTargetMissing"
+        );
         assert_eq!(check_ownership(&merge, Some(&foreign)), Ok(()));
-        assert_eq!(check_ownership(&merge, Some(&others)).unwrap_err().reason(), "SecretOwnedByOtherBinding");
+        assert_eq!(
+            check_ownership(&merge, Some(&others)).unwrap_err().reason(),
+            "SecretOwnedByOtherBinding"
+        );
     }
 
     #[test]
     fn type_change_is_refused_with_the_fix() {
         let b = binding("  target: {type: kubernetes.io/dockerconfigjson}");
-        let ours = secret(&[(MANAGED_BY_LABEL, "kvsync")], &[(BINDING_ANNOTATION, "b")], &[]);
+        let ours = secret(
+            &[(MANAGED_BY_LABEL, "kvsync")],
+            &[(BINDING_ANNOTATION, "b")],
+            &[],
+        );
         let err = check_ownership(&b, Some(&ours)).unwrap_err();
         assert_eq!(err.reason(), "SecretTypeMismatch");
         assert!(err.to_string().contains("delete the Secret"));
@@ -289,11 +397,22 @@ mod tests {
     fn drift_is_detected_on_values_labels_and_missing_keys() {
         let b = binding("");
         let d = desired(&b, &rendered(&[("a", "1")]));
-        let mut current = secret(&[(MANAGED_BY_LABEL, "kvsync")], &[(BINDING_ANNOTATION, "b")], &[("a", "1"), ("foreign", "x")]);
+        let mut current = secret(
+            &[(MANAGED_BY_LABEL, "kvsync")],
+            &[(BINDING_ANNOTATION, "b")],
+            &[("a", "1"), ("foreign", "x")],
+        );
         current.metadata.owner_references = d.metadata.owner_references.clone();
-        assert!(in_sync(&d, Some(&current)), "extra foreign keys are not drift");
+        assert!(
+            in_sync(&d, Some(&current)),
+            "extra foreign keys are not drift"
+        );
         let mut edited = current.clone();
-        edited.data.as_mut().unwrap().insert("a".into(), ByteString(b"tampered".to_vec()));
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("a".into(), ByteString(b"tampered".to_vec()));
         assert!(!in_sync(&d, Some(&edited)));
         let mut removed = current.clone();
         removed.data.as_mut().unwrap().remove("a");
@@ -308,7 +427,11 @@ mod tests {
     fn stale_keys_need_an_apply() {
         let d = desired(&binding(""), &rendered(&[("a", "1")]));
         let current = secret(&[], &[], &[("a", "1"), ("old", "x")]);
-        assert!(has_stale_keys(&["a".into(), "old".into()], &d, Some(&current)));
+        assert!(has_stale_keys(
+            &["a".into(), "old".into()],
+            &d,
+            Some(&current)
+        ));
         assert!(!has_stale_keys(&["a".into()], &d, Some(&current)));
     }
 }

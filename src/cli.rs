@@ -31,8 +31,53 @@ pub enum LogFormat {
 pub enum Command {
     /// Print the VaultSecretBinding CustomResourceDefinition as YAML.
     Crd,
+    /// Run the controller: keep every VaultSecretBinding's Secret in step with its vault.
+    Run(RunArgs),
+    /// Check one binding against its vault: which key gets which secret version, and every problem.
+    Check(CheckArgs),
     /// Run a local Key Vault + Entra ID stand-in over HTTPS for development.
     DevVault(DevVaultArgs),
+}
+
+/// Flags that decide which vaults kvsync talks to and how.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VaultArgs {
+    /// Extra vault hosts allowed besides the Key Vault DNS suffixes: `.suffix`,
+    /// `host` or `host:port` (e.g. 127.0.0.1:8443), comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', env = "KVSYNC_ALLOWED_VAULT_HOSTS")]
+    pub allowed_vault_hosts: Vec<String>,
+    /// Extra trust roots (PEM) for the vault and Entra endpoints.
+    #[arg(long, env = "KVSYNC_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// refreshInterval of bindings that set none.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub default_refresh_interval: std::time::Duration,
+}
+
+/// Flags of `kvsync run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Watch only this namespace (repeatable); default: all namespaces.
+    #[arg(long = "namespace")]
+    pub namespaces: Vec<String>,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Address of /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Data changes within this window cause one rollout restart.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub rollout_window: std::time::Duration,
+}
+
+/// Flags of `kvsync check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The binding's YAML.
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub vault: VaultArgs,
 }
 
 /// Flags of `kvsync dev-vault`.

@@ -2,12 +2,17 @@
 
 pub mod apply;
 pub mod azure;
+pub mod check;
 pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod devvault;
 pub mod duration;
 pub mod plan;
 pub mod poller;
+pub mod reconcile;
 pub mod render;
+pub mod rollout;
+pub mod server;
 pub mod status;
 pub mod value;

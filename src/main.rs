@@ -1,7 +1,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kvsync::cli::{Cli, Command, DevVaultArgs, LogFormat};
+use std::sync::Arc;
+
+use kvsync::cli::{CheckArgs, Cli, Command, DevVaultArgs, LogFormat, RunArgs, VaultArgs};
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -24,6 +26,21 @@ async fn main() -> ExitCode {
             print!("{}", kvsync::crd::crd_yaml());
             ExitCode::SUCCESS
         }
+        Command::Run(args) => match run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kvsync run: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check(args) => match check(args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("kvsync check: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::DevVault(args) => match dev_vault(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -32,6 +49,89 @@ async fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn azure_access(args: &VaultArgs) -> Result<kvsync::azure::AzureAccess, String> {
+    use kvsync::azure::{
+        AzureAccess, hosts::VaultHostPolicy, http, identity::AzureEnvironment, retry::RetryPolicy,
+    };
+    let roots = match &args.ca_file {
+        Some(path) => http::load_ca_file(path).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    let client = http::build_client(&roots).map_err(|e| e.to_string())?;
+    Ok(AzureAccess::new(
+        client,
+        VaultHostPolicy::new(args.allowed_vault_hosts.clone()),
+        AzureEnvironment::from_env(),
+        RetryPolicy::default(),
+    ))
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let access = Arc::new(azure_access(&args.vault)?);
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API (KUBECONFIG or in-cluster): {e}"))?;
+    let health = Arc::new(kvsync::server::Health::default());
+    let addr = args.metrics_addr;
+    let server = tokio::spawn(kvsync::server::serve(addr, health.clone()));
+    let settings = kvsync::reconcile::Settings {
+        default_refresh: args.vault.default_refresh_interval,
+        rollout_window: args.rollout_window,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
+        vec![None]
+    } else {
+        args.namespaces.iter().cloned().map(Some).collect()
+    };
+    let controllers = namespaces.into_iter().map(|ns| {
+        let mut rx = stop_rx.clone();
+        let shutdown = async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        kvsync::controller::run(
+            client.clone(),
+            access.clone(),
+            settings.clone(),
+            ns,
+            shutdown,
+        )
+    });
+    tracing::info!(metrics_addr = %addr, "kvsync controller starting");
+    health.set_ready(true);
+    let all = futures::future::join_all(controllers);
+    tokio::pin!(all);
+    tokio::select! {
+        _ = &mut all => {}
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            health.set_ready(false);
+            let _ = stop_tx.send(true);
+            all.await;
+        }
+    }
+    server.abort();
+    Ok(())
+}
+
+async fn check(args: CheckArgs) -> Result<bool, String> {
+    let text = std::fs::read_to_string(&args.file)
+        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let binding: kvsync::crd::VaultSecretBinding = serde_yaml::from_str(&text)
+        .map_err(|e| format!("{} is not a VaultSecretBinding: {e}", args.file.display()))?;
+    let access = azure_access(&args.vault)?;
+    let kube = kube::Client::try_default().await.ok();
+    let report = kvsync::check::check(
+        &binding,
+        &access,
+        kube.as_ref(),
+        args.vault.default_refresh_interval,
+    )
+    .await;
+    print!("{}", report.to_text());
+    Ok(report.ok())
 }
 
 async fn dev_vault(args: DevVaultArgs) -> Result<(), String> {

@@ -62,7 +62,12 @@ pub struct SyncReport<'a> {
 }
 
 /// Status after a successful sync.
-pub fn synced(prev: Option<&VaultSecretBindingStatus>, generation: Option<i64>, report: &SyncReport<'_>, now: Time) -> VaultSecretBindingStatus {
+pub fn synced(
+    prev: Option<&VaultSecretBindingStatus>,
+    generation: Option<i64>,
+    report: &SyncReport<'_>,
+    now: Time,
+) -> VaultSecretBindingStatus {
     let empty = Vec::new();
     let prev_conditions = prev.map(|p| &p.conditions).unwrap_or(&empty);
     let r = report.rendered;
@@ -73,36 +78,83 @@ pub fn synced(prev: Option<&VaultSecretBindingStatus>, generation: Option<i64>, 
         report.target
     );
     if !r.kept.is_empty() {
-        message.push_str(&format!("; kept the last value of disabled: {}", r.kept.join(", ")));
+        message.push_str(&format!(
+            "; kept the last value of disabled: {}",
+            r.kept.join(", ")
+        ));
     }
     if !r.skipped.is_empty() {
-        let why: Vec<String> = r.skipped.iter().map(|(k, w)| format!("{k} ({w})")).collect();
+        let why: Vec<String> = r
+            .skipped
+            .iter()
+            .map(|(k, w)| format!("{k} ({w})"))
+            .collect();
         message.push_str(&format!("; left out: {}", why.join(", ")));
     }
     if !report.optional_failures.is_empty() {
-        let why: Vec<String> = report.optional_failures.iter().map(|(n, w)| format!("{n}: {w}")).collect();
-        message.push_str(&format!("; optional secrets unreadable: {}", why.join("; ")));
+        let why: Vec<String> = report
+            .optional_failures
+            .iter()
+            .map(|(n, w)| format!("{n}: {w}"))
+            .collect();
+        message.push_str(&format!(
+            "; optional secrets unreadable: {}",
+            why.join("; ")
+        ));
     }
-    let mut conditions = vec![condition(prev_conditions, READY, true, "Synced", message, generation, &now)];
+    let mut conditions = vec![condition(
+        prev_conditions,
+        READY,
+        true,
+        "Synced",
+        message,
+        generation,
+        &now,
+    )];
     let now_secs = now.0.as_second();
     if r.expiring.is_empty() {
-        conditions.push(condition(prev_conditions, EXPIRING_SOON, false, "NoneExpiring", "no synced secret expires within 7 days".into(), generation, &now));
+        conditions.push(condition(
+            prev_conditions,
+            EXPIRING_SOON,
+            false,
+            "NoneExpiring",
+            "no synced secret expires within 7 days".into(),
+            generation,
+            &now,
+        ));
     } else {
         let expired = r.expiring.iter().any(|e| e.expires <= now_secs);
         let list: Vec<String> = r
             .expiring
             .iter()
             .map(|e| {
-                let when = Timestamp::from_second(e.expires).map(|t| t.to_string()).unwrap_or_default();
-                format!("{} {} {when}", e.name, if e.expires <= now_secs { "expired" } else { "expires" })
+                let when = Timestamp::from_second(e.expires)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                format!(
+                    "{} {} {when}",
+                    e.name,
+                    if e.expires <= now_secs {
+                        "expired"
+                    } else {
+                        "expires"
+                    }
+                )
             })
             .collect();
         conditions.push(condition(
             prev_conditions,
             EXPIRING_SOON,
             true,
-            if expired { "SecretExpired" } else { "SecretExpiring" },
-            format!("{}: set a new version or a later expiry in the vault", list.join(", ")),
+            if expired {
+                "SecretExpired"
+            } else {
+                "SecretExpiring"
+            },
+            format!(
+                "{}: set a new version or a later expiry in the vault",
+                list.join(", ")
+            ),
             generation,
             &now,
         ));
@@ -113,12 +165,23 @@ pub fn synced(prev: Option<&VaultSecretBindingStatus>, generation: Option<i64>, 
             ROLLOUT_READY,
             false,
             "TargetMissing",
-            format!("rollout targets not found in this namespace: {}", report.missing_rollout.join(", ")),
+            format!(
+                "rollout targets not found in this namespace: {}",
+                report.missing_rollout.join(", ")
+            ),
             generation,
             &now,
         ));
     } else if prev_conditions.iter().any(|c| c.type_ == ROLLOUT_READY) {
-        conditions.push(condition(prev_conditions, ROLLOUT_READY, true, "Found", "every rollout target exists".into(), generation, &now));
+        conditions.push(condition(
+            prev_conditions,
+            ROLLOUT_READY,
+            true,
+            "Found",
+            "every rollout target exists".into(),
+            generation,
+            &now,
+        ));
     }
     VaultSecretBindingStatus {
         observed_generation: generation,
@@ -137,9 +200,23 @@ pub fn synced(prev: Option<&VaultSecretBindingStatus>, generation: Option<i64>, 
 
 /// Status after a failure: `Ready=False` with the reason; what is in the
 /// Secret (versions, hash, times) is left as it was.
-pub fn failed(prev: Option<&VaultSecretBindingStatus>, generation: Option<i64>, reason: &str, message: &str, now: Time) -> VaultSecretBindingStatus {
+pub fn failed(
+    prev: Option<&VaultSecretBindingStatus>,
+    generation: Option<i64>,
+    reason: &str,
+    message: &str,
+    now: Time,
+) -> VaultSecretBindingStatus {
     let mut status = prev.cloned().unwrap_or_default();
-    let ready = condition(&status.conditions, READY, false, reason, message.to_string(), generation, &now);
+    let ready = condition(
+        &status.conditions,
+        READY,
+        false,
+        reason,
+        message.to_string(),
+        generation,
+        &now,
+    );
     status.conditions.retain(|c| c.type_ != READY);
     status.conditions.insert(0, ready);
     status.observed_generation = generation;
@@ -148,7 +225,11 @@ pub fn failed(prev: Option<&VaultSecretBindingStatus>, generation: Option<i64>, 
 
 /// Whether `new` must be written: anything but `lastSyncTime` differs, or
 /// `lastSyncTime` is older than half the refresh interval.
-pub fn needs_write(prev: Option<&VaultSecretBindingStatus>, new: &VaultSecretBindingStatus, refresh: Duration) -> bool {
+pub fn needs_write(
+    prev: Option<&VaultSecretBindingStatus>,
+    new: &VaultSecretBindingStatus,
+    refresh: Duration,
+) -> bool {
     let Some(prev) = prev else { return true };
     let mut a = prev.clone();
     let mut b = new.clone();
@@ -167,9 +248,14 @@ pub fn needs_write(prev: Option<&VaultSecretBindingStatus>, new: &VaultSecretBin
 }
 
 /// Writes the status with a merge patch on the status subresource.
-pub async fn write(api: &Api<VaultSecretBinding>, name: &str, status: &VaultSecretBindingStatus) -> Result<(), kube::Error> {
+pub async fn write(
+    api: &Api<VaultSecretBinding>,
+    name: &str,
+    status: &VaultSecretBindingStatus,
+) -> Result<(), kube::Error> {
     let patch = serde_json::json!({ "status": status });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
@@ -190,9 +276,25 @@ mod tests {
     #[test]
     fn transition_time_is_kept_while_status_is_unchanged() {
         let first = condition(&[], READY, true, "Synced", "a".into(), Some(1), &t(100));
-        let again = condition(std::slice::from_ref(&first), READY, true, "Synced", "b".into(), Some(1), &t(200));
+        let again = condition(
+            std::slice::from_ref(&first),
+            READY,
+            true,
+            "Synced",
+            "b".into(),
+            Some(1),
+            &t(200),
+        );
         assert_eq!(again.last_transition_time, t(100));
-        let flipped = condition(&[again], READY, false, "VaultForbidden", "c".into(), Some(1), &t(300));
+        let flipped = condition(
+            &[again],
+            READY,
+            false,
+            "VaultForbidden",
+            "c".into(),
+            Some(1),
+            &t(300),
+        );
         assert_eq!(flipped.last_transition_time, t(300));
     }
 

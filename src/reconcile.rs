@@ -1,0 +1,501 @@
+//! One binding's reconcile: binding → plan → vault reads → rendered Secret →
+//! apply → status (→ events, rollout). Every error a user can cause ends as a
+//! `Ready=False` condition with a reason and a message; the Secret keeps its
+//! last good data.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+
+use crate::apply;
+use crate::azure::AzureAccess;
+use crate::crd::{TargetPolicy, VaultSecretBinding, VaultSecretBindingStatus};
+use crate::poller::{Pollers, ReadError};
+use crate::render::{RenderInput, render};
+use crate::rollout::{self, RolloutDue, RolloutQueue};
+use crate::status::{self, READY, SyncReport};
+
+/// Finalizer of Merge bindings (removes their keys from the shared Secret).
+pub const FINALIZER: &str = "kvsync.io/merge-cleanup";
+/// Annotation whose new value triggers an immediate check.
+pub const FORCE_SYNC_ANNOTATION: &str = "kvsync.io/force-sync";
+
+/// Failures of the Kubernetes API itself (not the user's to fix); the
+/// controller retries them with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    /// Label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        "kube"
+    }
+}
+
+/// Settings of the controller.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `refreshInterval` of bindings that set none.
+    pub default_refresh: Duration,
+    /// Data changes within this window cause one rollout restart.
+    pub rollout_window: Duration,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: kube::Client,
+    /// Azure access (HTTP client, host guard, token sources).
+    pub access: Arc<AzureAccess>,
+    /// One poller per (vault, identity).
+    pub pollers: Pollers,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Pending rollout restarts.
+    pub rollouts: RolloutQueue,
+    /// Settings.
+    pub settings: Settings,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context.
+    pub fn new(
+        client: kube::Client,
+        access: Arc<AzureAccess>,
+        pollers: Pollers,
+        recorder: Recorder,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            client,
+            access,
+            pollers,
+            recorder,
+            rollouts: RolloutQueue::default(),
+            settings,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failure_count(&self, key: &str, failed: bool) -> u32 {
+        let mut f = self.failures.lock().expect("failures");
+        if failed {
+            let n = f.entry(key.to_string()).or_insert(0);
+            *n += 1;
+            *n
+        } else {
+            f.remove(key);
+            0
+        }
+    }
+}
+
+/// A deterministic spread in [0, interval/10) from the binding's uid, so that
+/// a restart does not fire every binding at once.
+pub fn jitter(uid: &str, interval: Duration) -> Duration {
+    let digest = ring::digest::digest(&ring::digest::SHA256, uid.as_bytes());
+    let n = u64::from_le_bytes(digest.as_ref()[..8].try_into().expect("8 bytes"));
+    let span = (interval.as_millis() as u64 / 10).max(1);
+    Duration::from_millis(n % span)
+}
+
+/// Backoff after `failures` consecutive failures: 5 s doubling, capped at the
+/// refresh interval (and 5 min).
+pub fn backoff(failures: u32, interval: Duration) -> Duration {
+    let base = Duration::from_secs(5).saturating_mul(1 << failures.saturating_sub(1).min(10));
+    base.min(interval).min(Duration::from_secs(300))
+}
+
+/// A failure the user can fix (or wait out), as a condition.
+#[derive(Debug)]
+struct Failure {
+    reason: &'static str,
+    message: String,
+    transient: bool,
+}
+
+impl From<ReadError> for Failure {
+    fn from(e: ReadError) -> Self {
+        match &e {
+            ReadError::Vault(v) => Failure {
+                reason: v.reason(),
+                message: v.to_string(),
+                transient: v.is_transient(),
+            },
+            ReadError::Plan(p) => Failure {
+                reason: p.reason(),
+                message: p.to_string(),
+                transient: false,
+            },
+        }
+    }
+}
+
+enum SyncError {
+    User(Failure),
+    Kube(kube::Error),
+}
+
+impl From<kube::Error> for SyncError {
+    fn from(e: kube::Error) -> Self {
+        Self::Kube(e)
+    }
+}
+
+struct Synced {
+    status: VaultSecretBindingStatus,
+    data_changed: bool,
+    first: bool,
+    written: bool,
+    requeue: Option<Duration>,
+}
+
+fn binding_key(b: &VaultSecretBinding) -> String {
+    format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any())
+}
+
+/// Reconciles one binding.
+pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let name = b.name_any();
+    let bindings: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = binding_key(&b);
+    let objref = ObjectRef::from_obj(&*b);
+    let has_finalizer = b.finalizers().iter().any(|f| f == FINALIZER);
+
+    if b.meta().deletion_timestamp.is_some() {
+        if has_finalizer {
+            release_merged(&b, &ctx).await?;
+            remove_finalizer(&bindings, &b).await?;
+        }
+        ctx.pollers.forget(&objref);
+        ctx.rollouts.forget(&key);
+        return Ok(Action::await_change());
+    }
+    match (b.spec.policy() == TargetPolicy::Merge, has_finalizer) {
+        (true, false) => {
+            let mut finalizers = b.finalizers().to_vec();
+            finalizers.push(FINALIZER.to_string());
+            let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": b.resource_version()}});
+            bindings
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        (false, true) => {
+            // The policy moved away from Merge: give the shared Secret its keys back.
+            release_merged(&b, &ctx).await?;
+            remove_finalizer(&bindings, &b).await?;
+        }
+        _ => {}
+    }
+
+    let interval = b.spec.refresh_interval_or(ctx.settings.default_refresh);
+    let prev = b.status.as_ref();
+    let generation = b.meta().generation;
+    match sync(&b, &ctx, interval).await {
+        Ok(done) => {
+            ctx.failure_count(&key, false);
+            if done.data_changed {
+                let secret = b.spec.target_name(&name).to_string();
+                let note = format!(
+                    "{} Secret {secret}: {} key(s) from vault {}",
+                    if done.first { "wrote" } else { "updated" },
+                    done.status.secrets.len(),
+                    vault_name(&b.spec.vault_url)
+                );
+                publish(&ctx, &b, EventType::Normal, "Synced", note).await;
+            } else if done.written {
+                publish(
+                    &ctx,
+                    &b,
+                    EventType::Normal,
+                    "Repaired",
+                    format!(
+                        "put Secret {} back as the vault has it",
+                        b.spec.target_name(&name)
+                    ),
+                )
+                .await;
+            }
+            if status::needs_write(prev, &done.status, interval) {
+                status::write(&bindings, &name, &done.status).await?;
+            }
+            let mut next = interval + jitter(&b.uid().unwrap_or_default(), interval);
+            if let Some(r) = done.requeue {
+                next = next.min(r);
+            }
+            Ok(Action::requeue(next))
+        }
+        Err(SyncError::User(f)) => {
+            let failures = ctx.failure_count(&key, true);
+            let was = prev.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
+            let new_problem = was.is_none_or(|c| c.status != "False" || c.reason != f.reason);
+            if new_problem {
+                tracing::warn!(binding = %key, reason = f.reason, message = %f.message, "sync failed");
+                publish(
+                    &ctx,
+                    &b,
+                    EventType::Warning,
+                    "SyncFailed",
+                    format!("{}: {}", f.reason, f.message),
+                )
+                .await;
+            }
+            let new_status = status::failed(prev, generation, f.reason, &f.message, status::now());
+            if status::needs_write(prev, &new_status, interval) {
+                status::write(&bindings, &name, &new_status).await?;
+            }
+            let wait = if f.transient {
+                backoff(failures, interval)
+            } else {
+                backoff(failures.max(3), interval)
+            };
+            Ok(Action::requeue(
+                wait + jitter(&b.uid().unwrap_or_default(), wait),
+            ))
+        }
+        Err(SyncError::Kube(e)) => Err(Error::Kube(e)),
+    }
+}
+
+fn vault_name(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| h.split('.').next().unwrap_or(h).to_string())
+        })
+        .unwrap_or_else(|| url.to_string())
+}
+
+async fn publish(
+    ctx: &Context,
+    b: &VaultSecretBinding,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &b.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish an event");
+    }
+}
+
+async fn release_merged(b: &VaultSecretBinding, ctx: &Context) -> Result<(), Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let target = b.spec.target_name(&b.name_any()).to_string();
+    let manager = format!("kvsync-merge-{}", b.uid().unwrap_or_default());
+    apply::release_merged(&secrets, &target, &manager).await?;
+    Ok(())
+}
+
+async fn remove_finalizer(
+    api: &Api<VaultSecretBinding>,
+    b: &VaultSecretBinding,
+) -> Result<(), Error> {
+    let finalizers: Vec<&String> = b.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": b.resource_version()}});
+    match api
+        .patch(
+            &b.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn sync(
+    b: &VaultSecretBinding,
+    ctx: &Context,
+    interval: Duration,
+) -> Result<Synced, SyncError> {
+    let user = |reason: &'static str, message: String, transient: bool| {
+        SyncError::User(Failure {
+            reason,
+            message,
+            transient,
+        })
+    };
+    let ns = b.namespace().unwrap_or_default();
+    let name = b.name_any();
+    let spec = &b.spec;
+
+    spec.validate()
+        .map_err(|e| user("InvalidSpec", e.to_string(), false))?;
+    // The host guard runs before any identity is resolved or token fetched.
+    let endpoint = ctx
+        .access
+        .endpoint(&spec.vault_url)
+        .map_err(|e| user("VaultHostNotAllowed", e.to_string(), false))?;
+    let credential = ctx
+        .access
+        .env
+        .resolve(spec.identity.as_ref(), &ns, &ctx.client)
+        .await
+        .map_err(|e| user(e.reason(), e.to_string(), e.is_transient()))?;
+    let poller = ctx
+        .pollers
+        .get(endpoint.base.as_str(), &credential.key(), || {
+            ctx.access.client(endpoint.clone(), credential.clone())
+        });
+    let objref = ObjectRef::from_obj(b);
+    let read = poller
+        .read(Some(&objref), spec, interval)
+        .await
+        .map_err(|e| SyncError::User(e.into()))?;
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let target = spec.target_name(&name).to_string();
+    let current = secrets.get_opt(&target).await?;
+    apply::check_ownership(b, current.as_ref())
+        .map_err(|e| user(e.reason(), e.to_string(), false))?;
+
+    let prev = b.status.clone().unwrap_or_default();
+    let current_data: Option<std::collections::BTreeMap<String, Vec<u8>>> = current
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect());
+    let rendered = render(&RenderInput {
+        plan: &read.plan,
+        fetched: &read.fetched,
+        current: current_data.as_ref(),
+        previous: &prev.secrets,
+        on_disabled: spec.on_disabled,
+        on_expired: spec.on_expired,
+        now: k8s_openapi::jiff::Timestamp::now().as_second(),
+    })
+    .map_err(|e| user(e.reason(), e.to_string(), false))?;
+
+    let desired = apply::desired(b, &rendered);
+    let previous_keys: Vec<String> = prev.secrets.iter().map(|s| s.key.clone()).collect();
+    let spec_changed = prev.observed_generation != b.meta().generation;
+    let write = !apply::in_sync(&desired, current.as_ref())
+        || apply::has_stale_keys(&previous_keys, &desired, current.as_ref())
+        || spec_changed;
+    if write {
+        apply::apply(&secrets, &desired, &apply::field_manager(b)).await?;
+    }
+    let first = prev.data_hash.is_none();
+    let data_changed = prev.data_hash.as_deref() != Some(rendered.hash.as_str());
+
+    // Rollout: only for changes after the first sync.
+    let key = binding_key(b);
+    let mut requeue = None;
+    let mut missing = Vec::new();
+    if !spec.rollout.is_empty() {
+        if data_changed && !first {
+            ctx.rollouts.changed(&key, Instant::now());
+        }
+        match ctx
+            .rollouts
+            .due(&key, ctx.settings.rollout_window, Instant::now())
+        {
+            RolloutDue::Now => {
+                let at = k8s_openapi::jiff::Timestamp::now().to_string();
+                for t in &spec.rollout {
+                    if rollout::restart(&ctx.client, &ns, t, &at).await? {
+                        tracing::info!(binding = %key, kind = ?t.kind, target = %t.name, "restarted rollout target");
+                    } else {
+                        missing.push(format!("{:?}/{}", t.kind, t.name));
+                    }
+                }
+            }
+            RolloutDue::After(d) => {
+                requeue = Some(d);
+                for t in &spec.rollout {
+                    if !rollout::exists(&ctx.client, &ns, t).await? {
+                        missing.push(format!("{:?}/{}", t.kind, t.name));
+                    }
+                }
+            }
+            RolloutDue::Nothing => {
+                for t in &spec.rollout {
+                    if !rollout::exists(&ctx.client, &ns, t).await? {
+                        missing.push(format!("{:?}/{}", t.kind, t.name));
+                    }
+                }
+            }
+        }
+    }
+
+    let status = status::synced(
+        b.status.as_ref(),
+        b.meta().generation,
+        &SyncReport {
+            rendered: &rendered,
+            data_changed,
+            vault: &endpoint.name,
+            target: &target,
+            missing_rollout: &missing,
+            optional_failures: &read.optional_failures,
+        },
+        status::now(),
+    );
+    Ok(Synced {
+        status,
+        data_changed,
+        first,
+        written: write,
+        requeue,
+    })
+}
+
+/// Requeue after an infrastructure error.
+pub fn error_policy(b: Arc<VaultSecretBinding>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = binding_key(&b);
+    let n = ctx.failure_count(&key, true);
+    tracing::warn!(binding = %key, error = %error, "reconcile failed");
+    let interval = b.spec.refresh_interval_or(ctx.settings.default_refresh);
+    Action::requeue(backoff(n, interval))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_deterministic_and_within_a_tenth() {
+        let i = Duration::from_secs(300);
+        assert_eq!(jitter("uid-1", i), jitter("uid-1", i));
+        assert_ne!(jitter("uid-1", i), jitter("uid-2", i));
+        for n in 0..200 {
+            assert!(jitter(&format!("u{n}"), i) < Duration::from_secs(30));
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let i = Duration::from_secs(300);
+        assert_eq!(backoff(1, i), Duration::from_secs(5));
+        assert_eq!(backoff(2, i), Duration::from_secs(10));
+        assert_eq!(backoff(20, i), Duration::from_secs(300));
+        assert_eq!(
+            backoff(20, Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+    }
+}
