@@ -1,0 +1,436 @@
+//! The reconcile's Kubernetes I/O against a scripted mock API server (kube's
+//! tower-test pattern) and the vault side against an in-process dev vault.
+//! Each scenario lists the exact requests it expects, in order.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kvsync::azure::AzureAccess;
+use kvsync::crd::VaultSecretBinding;
+use kvsync::poller::Pollers;
+use kvsync::reconcile::{Context, Settings, reconcile};
+use serde_json::{Value, json};
+use support::{Fixture, fast_retry, start};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+struct Scenario {
+    ctx: Arc<Context>,
+    handle: Handle,
+}
+
+fn scenario(f: &Fixture) -> Scenario {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let access = Arc::new(AzureAccess::new(
+        f.http.clone(),
+        f.policy(),
+        f.env("operator-app", "system:serviceaccount:kvsync:kvsync"),
+        fast_retry(),
+    ));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kvsync".into(),
+            instance: None,
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client,
+        access,
+        Pollers::new(None),
+        recorder,
+        Settings {
+            default_refresh: Duration::from_secs(300),
+            rollout_window: Duration::from_secs(30),
+        },
+    ));
+    Scenario { ctx, handle }
+}
+
+/// One expected request: method, path, and the response to send.
+async fn expect(
+    handle: &mut Handle,
+    method: &str,
+    path: &str,
+    status: u16,
+    body: Value,
+) -> (String, Value) {
+    let (request, send) = handle
+        .next_request()
+        .await
+        .unwrap_or_else(|| panic!("expected {method} {path}, got nothing"));
+    let query = request.uri().query().unwrap_or_default().to_string();
+    assert_eq!(
+        format!("{} {}", request.method(), request.uri().path()),
+        format!("{method} {path}")
+    );
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let sent = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    send.send_response(
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+    (query, sent)
+}
+
+fn binding(f: &Fixture, status: Value) -> VaultSecretBinding {
+    serde_json::from_value(json!({
+        "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
+        "metadata": {"name": "agent", "namespace": "ci", "uid": "uid-1", "generation": 1, "resourceVersion": "10"},
+        "spec": {"vaultUrl": f.vault.url(), "secrets": [{"name": "db-password", "key": "DB_PASSWORD"}]},
+        "status": status,
+    }))
+    .unwrap()
+}
+
+/// What the API server answers to a status patch: the binding.
+fn reply() -> Value {
+    json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
+           "metadata": {"name": "agent", "namespace": "ci", "uid": "uid-1", "generation": 1},
+           "spec": {"vaultUrl": "https://x.vault.azure.net", "secrets": [{"name": "db-password"}]}})
+}
+
+const SECRET_PATH: &str = "/api/v1/namespaces/ci/secrets/agent";
+const STATUS_PATH: &str = "/apis/kvsync.io/v1alpha1/namespaces/ci/vaultsecretbindings/agent/status";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/ci/events";
+
+fn not_found() -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": "secrets \"agent\" not found"})
+}
+
+fn managed_secret(value_b64: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+           "metadata": {"name": "agent", "namespace": "ci", "resourceVersion": "5",
+                        "labels": {"app.kubernetes.io/managed-by": "kvsync"},
+                        "annotations": {"kvsync.io/binding": "agent"},
+                        "ownerReferences": [{"apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding", "name": "agent", "uid": "uid-1", "controller": true, "blockOwnerDeletion": true}]},
+           "data": {"DB_PASSWORD": value_b64}})
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+async fn no_more_requests(scenario: Scenario) {
+    let Scenario { ctx, mut handle } = scenario;
+    drop(ctx);
+    assert!(
+        handle.next_request().await.is_none(),
+        "no further request expected"
+    );
+}
+
+#[tokio::test]
+async fn first_sync_applies_the_secret_then_writes_status() {
+    let f = start("secrets:\n  - {name: db-password, value: first-value}\n").await;
+    let mut s = scenario(&f);
+    let b = Arc::new(binding(&f, json!(null)));
+    let run = tokio::spawn(reconcile(b.clone(), s.ctx.clone()));
+
+    expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
+    let (query, applied) = expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("first-value")),
+    )
+    .await;
+    assert!(
+        query.contains("fieldManager=kvsync") && query.contains("force=true"),
+        "{query}"
+    );
+    assert_eq!(applied["data"]["DB_PASSWORD"], b64("first-value"));
+    assert_eq!(applied["type"], "Opaque");
+    assert_eq!(
+        applied["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "kvsync"
+    );
+    assert_eq!(applied["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    assert_eq!(
+        applied["metadata"]["ownerReferences"][0]["controller"],
+        true
+    );
+    let (_, event) = expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    assert_eq!(event["reason"], "Synced");
+    assert!(!event.to_string().contains("first-value"));
+    let (_, status) = expect(
+        &mut s.handle,
+        "PATCH",
+        STATUS_PATH,
+        200,
+        serde_json::to_value(&*b).unwrap(),
+    )
+    .await;
+    let st = &status["status"];
+    assert_eq!(st["conditions"][0]["type"], "Ready");
+    assert_eq!(st["conditions"][0]["status"], "True");
+    assert_eq!(st["conditions"][0]["reason"], "Synced");
+    assert_eq!(st["secrets"][0]["name"], "db-password");
+    assert_eq!(st["secrets"][0]["key"], "DB_PASSWORD");
+    assert_eq!(st["secrets"][0]["version"].as_str().unwrap().len(), 32);
+    assert_eq!(st["observedGeneration"], 1);
+    assert!(st["dataHash"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        !status.to_string().contains("first-value"),
+        "no value in the status"
+    );
+
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+async fn synced_status(f: &Fixture, value: &str) -> Value {
+    // What the first sync wrote, to start the later scenarios from.
+    let mut s = scenario(f);
+    let b = Arc::new(binding(f, json!(null)));
+    let run = tokio::spawn(reconcile(b.clone(), s.ctx.clone()));
+    expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
+    expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64(value)),
+    )
+    .await;
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    let (_, status) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    run.await.unwrap().unwrap();
+    status["status"].clone()
+}
+
+#[tokio::test]
+async fn unchanged_vault_and_secret_make_no_write() {
+    let f = start("secrets:\n  - {name: db-password, value: same-value}\n").await;
+    let status = synced_status(&f, "same-value").await;
+    f.reset_stats().await;
+    let mut s = scenario(&f);
+    let b = Arc::new(binding(&f, status));
+    let run = tokio::spawn(reconcile(b, s.ctx.clone()));
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("same-value")),
+    )
+    .await;
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn new_version_rewrites_the_secret_and_status() {
+    let f = start("secrets:\n  - {name: db-password, value: old-value}\n").await;
+    let status = synced_status(&f, "old-value").await;
+    f.put_secret("db-password", "new-value").await;
+    let mut s = scenario(&f);
+    let b = Arc::new(binding(&f, status.clone()));
+    let run = tokio::spawn(reconcile(b, s.ctx.clone()));
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("old-value")),
+    )
+    .await;
+    let (_, applied) = expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("new-value")),
+    )
+    .await;
+    assert_eq!(applied["data"]["DB_PASSWORD"], b64("new-value"));
+    let (_, event) = expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("updated Secret agent")
+    );
+    let (_, patched) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    assert_ne!(patched["status"]["dataHash"], status["dataHash"]);
+    assert_ne!(
+        patched["status"]["secrets"][0]["version"],
+        status["secrets"][0]["version"]
+    );
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn edited_secret_is_put_back() {
+    let f = start("secrets:\n  - {name: db-password, value: vault-value}\n").await;
+    let status = synced_status(&f, "vault-value").await;
+    let mut s = scenario(&f);
+    let b = Arc::new(binding(&f, status));
+    let run = tokio::spawn(reconcile(b, s.ctx.clone()));
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("edited-by-hand")),
+    )
+    .await;
+    let (_, applied) = expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("vault-value")),
+    )
+    .await;
+    assert_eq!(applied["data"]["DB_PASSWORD"], b64("vault-value"));
+    let (_, event) = expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    assert_eq!(event["reason"], "Repaired");
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn vault_refusal_keeps_the_secret_and_reports_the_reason() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\naccess:\n  - {clientId: someone-else, secrets: ['*']}\n").await;
+    let mut s = scenario(&f);
+    let b = Arc::new(binding(&f, json!(null)));
+    let run = tokio::spawn(reconcile(b, s.ctx.clone()));
+    let (_, event) = expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    assert_eq!(event["reason"], "SyncFailed");
+    assert_eq!(event["type"], "Warning");
+    let (_, status) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    let ready = &status["status"]["conditions"][0];
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("VaultForbidden"))
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("Key Vault Secrets User")
+    );
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await; // no GET, no write of the Secret
+}
+
+#[tokio::test]
+async fn key_collision_changes_nothing() {
+    let f = start("secrets:\n  - {name: a-b, value: 1}\n  - {name: a-b2, value: 2}\n").await;
+    let mut s = scenario(&f);
+    let mut b = binding(&f, json!(null));
+    b.spec.secrets =
+        serde_json::from_value(json!([{"name": "a-b"}, {"name": "a-b2", "key": "A_B"}])).unwrap();
+    b.spec.key_transform = kvsync::crd::KeyTransform::EnvVar;
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    let (_, status) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    assert_eq!(status["status"]["conditions"][0]["reason"], "KeyCollision");
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+    assert_eq!(
+        f.stats().await.total("get_secret"),
+        0,
+        "a collision is found before any value is read"
+    );
+}
+
+#[tokio::test]
+async fn non_vault_host_is_refused_before_any_token_request() {
+    let f = start("secrets: []\n").await;
+    let mut s = scenario(&f);
+    let mut b = binding(&f, json!(null));
+    b.spec.vault_url = "https://attacker.example.com".into();
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    let (_, status) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    assert_eq!(
+        status["status"]["conditions"][0]["reason"],
+        "VaultHostNotAllowed"
+    );
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+    assert_eq!(f.stats().await.total("token"), 0);
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_full_sync_logged_at_trace_never_shows_a_value() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let secret = "Sup3r-S3cret-Value-91f2";
+    let f = start(&format!(
+        "secrets:\n  - {{name: db-password, value: {secret}}}\n"
+    ))
+    .await;
+    f.fault(json!({"op": "get_secret", "status": 503, "count": 1}))
+        .await; // exercise the retry logs too
+    let mut s = scenario(&f);
+    let b = Arc::new(binding(&f, json!(null)));
+    let run = tokio::spawn(reconcile(b, s.ctx.clone()));
+    expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
+    let (_, applied) = expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64(secret)),
+    )
+    .await;
+    assert_eq!(
+        applied["data"]["DB_PASSWORD"],
+        b64(secret),
+        "the value did reach the Secret"
+    );
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.lines().count() > 20,
+        "the capture works ({} lines)",
+        logs.lines().count()
+    );
+    assert!(!logs.contains(secret), "a value reached the logs");
+    assert!(
+        !logs.contains(&b64(secret)),
+        "a base64 value reached the logs"
+    );
+}
