@@ -218,18 +218,22 @@ impl Poller {
     }
 
     /// Reads what `spec` needs, from the cache where it is fresher than
-    /// `interval` (+10 %), fetching the rest. `who` registers the binding so
-    /// that cycles keep its secrets fresh and wake it on change.
+    /// `interval` (+10 %), fetching the rest; `force` fetches everything
+    /// anew (force-sync). `who` registers the binding so that cycles keep its
+    /// secrets fresh and wake it on change.
     pub async fn read(
         &self,
         who: Option<&BindingRef>,
         spec: &VaultSecretBindingSpec,
         interval: Duration,
+        force: bool,
     ) -> Result<ReadResult, ReadError> {
         self.register(who, interest_of(spec, None, interval));
-        let max_age = interval + interval / 10;
+        let max_age = if force { Duration::ZERO } else { interval + interval / 10 };
         let mut cache = self.cache.lock().await;
-        if let Some(failure) = &cache.failure {
+        if force {
+            cache.failure = None;
+        } else if let Some(failure) = &cache.failure {
             // The last cycle failed: report it rather than serve stale data
             // as if it were fresh. The Secret keeps its last data.
             return Err(ReadError::Vault(failure.clone()));
@@ -256,7 +260,7 @@ impl Poller {
             .iter()
             .filter(|k| k.version.is_none())
             .map(|k| lower(&k.secret))
-            .filter(|n| !self.fresh(&cache, n, now, max_age))
+            .filter(|n| force || !self.fresh(&cache, n, now, max_age))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();

@@ -67,6 +67,7 @@ pub struct Context {
     /// Settings.
     pub settings: Settings,
     failures: Mutex<HashMap<String, u32>>,
+    forced: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -86,7 +87,21 @@ impl Context {
             rollouts: RolloutQueue::default(),
             settings,
             failures: Mutex::new(HashMap::new()),
+            forced: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether the binding's force-sync annotation has a value not seen yet.
+    fn take_force(&self, key: &str, b: &VaultSecretBinding) -> bool {
+        let Some(value) = b.annotations().get(FORCE_SYNC_ANNOTATION) else {
+            return false;
+        };
+        let mut seen = self.forced.lock().expect("forced");
+        if seen.get(key) == Some(value) {
+            return false;
+        }
+        seen.insert(key.to_string(), value.clone());
+        true
     }
 
     fn failure_count(&self, key: &str, failed: bool) -> u32 {
@@ -182,6 +197,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
         }
         ctx.pollers.forget(&objref);
         ctx.rollouts.forget(&key);
+        ctx.forced.lock().expect("forced").remove(&key);
         return Ok(Action::await_change());
     }
     match (b.spec.policy() == TargetPolicy::Merge, has_finalizer) {
@@ -363,8 +379,12 @@ async fn sync(
             ctx.access.client(endpoint.clone(), credential.clone())
         });
     let objref = ObjectRef::from_obj(b);
+    let force = ctx.take_force(&binding_key(b), b);
+    if force {
+        tracing::info!(binding = %binding_key(b), "force-sync: checking the vault now");
+    }
     let read = poller
-        .read(Some(&objref), spec, interval)
+        .read(Some(&objref), spec, interval, force)
         .await
         .map_err(|e| SyncError::User(e.into()))?;
 
