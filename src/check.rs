@@ -185,7 +185,9 @@ pub async fn check(
     }) {
         match e {
             // check sees no Secret; in the cluster KeepLast keeps what the Secret holds.
-            crate::render::RenderError::Disabled { nothing_kept: true, .. } => {}
+            crate::render::RenderError::Disabled {
+                nothing_kept: true, ..
+            } => {}
             e => report.problems.push(format!("{}: {e}", e.reason())),
         }
     }

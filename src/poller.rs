@@ -229,7 +229,11 @@ impl Poller {
         force: bool,
     ) -> Result<ReadResult, ReadError> {
         self.register(who, interest_of(spec, None, interval));
-        let max_age = if force { Duration::ZERO } else { interval + interval / 10 };
+        let max_age = if force {
+            Duration::ZERO
+        } else {
+            interval + interval / 10
+        };
         let mut cache = self.cache.lock().await;
         if force {
             cache.failure = None;
