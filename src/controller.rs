@@ -39,6 +39,7 @@ pub async fn run(
     client: kube::Client,
     access: Arc<AzureAccess>,
     settings: Settings,
+    metrics: Arc<crate::metrics::Metrics>,
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -53,6 +54,7 @@ pub async fn run(
         Pollers::new(Some(wake_tx)),
         Recorder::new(client.clone(), reporter),
         settings,
+        metrics,
     ));
 
     let (bindings, secrets): (Api<VaultSecretBinding>, Api<PartialObjectMeta<Secret>>) =

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod crd;
 pub mod devvault;
 pub mod duration;
+pub mod metrics;
 pub mod plan;
 pub mod poller;
 pub mod reconcile;

@@ -69,13 +69,24 @@ fn azure_access(args: &VaultArgs) -> Result<kvsync::azure::AzureAccess, String> 
 }
 
 async fn run(args: RunArgs) -> Result<(), String> {
-    let access = Arc::new(azure_access(&args.vault)?);
+    let metrics = Arc::new(kvsync::metrics::Metrics::default());
+    let observed = metrics.clone();
+    let access = Arc::new(azure_access(&args.vault)?.with_observer(Arc::new(
+        move |vault, op, status| observed.vault_request(vault, op.label(), status),
+    )));
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot reach the Kubernetes API (KUBECONFIG or in-cluster): {e}"))?;
     let health = Arc::new(kvsync::server::Health::default());
     let addr = args.metrics_addr;
-    let server = tokio::spawn(kvsync::server::serve(addr, health.clone()));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on --metrics-addr {addr}: {e}"))?;
+    let server = tokio::spawn(kvsync::server::serve(
+        listener,
+        health.clone(),
+        metrics.clone(),
+    ));
     let settings = kvsync::reconcile::Settings {
         default_refresh: args.vault.default_refresh_interval,
         rollout_window: args.rollout_window,
@@ -95,6 +106,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             client.clone(),
             access.clone(),
             settings.clone(),
+            metrics.clone(),
             ns,
             shutdown,
         )

@@ -66,6 +66,8 @@ pub struct Context {
     pub rollouts: RolloutQueue,
     /// Settings.
     pub settings: Settings,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     failures: Mutex<HashMap<String, u32>>,
     forced: Mutex<HashMap<String, String>>,
 }
@@ -78,8 +80,10 @@ impl Context {
         pollers: Pollers,
         recorder: Recorder,
         settings: Settings,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
+            metrics,
             client,
             access,
             pollers,
@@ -198,6 +202,16 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
         ctx.pollers.forget(&objref);
         ctx.rollouts.forget(&key);
         ctx.forced.lock().expect("forced").remove(&key);
+        ctx.metrics.set_ready(&key, None);
+        for s in b.status.iter().flat_map(|s| s.secrets.iter()) {
+            ctx.metrics
+                .secret_expiry
+                .remove(&crate::metrics::ExpiryLabels {
+                    namespace: ns.clone(),
+                    binding: name.clone(),
+                    secret: s.name.clone(),
+                });
+        }
         return Ok(Action::await_change());
     }
     match (b.spec.policy() == TargetPolicy::Merge, has_finalizer) {
@@ -220,9 +234,37 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
     let interval = b.spec.refresh_interval_or(ctx.settings.default_refresh);
     let prev = b.status.as_ref();
     let generation = b.meta().generation;
-    match sync(&b, &ctx, interval).await {
+    let started = Instant::now();
+    let result = sync(&b, &ctx, interval).await;
+    ctx.metrics
+        .sync_duration
+        .observe(started.elapsed().as_secs_f64());
+    match result {
         Ok(done) => {
             ctx.failure_count(&key, false);
+            ctx.metrics
+                .syncs
+                .get_or_create(&crate::metrics::SyncLabels {
+                    result: "success".into(),
+                    reason: "Synced".into(),
+                })
+                .inc();
+            ctx.metrics.set_ready(&key, Some(true));
+            if done.written {
+                ctx.metrics.secret_writes.inc();
+            }
+            for s in &done.status.secrets {
+                if let Some(exp) = &s.expires {
+                    ctx.metrics
+                        .secret_expiry
+                        .get_or_create(&crate::metrics::ExpiryLabels {
+                            namespace: ns.clone(),
+                            binding: name.clone(),
+                            secret: s.name.clone(),
+                        })
+                        .set(exp.0.as_second());
+                }
+            }
             if done.data_changed {
                 let secret = b.spec.target_name(&name).to_string();
                 let note = format!(
@@ -256,6 +298,14 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
         }
         Err(SyncError::User(f)) => {
             let failures = ctx.failure_count(&key, true);
+            ctx.metrics
+                .syncs
+                .get_or_create(&crate::metrics::SyncLabels {
+                    result: "failure".into(),
+                    reason: f.reason.into(),
+                })
+                .inc();
+            ctx.metrics.set_ready(&key, Some(false));
             let was = prev.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
             let new_problem = was.is_none_or(|c| c.status != "False" || c.reason != f.reason);
             if new_problem {

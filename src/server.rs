@@ -1,6 +1,5 @@
-//! The operator's HTTP endpoint: `/healthz` and `/readyz`.
+//! The operator's HTTP endpoint: `/metrics`, `/healthz` and `/readyz`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -31,17 +30,34 @@ fn answer(status: u16, body: &'static str) -> Response<Full<Bytes>> {
         .expect("valid response")
 }
 
-/// Serves health endpoints on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+fn metrics_answer(metrics: &crate::metrics::Metrics) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(200)
+        .header(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+        .body(Full::new(Bytes::from(metrics.encode())))
+        .expect("valid response")
+}
+
+/// Serves the endpoints on `listener` until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    health: Arc<Health>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> std::io::Result<()> {
     loop {
         let (tcp, _) = listener.accept().await?;
         let health = health.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let health = health.clone();
+                let metrics = metrics.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(match req.uri().path() {
+                        "/metrics" => metrics_answer(&metrics),
                         "/healthz" => answer(200, "ok\n"),
                         "/readyz" if health.ready.load(Ordering::Relaxed) => answer(200, "ready\n"),
                         "/readyz" => answer(503, "starting\n"),

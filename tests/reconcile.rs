@@ -49,6 +49,7 @@ fn scenario(f: &Fixture) -> Scenario {
             default_refresh: Duration::from_secs(300),
             rollout_window: Duration::from_secs(30),
         },
+        Arc::new(kvsync::metrics::Metrics::default()),
     ));
     Scenario { ctx, handle }
 }

@@ -398,6 +398,10 @@ impl RequestCounts {
     }
 }
 
+/// Told of every request: vault short name, operation, HTTP status (`None`:
+/// no answer). For metrics.
+pub type RequestObserver = Arc<dyn Fn(&str, Operation, Option<u16>) + Send + Sync>;
+
 /// A client for one vault, signed in as one identity.
 pub struct KeyVaultClient {
     http: reqwest::Client,
@@ -406,6 +410,7 @@ pub struct KeyVaultClient {
     retry: RetryPolicy,
     scope: std::sync::Mutex<String>,
     counts: RequestCounts,
+    observer: Option<RequestObserver>,
 }
 
 impl KeyVaultClient {
@@ -424,6 +429,19 @@ impl KeyVaultClient {
             retry,
             scope,
             counts: RequestCounts::default(),
+            observer: None,
+        }
+    }
+
+    /// Reports every request to `observer`.
+    pub fn with_observer(mut self, observer: Option<RequestObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    fn observe(&self, op: Operation, status: Option<u16>) {
+        if let Some(o) = &self.observer {
+            o(&self.endpoint.name, op, status);
         }
     }
 
@@ -569,6 +587,7 @@ impl KeyVaultClient {
                 .bearer_auth(token.token.expose())
                 .send()
                 .await;
+            self.observe(op, sent.as_ref().ok().map(|r| r.status().as_u16()));
             let resp = match sent {
                 Ok(r) => r,
                 Err(e) => {

@@ -27,6 +27,7 @@ pub struct AzureAccess {
     /// Retry policy of every call.
     pub retry: RetryPolicy,
     tokens: TokenSources,
+    observer: Option<keyvault::RequestObserver>,
 }
 
 impl AzureAccess {
@@ -43,7 +44,14 @@ impl AzureAccess {
             env,
             retry,
             tokens: TokenSources::default(),
+            observer: None,
         }
+    }
+
+    /// Reports every Key Vault request of the clients made from now on.
+    pub fn with_observer(mut self, observer: keyvault::RequestObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Checks a vault URL against the host guard. Call before resolving any
