@@ -67,9 +67,17 @@ pub async fn run(
         };
 
     let (reader, writer) = reflector::store();
+    // A binding deleted without a finalizer is never reconciled again: drop
+    // what is held for it when the watch reports the deletion.
+    let on_delete = ctx.clone();
     let binding_stream = watcher(bindings, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(b)) = event {
+                on_delete.forget(b);
+            }
+        })
         .applied_objects()
         .predicate_filter(binding_predicate, Default::default());
 

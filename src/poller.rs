@@ -657,6 +657,18 @@ impl Pollers {
         poller
     }
 
+    /// Removes `who` from every poller but `keep` (after its vault or
+    /// identity changed), and pollers nobody needs.
+    pub fn forget_elsewhere(&self, who: &BindingRef, keep: &Arc<Poller>) {
+        let mut map = self.map.lock().expect("pollers");
+        for p in map.values() {
+            if !Arc::ptr_eq(p, keep) {
+                p.forget(who);
+            }
+        }
+        map.retain(|_, p| Arc::ptr_eq(p, keep) || p.interested() > 0);
+    }
+
     /// Removes `who` from every poller, and pollers nobody needs.
     pub fn forget(&self, who: &BindingRef) {
         let mut map = self.map.lock().expect("pollers");

@@ -95,6 +95,25 @@ impl Context {
         }
     }
 
+    /// Drops everything held for a deleted binding: its poller interests (a
+    /// poller nobody needs stops), pending rollouts and metrics.
+    pub fn forget(&self, b: &VaultSecretBinding) {
+        let key = binding_key(b);
+        self.pollers.forget(&ObjectRef::from_obj(b));
+        self.rollouts.forget(&key);
+        self.forced.lock().expect("forced").remove(&key);
+        self.metrics.set_ready(&key, None);
+        for s in b.status.iter().flat_map(|s| s.secrets.iter()) {
+            self.metrics
+                .secret_expiry
+                .remove(&crate::metrics::ExpiryLabels {
+                    namespace: b.namespace().unwrap_or_default(),
+                    binding: b.name_any(),
+                    secret: s.name.clone(),
+                });
+        }
+    }
+
     /// Whether the binding's force-sync annotation has a value not seen yet.
     fn take_force(&self, key: &str, b: &VaultSecretBinding) -> bool {
         let Some(value) = b.annotations().get(FORCE_SYNC_ANNOTATION) else {
@@ -178,6 +197,8 @@ struct Synced {
     data_changed: bool,
     first: bool,
     written: bool,
+    /// Written because the Secret had drifted (not a vault or spec change).
+    repaired: bool,
     requeue: Option<Duration>,
 }
 
@@ -191,7 +212,6 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
     let name = b.name_any();
     let bindings: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);
     let key = binding_key(&b);
-    let objref = ObjectRef::from_obj(&*b);
     let has_finalizer = b.finalizers().iter().any(|f| f == FINALIZER);
 
     if b.meta().deletion_timestamp.is_some() {
@@ -199,19 +219,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
             release_merged(&b, &ctx).await?;
             remove_finalizer(&bindings, &b).await?;
         }
-        ctx.pollers.forget(&objref);
-        ctx.rollouts.forget(&key);
-        ctx.forced.lock().expect("forced").remove(&key);
-        ctx.metrics.set_ready(&key, None);
-        for s in b.status.iter().flat_map(|s| s.secrets.iter()) {
-            ctx.metrics
-                .secret_expiry
-                .remove(&crate::metrics::ExpiryLabels {
-                    namespace: ns.clone(),
-                    binding: name.clone(),
-                    secret: s.name.clone(),
-                });
-        }
+        ctx.forget(&b);
         return Ok(Action::await_change());
     }
     match (b.spec.policy() == TargetPolicy::Merge, has_finalizer) {
@@ -274,7 +282,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
                     vault_name(&b.spec.vault_url)
                 );
                 publish(&ctx, &b, EventType::Normal, "Synced", note).await;
-            } else if done.written {
+            } else if done.repaired {
                 publish(
                     &ctx,
                     &b,
@@ -429,6 +437,7 @@ async fn sync(
             ctx.access.client(endpoint.clone(), credential.clone())
         });
     let objref = ObjectRef::from_obj(b);
+    ctx.pollers.forget_elsewhere(&objref, &poller);
     let force = ctx.take_force(&binding_key(b), b);
     if force {
         tracing::info!(binding = %binding_key(b), "force-sync: checking the vault now");
@@ -530,6 +539,7 @@ async fn sync(
         data_changed,
         first,
         written: write,
+        repaired: write && !data_changed && !spec_changed,
         requeue,
     })
 }
