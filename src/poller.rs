@@ -101,6 +101,8 @@ struct Cache {
     latest: HashMap<String, (Instant, Known)>,
     pinned: HashMap<(String, String), Known>,
     values: HashMap<(String, String), CachedValue>,
+    /// When each latest name was last read (unix seconds).
+    fetched_at: HashMap<String, i64>,
     /// The last background cycle's failure, until one succeeds.
     failure: Option<Arc<KeyVaultError>>,
 }
@@ -410,9 +412,15 @@ impl Poller {
                 Ok(())
             }
             Some(i) => {
+                // Key Vault's `updated` has one-second resolution: a version
+                // written in the second of (or before) our last read may hide
+                // behind an equal timestamp, so read again to be sure.
+                let read_at = cache.fetched_at.get(name).copied().unwrap_or(i64::MIN);
+                let ambiguous = i.attributes.updated.is_none_or(|u| u + 1 >= read_at);
                 let unchanged = match cache.latest.get(name) {
                     Some((_, Known::Value { version, updated })) => {
-                        *updated == i.attributes.updated
+                        !ambiguous
+                            && *updated == i.attributes.updated
                             && cache
                                 .values
                                 .get(&(name.to_string(), version.clone()))
@@ -434,6 +442,10 @@ impl Poller {
 
     async fn get_latest(&self, cache: &mut Cache, name: &str) -> Result<(), KeyVaultError> {
         let now = Instant::now();
+        cache.fetched_at.insert(
+            name.to_string(),
+            k8s_openapi::jiff::Timestamp::now().as_second(),
+        );
         let known = match self.client.get_secret(name, None).await {
             Ok(b) => {
                 let version = lower(b.version());
@@ -607,6 +619,7 @@ impl Poller {
         let pinned: BTreeSet<&(String, String)> =
             interests.values().flat_map(|i| i.pinned.iter()).collect();
         cache.latest.retain(|n, _| latest.contains(n));
+        cache.fetched_at.retain(|n, _| latest.contains(n));
         cache.pinned.retain(|k, _| pinned.contains(k));
         let current: BTreeSet<(String, String)> = cache
             .latest

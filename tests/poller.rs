@@ -374,3 +374,25 @@ async fn removed_and_disabled_secrets_are_seen_by_the_listing() {
         "a deleted secret leaves the select"
     );
 }
+
+#[tokio::test]
+async fn two_versions_in_one_second_are_not_missed() {
+    // Key Vault's `updated` has one-second resolution: a version written in
+    // the same second as the one we read looks unchanged in the listing.
+    let f = start(&seed_of(30)).await;
+    let (p, _rx) = poller(&f, "reader");
+    let picks = spec(&f, "secrets: [{name: s001}, {name: s002}, {name: s003}]");
+    p.read(Some(&who("b")), &picks, REFRESH, false)
+        .await
+        .unwrap();
+    p.cycle().await.unwrap(); // learns the size: LIST is the plan
+    f.put_secret("s001", "second").await;
+    p.cycle().await.unwrap();
+    f.put_secret("s001", "third").await; // very likely the same second
+    p.cycle().await.unwrap();
+    let r = p
+        .read(Some(&who("b")), &picks, REFRESH, false)
+        .await
+        .unwrap();
+    assert_eq!(value(&r.fetched["s001"]), "third");
+}

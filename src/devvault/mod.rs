@@ -82,8 +82,10 @@ pub async fn start(config: DevVaultConfig) -> std::io::Result<RunningDevVault> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
+    // Seeded secrets stand for secrets that were in the vault before: they
+    // are dated a minute before the start.
     let shared = Arc::new(server::Shared {
-        state: Mutex::new(store::VaultState::from_seed(&config.seed, now)),
+        state: Mutex::new(store::VaultState::from_seed(&config.seed, now - 60)),
         tenant: DEV_TENANT_ID.to_string(),
         token_lifetime: config.token_lifetime,
         default_host: addr.to_string(),
