@@ -277,6 +277,21 @@ impl Env {
         )
     }
 
+    /// Waits until Secret `name` holds `value` under `key`.
+    async fn wait_for_value(
+        &self,
+        name: &str,
+        key: &str,
+        value: &str,
+        what: &str,
+        deadline: Duration,
+    ) {
+        eventually(self, what, deadline, || async {
+            (self.secret_data(name).await?.get(key)? == value).then_some(())
+        })
+        .await
+    }
+
     async fn vault_token(&self) -> String {
         let resp: Value = self
             .http
@@ -495,13 +510,12 @@ async fn new_version_in_the_vault_reaches_the_secret_within_the_refresh_interval
 
     let new_version = env.put_secret("db-password", "rotated-password").await;
     let changed_at = Instant::now();
-    eventually(
-        &env,
+    env.wait_for_value(
+        "app",
+        "db-password",
+        "rotated-password",
         "the Secret to hold the new value",
         CHANGE_DEADLINE,
-        || async {
-            (env.secret_data("app").await?.get("db-password")? == "rotated-password").then_some(())
-        },
     )
     .await;
     let took = changed_at.elapsed();
@@ -758,26 +772,24 @@ async fn edited_or_deleted_secret_is_repaired() {
         )
         .await
         .unwrap();
-    eventually(
-        &env,
+    env.wait_for_value(
+        "app",
+        "db-password",
+        "first-password",
         "the edited Secret to be put back",
         SYNC_DEADLINE,
-        || async {
-            (env.secret_data("app").await?.get("db-password")? == "first-password").then_some(())
-        },
     )
     .await;
     env.secrets()
         .delete("app", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
-        &env,
+    env.wait_for_value(
+        "app",
+        "db-password",
+        "first-password",
         "the deleted Secret to come back",
         SYNC_DEADLINE,
-        || async {
-            (env.secret_data("app").await?.get("db-password")? == "first-password").then_some(())
-        },
     )
     .await;
 }
@@ -878,13 +890,12 @@ async fn force_sync_annotation_checks_the_vault_now() {
         )
         .await
         .unwrap();
-    eventually(
-        &env,
+    env.wait_for_value(
+        "app",
+        "db-password",
+        "forced-value",
         "the forced sync to bring the new value",
         SYNC_DEADLINE,
-        || async {
-            (env.secret_data("app").await?.get("db-password")? == "forced-value").then_some(())
-        },
     )
     .await;
 }

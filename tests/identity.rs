@@ -3,38 +3,22 @@
 
 mod support;
 
-use http::{Request, Response};
-use kube::client::Body;
 use kvsync::azure::identity::{AssertionSource, Credential, IdentityError};
 use kvsync::crd::{SecretKeyRef, VaultIdentity};
 use kvsync::devvault::jwt;
 use serde_json::{Value, json};
 use support::start;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+use support::mock::{client as mock_client, expect as mock_expect};
 
-fn mock_client() -> (kube::Client, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (kube::Client::new(service, "default"), handle)
-}
-
-async fn expect(handle: &mut Handle, method: &str, path: &str, status: u16, body: Value) -> Value {
-    let (request, send) = handle.next_request().await.expect("a request");
-    assert_eq!(request.method().as_str(), method);
-    assert_eq!(request.uri().path(), path);
-    let bytes = request.into_body().collect_bytes().await.unwrap();
-    let sent: Value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap(),
-    );
-    sent
+async fn expect(
+    handle: &mut support::mock::Handle,
+    method: &str,
+    path: &str,
+    status: u16,
+    body: Value,
+) -> Value {
+    mock_expect(handle, method, path, status, body).await.1
 }
 
 fn sa(annotations: Value) -> Value {

@@ -7,17 +7,14 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kvsync::azure::AzureAccess;
 use kvsync::crd::VaultSecretBinding;
 use kvsync::poller::Pollers;
 use kvsync::reconcile::{Context, Settings, reconcile};
 use serde_json::{Value, json};
+use support::mock::{Handle, expect};
 use support::{Fixture, fast_retry, start};
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 struct Scenario {
     ctx: Arc<Context>,
@@ -25,8 +22,7 @@ struct Scenario {
 }
 
 fn scenario(f: &Fixture) -> Scenario {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "default");
+    let (client, handle) = support::mock::client();
     let access = Arc::new(AzureAccess::new(
         f.http.clone(),
         f.policy(),
@@ -52,38 +48,6 @@ fn scenario(f: &Fixture) -> Scenario {
         Arc::new(kvsync::metrics::Metrics::default()),
     ));
     Scenario { ctx, handle }
-}
-
-/// One expected request: method, path, and the response to send.
-async fn expect(
-    handle: &mut Handle,
-    method: &str,
-    path: &str,
-    status: u16,
-    body: Value,
-) -> (String, Value) {
-    let (request, send) = handle
-        .next_request()
-        .await
-        .unwrap_or_else(|| panic!("expected {method} {path}, got nothing"));
-    let query = request.uri().query().unwrap_or_default().to_string();
-    assert_eq!(
-        format!("{} {}", request.method(), request.uri().path()),
-        format!("{method} {path}")
-    );
-    let bytes = request.into_body().collect_bytes().await.unwrap();
-    let sent = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap(),
-    );
-    (query, sent)
 }
 
 fn binding(f: &Fixture, status: Value) -> VaultSecretBinding {

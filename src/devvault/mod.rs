@@ -1,7 +1,9 @@
 //! `kvsync dev-vault`: a local stand-in for Azure Key Vault **and** Entra ID
 //! (DESIGN §7), served over HTTPS, for development and tests without Azure.
 
+pub mod entra;
 pub mod jwt;
+pub mod kvapi;
 pub mod seed;
 pub mod server;
 pub mod store;

@@ -217,3 +217,52 @@ impl Fixture {
             .unwrap()
     }
 }
+
+/// The scripted Kubernetes API of kube's tower-test pattern.
+pub mod mock {
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::Value;
+
+    /// The test's end of the mock API server.
+    pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    /// A kube client whose every request reaches the returned handle.
+    pub fn client() -> (kube::Client, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (kube::Client::new(service, "default"), handle)
+    }
+
+    /// Expects one request (method and path), answers it with `status` and
+    /// `body`, and returns the query string and the JSON body that was sent.
+    pub async fn expect(
+        handle: &mut Handle,
+        method: &str,
+        path: &str,
+        status: u16,
+        body: Value,
+    ) -> (String, Value) {
+        let (request, send) = handle
+            .next_request()
+            .await
+            .unwrap_or_else(|| panic!("expected {method} {path}, got nothing"));
+        let query = request.uri().query().unwrap_or_default().to_string();
+        assert_eq!(
+            format!("{} {}", request.method(), request.uri().path()),
+            format!("{method} {path}")
+        );
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let sent = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+        (query, sent)
+    }
+}
