@@ -603,3 +603,33 @@ async fn tokens_from_one_dev_vault_work_at_another() {
     assert_eq!(r.status(), 200);
     let _: &Fixture = &a;
 }
+
+#[tokio::test]
+async fn clients_from_azure_access_report_every_request() {
+    let f = start("secrets:\n  - {name: db, value: one}\n").await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let env = f.env("observed", "sub");
+    let access = AzureAccess::new(f.http.clone(), f.policy(), env.clone(), fast_retry())
+        .with_observer(std::sync::Arc::new(
+            move |vault: &str, op: Operation, status: Option<u16>| {
+                sink.lock()
+                    .unwrap()
+                    .push((vault.to_string(), op.label(), status))
+            },
+        ));
+    let kv = access.client(
+        access.endpoint(&f.vault.url()).unwrap(),
+        env.operator_credential(None, None).unwrap(),
+    );
+    kv.get_secret("db", None).await.unwrap();
+    let _ = kv.get_secret("nope", None).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            ("127".to_string(), "get_secret", Some(200)),
+            ("127".to_string(), "get_secret", Some(404))
+        ]
+    );
+}

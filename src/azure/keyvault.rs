@@ -411,6 +411,7 @@ pub struct KeyVaultClient {
     scope: std::sync::Mutex<String>,
     counts: RequestCounts,
     observer: Option<RequestObserver>,
+    limiter: Option<Arc<super::ratelimit::RateLimiter>>,
 }
 
 impl KeyVaultClient {
@@ -430,7 +431,14 @@ impl KeyVaultClient {
             scope,
             counts: RequestCounts::default(),
             observer: None,
+            limiter: None,
         }
+    }
+
+    /// Takes a token from `limiter` before every request.
+    pub fn with_limiter(mut self, limiter: Arc<super::ratelimit::RateLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
     }
 
     /// Reports every request to `observer`.
@@ -580,6 +588,9 @@ impl KeyVaultClient {
             let last = attempt >= self.retry.max_attempts;
             let scope = self.scope.lock().expect("scope lock").clone();
             let token = self.tokens.token(&scope).await?;
+            if let Some(limiter) = &self.limiter {
+                limiter.acquire().await;
+            }
             self.counts.count(op);
             let sent = self
                 .http

@@ -6,6 +6,7 @@ pub mod hosts;
 pub mod http;
 pub mod identity;
 pub mod keyvault;
+pub mod ratelimit;
 pub mod retry;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub struct AzureAccess {
     pub retry: RetryPolicy,
     tokens: TokenSources,
     observer: Option<keyvault::RequestObserver>,
+    limiters: std::sync::Mutex<std::collections::HashMap<String, Arc<ratelimit::RateLimiter>>>,
 }
 
 impl AzureAccess {
@@ -45,6 +47,7 @@ impl AzureAccess {
             retry,
             tokens: TokenSources::default(),
             observer: None,
+            limiters: Default::default(),
         }
     }
 
@@ -66,14 +69,25 @@ impl AzureAccess {
             .get(credential, &self.env, &self.http, self.retry)
     }
 
-    /// A client for `endpoint` signed in as `credential`.
+    /// A client for `endpoint` signed in as `credential`. Every client of
+    /// one vault shares that vault's request budget, whatever its identity,
+    /// and reports its requests to the observer (metrics).
     pub fn client(&self, endpoint: VaultEndpoint, credential: Credential) -> KeyVaultClient {
+        let limiter = self
+            .limiters
+            .lock()
+            .expect("limiters")
+            .entry(endpoint.authority())
+            .or_default()
+            .clone();
         KeyVaultClient::new(
             self.http.clone(),
             endpoint,
             self.token_source(credential),
             self.retry,
         )
+        .with_observer(self.observer.clone())
+        .with_limiter(limiter)
     }
 
     /// Number of identities with a token source.
