@@ -21,6 +21,9 @@ use crate::plan::{Plan, PlanError, needs_listing, plan};
 use crate::render::Fetched;
 use crate::value::SecretValue;
 
+/// GETs in flight at once per poller (the per-vault budget still applies).
+const CONCURRENT_GETS: usize = 8;
+
 /// Who a poller wakes.
 pub type BindingRef = ObjectRef<VaultSecretBinding>;
 
@@ -288,24 +291,21 @@ impl Poller {
                     Err(e) => return Err(e),
                 }
             }
-            if listing_fresh(&cache) {
-                for name in &stale {
-                    if let Err(e) = self.resolve_from_listing(&mut cache, name).await {
-                        if optional.contains(name) && !e.is_transient() {
-                            optional_failures.push((name.clone(), e.to_string()));
-                        } else {
-                            return Err(e.into());
-                        }
-                    }
-                }
+            let to_get: Vec<String> = if listing_fresh(&cache) {
+                stale
+                    .iter()
+                    .filter(|n| self.settle_from_listing(&mut cache, n))
+                    .cloned()
+                    .collect()
             } else {
-                for name in &stale {
-                    if let Err(e) = self.get_latest(&mut cache, name).await {
-                        if optional.contains(name) && !e.is_transient() {
-                            optional_failures.push((name.clone(), e.to_string()));
-                        } else {
-                            return Err(e.into());
-                        }
+                stale.clone()
+            };
+            for (name, result) in self.fetch_latest(&mut cache, &to_get).await {
+                if let Err(e) = result {
+                    if optional.contains(&name) && !e.is_transient() {
+                        optional_failures.push((name, e.to_string()));
+                    } else {
+                        return Err(e.into());
                     }
                 }
             }
@@ -382,12 +382,9 @@ impl Poller {
         }
     }
 
-    /// Updates one latest name from the listing, GETting only if it changed.
-    async fn resolve_from_listing(
-        &self,
-        cache: &mut Cache,
-        name: &str,
-    ) -> Result<(), KeyVaultError> {
+    /// Updates one latest name from the listing; true when it changed and
+    /// must be read with a GET.
+    fn settle_from_listing(&self, cache: &mut Cache, name: &str) -> bool {
         let item = cache
             .listing
             .as_ref()
@@ -397,7 +394,7 @@ impl Poller {
         match item {
             None => {
                 cache.latest.insert(name.to_string(), (now, Known::Missing));
-                Ok(())
+                false
             }
             Some(i) if !i.attributes.is_enabled() => {
                 cache.latest.insert(
@@ -409,7 +406,7 @@ impl Poller {
                         },
                     ),
                 );
-                Ok(())
+                false
             }
             Some(i) => {
                 // Key Vault's `updated` has one-second resolution: a version
@@ -428,45 +425,80 @@ impl Poller {
                     }
                     _ => false,
                 };
-                if unchanged {
-                    if let Some(entry) = cache.latest.get_mut(name) {
-                        entry.0 = now;
-                    }
-                    Ok(())
-                } else {
-                    self.get_latest(cache, name).await
+                if unchanged && let Some(entry) = cache.latest.get_mut(name) {
+                    entry.0 = now;
                 }
+                !unchanged
             }
         }
     }
 
-    async fn get_latest(&self, cache: &mut Cache, name: &str) -> Result<(), KeyVaultError> {
+    /// GETs the latest version of `names`, a few at a time, and records
+    /// what came back.
+    async fn fetch_latest(
+        &self,
+        cache: &mut Cache,
+        names: &[String],
+    ) -> Vec<(String, Result<(), KeyVaultError>)> {
+        use futures::StreamExt;
+        // Taken before the requests: a version written while they run must
+        // count as "possibly newer than what we read".
+        let read_at = k8s_openapi::jiff::Timestamp::now().as_second();
+        let client = &self.client;
+        let results: Vec<(
+            String,
+            Result<crate::azure::keyvault::SecretBundle, KeyVaultError>,
+        )> = futures::stream::iter(names.iter().cloned())
+            .map(|name| async move {
+                let r = client.get_secret(&name, None).await;
+                (name, r)
+            })
+            .buffer_unordered(CONCURRENT_GETS)
+            .collect()
+            .await;
         let now = Instant::now();
-        cache.fetched_at.insert(
-            name.to_string(),
-            k8s_openapi::jiff::Timestamp::now().as_second(),
-        );
-        let known = match self.client.get_secret(name, None).await {
-            Ok(b) => {
-                let version = lower(b.version());
-                cache.values.insert(
-                    (name.to_string(), version.clone()),
-                    CachedValue {
-                        value: b.value,
+        let mut out = Vec::with_capacity(results.len());
+        for (name, result) in results {
+            let known = match result {
+                Ok(b) => {
+                    let version = lower(b.version());
+                    cache.values.insert(
+                        (name.clone(), version.clone()),
+                        CachedValue {
+                            value: b.value,
+                            updated: b.attributes.updated,
+                            expires: b.attributes.exp,
+                        },
+                    );
+                    Known::Value {
+                        version,
                         updated: b.attributes.updated,
-                        expires: b.attributes.exp,
-                    },
-                );
-                Known::Value {
-                    version,
-                    updated: b.attributes.updated,
+                    }
                 }
-            }
-            Err(KeyVaultError::NotFound { .. }) => Known::Missing,
-            Err(KeyVaultError::SecretDisabled { .. }) => Known::Disabled { updated: None },
-            Err(e) => return Err(e),
-        };
-        cache.latest.insert(name.to_string(), (now, known));
+                Err(KeyVaultError::NotFound { .. }) => Known::Missing,
+                Err(KeyVaultError::SecretDisabled { .. }) => Known::Disabled { updated: None },
+                Err(e) => {
+                    out.push((name, Err(e)));
+                    continue;
+                }
+            };
+            cache.fetched_at.insert(name.clone(), read_at);
+            cache.latest.insert(name.clone(), (now, known));
+            out.push((name, Ok(())));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Like [`fetch_latest`](Self::fetch_latest), failing on the first error.
+    async fn fetch_latest_all(
+        &self,
+        cache: &mut Cache,
+        names: &[String],
+    ) -> Result<(), KeyVaultError> {
+        for (_, r) in self.fetch_latest(cache, names).await {
+            r?;
+        }
         Ok(())
     }
 
@@ -544,23 +576,21 @@ impl Poller {
                         }
                         Err(e) if e.reason() == "ListForbidden" && !listing_required => {
                             cache.can_list = false;
-                            for name in &latest {
-                                self.get_latest(&mut cache, name).await?;
-                            }
-                            return Ok(());
+                            let names: Vec<String> = latest.iter().cloned().collect();
+                            return self.fetch_latest_all(&mut cache, &names).await;
                         }
                         Err(e) => return Err(e),
                     }
-                    for name in &latest {
-                        self.resolve_from_listing(&mut cache, name).await?;
-                    }
-                    Ok(())
+                    let changed: Vec<String> = latest
+                        .iter()
+                        .filter(|n| self.settle_from_listing(&mut cache, n))
+                        .cloned()
+                        .collect();
+                    self.fetch_latest_all(&mut cache, &changed).await
                 }
                 CyclePlan::Get => {
-                    for name in &latest {
-                        self.get_latest(&mut cache, name).await?;
-                    }
-                    Ok(())
+                    let names: Vec<String> = latest.iter().cloned().collect();
+                    self.fetch_latest_all(&mut cache, &names).await
                 }
             }
         }
