@@ -247,15 +247,27 @@ pub fn needs_write(
     }
 }
 
-/// Writes the status with a merge patch on the status subresource.
+/// Writes the status with server-side apply on the status subresource
+/// (field manager `kvsync`): fields kvsync no longer sets, such as the
+/// `secrets` of a binding that now syncs none, are removed, which a merge
+/// patch would leave behind.
 pub async fn write(
     api: &Api<VaultSecretBinding>,
     name: &str,
     status: &VaultSecretBindingStatus,
 ) -> Result<(), kube::Error> {
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    use kube::Resource;
+    let patch = serde_json::json!({
+        "apiVersion": VaultSecretBinding::api_version(&()),
+        "kind": VaultSecretBinding::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply("kvsync").force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 

@@ -132,7 +132,7 @@ async fn first_sync_applies_the_secret_then_writes_status() {
     let (_, event) = expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
     assert_eq!(event["reason"], "Synced");
     assert!(!event.to_string().contains("first-value"));
-    let (_, status) = expect(
+    let (status_query, status) = expect(
         &mut s.handle,
         "PATCH",
         STATUS_PATH,
@@ -140,6 +140,11 @@ async fn first_sync_applies_the_secret_then_writes_status() {
         serde_json::to_value(&*b).unwrap(),
     )
     .await;
+    assert!(
+        status_query.contains("fieldManager=kvsync"),
+        "status is applied server-side: {status_query}"
+    );
+    assert_eq!(status["kind"], "VaultSecretBinding");
     let st = &status["status"];
     assert_eq!(st["conditions"][0]["type"], "Ready");
     assert_eq!(st["conditions"][0]["status"], "True");
