@@ -49,11 +49,16 @@ fn stream(state: &Mutex<Fake>, secrets: bool) -> Response<RespBody> {
 #[derive(Default)]
 struct Fake {
     binding: Value,
+    /// The target Secret (named by the binding's target, default "agent").
     secret: Option<Value>,
     status: Option<Value>,
     secret_watches: Vec<UnboundedSender<Value>>,
     other_watches: Vec<UnboundedSender<Value>>,
     applies: usize,
+    /// (query, body) of every apply of the Secret.
+    applied: Vec<(String, Value)>,
+    /// Merge patches of the binding itself (finalizers).
+    binding_patches: Vec<Value>,
     unexpected: Vec<String>,
 }
 
@@ -69,7 +74,8 @@ async fn serve(
     while let Some((req, send)) = handle.next_request().await {
         let method = req.method().as_str().to_string();
         let path = req.uri().path().to_string();
-        let watch = req.uri().query().unwrap_or_default().contains("watch=true");
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let watch = query.contains("watch=true");
         let body = req.into_body().collect_bytes().await.unwrap();
         let sent: Value = if body.is_empty() {
             Value::Null
@@ -103,12 +109,53 @@ async fn serve(
                 }
             }
             ("PATCH", "/api/v1/namespaces/ci/secrets/agent") => {
+                // Server-side apply, simplified: what this field manager
+                // applied before is replaced by what it applies now; keys of
+                // other managers stay.
                 let mut s = state.lock().unwrap();
-                let mut secret = sent.clone();
+                let manager = |q: &str| {
+                    q.split('&')
+                        .find(|p| p.starts_with("fieldManager="))
+                        .map(str::to_string)
+                };
+                let previous: Vec<String> = s
+                    .applied
+                    .iter()
+                    .rev()
+                    .find(|(q, _)| manager(q) == manager(&query))
+                    .and_then(|(_, b)| b["data"].as_object().map(|d| d.keys().cloned().collect()))
+                    .unwrap_or_default();
+                s.applied.push((query.clone(), sent.clone()));
+                let mut secret = s.secret.clone().unwrap_or_else(
+                    || json!({"apiVersion": "v1", "kind": "Secret", "metadata": {}, "data": {}}),
+                );
+                for k in previous {
+                    if let Some(d) = secret["data"].as_object_mut() {
+                        d.remove(&k);
+                    }
+                }
+                for (k, v) in sent["data"].as_object().cloned().unwrap_or_default() {
+                    secret["data"][k] = v;
+                }
+                for field in ["labels", "annotations", "ownerReferences"] {
+                    if !sent["metadata"][field].is_null() {
+                        secret["metadata"][field] = sent["metadata"][field].clone();
+                    }
+                }
+                secret["metadata"]["name"] = json!("agent");
+                secret["metadata"]["namespace"] = json!("ci");
                 secret["metadata"]["resourceVersion"] = json!(format!("{}", 100 + s.applies));
                 s.applies += 1;
                 s.secret = Some(secret.clone());
                 full(200, secret)
+            }
+            ("PATCH", p) if p == format!("{bindings}/agent") => {
+                let mut s = state.lock().unwrap();
+                s.binding_patches.push(sent.clone());
+                if let Some(f) = sent["metadata"].get("finalizers") {
+                    s.binding["metadata"]["finalizers"] = f.clone();
+                }
+                full(200, s.binding.clone())
             }
             ("PATCH", p) if p == format!("{bindings}/agent/status") => {
                 let mut s = state.lock().unwrap();
@@ -154,15 +201,19 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-#[tokio::test]
-async fn run_syncs_a_binding_repairs_drift_and_shuts_down() {
-    let f = start("secrets:\n  - {name: db-password, value: from-the-vault}\n").await;
+struct Operator {
+    state: Arc<Mutex<Fake>>,
+    stop: futures::channel::oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the controller for `binding` (namespace ci, name agent) with
+/// `secret` as the existing target Secret, if any.
+fn operator(f: &support::Fixture, binding: Value, secret: Option<Value>) -> Operator {
     let state = Arc::new(Mutex::new(Fake {
-        binding: json!({
-            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
-            "metadata": {"name": "agent", "namespace": "ci", "uid": "uid-1", "generation": 1, "resourceVersion": "1"},
-            "spec": {"vaultUrl": f.vault.url(), "secrets": [{"name": "db-password", "key": "DB_PASSWORD"}]},
-        }),
+        binding,
+        secret,
         ..Default::default()
     }));
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<RespBody>>();
@@ -188,6 +239,58 @@ async fn run_syncs_a_binding_repairs_drift_and_shuts_down() {
             let _ = stopped.await;
         },
     ));
+    Operator {
+        state,
+        stop,
+        run,
+        server,
+    }
+}
+
+impl Operator {
+    /// Sends a watch event for the binding to the controller.
+    fn binding_event(&self, kind: &str, binding: Value) {
+        let mut s = self.state.lock().unwrap();
+        s.binding = binding.clone();
+        let event = json!({"type": kind, "object": binding});
+        s.other_watches
+            .retain(|w| w.unbounded_send(event.clone()).is_ok());
+    }
+
+    async fn shutdown(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.run)
+            .await
+            .expect("the controller stops on shutdown")
+            .unwrap();
+        self.server.abort();
+        let unexpected = self.state.lock().unwrap().unexpected.clone();
+        assert!(unexpected.is_empty(), "unexpected requests: {unexpected:?}");
+    }
+}
+
+fn binding(f: &support::Fixture, spec: Value) -> Value {
+    let mut spec = spec;
+    spec["vaultUrl"] = json!(f.vault.url());
+    json!({
+        "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
+        "metadata": {"name": "agent", "namespace": "ci", "uid": "uid-1", "generation": 1, "resourceVersion": "1"},
+        "spec": spec,
+    })
+}
+
+#[tokio::test]
+async fn run_syncs_a_binding_repairs_drift_and_shuts_down() {
+    let f = start("secrets:\n  - {name: db-password, value: from-the-vault}\n").await;
+    let op = operator(
+        &f,
+        binding(
+            &f,
+            json!({"secrets": [{"name": "db-password", "key": "DB_PASSWORD"}]}),
+        ),
+        None,
+    );
+    let state = op.state.clone();
 
     // First sync: the Secret is applied and the status says Ready.
     until("the Secret to be applied", || {
@@ -217,6 +320,11 @@ async fn run_syncs_a_binding_repairs_drift_and_shuts_down() {
         secret["metadata"]["annotations"]["kvsync.io/binding"],
         "agent"
     );
+    let query = state.lock().unwrap().applied[0].0.clone();
+    assert!(
+        query.split('&').any(|p| p == "fieldManager=kvsync"),
+        "{query}"
+    );
 
     // Drift: someone edits the Secret; the metadata watch maps it back to the binding.
     let applies_before = {
@@ -238,22 +346,132 @@ async fn run_syncs_a_binding_repairs_drift_and_shuts_down() {
                 .is_some_and(|s| s["data"]["DB_PASSWORD"] == b64("from-the-vault"))
     })
     .await;
-
-    // Status-only changes do not loop: the status writes above caused no further apply.
-    let applies = state.lock().unwrap().applies;
-    assert_eq!(applies, applies_before + 1);
-
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("the controller stops on shutdown")
-        .unwrap();
-    server.abort();
-    let unexpected = state.lock().unwrap().unexpected.clone();
-    assert!(unexpected.is_empty(), "unexpected requests: {unexpected:?}");
+    // The status writes caused no further apply (no loop).
+    assert_eq!(state.lock().unwrap().applies, applies_before + 1);
+    op.shutdown().await;
     assert_eq!(
         f.stats().await.count("get_secret", 200),
         1,
         "the drift repair was served from the poller's cache"
     );
+}
+
+#[tokio::test]
+async fn force_sync_annotation_reads_the_vault_now_and_status_changes_do_not() {
+    let f = start("secrets:\n  - {name: db-password, value: before}\n").await;
+    let b = binding(
+        &f,
+        json!({"secrets": [{"name": "db-password"}], "refreshInterval": "1h"}),
+    );
+    let op = operator(&f, b.clone(), None);
+    let state = op.state.clone();
+    until("the first sync", || {
+        state
+            .lock()
+            .unwrap()
+            .secret
+            .as_ref()
+            .is_some_and(|s| s["data"]["db-password"] == b64("before"))
+    })
+    .await;
+    until("the status", || state.lock().unwrap().status.is_some()).await;
+    f.put_secret("db-password", "after").await;
+
+    // A status-only change passes the watch but not the predicate: no new read.
+    let mut with_status = b.clone();
+    with_status["status"] = state.lock().unwrap().status.clone().unwrap();
+    with_status["metadata"]["resourceVersion"] = json!("2");
+    op.binding_event("MODIFIED", with_status.clone());
+
+    let mut forced = with_status;
+    forced["metadata"]["annotations"] = json!({"kvsync.io/force-sync": "1"});
+    forced["metadata"]["resourceVersion"] = json!("3");
+    op.binding_event("MODIFIED", forced);
+    until("the forced read to bring the new value", || {
+        state
+            .lock()
+            .unwrap()
+            .secret
+            .as_ref()
+            .is_some_and(|s| s["data"]["db-password"] == b64("after"))
+    })
+    .await;
+    op.shutdown().await;
+    assert_eq!(
+        f.stats().await.count("get_secret", 200),
+        2,
+        "first sync and the forced read; nothing for the status change"
+    );
+}
+
+#[tokio::test]
+async fn merge_adds_a_finalizer_and_removes_only_its_keys_on_delete() {
+    let f = start("secrets:\n  - {name: db-password, value: merged}\n").await;
+    let shared = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "agent", "namespace": "ci", "resourceVersion": "7"},
+        "data": {"theirs": b64("keep-me")}});
+    let b = binding(
+        &f,
+        json!({"secrets": [{"name": "db-password", "key": "ours"}], "target": {"policy": "Merge"}}),
+    );
+    let op = operator(&f, b, Some(shared));
+    let state = op.state.clone();
+    until("our key to be merged", || {
+        state
+            .lock()
+            .unwrap()
+            .secret
+            .as_ref()
+            .is_some_and(|s| s["data"]["ours"] == b64("merged"))
+    })
+    .await;
+    {
+        let s = state.lock().unwrap();
+        let secret = s.secret.as_ref().unwrap();
+        assert_eq!(secret["data"]["theirs"], b64("keep-me"));
+        assert!(
+            secret["metadata"]["labels"].is_null(),
+            "a Merge target is not relabelled"
+        );
+        assert!(
+            s.applied[0].0.contains("fieldManager=kvsync-merge-uid-1"),
+            "{}",
+            s.applied[0].0
+        );
+        assert_eq!(
+            s.binding["metadata"]["finalizers"],
+            json!(["kvsync.io/merge-cleanup"])
+        );
+        assert_eq!(
+            s.binding_patches[0]["metadata"]["resourceVersion"], "1",
+            "the finalizer is added with optimistic concurrency"
+        );
+    }
+
+    // kubectl delete: the API server sets deletionTimestamp and keeps the object for the finalizer.
+    let mut deleting = state.lock().unwrap().binding.clone();
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    deleting["metadata"]["generation"] = json!(2);
+    deleting["metadata"]["resourceVersion"] = json!("9");
+    op.binding_event("MODIFIED", deleting);
+    until("the finalizer to be removed", || {
+        state.lock().unwrap().binding["metadata"]["finalizers"] == json!([])
+    })
+    .await;
+    {
+        let s = state.lock().unwrap();
+        let secret = s.secret.as_ref().unwrap();
+        assert_eq!(secret["data"]["theirs"], b64("keep-me"));
+        assert!(
+            secret["data"].get("ours").is_none(),
+            "our key is gone: {secret}"
+        );
+        let (query, body) = s.applied.last().unwrap();
+        assert!(query.contains("fieldManager=kvsync-merge-uid-1"));
+        assert!(
+            body.get("data").is_none(),
+            "released by applying nothing as our field manager"
+        );
+    }
+    op.shutdown().await;
 }
