@@ -59,6 +59,8 @@ struct Fake {
     applied: Vec<(String, Value)>,
     /// Merge patches of the binding itself (finalizers).
     binding_patches: Vec<Value>,
+    /// Merge patches of Deployment agent (rollout restarts).
+    deployment_patches: Vec<Value>,
     unexpected: Vec<String>,
 }
 
@@ -158,11 +160,34 @@ async fn serve(
                 full(200, s.binding.clone())
             }
             ("PATCH", p) if p == format!("{bindings}/agent/status") => {
+                // Like the API server: the status becomes part of the object
+                // and watchers see the change.
                 let mut s = state.lock().unwrap();
                 s.status = Some(sent["status"].clone());
-                let mut b = s.binding.clone();
-                b["status"] = sent["status"].clone();
+                s.binding["status"] = sent["status"].clone();
+                let rv = s.binding["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("1")
+                    .parse::<u64>()
+                    .unwrap_or(1)
+                    + 1;
+                s.binding["metadata"]["resourceVersion"] = json!(rv.to_string());
+                let b = s.binding.clone();
+                let event = json!({"type": "MODIFIED", "object": b});
+                s.other_watches
+                    .retain(|w| w.unbounded_send(event.clone()).is_ok());
                 full(200, b)
+            }
+            ("GET", "/apis/apps/v1/namespaces/ci/deployments/agent") => full(
+                200,
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": "agent", "namespace": "ci"}}),
+            ),
+            ("PATCH", "/apis/apps/v1/namespaces/ci/deployments/agent") => {
+                state.lock().unwrap().deployment_patches.push(sent.clone());
+                full(
+                    200,
+                    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "agent", "namespace": "ci"}}),
+                )
             }
             ("POST", "/apis/events.k8s.io/v1/namespaces/ci/events") => full(201, sent),
             // A repeated event becomes a series: the recorder patches it.
@@ -231,7 +256,7 @@ fn operator(f: &support::Fixture, binding: Value, secret: Option<Value>) -> Oper
         access,
         Settings {
             default_refresh: Duration::from_secs(300),
-            rollout_window: Duration::from_secs(30),
+            rollout_window: Duration::from_millis(300),
         },
         Arc::new(kvsync::metrics::Metrics::default()),
         Some("ci".into()),
@@ -248,13 +273,39 @@ fn operator(f: &support::Fixture, binding: Value, secret: Option<Value>) -> Oper
 }
 
 impl Operator {
-    /// Sends a watch event for the binding to the controller.
-    fn binding_event(&self, kind: &str, binding: Value) {
+    /// Changes the binding as a user would (`change` edits the current
+    /// object, status included) and sends the watch event.
+    fn update_binding(&self, change: impl FnOnce(&mut Value)) {
         let mut s = self.state.lock().unwrap();
-        s.binding = binding.clone();
-        let event = json!({"type": kind, "object": binding});
+        let mut b = s.binding.clone();
+        change(&mut b);
+        let rv = b["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("1")
+            .parse::<u64>()
+            .unwrap_or(1)
+            + 1;
+        b["metadata"]["resourceVersion"] = json!(rv.to_string());
+        s.binding = b.clone();
+        let event = json!({"type": "MODIFIED", "object": b});
         s.other_watches
             .retain(|w| w.unbounded_send(event.clone()).is_ok());
+    }
+
+    fn force_sync(&self, value: &str) {
+        let value = value.to_string();
+        self.update_binding(move |b| {
+            b["metadata"]["annotations"] = json!({"kvsync.io/force-sync": value})
+        });
+    }
+
+    fn secret_holds(&self, key: &str, value: &str) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .secret
+            .as_ref()
+            .is_some_and(|s| s["data"][key] == b64(value))
     }
 
     async fn shutdown(self) {
@@ -294,12 +345,7 @@ async fn run_syncs_a_binding_repairs_drift_and_shuts_down() {
 
     // First sync: the Secret is applied and the status says Ready.
     until("the Secret to be applied", || {
-        state
-            .lock()
-            .unwrap()
-            .secret
-            .as_ref()
-            .is_some_and(|s| s["data"]["DB_PASSWORD"] == b64("from-the-vault"))
+        op.secret_holds("DB_PASSWORD", "from-the-vault")
     })
     .await;
     until("the status to say Ready", || {
@@ -339,14 +385,11 @@ async fn run_syncs_a_binding_repairs_drift_and_shuts_down() {
         s.applies
     };
     until("the edited Secret to be put back", || {
-        let s = state.lock().unwrap();
-        s.applies > applies_before
-            && s.secret
-                .as_ref()
-                .is_some_and(|s| s["data"]["DB_PASSWORD"] == b64("from-the-vault"))
+        state.lock().unwrap().applies > applies_before
+            && op.secret_holds("DB_PASSWORD", "from-the-vault")
     })
     .await;
-    // The status writes caused no further apply (no loop).
+    // The status writes (seen by the watch as MODIFIED events) caused no further apply.
     assert_eq!(state.lock().unwrap().applies, applies_before + 1);
     op.shutdown().await;
     assert_eq!(
@@ -359,41 +402,25 @@ async fn run_syncs_a_binding_repairs_drift_and_shuts_down() {
 #[tokio::test]
 async fn force_sync_annotation_reads_the_vault_now_and_status_changes_do_not() {
     let f = start("secrets:\n  - {name: db-password, value: before}\n").await;
-    let b = binding(
+    let op = operator(
         &f,
-        json!({"secrets": [{"name": "db-password"}], "refreshInterval": "1h"}),
+        binding(
+            &f,
+            json!({"secrets": [{"name": "db-password"}], "refreshInterval": "1h"}),
+        ),
+        None,
     );
-    let op = operator(&f, b.clone(), None);
-    let state = op.state.clone();
     until("the first sync", || {
-        state
-            .lock()
-            .unwrap()
-            .secret
-            .as_ref()
-            .is_some_and(|s| s["data"]["db-password"] == b64("before"))
+        op.secret_holds("db-password", "before")
     })
     .await;
-    until("the status", || state.lock().unwrap().status.is_some()).await;
+    until("the status", || op.state.lock().unwrap().status.is_some()).await;
     f.put_secret("db-password", "after").await;
-
-    // A status-only change passes the watch but not the predicate: no new read.
-    let mut with_status = b.clone();
-    with_status["status"] = state.lock().unwrap().status.clone().unwrap();
-    with_status["metadata"]["resourceVersion"] = json!("2");
-    op.binding_event("MODIFIED", with_status.clone());
-
-    let mut forced = with_status;
-    forced["metadata"]["annotations"] = json!({"kvsync.io/force-sync": "1"});
-    forced["metadata"]["resourceVersion"] = json!("3");
-    op.binding_event("MODIFIED", forced);
+    // The status write reached the watch as a MODIFIED event and was
+    // filtered out by the predicate; the annotation is not.
+    op.force_sync("1");
     until("the forced read to bring the new value", || {
-        state
-            .lock()
-            .unwrap()
-            .secret
-            .as_ref()
-            .is_some_and(|s| s["data"]["db-password"] == b64("after"))
+        op.secret_holds("db-password", "after")
     })
     .await;
     op.shutdown().await;
@@ -416,15 +443,7 @@ async fn merge_adds_a_finalizer_and_removes_only_its_keys_on_delete() {
     );
     let op = operator(&f, b, Some(shared));
     let state = op.state.clone();
-    until("our key to be merged", || {
-        state
-            .lock()
-            .unwrap()
-            .secret
-            .as_ref()
-            .is_some_and(|s| s["data"]["ours"] == b64("merged"))
-    })
-    .await;
+    until("our key to be merged", || op.secret_holds("ours", "merged")).await;
     {
         let s = state.lock().unwrap();
         let secret = s.secret.as_ref().unwrap();
@@ -449,11 +468,10 @@ async fn merge_adds_a_finalizer_and_removes_only_its_keys_on_delete() {
     }
 
     // kubectl delete: the API server sets deletionTimestamp and keeps the object for the finalizer.
-    let mut deleting = state.lock().unwrap().binding.clone();
-    deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-    deleting["metadata"]["generation"] = json!(2);
-    deleting["metadata"]["resourceVersion"] = json!("9");
-    op.binding_event("MODIFIED", deleting);
+    op.update_binding(|b| {
+        b["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        b["metadata"]["generation"] = json!(2);
+    });
     until("the finalizer to be removed", || {
         state.lock().unwrap().binding["metadata"]["finalizers"] == json!([])
     })
@@ -473,5 +491,61 @@ async fn merge_adds_a_finalizer_and_removes_only_its_keys_on_delete() {
             "released by applying nothing as our field manager"
         );
     }
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_data_change_restarts_rollout_targets_once() {
+    let f = start("secrets:\n  - {name: db-password, value: v1}\n").await;
+    let b = binding(
+        &f,
+        json!({"secrets": [{"name": "db-password"}], "refreshInterval": "1h",
+               "rollout": [{"kind": "Deployment", "name": "agent"}]}),
+    );
+    let op = operator(&f, b, None);
+    until("the first sync", || {
+        op.state.lock().unwrap().status.is_some()
+    })
+    .await;
+    assert!(
+        op.state.lock().unwrap().deployment_patches.is_empty(),
+        "no restart on the first sync"
+    );
+
+    // Two changes inside the 300 ms window: one restart at its end.
+    f.put_secret("db-password", "v2").await;
+    op.force_sync("1");
+    until("v2 in the Secret", || op.secret_holds("db-password", "v2")).await;
+    f.put_secret("db-password", "v3").await;
+    op.force_sync("2");
+    until("v3 in the Secret", || op.secret_holds("db-password", "v3")).await;
+    until("the restart", || {
+        !op.state.lock().unwrap().deployment_patches.is_empty()
+    })
+    .await;
+    let patch = op.state.lock().unwrap().deployment_patches[0].clone();
+    assert!(
+        patch["spec"]["template"]["metadata"]["annotations"]["kvsync.io/restartedAt"].is_string(),
+        "{patch}"
+    );
+
+    // No change: no restart.
+    let reads = f.stats().await.count("get_secret", 200);
+    op.force_sync("3");
+    let started = Instant::now();
+    while f.stats().await.count("get_secret", 200) == reads {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the forced read did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A restart, if one were due, would come within the 300 ms window.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        op.state.lock().unwrap().deployment_patches.len(),
+        1,
+        "one restart for two changes, none for no change"
+    );
     op.shutdown().await;
 }
