@@ -235,6 +235,12 @@ impl Env {
             .unwrap_or_else(|e| panic!("apply binding {name}: {e}"));
     }
 
+    /// Applies a binding and waits for it to be Ready.
+    async fn bind_and_wait(&self, name: &str, spec: Value) -> VaultSecretBinding {
+        self.apply_binding(name, spec).await;
+        self.ready(name, "True", SYNC_DEADLINE).await.0
+    }
+
     async fn binding(&self, name: &str) -> VaultSecretBinding {
         self.bindings().get(name).await.unwrap()
     }
@@ -465,7 +471,7 @@ secrets:
 async fn binding_becomes_a_secret_with_data_owner_and_status() {
     let kc = e2e!();
     let env = Env::start(kc, SEED).await;
-    env.apply_binding("app", json!({"secrets": [{"name": "db-password", "key": "DB_PASSWORD"}, {"name": "api-key"}], "refreshInterval": "30s"})).await;
+    env.bind_and_wait("app", json!({"secrets": [{"name": "db-password", "key": "DB_PASSWORD"}, {"name": "api-key"}], "refreshInterval": "30s"})).await;
     let (b, reason, message) = env.ready("app", "True", SYNC_DEADLINE).await;
     assert_eq!(reason, "Synced", "{message}");
 
@@ -546,7 +552,6 @@ async fn unchanged_vault_writes_nothing() {
         json!({"secrets": [{"name": "db-password"}], "refreshInterval": "30s"}),
     )
     .await;
-    env.ready("app", "True", SYNC_DEADLINE).await;
     let before = env.secrets().get("app").await.unwrap().resource_version();
     // Make the operator check the vault again, and see that it did.
     let gets_before = env.vault_stats().await["requests"]["get_secret"]["200"]
@@ -585,8 +590,7 @@ async fn unchanged_vault_writes_nothing() {
 async fn disabled_secret_keeps_its_last_value_and_says_why() {
     let kc = e2e!();
     let env = Env::start(kc, SEED).await;
-    env.apply_binding("app", json!({"secrets": [{"name": "db-password"}], "refreshInterval": "30s", "onDisabled": "KeepLast"})).await;
-    env.ready("app", "True", SYNC_DEADLINE).await;
+    env.bind_and_wait("app", json!({"secrets": [{"name": "db-password"}], "refreshInterval": "30s", "onDisabled": "KeepLast"})).await;
     env.disable_secret("db-password").await;
     let message = eventually(
         &env,
@@ -637,8 +641,7 @@ async fn service_account_identity_works_in_its_namespace_and_not_across() {
     sas.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "builder", "annotations": {"azure.workload.identity/client-id": "builder-app"}}})).unwrap())
         .await
         .unwrap();
-    env.apply_binding("mine", json!({"identity": {"serviceAccountName": "builder"}, "secrets": [{"name": "db-password"}]})).await;
-    env.ready("mine", "True", SYNC_DEADLINE).await;
+    env.bind_and_wait("mine", json!({"identity": {"serviceAccountName": "builder"}, "secrets": [{"name": "db-password"}]})).await;
     let subjects = env.vault_stats().await["assertionSubjects"]["builder-app"].clone();
     assert_eq!(
         subjects[0],
@@ -683,14 +686,13 @@ async fn service_account_identity_works_in_its_namespace_and_not_across() {
 async fn two_vault_names_on_one_key_change_nothing() {
     let kc = e2e!();
     let env = Env::start(kc, SEED).await;
-    env.apply_binding(
+    env.bind_and_wait(
         "app",
         json!({"secrets": [{"name": "db-password", "key": "X"}]}),
     )
     .await;
-    env.ready("app", "True", SYNC_DEADLINE).await;
     let before = env.secrets().get("app").await.unwrap();
-    env.apply_binding(
+    env.bind_and_wait(
         "app",
         json!({"secrets": [{"name": "db-password", "key": "X"}, {"name": "api-key", "key": "X"}]}),
     )
@@ -763,7 +765,6 @@ async fn edited_or_deleted_secret_is_repaired() {
         json!({"secrets": [{"name": "db-password"}], "refreshInterval": "1h"}),
     )
     .await;
-    env.ready("app", "True", SYNC_DEADLINE).await;
     env.secrets()
         .patch(
             "app",
@@ -808,13 +809,12 @@ async fn rollout_target_is_restarted_once_per_change() {
         })).unwrap())
         .await
         .unwrap();
-    env.apply_binding(
+    env.bind_and_wait(
         "app",
         json!({"secrets": [{"name": "db-password"}], "refreshInterval": "30s",
                                     "rollout": [{"kind": "Deployment", "name": "agent"}]}),
     )
     .await;
-    env.ready("app", "True", SYNC_DEADLINE).await;
     let start_generation = deployments.get("agent").await.unwrap().metadata.generation;
     let annotation = |d: &Deployment| {
         d.spec
@@ -875,12 +875,11 @@ async fn rollout_target_is_restarted_once_per_change() {
 async fn force_sync_annotation_checks_the_vault_now() {
     let kc = e2e!();
     let env = Env::start(kc, SEED).await;
-    env.apply_binding(
+    env.bind_and_wait(
         "app",
         json!({"secrets": [{"name": "db-password"}], "refreshInterval": "1h"}),
     )
     .await;
-    env.ready("app", "True", SYNC_DEADLINE).await;
     env.put_secret("db-password", "forced-value").await;
     env.bindings()
         .patch(

@@ -32,6 +32,13 @@ fn poller(
     (Poller::new(kv, Some(tx)), rx)
 }
 
+/// A read of `yaml`'s spec as binding `name`, which must succeed.
+async fn read(p: &Poller, f: &Fixture, name: &str, yaml: &str) -> kvsync::poller::ReadResult {
+    p.read(Some(&who(name)), &spec(f, yaml), REFRESH, false)
+        .await
+        .unwrap()
+}
+
 fn value(fetched: &Fetched) -> &str {
     match fetched {
         Fetched::Value { value, .. } => value.expose(),
@@ -115,14 +122,7 @@ async fn one_changed_secret_costs_one_get_and_wakes_only_its_bindings() {
         .await
         .unwrap();
     }
-    p.read(
-        Some(&who("uses-s010")),
-        &spec(&f, "secrets: [{name: s010}]"),
-        REFRESH,
-        false,
-    )
-    .await
-    .unwrap();
+    read(&p, &f, "uses-s010", "secrets: [{name: s010}]").await;
     p.cycle().await.unwrap(); // learns the vault's size
     f.reset_stats().await;
     // Key Vault's `updated` has one-second resolution.
@@ -151,15 +151,7 @@ async fn one_changed_secret_costs_one_get_and_wakes_only_its_bindings() {
             "uses-s001-4"
         ]
     );
-    let r = p
-        .read(
-            Some(&who("uses-s001-0")),
-            &spec(&f, "secrets: [{name: s001}]"),
-            REFRESH,
-            false,
-        )
-        .await
-        .unwrap();
+    let r = read(&p, &f, "uses-s001-0", "secrets: [{name: s001}]").await;
     assert_eq!(value(&r.fetched["s001"]), "changed");
 }
 
@@ -167,14 +159,7 @@ async fn one_changed_secret_costs_one_get_and_wakes_only_its_bindings() {
 async fn a_few_names_in_a_large_vault_are_read_by_get() {
     let f = start(&seed_of(100)).await;
     let (p, _rx) = poller(&f, "reader");
-    p.read(
-        Some(&who("b")),
-        &spec(&f, "secrets: [{name: s001}, {name: s050}]"),
-        REFRESH,
-        false,
-    )
-    .await
-    .unwrap();
+    read(&p, &f, "b", "secrets: [{name: s001}, {name: s050}]").await;
     p.cycle().await.unwrap(); // size unknown: one LIST (4 pages) teaches it
     f.reset_stats().await;
     p.cycle().await.unwrap();
@@ -240,14 +225,7 @@ async fn select_without_list_permission_says_so() {
 async fn failed_cycle_is_reported_and_recovery_wakes_everyone() {
     let f = start(&seed_of(2)).await;
     let (p, mut rx) = poller(&f, "reader");
-    p.read(
-        Some(&who("b1")),
-        &spec(&f, "secrets: [{name: s000}]"),
-        REFRESH,
-        false,
-    )
-    .await
-    .unwrap();
+    read(&p, &f, "b1", "secrets: [{name: s000}]").await;
     f.fault(serde_json::json!({"op": "*", "status": 503, "code": "ServiceUnavailable"}))
         .await;
     let retry_in = p.cycle().await.unwrap();
@@ -277,15 +255,7 @@ async fn failed_cycle_is_reported_and_recovery_wakes_everyone() {
         .unwrap();
     p.cycle().await.unwrap();
     assert_eq!(woken(&mut rx), ["b1"], "recovery wakes the binding");
-    let ok = p
-        .read(
-            Some(&who("b1")),
-            &spec(&f, "secrets: [{name: s000}]"),
-            REFRESH,
-            false,
-        )
-        .await
-        .unwrap();
+    let ok = read(&p, &f, "b1", "secrets: [{name: s000}]").await;
     assert_eq!(value(&ok.fetched["s000"]), "v0");
 }
 
@@ -322,14 +292,7 @@ async fn removed_and_disabled_secrets_are_seen_by_the_listing() {
     )
     .await;
     let (p, mut rx) = poller(&f, "reader");
-    p.read(
-        Some(&who("all")),
-        &spec(&f, "select: {all: true}"),
-        REFRESH,
-        false,
-    )
-    .await
-    .unwrap();
+    read(&p, &f, "all", "select: {all: true}").await;
     let (kv, _) = f.client("writer");
     let b = kv.get_secret("b", None).await.unwrap();
     let resp = f
@@ -359,15 +322,7 @@ async fn removed_and_disabled_secrets_are_seen_by_the_listing() {
         "disabled and removed need no GET"
     );
     assert_eq!(woken(&mut rx), ["all"]);
-    let r = p
-        .read(
-            Some(&who("all")),
-            &spec(&f, "select: {all: true}"),
-            REFRESH,
-            false,
-        )
-        .await
-        .unwrap();
+    let r = read(&p, &f, "all", "select: {all: true}").await;
     assert!(matches!(r.fetched["b"], Fetched::Disabled));
     assert!(
         !r.fetched.contains_key("c"),
