@@ -188,11 +188,6 @@ impl Poller {
         }
     }
 
-    /// The client (for its request counts).
-    pub fn client(&self) -> &KeyVaultClient {
-        &self.client
-    }
-
     /// Bindings interested in this vault.
     pub fn interested(&self) -> usize {
         self.interests.lock().expect("interests").len()
@@ -720,20 +715,10 @@ impl Pollers {
         }
         map.retain(|_, p| p.interested() > 0);
     }
-
-    /// Number of pollers.
-    pub fn len(&self) -> usize {
-        self.map.lock().expect("pollers").len()
-    }
-
-    /// True when there is none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 async fn run_cycles(poller: Weak<Poller>) {
-    // The first cycle waits a full interval: the bindings' first reads fetch
+    // The first cycle waits 30 s (or the interval, if shorter): the bindings' first reads fetch
     // what they need themselves.
     let mut wait = Duration::from_secs(30);
     loop {

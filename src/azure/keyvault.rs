@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::Url;
@@ -376,28 +375,6 @@ fn parse_challenge(header: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Requests sent by one client, by operation (for benches and `check`).
-#[derive(Debug, Default)]
-pub struct RequestCounts {
-    /// `GET /secrets/{name}` requests.
-    pub get_secret: AtomicU64,
-    /// `GET /secrets` pages.
-    pub list_secrets: AtomicU64,
-    /// `GET /secrets/{name}/versions` pages.
-    pub list_versions: AtomicU64,
-}
-
-impl RequestCounts {
-    fn count(&self, op: Operation) {
-        let c = match op {
-            Operation::GetSecret => &self.get_secret,
-            Operation::ListSecrets => &self.list_secrets,
-            Operation::ListVersions => &self.list_versions,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Told of every request: vault short name, operation, HTTP status (`None`:
 /// no answer). For metrics.
 pub type RequestObserver = Arc<dyn Fn(&str, Operation, Option<u16>) + Send + Sync>;
@@ -409,7 +386,6 @@ pub struct KeyVaultClient {
     tokens: Arc<TokenSource>,
     retry: RetryPolicy,
     scope: std::sync::Mutex<String>,
-    counts: RequestCounts,
     observer: Option<RequestObserver>,
     limiter: Option<Arc<super::ratelimit::RateLimiter>>,
 }
@@ -429,7 +405,6 @@ impl KeyVaultClient {
             tokens,
             retry,
             scope,
-            counts: RequestCounts::default(),
             observer: None,
             limiter: None,
         }
@@ -456,11 +431,6 @@ impl KeyVaultClient {
     /// The vault this client talks to.
     pub fn endpoint(&self) -> &VaultEndpoint {
         &self.endpoint
-    }
-
-    /// Requests sent so far, by operation.
-    pub fn counts(&self) -> &RequestCounts {
-        &self.counts
     }
 
     /// Gets a secret's value: the latest version when `version` is `None` or empty.
@@ -591,7 +561,6 @@ impl KeyVaultClient {
             if let Some(limiter) = &self.limiter {
                 limiter.acquire().await;
             }
-            self.counts.count(op);
             let sent = self
                 .http
                 .get(url.clone())
