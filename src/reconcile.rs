@@ -70,6 +70,7 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::Metrics>,
     failures: Mutex<HashMap<String, u32>>,
     forced: Mutex<HashMap<String, String>>,
+    rollout_missing: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Context {
@@ -92,6 +93,7 @@ impl Context {
             settings,
             failures: Mutex::new(HashMap::new()),
             forced: Mutex::new(HashMap::new()),
+            rollout_missing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -102,6 +104,10 @@ impl Context {
         self.pollers.forget(&ObjectRef::from_obj(b));
         self.rollouts.forget(&key);
         self.forced.lock().expect("forced").remove(&key);
+        self.rollout_missing
+            .lock()
+            .expect("rollout_missing")
+            .remove(&key);
         self.metrics.set_ready(&key, None);
         for s in b.status.iter().flat_map(|s| s.secrets.iter()) {
             self.metrics
@@ -505,20 +511,16 @@ async fn sync(
             }
             RolloutDue::After(d) => {
                 requeue = Some(d);
-                for t in &spec.rollout {
-                    if !rollout::exists(&ctx.client, &ns, t).await? {
-                        missing.push(format!("{:?}/{}", t.kind, t.name));
-                    }
-                }
+                missing = missing_targets(ctx, b, spec_changed).await?;
             }
             RolloutDue::Nothing => {
-                for t in &spec.rollout {
-                    if !rollout::exists(&ctx.client, &ns, t).await? {
-                        missing.push(format!("{:?}/{}", t.kind, t.name));
-                    }
-                }
+                missing = missing_targets(ctx, b, spec_changed).await?;
             }
         }
+        ctx.rollout_missing
+            .lock()
+            .expect("rollout_missing")
+            .insert(key.clone(), missing.clone());
     }
 
     let status = status::synced(
@@ -542,6 +544,34 @@ async fn sync(
         repaired: write && !data_changed && !spec_changed,
         requeue,
     })
+}
+
+/// Rollout targets that do not exist. Looked up when the spec changed or
+/// was never looked at; otherwise the last answer stands (a restart looks
+/// again), so a steady binding costs no API reads for it.
+async fn missing_targets(
+    ctx: &Context,
+    b: &VaultSecretBinding,
+    spec_changed: bool,
+) -> Result<Vec<String>, kube::Error> {
+    let key = binding_key(b);
+    if !spec_changed
+        && let Some(known) = ctx
+            .rollout_missing
+            .lock()
+            .expect("rollout_missing")
+            .get(&key)
+    {
+        return Ok(known.clone());
+    }
+    let ns = b.namespace().unwrap_or_default();
+    let mut missing = Vec::new();
+    for t in &b.spec.rollout {
+        if !rollout::exists(&ctx.client, &ns, t).await? {
+            missing.push(format!("{:?}/{}", t.kind, t.name));
+        }
+    }
+    Ok(missing)
 }
 
 /// Requeue after an infrastructure error.
