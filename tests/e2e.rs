@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_kvsync");
 /// A refresh interval as short as the CRD allows, so changes show up quickly.
 const REFRESH: Duration = Duration::from_secs(30);
@@ -298,47 +300,10 @@ impl Env {
         .await
     }
 
-    async fn vault_token(&self) -> String {
-        let resp: Value = self
-            .http
-            .post(format!(
-                "{}/{}/oauth2/v2.0/token",
-                self.vault_url,
-                kvsync::devvault::DEV_TENANT_ID
-            ))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", "e2e-writer"),
-                ("client_secret", "x"),
-                ("scope", "https://vault.azure.net/.default"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        resp["access_token"].as_str().unwrap().to_string()
-    }
-
     /// `PUT /secrets/{name}`: returns the new version.
     async fn put_secret(&self, name: &str, value: &str) -> String {
-        let token = self.vault_token().await;
-        let r: Value = self
-            .http
-            .put(format!(
-                "{}/secrets/{name}?api-version=2025-07-01",
-                self.vault_url
-            ))
-            .bearer_auth(token)
-            .json(&json!({"value": value}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        r["id"]
+        let bundle = support::dev_put_secret(&self.http, &self.vault_url, name, value).await;
+        bundle["id"]
             .as_str()
             .unwrap()
             .rsplit('/')
@@ -348,7 +313,7 @@ impl Env {
     }
 
     async fn disable_secret(&self, name: &str) {
-        let token = self.vault_token().await;
+        let token = support::dev_token(&self.http, &self.vault_url, "e2e-writer").await;
         let r = self
             .http
             .patch(format!(

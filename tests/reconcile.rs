@@ -89,6 +89,20 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
+/// The Secret is read holding `current`, then applied holding `new`.
+async fn expect_get_then_apply(handle: &mut Handle, current: &str, new: &str) {
+    expect(
+        handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64(current)),
+    )
+    .await;
+    let (_, applied) = expect(handle, "PATCH", SECRET_PATH, 200, managed_secret(&b64(new))).await;
+    assert_eq!(applied["data"]["DB_PASSWORD"], b64(new));
+}
+
 async fn no_more_requests(scenario: Scenario) {
     let Scenario { ctx, mut handle } = scenario;
     drop(ctx);
@@ -211,23 +225,7 @@ async fn new_version_rewrites_the_secret_and_status() {
     let mut s = scenario(&f);
     let b = Arc::new(binding(&f, status.clone()));
     let run = tokio::spawn(reconcile(b, s.ctx.clone()));
-    expect(
-        &mut s.handle,
-        "GET",
-        SECRET_PATH,
-        200,
-        managed_secret(&b64("old-value")),
-    )
-    .await;
-    let (_, applied) = expect(
-        &mut s.handle,
-        "PATCH",
-        SECRET_PATH,
-        200,
-        managed_secret(&b64("new-value")),
-    )
-    .await;
-    assert_eq!(applied["data"]["DB_PASSWORD"], b64("new-value"));
+    expect_get_then_apply(&mut s.handle, "old-value", "new-value").await;
     let (_, event) = expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
     assert!(
         event["note"]
@@ -252,23 +250,7 @@ async fn edited_secret_is_put_back() {
     let mut s = scenario(&f);
     let b = Arc::new(binding(&f, status));
     let run = tokio::spawn(reconcile(b, s.ctx.clone()));
-    expect(
-        &mut s.handle,
-        "GET",
-        SECRET_PATH,
-        200,
-        managed_secret(&b64("edited-by-hand")),
-    )
-    .await;
-    let (_, applied) = expect(
-        &mut s.handle,
-        "PATCH",
-        SECRET_PATH,
-        200,
-        managed_secret(&b64("vault-value")),
-    )
-    .await;
-    assert_eq!(applied["data"]["DB_PASSWORD"], b64("vault-value"));
+    expect_get_then_apply(&mut s.handle, "edited-by-hand", "vault-value").await;
     let (_, event) = expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
     assert_eq!(event["reason"], "Repaired");
     run.await.unwrap().unwrap();

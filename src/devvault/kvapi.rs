@@ -311,7 +311,7 @@ pub(super) fn vault(shared: &Shared, req: &Req, route: Route) -> Resp {
                             Some("SecretDisabled"),
                         );
                     }
-                    let display = state.entry(&name).map(|e| e.name.clone()).unwrap_or(name);
+                    let display = state.display_name(&name);
                     respond(200, bundle(&base, &display, v, true))
                 }
                 Method::PUT => {
@@ -358,7 +358,7 @@ pub(super) fn vault(shared: &Shared, req: &Req, route: Route) -> Resp {
                         body.attributes.unwrap_or_default(),
                         now,
                     );
-                    let display = state.entry(&name).map(|e| e.name.clone()).unwrap_or(name);
+                    let display = state.display_name(&name);
                     respond(200, bundle(&base, &display, &v, true))
                 }
                 Method::PATCH => {
@@ -391,7 +391,7 @@ pub(super) fn vault(shared: &Shared, req: &Req, route: Route) -> Resp {
                     ) else {
                         return not_found(&name, &version);
                     };
-                    let display = state.entry(&name).map(|e| e.name.clone()).unwrap_or(name);
+                    let display = state.display_name(&name);
                     respond(200, bundle(&base, &display, &v, false))
                 }
                 Method::DELETE => {

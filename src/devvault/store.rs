@@ -214,6 +214,14 @@ impl VaultState {
         self.secrets.get(&name.to_ascii_lowercase())
     }
 
+    /// The name as the secret was created (Key Vault keeps its case), or
+    /// `name` itself when there is no such secret.
+    pub fn display_name(&self, name: &str) -> String {
+        self.entry(name)
+            .map(|e| e.name.clone())
+            .unwrap_or_else(|| name.to_string())
+    }
+
     /// A version of `name`: the latest when `version` is empty.
     pub fn version(&self, name: &str, version: &str) -> Option<&StoredVersion> {
         let entry = self.entry(name)?;

@@ -157,44 +157,12 @@ impl Fixture {
 
     /// A token for `client_id` via the client-secret flow (for raw requests).
     pub async fn raw_token(&self, client_id: &str) -> String {
-        let resp: serde_json::Value = self
-            .http
-            .post(format!(
-                "{}/{}/oauth2/v2.0/token",
-                self.vault.url(),
-                devvault::DEV_TENANT_ID
-            ))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", client_id),
-                ("scope", "https://vault.azure.net/.default"),
-                ("client_secret", "anything"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        resp["access_token"].as_str().unwrap().to_string()
+        dev_token(&self.http, &self.vault.url(), client_id).await
     }
 
     /// `PUT /secrets/{name}`: a new version.
     pub async fn put_secret(&self, name: &str, value: &str) -> serde_json::Value {
-        let token = self.raw_token("test-writer").await;
-        let r = self
-            .http
-            .put(format!(
-                "{}/secrets/{name}?api-version=2025-07-01",
-                self.vault.url()
-            ))
-            .bearer_auth(token)
-            .json(&serde_json::json!({"value": value}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.json().await.unwrap()
+        dev_put_secret(&self.http, &self.vault.url(), name, value).await
     }
 
     /// `PATCH /secrets/{name}/{version}` with attributes.
@@ -216,6 +184,47 @@ impl Fixture {
             .await
             .unwrap()
     }
+}
+
+/// A token from the dev vault at `url` for `client_id` (client-secret flow).
+pub async fn dev_token(http: &reqwest::Client, url: &str, client_id: &str) -> String {
+    let resp: serde_json::Value = http
+        .post(format!(
+            "{url}/{}/oauth2/v2.0/token",
+            devvault::DEV_TENANT_ID
+        ))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            ("scope", "https://vault.azure.net/.default"),
+            ("client_secret", "anything"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    resp["access_token"].as_str().unwrap().to_string()
+}
+
+/// `PUT /secrets/{name}` at the dev vault at `url`: a new version (its bundle).
+pub async fn dev_put_secret(
+    http: &reqwest::Client,
+    url: &str,
+    name: &str,
+    value: &str,
+) -> serde_json::Value {
+    let token = dev_token(http, url, "test-writer").await;
+    let r = http
+        .put(format!("{url}/secrets/{name}?api-version=2025-07-01"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"value": value}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
 }
 
 /// The scripted Kubernetes API of kube's tower-test pattern.
