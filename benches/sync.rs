@@ -168,6 +168,7 @@ async fn first_sync_latency(n: usize) {
         Settings {
             default_refresh: REFRESH,
             rollout_window: Duration::from_secs(30),
+            hash_key: kvsync::hashkey::HashKey::new(b"test-key"),
         },
         Arc::new(kvsync::metrics::Metrics::default()),
     ));

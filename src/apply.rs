@@ -1,6 +1,7 @@
 //! Writing the target Secret: the desired object, the ownership rules of
 //! Owner/Orphan/Merge, drift detection and server-side apply.
 
+use crate::reason::Reason;
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
@@ -46,12 +47,12 @@ pub enum ApplyError {
 
 impl ApplyError {
     /// The condition reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::NotManaged { .. } => "SecretNotManaged",
-            Self::OwnedByOtherBinding { .. } => "SecretOwnedByOtherBinding",
-            Self::MergeTargetMissing { .. } => "MergeTargetMissing",
-            Self::TypeMismatch { .. } => "SecretTypeMismatch",
+            Self::NotManaged { .. } => Reason::SecretNotManaged,
+            Self::OwnedByOtherBinding { .. } => Reason::SecretOwnedByOtherBinding,
+            Self::MergeTargetMissing { .. } => Reason::MergeTargetMissing,
+            Self::TypeMismatch { .. } => Reason::SecretTypeMismatch,
         }
     }
 }
@@ -244,7 +245,7 @@ pub async fn release_merged(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::data_hash;
+    use crate::hashkey::HashKey;
     use crate::value::SecretValue;
 
     fn binding(yaml: &str) -> VaultSecretBinding {
@@ -262,7 +263,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), SecretValue::new(*v)))
             .collect();
         Rendered {
-            hash: data_hash(&data),
+            hash: HashKey::new(b"test-key").data_hash(&data),
             data,
             synced: vec![],
             expiring: vec![],

@@ -126,11 +126,7 @@ pub async fn check(
     let read = match poller.read(None, spec, interval, true).await {
         Ok(r) => r,
         Err(e) => {
-            let reason = match &e {
-                crate::poller::ReadError::Vault(v) => v.reason(),
-                crate::poller::ReadError::Plan(p) => p.reason(),
-            };
-            report.problems.push(format!("{reason}: {e}"));
+            report.problems.push(format!("{}: {e}", e.reason()));
             return report;
         }
     };
@@ -149,6 +145,10 @@ pub async fn check(
                 };
                 (version.clone(), state.to_string())
             }
+            Some(Fetched::Unavailable { reason, message }) => (
+                "-".into(),
+                format!("unreadable (optional; the Secret keeps its value): {reason}: {message}"),
+            ),
             Some(Fetched::Disabled) => (
                 "-".into(),
                 format!("disabled (onDisabled: {:?})", spec.on_disabled),
@@ -182,6 +182,8 @@ pub async fn check(
         on_disabled: spec.on_disabled,
         on_expired: spec.on_expired,
         now: k8s_openapi::jiff::Timestamp::now().as_second(),
+        // check prints no hash: any key will do.
+        hash_key: &crate::hashkey::HashKey::new(b"kvsync-check"),
     }) {
         match e {
             // check sees no Secret; in the cluster KeepLast keeps what the Secret holds.

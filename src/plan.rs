@@ -5,6 +5,7 @@
 //! `keyTransform`; two vault secrets mapping to one key, and keys a Secret
 //! cannot hold, are errors that change nothing.
 
+use crate::reason::Reason;
 use std::collections::BTreeMap;
 
 use crate::azure::keyvault::SecretItem;
@@ -51,10 +52,10 @@ pub enum PlanError {
 
 impl PlanError {
     /// The condition reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::KeyCollision { .. } => "KeyCollision",
-            Self::InvalidKey { .. } => "InvalidKey",
+            Self::KeyCollision { .. } => Reason::KeyCollision,
+            Self::InvalidKey { .. } => Reason::InvalidKey,
         }
     }
 }

@@ -18,6 +18,7 @@ use kube::runtime::reflector::ObjectRef;
 use crate::azure::keyvault::{KeyVaultClient, KeyVaultError, PAGE_SIZE, SecretItem};
 use crate::crd::{VaultSecretBinding, VaultSecretBindingSpec};
 use crate::plan::{Plan, PlanError, needs_listing, plan};
+use crate::reason::Reason;
 use crate::render::Fetched;
 use crate::value::SecretValue;
 
@@ -119,6 +120,24 @@ pub enum ReadError {
     /// The plan is invalid.
     #[error(transparent)]
     Plan(#[from] PlanError),
+}
+
+impl ReadError {
+    /// The condition reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Vault(e) => e.reason(),
+            Self::Plan(p) => p.reason(),
+        }
+    }
+
+    /// Whether trying again later may succeed without a change by a person.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Vault(e) => e.is_transient(),
+            Self::Plan(_) => false,
+        }
+    }
 }
 
 impl From<KeyVaultError> for ReadError {
@@ -282,7 +301,7 @@ impl Poller {
             if use_list {
                 match self.list_now(&mut cache).await {
                     Ok(()) => {}
-                    Err(ReadError::Vault(e)) if e.reason() == "ListForbidden" => {}
+                    Err(ReadError::Vault(e)) if e.reason() == Reason::ListForbidden => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -369,7 +388,7 @@ impl Poller {
                 Ok(())
             }
             Err(e) => {
-                if e.reason() == "ListForbidden" {
+                if e.reason() == Reason::ListForbidden {
                     cache.can_list = false;
                 }
                 Err(e.into())
@@ -569,7 +588,7 @@ impl Poller {
                             cache.can_list = true;
                             cache.listing = Some((Instant::now(), items));
                         }
-                        Err(e) if e.reason() == "ListForbidden" && !listing_required => {
+                        Err(e) if e.reason() == Reason::ListForbidden && !listing_required => {
                             cache.can_list = false;
                             let names: Vec<String> = latest.iter().cloned().collect();
                             return self.fetch_latest_all(&mut cache, &names).await;
@@ -617,7 +636,7 @@ impl Poller {
                 interval
             }
             Err(e) => {
-                tracing::warn!(vault = %self.client.endpoint().name, reason = e.reason(), error = %e, "vault check failed");
+                tracing::warn!(vault = %self.client.endpoint().name, reason = %e.reason(), error = %e, "vault check failed");
                 let new_reason = cache
                     .failure
                     .as_ref()

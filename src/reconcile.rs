@@ -18,6 +18,7 @@ use crate::apply;
 use crate::azure::AzureAccess;
 use crate::crd::{TargetPolicy, VaultSecretBinding, VaultSecretBindingStatus};
 use crate::poller::{Pollers, ReadError};
+use crate::reason::Reason;
 use crate::render::{RenderInput, render};
 use crate::rollout::{self, RolloutDue, RolloutQueue};
 use crate::status::{self, READY, SyncReport};
@@ -50,6 +51,8 @@ pub struct Settings {
     pub default_refresh: Duration,
     /// Data changes within this window cause one rollout restart.
     pub rollout_window: Duration,
+    /// Key of `status.dataHash`.
+    pub hash_key: crate::hashkey::HashKey,
 }
 
 /// What every reconcile shares.
@@ -165,7 +168,7 @@ pub fn backoff(failures: u32, interval: Duration) -> Duration {
 /// A failure the user can fix (or wait out), as a condition.
 #[derive(Debug)]
 struct Failure {
-    reason: &'static str,
+    reason: Reason,
     message: String,
     transient: bool,
 }
@@ -260,7 +263,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
                 .syncs
                 .get_or_create(&crate::metrics::SyncLabels {
                     result: "success".into(),
-                    reason: "Synced".into(),
+                    reason: Reason::Synced.as_str().into(),
                 })
                 .inc();
             ctx.metrics.set_ready(&key, Some(true));
@@ -316,14 +319,15 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
                 .syncs
                 .get_or_create(&crate::metrics::SyncLabels {
                     result: "failure".into(),
-                    reason: f.reason.into(),
+                    reason: f.reason.as_str().into(),
                 })
                 .inc();
             ctx.metrics.set_ready(&key, Some(false));
             let was = prev.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
-            let new_problem = was.is_none_or(|c| c.status != "False" || c.reason != f.reason);
+            let new_problem =
+                was.is_none_or(|c| c.status != "False" || c.reason != f.reason.as_str());
             if new_problem {
-                tracing::warn!(binding = %key, reason = f.reason, message = %f.message, "sync failed");
+                tracing::warn!(binding = %key, reason = %f.reason, message = %f.message, "sync failed");
                 publish(
                     &ctx,
                     &b,
@@ -413,7 +417,7 @@ async fn sync(
     ctx: &Context,
     interval: Duration,
 ) -> Result<Synced, SyncError> {
-    let user = |reason: &'static str, message: String, transient: bool| {
+    let user = |reason: Reason, message: String, transient: bool| {
         SyncError::User(Failure {
             reason,
             message,
@@ -425,12 +429,12 @@ async fn sync(
     let spec = &b.spec;
 
     spec.validate()
-        .map_err(|e| user("InvalidSpec", e.to_string(), false))?;
+        .map_err(|e| user(Reason::InvalidSpec, e.to_string(), false))?;
     // The host guard runs before any identity is resolved or token fetched.
     let endpoint = ctx
         .access
         .endpoint(&spec.vault_url)
-        .map_err(|e| user("VaultHostNotAllowed", e.to_string(), false))?;
+        .map_err(|e| user(Reason::VaultHostNotAllowed, e.to_string(), false))?;
     let credential = ctx
         .access
         .env
@@ -472,6 +476,7 @@ async fn sync(
         on_disabled: spec.on_disabled,
         on_expired: spec.on_expired,
         now: k8s_openapi::jiff::Timestamp::now().as_second(),
+        hash_key: &ctx.settings.hash_key,
     })
     .map_err(|e| user(e.reason(), e.to_string(), false))?;
 

@@ -3,9 +3,11 @@
 //! Applies `onDisabled` and `onExpired`, keeps the last value of a disabled
 //! secret (KeepLast), enforces the 1 MiB Secret limit and computes `dataHash`.
 
+use crate::reason::Reason;
 use std::collections::BTreeMap;
 
 use crate::crd::{OnDisabled, OnExpired, SyncedSecret};
+use crate::hashkey::HashKey;
 use crate::plan::Plan;
 use crate::value::SecretValue;
 
@@ -26,8 +28,17 @@ pub enum Fetched {
     },
     /// The secret (version) is disabled.
     Disabled,
-    /// No such secret or version.
+    /// No such secret or version (Azure's `SecretNotFound`).
     Missing,
+    /// An optional pick could not be read for a reason other than not found
+    /// or disabled (403, firewall, 5xx, Entra refusal): its key keeps its
+    /// current value, like KeepLast, and the condition says why.
+    Unavailable {
+        /// Why, as a condition reason.
+        reason: Reason,
+        /// What happened, for the condition (never a value).
+        message: String,
+    },
 }
 
 /// A secret expiring soon, or expired.
@@ -46,7 +57,7 @@ pub struct Rendered {
     pub data: BTreeMap<String, SecretValue>,
     /// What is in it, for `status.secrets`.
     pub synced: Vec<SyncedSecret>,
-    /// `sha256:` hash of `data`.
+    /// Keyed hash of `data` (`hmac-sha256:`).
     pub hash: String,
     /// Secrets that expire within 7 days or have expired (and are synced).
     pub expiring: Vec<Expiry>,
@@ -76,11 +87,11 @@ pub enum RenderError {
 
 impl RenderError {
     /// The condition reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::Missing { .. } => "SecretNotFound",
-            Self::Disabled { .. } => "SecretDisabled",
-            Self::TooLarge { .. } => "SecretTooLarge",
+            Self::Missing { .. } => Reason::SecretNotFound,
+            Self::Disabled { .. } => Reason::SecretDisabled,
+            Self::TooLarge { .. } => Reason::SecretTooLarge,
         }
     }
 }
@@ -101,6 +112,8 @@ pub struct RenderInput<'a> {
     pub on_expired: OnExpired,
     /// Now, unix seconds.
     pub now: i64,
+    /// Key of `dataHash`.
+    pub hash_key: &'a HashKey,
 }
 
 fn time(secs: i64) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
@@ -109,22 +122,13 @@ fn time(secs: i64) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Tim
         .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
 }
 
-/// `sha256:<hex>` over the keys and values (length-prefixed, in key order).
-pub fn data_hash(data: &BTreeMap<String, SecretValue>) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for (k, v) in data {
-        ctx.update(&(k.len() as u64).to_le_bytes());
-        ctx.update(k.as_bytes());
-        ctx.update(&(v.len() as u64).to_le_bytes());
-        ctx.update(v.expose().as_bytes());
-    }
-    let hex: String = ctx
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+/// The key's value in the Secret as it is now, for KeepLast.
+fn last_value(input: &RenderInput<'_>, key: &str) -> Option<SecretValue> {
+    input
+        .current
+        .and_then(|c| c.get(key))
+        .and_then(|b| String::from_utf8(b.clone()).ok())
+        .map(SecretValue::new)
 }
 
 /// Renders the Secret's data.
@@ -180,6 +184,26 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
                     name: planned.secret.clone(),
                 });
             }
+            Fetched::Unavailable { reason, message } => {
+                // Not "does not exist": the vault (or Entra ID) refused or
+                // failed. Never drop what is there because of that.
+                match last_value(input, &planned.key) {
+                    Some(v) => {
+                        data.insert(planned.key.clone(), v);
+                        kept.push(planned.key.clone());
+                        if let Some(prev) = input.previous.iter().find(|s| s.key == planned.key) {
+                            synced.push(prev.clone());
+                        }
+                    }
+                    None => skipped.push((
+                        planned.key.clone(),
+                        format!(
+                            "{} could not be read and has no earlier value ({reason}: {message})",
+                            planned.secret
+                        ),
+                    )),
+                }
+            }
             Fetched::Disabled => match input.on_disabled {
                 OnDisabled::Remove => {
                     skipped.push((
@@ -199,34 +223,27 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
                         format!("{} is disabled (optional)", planned.secret),
                     ));
                 }
-                OnDisabled::KeepLast => {
-                    let last = input
-                        .current
-                        .and_then(|c| c.get(&planned.key))
-                        .and_then(|b| String::from_utf8(b.clone()).ok());
-                    match last {
-                        Some(v) => {
-                            data.insert(planned.key.clone(), SecretValue::new(v));
-                            kept.push(planned.key.clone());
-                            if let Some(prev) = input.previous.iter().find(|s| s.key == planned.key)
-                            {
-                                synced.push(prev.clone());
-                            }
-                        }
-                        None if planned.optional => {
-                            skipped.push((
-                                planned.key.clone(),
-                                format!("{} is disabled and was never synced", planned.secret),
-                            ));
-                        }
-                        None => {
-                            return Err(RenderError::Disabled {
-                                name: planned.secret.clone(),
-                                nothing_kept: true,
-                            });
+                OnDisabled::KeepLast => match last_value(input, &planned.key) {
+                    Some(v) => {
+                        data.insert(planned.key.clone(), v);
+                        kept.push(planned.key.clone());
+                        if let Some(prev) = input.previous.iter().find(|s| s.key == planned.key) {
+                            synced.push(prev.clone());
                         }
                     }
-                }
+                    None if planned.optional => {
+                        skipped.push((
+                            planned.key.clone(),
+                            format!("{} is disabled and was never synced", planned.secret),
+                        ));
+                    }
+                    None => {
+                        return Err(RenderError::Disabled {
+                            name: planned.secret.clone(),
+                            nothing_kept: true,
+                        });
+                    }
+                },
             },
         }
     }
@@ -236,7 +253,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
         return Err(RenderError::TooLarge { bytes });
     }
     Ok(Rendered {
-        hash: data_hash(&data),
+        hash: input.hash_key.data_hash(&data),
         data,
         synced,
         expiring,
@@ -294,6 +311,7 @@ mod tests {
             on_disabled,
             on_expired,
             now: NOW,
+            hash_key: &HashKey::new(b"test-key"),
         })
     }
 
@@ -310,7 +328,7 @@ mod tests {
         assert_eq!(r.data["a"].expose(), "1");
         assert_eq!(r.synced.len(), 2);
         assert_eq!(r.synced[0].version, "ver-1");
-        assert!(r.hash.starts_with("sha256:") && r.hash.len() == 71);
+        assert!(r.hash.starts_with("hmac-sha256:") && r.hash.len() == 76);
         assert!(!format!("{:?}", r.synced).contains("\"1\""));
     }
 
@@ -343,12 +361,6 @@ mod tests {
         .unwrap();
         assert_eq!(one.hash, same.hash);
         assert_ne!(one.hash, other.hash);
-        // Length prefixes: {"ab": ""} and {"a": "b"} differ.
-        let mut d1 = BTreeMap::new();
-        d1.insert("ab".to_string(), SecretValue::new(""));
-        let mut d2 = BTreeMap::new();
-        d2.insert("a".to_string(), SecretValue::new("b"));
-        assert_ne!(data_hash(&d1), data_hash(&d2));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The binding's status: computed purely from the outcome of a sync, then
-//! written with a merge patch on the status subresource only when it changed
+//! written with server-side apply on the status subresource only when it changed
 //! (beyond `lastSyncTime`, which is refreshed at most every half interval).
 
 use std::time::Duration;
@@ -10,6 +10,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 
 use crate::crd::{VaultSecretBinding, VaultSecretBindingStatus};
+use crate::reason::Reason;
 use crate::render::Rendered;
 
 /// Condition type: the Secret holds what the binding asks for.
@@ -24,7 +25,7 @@ pub fn condition(
     previous: &[Condition],
     type_: &str,
     status: bool,
-    reason: &str,
+    reason: Reason,
     message: String,
     generation: Option<i64>,
     now: &Time,
@@ -38,7 +39,7 @@ pub fn condition(
     Condition {
         type_: type_.to_string(),
         status,
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
         message,
         observed_generation: generation,
         last_transition_time: since,
@@ -106,7 +107,7 @@ pub fn synced(
         prev_conditions,
         READY,
         true,
-        "Synced",
+        Reason::Synced,
         message,
         generation,
         &now,
@@ -117,7 +118,7 @@ pub fn synced(
             prev_conditions,
             EXPIRING_SOON,
             false,
-            "NoneExpiring",
+            Reason::NoneExpiring,
             "no synced secret expires within 7 days".into(),
             generation,
             &now,
@@ -147,9 +148,9 @@ pub fn synced(
             EXPIRING_SOON,
             true,
             if expired {
-                "SecretExpired"
+                Reason::SecretExpired
             } else {
-                "SecretExpiring"
+                Reason::SecretExpiring
             },
             format!(
                 "{}: set a new version or a later expiry in the vault",
@@ -164,7 +165,7 @@ pub fn synced(
             prev_conditions,
             ROLLOUT_READY,
             false,
-            "TargetMissing",
+            Reason::TargetMissing,
             format!(
                 "rollout targets not found in this namespace: {}",
                 report.missing_rollout.join(", ")
@@ -177,7 +178,7 @@ pub fn synced(
             prev_conditions,
             ROLLOUT_READY,
             true,
-            "Found",
+            Reason::Found,
             "every rollout target exists".into(),
             generation,
             &now,
@@ -203,7 +204,7 @@ pub fn synced(
 pub fn failed(
     prev: Option<&VaultSecretBindingStatus>,
     generation: Option<i64>,
-    reason: &str,
+    reason: Reason,
     message: &str,
     now: Time,
 ) -> VaultSecretBindingStatus {
@@ -287,12 +288,20 @@ mod tests {
 
     #[test]
     fn transition_time_is_kept_while_status_is_unchanged() {
-        let first = condition(&[], READY, true, "Synced", "a".into(), Some(1), &t(100));
+        let first = condition(
+            &[],
+            READY,
+            true,
+            Reason::Synced,
+            "a".into(),
+            Some(1),
+            &t(100),
+        );
         let again = condition(
             std::slice::from_ref(&first),
             READY,
             true,
-            "Synced",
+            Reason::Synced,
             "b".into(),
             Some(1),
             &t(200),
@@ -302,7 +311,7 @@ mod tests {
             &[again],
             READY,
             false,
-            "VaultForbidden",
+            Reason::VaultForbidden,
             "c".into(),
             Some(1),
             &t(300),
@@ -317,7 +326,13 @@ mod tests {
             last_sync_time: Some(t(100)),
             ..Default::default()
         };
-        let s = failed(Some(&prev), Some(2), "VaultUnreachable", "down", t(200));
+        let s = failed(
+            Some(&prev),
+            Some(2),
+            Reason::VaultUnreachable,
+            "down",
+            t(200),
+        );
         assert_eq!(s.data_hash.as_deref(), Some("sha256:abc"));
         assert_eq!(s.last_sync_time, Some(t(100)));
         assert_eq!(s.conditions[0].reason, "VaultUnreachable");

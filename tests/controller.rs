@@ -257,6 +257,7 @@ fn operator(f: &support::Fixture, binding: Value, secret: Option<Value>) -> Oper
         Settings {
             default_refresh: Duration::from_secs(300),
             rollout_window: Duration::from_millis(300),
+            hash_key: kvsync::hashkey::HashKey::new(b"test-key"),
         },
         Arc::new(kvsync::metrics::Metrics::default()),
         Some("ci".into()),

@@ -460,7 +460,7 @@ async fn binding_becomes_a_secret_with_data_owner_and_status() {
 
     let status = b.status.unwrap();
     assert_eq!(status.secret_count, Some(2));
-    assert!(status.data_hash.unwrap().starts_with("sha256:"));
+    assert!(status.data_hash.unwrap().starts_with("hmac-sha256:"));
     assert!(status.last_sync_time.is_some());
     assert!(status.secrets.iter().all(|s| s.version.len() == 32));
     let status_json = serde_json::to_string(&env.binding("app").await.status).unwrap();

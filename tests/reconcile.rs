@@ -44,6 +44,7 @@ fn scenario(f: &Fixture) -> Scenario {
         Settings {
             default_refresh: Duration::from_secs(300),
             rollout_window: Duration::from_secs(30),
+            hash_key: kvsync::hashkey::HashKey::new(b"test-key"),
         },
         Arc::new(kvsync::metrics::Metrics::default()),
     ));
@@ -167,7 +168,7 @@ async fn first_sync_applies_the_secret_then_writes_status() {
     assert_eq!(st["secrets"][0]["key"], "DB_PASSWORD");
     assert_eq!(st["secrets"][0]["version"].as_str().unwrap().len(), 32);
     assert_eq!(st["observedGeneration"], 1);
-    assert!(st["dataHash"].as_str().unwrap().starts_with("sha256:"));
+    assert!(st["dataHash"].as_str().unwrap().starts_with("hmac-sha256:"));
     assert!(
         !status.to_string().contains("first-value"),
         "no value in the status"

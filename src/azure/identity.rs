@@ -6,6 +6,7 @@
 //! [`TokenSources`] registry shares one `TokenSource` among every binding that
 //! uses the same identity.
 
+use crate::reason::Reason;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -101,13 +102,13 @@ pub enum IdentityError {
 
 impl IdentityError {
     /// The condition reason for this error.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::Refused { .. } => "AuthenticationFailed",
+            Self::Refused { .. } => Reason::AuthenticationFailed,
             Self::Unavailable { .. } | Self::InvalidResponse { .. } | Self::Kubernetes { .. } => {
-                "IdentityUnavailable"
+                Reason::IdentityUnavailable
             }
-            _ => "IdentityMisconfigured",
+            _ => Reason::IdentityMisconfigured,
         }
     }
 

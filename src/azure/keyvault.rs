@@ -3,6 +3,7 @@
 //! Retries, the 401 challenge and Azure's error bodies are handled here; the
 //! rest of kvsync sees typed results and [`KeyVaultError`].
 
+use crate::reason::Reason;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,27 +180,27 @@ fn forbidden_message(
 
 impl KeyVaultError {
     /// The condition reason for this error.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::Host(_) => "VaultHostNotAllowed",
+            Self::Host(_) => Reason::VaultHostNotAllowed,
             Self::Identity(e) => e.reason(),
             Self::Forbidden {
                 kind: ForbiddenKind::Firewall | ForbiddenKind::PrivateLink,
                 ..
-            } => "VaultNetworkRefused",
+            } => Reason::VaultNetworkRefused,
             Self::Forbidden {
                 operation: Operation::ListSecrets | Operation::ListVersions,
                 ..
-            } => "ListForbidden",
-            Self::Forbidden { .. } => "VaultForbidden",
-            Self::SecretDisabled { .. } => "SecretDisabled",
-            Self::NotFound { .. } => "SecretNotFound",
-            Self::Unauthorized { .. } => "AuthenticationFailed",
-            Self::Throttled { .. } => "VaultThrottled",
-            Self::Server { .. } => "VaultUnavailable",
-            Self::Unreachable { .. } => "VaultUnreachable",
-            Self::BadRequest { .. } => "VaultBadRequest",
-            Self::InvalidResponse { .. } => "InvalidVaultResponse",
+            } => Reason::ListForbidden,
+            Self::Forbidden { .. } => Reason::VaultForbidden,
+            Self::SecretDisabled { .. } => Reason::SecretDisabled,
+            Self::NotFound { .. } => Reason::SecretNotFound,
+            Self::Unauthorized { .. } => Reason::AuthenticationFailed,
+            Self::Throttled { .. } => Reason::VaultThrottled,
+            Self::Server { .. } => Reason::VaultUnavailable,
+            Self::Unreachable { .. } => Reason::VaultUnreachable,
+            Self::BadRequest { .. } => Reason::VaultBadRequest,
+            Self::InvalidResponse { .. } => Reason::InvalidVaultResponse,
         }
     }
 
