@@ -171,11 +171,25 @@ pub fn in_sync(desired: &Secret, current: Option<&Secret>) -> bool {
     {
         return false;
     }
-    if let Some(owners) = &desired.metadata.owner_references {
-        let have = current.metadata.owner_references.as_deref().unwrap_or(&[]);
-        if !owners.iter().all(|o| have.iter().any(|h| h.uid == o.uid)) {
-            return false;
-        }
+    // Owner references: ours exactly as desired (uid, kind, name,
+    // controller, blockOwnerDeletion), and none of ours when the policy no
+    // longer wants one (Owner -> Orphan).
+    let have = current.metadata.owner_references.as_deref().unwrap_or(&[]);
+    let want = desired.metadata.owner_references.as_deref().unwrap_or(&[]);
+    if !want.iter().all(|o| have.contains(o)) {
+        return false;
+    }
+    if want.is_empty()
+        && have
+            .iter()
+            .any(|h| h.kind == VaultSecretBinding::kind(&()) && h.controller == Some(true))
+    {
+        return false;
+    }
+    if let Some(t) = &desired.type_
+        && current.type_.as_deref().unwrap_or("Opaque") != t
+    {
+        return false;
     }
     true
 }
@@ -197,12 +211,103 @@ pub fn has_stale_keys(
         .any(|k| have.contains_key(k) && !want.is_some_and(|w| w.contains_key(k)))
 }
 
-/// Server-side apply of the desired Secret.
+/// Why a write of the target Secret did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The API server refused the Secret: validation of its type, an
+    /// immutable Secret, an admission webhook, RBAC. The user's to fix.
+    #[error("the API server rejected Secret {name}: {message}")]
+    Rejected { name: String, message: String },
+    /// Merge would take keys that another field manager owns.
+    #[error(
+        "Secret {name}: key(s) {} are owned by {}; policy Merge never takes a key someone else wrote: \
+         map the vault secret to another key (spec.secrets[].key), or remove the key from the Secret \
+         (then kvsync adds it)",
+        keys.join(", "),
+        managers.iter().map(|m| format!("field manager {m:?}")).collect::<Vec<_>>().join(", ")
+    )]
+    MergeConflict {
+        name: String,
+        keys: Vec<String>,
+        managers: Vec<String>,
+    },
+    /// Any other failure of the API (retried with backoff).
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+impl WriteError {
+    /// The condition reason, for errors the user can act on.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Self::Rejected { .. } => Some(Reason::SecretRejected),
+            Self::MergeConflict { .. } => Some(Reason::MergeConflict),
+            Self::Kube(_) => None,
+        }
+    }
+}
+
+/// Reads an apply conflict's message ("Apply failed with 1 conflict:
+/// conflict with \"kubectl-create\" using v1: .data.DB_PASSWORD", or the
+/// plural form with one "- .data.K" line per field) into keys and managers.
+pub fn parse_conflict(message: &str) -> (Vec<String>, Vec<String>) {
+    let mut managers = Vec::new();
+    let mut rest = message;
+    while let Some(i) = rest.find("with \"") {
+        let after = &rest[i + 6..];
+        let Some(end) = after.find('"') else { break };
+        let m = after[..end].to_string();
+        if !managers.contains(&m) {
+            managers.push(m);
+        }
+        rest = &after[end..];
+    }
+    let mut keys: Vec<String> = message
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter_map(|t| t.strip_prefix(".data."))
+        .map(|k| k.trim_end_matches(['.', ';']).to_string())
+        .collect();
+    keys.dedup();
+    (keys, managers)
+}
+
+fn classify(name: &str, force: bool, e: kube::Error) -> WriteError {
+    match e {
+        kube::Error::Api(s) if s.code == 409 && !force => {
+            let (keys, managers) = parse_conflict(&s.message);
+            if keys.is_empty() {
+                WriteError::Rejected {
+                    name: name.into(),
+                    message: s.message,
+                }
+            } else {
+                WriteError::MergeConflict {
+                    name: name.into(),
+                    keys,
+                    managers,
+                }
+            }
+        }
+        // 400 Bad Request, 403 Forbidden (RBAC, webhooks, a terminating
+        // namespace), 404 (no such namespace), 422 Invalid (type validation,
+        // immutability): the server's answer is the user's answer.
+        kube::Error::Api(s) if matches!(s.code, 400 | 403 | 404 | 422) => WriteError::Rejected {
+            name: name.into(),
+            message: s.message,
+        },
+        e => WriteError::Kube(e),
+    }
+}
+
+/// Server-side apply of the desired Secret. `force` takes fields from other
+/// managers (Owner/Orphan: the Secret is kvsync's); Merge never forces, so a
+/// key someone else wrote is a [`WriteError::MergeConflict`], not overwritten.
 pub async fn apply(
     api: &Api<Secret>,
     desired: &Secret,
     manager: &str,
-) -> Result<Secret, kube::Error> {
+    force: bool,
+) -> Result<Secret, WriteError> {
     let mut patch = serde_json::to_value(desired).expect("a Secret serializes");
     patch["apiVersion"] = "v1".into();
     patch["kind"] = "Secret".into();
@@ -211,35 +316,50 @@ pub async fn apply(
         .name
         .as_deref()
         .expect("desired Secret has a name");
-    api.patch(
-        name,
-        &PatchParams::apply(manager).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
+    let mut params = PatchParams::apply(manager);
+    params.force = force;
+    api.patch(name, &params, &Patch::Apply(&patch))
+        .await
+        .map_err(|e| classify(name, force, e))
 }
 
 /// Removes the keys a Merge binding added: applying an empty object as its
-/// field manager releases every field it owned.
+/// field manager releases every field it owned (a field another manager
+/// also set keeps its value). Never creates the Secret: server-side apply
+/// would, so the apply carries the resourceVersion just read, and a Secret
+/// that is gone (or a namespace being deleted) means there is nothing to
+/// release.
 pub async fn release_merged(
     api: &Api<Secret>,
     name: &str,
     manager: &str,
 ) -> Result<(), kube::Error> {
-    let patch =
-        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}});
-    match api
-        .patch(
-            name,
-            &PatchParams::apply(manager).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e),
+    for _ in 0..3 {
+        let Some(current) = api.get_metadata_opt(name).await? else {
+            return Ok(());
+        };
+        let patch = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "resourceVersion": current.metadata.resource_version},
+        });
+        match api
+            .patch(name, &PatchParams::apply(manager), &Patch::Apply(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // Gone meanwhile, or changed meanwhile (look again).
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            // "unable to create new content in namespace … because it is
+            // being terminated": the namespace takes the Secret with it.
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("being terminated") => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -269,6 +389,7 @@ mod tests {
             expiring: vec![],
             skipped: vec![],
             kept: vec![],
+            disabled_unkept: vec![],
         }
     }
 
@@ -422,6 +543,62 @@ mod tests {
         relabelled.metadata.labels = None;
         assert!(!in_sync(&d, Some(&relabelled)));
         assert!(!in_sync(&d, None));
+    }
+
+    #[test]
+    fn owner_reference_drift_and_owner_to_orphan_are_not_in_sync() {
+        let b = binding("");
+        let d = desired(&b, &rendered(&[("a", "1")]));
+        let mut current = secret(
+            &[(MANAGED_BY_LABEL, "kvsync")],
+            &[(BINDING_ANNOTATION, "b")],
+            &[("a", "1")],
+        );
+        current.metadata.owner_references = d.metadata.owner_references.clone();
+        assert!(in_sync(&d, Some(&current)));
+        let mut weakened = current.clone();
+        weakened.metadata.owner_references.as_mut().unwrap()[0].controller = Some(false);
+        assert!(
+            !in_sync(&d, Some(&weakened)),
+            "a changed owner reference is drift"
+        );
+        let orphan = desired(
+            &binding("  target: {policy: Orphan}"),
+            &rendered(&[("a", "1")]),
+        );
+        assert!(
+            !in_sync(&orphan, Some(&current)),
+            "Owner -> Orphan must remove our owner reference"
+        );
+        let mut retyped = current.clone();
+        retyped.type_ = Some("kubernetes.io/tls".into());
+        assert!(!in_sync(&d, Some(&retyped)));
+    }
+
+    #[test]
+    fn apply_conflicts_name_keys_and_managers() {
+        let one = "Apply failed with 1 conflict: conflict with \"kubectl-create\" using v1: .data.DB_PASSWORD";
+        assert_eq!(
+            parse_conflict(one),
+            (
+                vec!["DB_PASSWORD".to_string()],
+                vec!["kubectl-create".to_string()]
+            )
+        );
+        let two = "Apply failed with 2 conflicts: conflicts with \"kubectl-create\" using v1:\n- .data.A\n- .data.B\nconflict with \"helm\" using v1: .data.C";
+        let (keys, managers) = parse_conflict(two);
+        assert_eq!(keys, ["A", "B", "C"]);
+        assert_eq!(managers, ["kubectl-create", "helm"]);
+        let e = WriteError::MergeConflict {
+            name: "shared".into(),
+            keys,
+            managers,
+        };
+        assert!(
+            e.to_string()
+                .contains("A, B, C are owned by field manager \"kubectl-create\"")
+        );
+        assert_eq!(e.reason(), Some(Reason::MergeConflict));
     }
 
     #[test]

@@ -185,13 +185,9 @@ pub async fn check(
         // check prints no hash: any key will do.
         hash_key: &crate::hashkey::HashKey::new(b"kvsync-check"),
     }) {
-        match e {
-            // check sees no Secret; in the cluster KeepLast keeps what the Secret holds.
-            crate::render::RenderError::Disabled {
-                nothing_kept: true, ..
-            } => {}
-            e => report.problems.push(format!("{}: {e}", e.reason())),
-        }
+        // A disabled KeepLast secret renders (check sees no Secret to keep
+        // from; in the cluster KeepLast keeps what the Secret holds).
+        report.problems.push(format!("{}: {e}", e.reason()));
     }
     report
 }

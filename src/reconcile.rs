@@ -20,7 +20,7 @@ use crate::crd::{TargetPolicy, VaultSecretBinding, VaultSecretBindingStatus};
 use crate::poller::{Pollers, ReadError};
 use crate::reason::Reason;
 use crate::render::{RenderInput, render};
-use crate::rollout::{self, RolloutDue, RolloutQueue};
+use crate::rollout::{self, RolloutDue};
 use crate::status::{self, READY, SyncReport};
 
 /// Finalizer of Merge bindings (removes their keys from the shared Secret).
@@ -65,15 +65,28 @@ pub struct Context {
     pub pollers: Pollers,
     /// Event recorder.
     pub recorder: Recorder,
-    /// Pending rollout restarts.
-    pub rollouts: RolloutQueue,
     /// Settings.
     pub settings: Settings,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
-    failures: Mutex<HashMap<String, u32>>,
-    forced: Mutex<HashMap<String, String>>,
-    rollout_missing: Mutex<HashMap<String, Vec<String>>>,
+    /// Everything held in memory per binding, in one place, so forgetting a
+    /// binding is complete by construction. What must survive a restart
+    /// (a due rollout, a handled force-sync) lives in the binding's status.
+    bindings: Mutex<HashMap<BindingKey, BindingState>>,
+}
+
+/// A binding's namespace and name.
+type BindingKey = (String, String);
+
+/// What the operator remembers of one binding between reconciles.
+#[derive(Debug, Default)]
+struct BindingState {
+    /// Consecutive failed reconciles (for the backoff).
+    failures: u32,
+    /// Rollout targets found missing when last looked up.
+    rollout_missing: Option<Vec<String>>,
+    /// Vault secret names in status (for the expiry metric series).
+    synced_names: Vec<String>,
 }
 
 impl Context {
@@ -92,61 +105,99 @@ impl Context {
             access,
             pollers,
             recorder,
-            rollouts: RolloutQueue::default(),
             settings,
-            failures: Mutex::new(HashMap::new()),
-            forced: Mutex::new(HashMap::new()),
-            rollout_missing: Mutex::new(HashMap::new()),
+            bindings: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Drops everything held for a deleted binding: its poller interests (a
-    /// poller nobody needs stops), pending rollouts and metrics.
+    fn state<T>(&self, key: &BindingKey, f: impl FnOnce(&mut BindingState) -> T) -> T {
+        let mut map = self.bindings.lock().expect("binding state");
+        f(map.entry(key.clone()).or_default())
+    }
+
+    /// Drops everything held for a deleted binding: its state, its poller
+    /// interests (a poller nobody needs stops) and its metric series.
     pub fn forget(&self, b: &VaultSecretBinding) {
-        let key = binding_key(b);
-        self.pollers.forget(&ObjectRef::from_obj(b));
-        self.rollouts.forget(&key);
-        self.forced.lock().expect("forced").remove(&key);
-        self.rollout_missing
-            .lock()
-            .expect("rollout_missing")
-            .remove(&key);
-        self.metrics.set_ready(&key, None);
-        for s in b.status.iter().flat_map(|s| s.secrets.iter()) {
+        self.forget_key(&key_of(b));
+    }
+
+    fn forget_key(&self, key: &BindingKey) {
+        let state = self.bindings.lock().expect("binding state").remove(key);
+        let (ns, name) = key;
+        self.pollers
+            .forget(&ObjectRef::<VaultSecretBinding>::new(name).within(ns));
+        self.metrics.set_ready(&format!("{ns}/{name}"), None);
+        for secret in state.map(|s| s.synced_names).unwrap_or_default() {
             self.metrics
                 .secret_expiry
                 .remove(&crate::metrics::ExpiryLabels {
-                    namespace: b.namespace().unwrap_or_default(),
-                    binding: b.name_any(),
-                    secret: s.name.clone(),
+                    namespace: ns.clone(),
+                    binding: name.clone(),
+                    secret,
                 });
         }
     }
 
-    /// Whether the binding's force-sync annotation has a value not seen yet.
-    fn take_force(&self, key: &str, b: &VaultSecretBinding) -> bool {
-        let Some(value) = b.annotations().get(FORCE_SYNC_ANNOTATION) else {
-            return false;
-        };
-        let mut seen = self.forced.lock().expect("forced");
-        if seen.get(key) == Some(value) {
-            return false;
+    /// Forgets every binding for which `present` is false: bindings deleted
+    /// while the watch was down never send a delete event.
+    pub fn forget_absent(&self, present: impl Fn(&ObjectRef<VaultSecretBinding>) -> bool) {
+        let absent: Vec<BindingKey> = self
+            .bindings
+            .lock()
+            .expect("binding state")
+            .keys()
+            .filter(|(ns, name)| !present(&ObjectRef::new(name).within(ns)))
+            .cloned()
+            .collect();
+        for key in &absent {
+            self.forget_key(key);
         }
-        seen.insert(key.to_string(), value.clone());
-        true
     }
 
-    fn failure_count(&self, key: &str, failed: bool) -> u32 {
-        let mut f = self.failures.lock().expect("failures");
-        if failed {
-            let n = f.entry(key.to_string()).or_insert(0);
-            *n += 1;
-            *n
-        } else {
-            f.remove(key);
-            0
-        }
+    /// Bindings the operator holds state for.
+    pub fn known_bindings(&self) -> usize {
+        self.bindings.lock().expect("binding state").len()
     }
+
+    fn failure_count(&self, key: &BindingKey, failed: bool) -> u32 {
+        self.state(key, |s| {
+            if failed {
+                s.failures = s.failures.saturating_add(1);
+            } else {
+                s.failures = 0;
+            }
+            s.failures
+        })
+    }
+}
+
+fn key_of(b: &VaultSecretBinding) -> BindingKey {
+    (b.namespace().unwrap_or_default(), b.name_any())
+}
+
+/// The force-sync annotation's value as recorded in status: short values as
+/// they are, long ones as a digest (status is not a place for 256 KiB).
+pub fn force_sync_token(b: &VaultSecretBinding) -> Option<String> {
+    let value = b.annotations().get(FORCE_SYNC_ANNOTATION)?;
+    if value.len() <= 64 {
+        return Some(value.clone());
+    }
+    let d = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
+    let hex: String = d.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(format!("sha256:{hex}"))
+}
+
+/// Whether the binding carries a force-sync value it has not acted upon
+/// (recorded in status, so it is honoured once, across restarts).
+fn force_pending(b: &VaultSecretBinding) -> bool {
+    let handled = b
+        .status
+        .as_ref()
+        .and_then(|s| s.force_sync_handled.as_deref());
+    force_sync_token(b).is_some_and(|t| Some(t.as_str()) != handled)
 }
 
 /// A deterministic spread in [0, interval/10) from the binding's uid, so that
@@ -175,17 +226,10 @@ struct Failure {
 
 impl From<ReadError> for Failure {
     fn from(e: ReadError) -> Self {
-        match &e {
-            ReadError::Vault(v) => Failure {
-                reason: v.reason(),
-                message: v.to_string(),
-                transient: v.is_transient(),
-            },
-            ReadError::Plan(p) => Failure {
-                reason: p.reason(),
-                message: p.to_string(),
-                transient: false,
-            },
+        Failure {
+            reason: e.reason(),
+            message: e.to_string(),
+            transient: e.is_transient(),
         }
     }
 }
@@ -202,6 +246,8 @@ impl From<kube::Error> for SyncError {
 }
 
 struct Synced {
+    /// False when the Secret was written but lacks something (SecretDisabled).
+    ready: bool,
     status: VaultSecretBindingStatus,
     data_changed: bool,
     first: bool,
@@ -211,7 +257,7 @@ struct Synced {
     requeue: Option<Duration>,
 }
 
-fn binding_key(b: &VaultSecretBinding) -> String {
+fn display_key(b: &VaultSecretBinding) -> String {
     format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any())
 }
 
@@ -220,7 +266,8 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
     let ns = b.namespace().unwrap_or_default();
     let name = b.name_any();
     let bindings: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);
-    let key = binding_key(&b);
+    let key = key_of(&b);
+    let shown = display_key(&b);
     let has_finalizer = b.finalizers().iter().any(|f| f == FINALIZER);
 
     if b.meta().deletion_timestamp.is_some() {
@@ -266,10 +313,11 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
                     reason: Reason::Synced.as_str().into(),
                 })
                 .inc();
-            ctx.metrics.set_ready(&key, Some(true));
+            ctx.metrics.set_ready(&shown, Some(done.ready));
             if done.written {
                 ctx.metrics.secret_writes.inc();
             }
+            let names: Vec<String> = done.status.secrets.iter().map(|s| s.name.clone()).collect();
             for s in &done.status.secrets {
                 if let Some(exp) = &s.expires {
                     ctx.metrics
@@ -282,6 +330,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
                         .set(exp.0.as_second());
                 }
             }
+            ctx.state(&key, |st| st.synced_names = names);
             if done.data_changed {
                 let secret = b.spec.target_name(&name).to_string();
                 let note = format!(
@@ -304,6 +353,17 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
                 )
                 .await;
             }
+            if !done.ready {
+                let c = &done.status.conditions[0];
+                warn_once(
+                    &ctx,
+                    &b,
+                    prev,
+                    Reason::parse(&c.reason).unwrap_or(Reason::Synced),
+                    &c.message,
+                )
+                .await;
+            }
             if status::needs_write(prev, &done.status, interval) {
                 status::write(&bindings, &name, &done.status).await?;
             }
@@ -322,22 +382,16 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
                     reason: f.reason.as_str().into(),
                 })
                 .inc();
-            ctx.metrics.set_ready(&key, Some(false));
-            let was = prev.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
-            let new_problem =
-                was.is_none_or(|c| c.status != "False" || c.reason != f.reason.as_str());
-            if new_problem {
-                tracing::warn!(binding = %key, reason = %f.reason, message = %f.message, "sync failed");
-                publish(
-                    &ctx,
-                    &b,
-                    EventType::Warning,
-                    "SyncFailed",
-                    format!("{}: {}", f.reason, f.message),
-                )
-                .await;
-            }
-            let new_status = status::failed(prev, generation, f.reason, &f.message, status::now());
+            ctx.metrics.set_ready(&shown, Some(false));
+            warn_once(&ctx, &b, prev, f.reason, &f.message).await;
+            let new_status = status::failed(
+                prev,
+                generation,
+                f.reason,
+                &f.message,
+                force_sync_token(&b),
+                status::now(),
+            );
             if status::needs_write(prev, &new_status, interval) {
                 status::write(&bindings, &name, &new_status).await?;
             }
@@ -351,6 +405,30 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
             ))
         }
         Err(SyncError::Kube(e)) => Err(Error::Kube(e)),
+    }
+}
+
+/// A Warning event and a log line when the binding newly fails (or fails
+/// for another reason): not on every retry.
+async fn warn_once(
+    ctx: &Context,
+    b: &VaultSecretBinding,
+    prev: Option<&VaultSecretBindingStatus>,
+    reason: Reason,
+    message: &str,
+) {
+    let was = prev.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
+    let new_problem = was.is_none_or(|c| c.status != "False" || c.reason != reason.as_str());
+    if new_problem {
+        tracing::warn!(binding = %display_key(b), reason = %reason, message = %message, "sync failed");
+        publish(
+            ctx,
+            b,
+            EventType::Warning,
+            "SyncFailed",
+            format!("{reason}: {message}"),
+        )
+        .await;
     }
 }
 
@@ -412,6 +490,22 @@ async fn remove_finalizer(
     }
 }
 
+/// Whether the rendered data differs from what the Secret holds for our
+/// keys (values, and keys we wrote before that are now gone).
+fn data_differs(
+    rendered: &std::collections::BTreeMap<String, crate::value::SecretValue>,
+    current: Option<&std::collections::BTreeMap<String, Vec<u8>>>,
+    previous_keys: &[String],
+) -> bool {
+    let Some(current) = current else { return true };
+    rendered
+        .iter()
+        .any(|(k, v)| current.get(k).map(Vec::as_slice) != Some(v.expose().as_bytes()))
+        || previous_keys
+            .iter()
+            .any(|k| !rendered.contains_key(k) && current.contains_key(k))
+}
+
 async fn sync(
     b: &VaultSecretBinding,
     ctx: &Context,
@@ -448,9 +542,9 @@ async fn sync(
         });
     let objref = ObjectRef::from_obj(b);
     ctx.pollers.forget_elsewhere(&objref, &poller);
-    let force = ctx.take_force(&binding_key(b), b);
+    let force = force_pending(b);
     if force {
-        tracing::info!(binding = %binding_key(b), "force-sync: checking the vault now");
+        tracing::info!(binding = %display_key(b), "force-sync: checking the vault now");
     }
     let read = poller
         .read(Some(&objref), spec, interval, force)
@@ -482,37 +576,65 @@ async fn sync(
 
     let desired = apply::desired(b, &rendered);
     let previous_keys: Vec<String> = prev.secrets.iter().map(|s| s.key.clone()).collect();
+    // Not yet applied: a generation is observed only once a sync of it
+    // succeeded, so a change after a failed sync is still applied.
     let spec_changed = prev.observed_generation != b.meta().generation;
     let write = !apply::in_sync(&desired, current.as_ref())
         || apply::has_stale_keys(&previous_keys, &desired, current.as_ref())
         || spec_changed;
     if write {
-        apply::apply(&secrets, &desired, &apply::field_manager(b)).await?;
+        let force_apply = spec.policy() != TargetPolicy::Merge;
+        apply::apply(&secrets, &desired, &apply::field_manager(b), force_apply)
+            .await
+            .map_err(|e| match e.reason() {
+                Some(reason) => user(reason, e.to_string(), false),
+                None => match e {
+                    apply::WriteError::Kube(k) => SyncError::Kube(k),
+                    other => user(Reason::SecretRejected, other.to_string(), false),
+                },
+            })?;
     }
     let first = prev.data_hash.is_none();
-    let data_changed = prev.data_hash.as_deref() != Some(rendered.hash.as_str());
+    // A different hash alone is not a change: the hash key (or its scheme)
+    // may have changed. The data must also differ from what the Secret held.
+    let data_changed = prev.data_hash.as_deref() != Some(rendered.hash.as_str())
+        && data_differs(&rendered.data, current_data.as_ref(), &previous_keys);
 
-    // Rollout: only for changes after the first sync.
-    let key = binding_key(b);
+    // Rollout: only for changes after the first sync; what is due is kept
+    // in status until every target was patched.
+    let now = status::now();
     let mut requeue = None;
     let mut missing = Vec::new();
-    if !spec.rollout.is_empty() {
-        if data_changed && !first {
-            ctx.rollouts.changed(&key, Instant::now());
+    let mut rollout_error = None;
+    let mut pending = prev.rollout_pending_since.clone();
+    if spec.rollout.is_empty() {
+        pending = None;
+    } else {
+        if data_changed && !first && pending.is_none() {
+            pending = Some(now.clone());
         }
-        match ctx
-            .rollouts
-            .due(&key, ctx.settings.rollout_window, Instant::now())
-        {
+        let since = pending.as_ref().map(|t| t.0.as_second());
+        match rollout::due(since, ctx.settings.rollout_window, now.0.as_second()) {
             RolloutDue::Now => {
                 let at = k8s_openapi::jiff::Timestamp::now().to_string();
+                let mut failed = None;
                 for t in &spec.rollout {
-                    if rollout::restart(&ctx.client, &ns, t, &at).await? {
-                        tracing::info!(binding = %key, kind = ?t.kind, target = %t.name, "restarted rollout target");
-                    } else {
-                        missing.push(format!("{:?}/{}", t.kind, t.name));
+                    match rollout::restart(&ctx.client, &ns, t, &at).await {
+                        Ok(true) => {
+                            tracing::info!(binding = %display_key(b), kind = ?t.kind, target = %t.name, "restarted rollout target");
+                        }
+                        Ok(false) => missing.push(format!("{:?}/{}", t.kind, t.name)),
+                        Err(e) => failed = Some(format!("{:?}/{}: {e}", t.kind, t.name)),
                     }
                 }
+                if failed.is_some() {
+                    // Kept pending: the next reconcile tries again.
+                    requeue = Some(Duration::from_secs(5));
+                    rollout_error = failed;
+                } else {
+                    pending = None;
+                }
+                ctx.state(&key_of(b), |s| s.rollout_missing = Some(missing.clone()));
             }
             RolloutDue::After(d) => {
                 requeue = Some(d);
@@ -522,10 +644,6 @@ async fn sync(
                 missing = missing_targets(ctx, b, spec_changed).await?;
             }
         }
-        ctx.rollout_missing
-            .lock()
-            .expect("rollout_missing")
-            .insert(key.clone(), missing.clone());
     }
 
     let status = status::synced(
@@ -538,10 +656,14 @@ async fn sync(
             target: &target,
             missing_rollout: &missing,
             optional_failures: &read.optional_failures,
+            rollout_pending_since: pending,
+            rollout_error: rollout_error.as_deref(),
+            force_sync_handled: force_sync_token(b),
         },
-        status::now(),
+        now,
     );
     Ok(Synced {
+        ready: rendered.disabled_unkept.is_empty(),
         status,
         data_changed,
         first,
@@ -559,15 +681,9 @@ async fn missing_targets(
     b: &VaultSecretBinding,
     spec_changed: bool,
 ) -> Result<Vec<String>, kube::Error> {
-    let key = binding_key(b);
-    if !spec_changed
-        && let Some(known) = ctx
-            .rollout_missing
-            .lock()
-            .expect("rollout_missing")
-            .get(&key)
-    {
-        return Ok(known.clone());
+    let key = key_of(b);
+    if !spec_changed && let Some(known) = ctx.state(&key, |s| s.rollout_missing.clone()) {
+        return Ok(known);
     }
     let ns = b.namespace().unwrap_or_default();
     let mut missing = Vec::new();
@@ -576,14 +692,14 @@ async fn missing_targets(
             missing.push(format!("{:?}/{}", t.kind, t.name));
         }
     }
+    ctx.state(&key, |s| s.rollout_missing = Some(missing.clone()));
     Ok(missing)
 }
 
 /// Requeue after an infrastructure error.
 pub fn error_policy(b: Arc<VaultSecretBinding>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = binding_key(&b);
-    let n = ctx.failure_count(&key, true);
-    tracing::warn!(binding = %key, error = %error, "reconcile failed");
+    let n = ctx.failure_count(&key_of(&b), true);
+    tracing::warn!(binding = %display_key(&b), error = %error, "reconcile failed");
     let interval = b.spec.refresh_interval_or(ctx.settings.default_refresh);
     Action::requeue(backoff(n, interval))
 }

@@ -63,8 +63,12 @@ pub struct Rendered {
     pub expiring: Vec<Expiry>,
     /// Keys left out, and why (optional missing, Remove, Skip).
     pub skipped: Vec<(String, String)>,
-    /// Keys kept at their last value because the secret is disabled.
+    /// Keys kept at their last value because the secret is disabled (or,
+    /// for optional picks, unreadable).
     pub kept: Vec<String>,
+    /// Required secrets that are disabled with nothing to keep: the Secret is
+    /// written with everything else, and the binding is not Ready.
+    pub disabled_unkept: Vec<String>,
 }
 
 /// Why nothing may be written. Each leaves the Secret as it is.
@@ -75,9 +79,11 @@ pub enum RenderError {
         "secret {name} was not found in the vault: create it, fix the name, or mark the pick optional: true"
     )]
     Missing { name: String },
-    /// A required secret is disabled and the policy says fail (or there is nothing to keep).
-    #[error("secret {name} is disabled in the vault{}: enable it, or set onDisabled: Remove", if *.nothing_kept { " and the Secret has no earlier value to keep" } else { " (onDisabled: Fail)" })]
-    Disabled { name: String, nothing_kept: bool },
+    /// A required secret is disabled and the policy says fail.
+    #[error(
+        "secret {name} is disabled in the vault (onDisabled: Fail): enable it, or set onDisabled: Remove or KeepLast"
+    )]
+    Disabled { name: String },
     /// The Secret would exceed Kubernetes' 1 MiB limit.
     #[error(
         "the Secret would hold {bytes} bytes, over Kubernetes' 1 MiB limit: split the binding or pick fewer secrets"
@@ -138,6 +144,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     let mut expiring = Vec::new();
     let mut skipped = Vec::new();
     let mut kept = Vec::new();
+    let mut disabled_unkept = Vec::new();
 
     for planned in &input.plan.keys {
         let fetched = input.fetched.get(&planned.key).unwrap_or(&Fetched::Missing);
@@ -214,7 +221,6 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
                 OnDisabled::Fail if !planned.optional => {
                     return Err(RenderError::Disabled {
                         name: planned.secret.clone(),
-                        nothing_kept: false,
                     });
                 }
                 OnDisabled::Fail => {
@@ -238,10 +244,10 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
                         ));
                     }
                     None => {
-                        return Err(RenderError::Disabled {
-                            name: planned.secret.clone(),
-                            nothing_kept: true,
-                        });
+                        // Nothing to keep (the Secret was deleted, or this is
+                        // the first sync): write what can be read and say
+                        // which one is missing, rather than write nothing.
+                        disabled_unkept.push(planned.secret.clone());
                     }
                 },
             },
@@ -259,7 +265,22 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
         expiring,
         skipped,
         kept,
+        disabled_unkept,
     })
+}
+
+impl Rendered {
+    /// The message of a binding whose Secret lacks disabled secrets it could
+    /// not keep (reason `SecretDisabled`), if any.
+    pub fn disabled_message(&self) -> Option<String> {
+        (!self.disabled_unkept.is_empty()).then(|| {
+            format!(
+                "secret(s) {} are disabled in the vault and the Secret has no earlier value to keep; \
+                 the other keys are written: enable them, or set onDisabled: Remove",
+                self.disabled_unkept.join(", ")
+            )
+        })
+    }
 }
 
 #[cfg(test)]
@@ -402,22 +423,52 @@ mod tests {
     }
 
     #[test]
-    fn disabled_keep_last_with_nothing_to_keep_fails() {
-        let err = run(
-            &plan(&[("a", false)]),
-            &[("a", Fetched::Disabled)],
+    fn disabled_keep_last_with_nothing_to_keep_writes_the_rest_and_names_it() {
+        let r = run(
+            &plan(&[("a", false), ("b", false)]),
+            &[("a", Fetched::Disabled), ("b", value("2", None))],
             None,
             OnDisabled::KeepLast,
             OnExpired::Sync,
         )
-        .unwrap_err();
-        assert!(matches!(
-            err,
-            RenderError::Disabled {
-                nothing_kept: true,
-                ..
-            }
-        ));
+        .unwrap();
+        assert_eq!(r.data.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(r.disabled_unkept, ["a-secret"]);
+        assert!(
+            r.disabled_message()
+                .unwrap()
+                .contains("secret(s) a-secret are disabled")
+        );
+    }
+
+    #[test]
+    fn unavailable_optional_keeps_the_current_value_and_is_never_dropped() {
+        let current: BTreeMap<String, Vec<u8>> = [("a".to_string(), b"old".to_vec())].into();
+        let refused = Fetched::Unavailable {
+            reason: Reason::VaultForbidden,
+            message: "identity lacks secrets/get".into(),
+        };
+        let r = run(
+            &plan(&[("a", true)]),
+            &[("a", refused.clone())],
+            Some(&current),
+            OnDisabled::Remove,
+            OnExpired::Sync,
+        )
+        .unwrap();
+        assert_eq!(r.data["a"].expose(), "old");
+        assert_eq!(r.kept, ["a"]);
+        // Without a current value there is nothing to keep: skipped, with why.
+        let r = run(
+            &plan(&[("a", true)]),
+            &[("a", refused)],
+            None,
+            OnDisabled::KeepLast,
+            OnExpired::Sync,
+        )
+        .unwrap();
+        assert!(r.data.is_empty());
+        assert!(r.skipped[0].1.contains("VaultForbidden"));
     }
 
     #[test]

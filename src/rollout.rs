@@ -1,10 +1,9 @@
 //! Restarting consumers when a Secret's data changes: the pod template gets
 //! `kvsync.io/restartedAt` (what `kubectl rollout restart` does). Changes
-//! within one window coalesce into one restart at the end of the window.
+//! within one window coalesce into one restart at the end of the window;
+//! the pending restart is recorded in the binding's status.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::Api;
@@ -14,12 +13,6 @@ use crate::crd::{RolloutKind, RolloutTarget};
 
 /// Pod template annotation set on restart.
 pub const RESTARTED_AT: &str = "kvsync.io/restartedAt";
-
-/// Pending restarts per binding (namespace/name).
-#[derive(Default)]
-pub struct RolloutQueue {
-    pending: Mutex<HashMap<String, Instant>>,
-}
 
 /// What to do about a binding's rollout now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,32 +25,20 @@ pub enum RolloutDue {
     After(Duration),
 }
 
-impl RolloutQueue {
-    /// Records a data change of `binding` (first change of a window starts it).
-    pub fn changed(&self, binding: &str, now: Instant) {
-        self.pending
-            .lock()
-            .expect("rollout queue")
-            .entry(binding.to_string())
-            .or_insert(now);
-    }
-
-    /// Whether `binding`'s restart is due; `Now` clears it.
-    pub fn due(&self, binding: &str, window: Duration, now: Instant) -> RolloutDue {
-        let mut pending = self.pending.lock().expect("rollout queue");
-        match pending.get(binding) {
-            None => RolloutDue::Nothing,
-            Some(since) if now.duration_since(*since) >= window => {
-                pending.remove(binding);
-                RolloutDue::Now
-            }
-            Some(since) => RolloutDue::After(window - now.duration_since(*since)),
-        }
-    }
-
-    /// Drops what is pending for `binding` (deleted).
-    pub fn forget(&self, binding: &str) {
-        self.pending.lock().expect("rollout queue").remove(binding);
+/// Whether a restart pending since `pending_since` (unix seconds, from
+/// `status.rolloutPendingSince`) is due at `now`. The first change of a
+/// window starts it; later changes in the window ride along. Kept in the
+/// binding's status rather than in memory, so an operator restart or a
+/// failed patch inside the window never drops the restart.
+pub fn due(pending_since: Option<i64>, window: Duration, now: i64) -> RolloutDue {
+    let Some(since) = pending_since else {
+        return RolloutDue::Nothing;
+    };
+    let elapsed = Duration::from_secs(now.saturating_sub(since).max(0) as u64);
+    if elapsed >= window {
+        RolloutDue::Now
+    } else {
+        RolloutDue::After(window - elapsed)
     }
 }
 
@@ -120,21 +101,22 @@ mod tests {
 
     #[test]
     fn changes_in_a_window_coalesce_into_one_restart_at_its_end() {
-        let q = RolloutQueue::default();
-        let t0 = Instant::now();
         let w = Duration::from_secs(30);
-        assert_eq!(q.due("ns/b", w, t0), RolloutDue::Nothing);
-        q.changed("ns/b", t0);
-        q.changed("ns/b", t0 + Duration::from_secs(10)); // same window
+        assert_eq!(due(None, w, 100), RolloutDue::Nothing);
         assert_eq!(
-            q.due("ns/b", w, t0 + Duration::from_secs(10)),
+            due(Some(100), w, 110),
             RolloutDue::After(Duration::from_secs(20))
         );
-        assert_eq!(q.due("ns/b", w, t0 + w), RolloutDue::Now);
+        assert_eq!(due(Some(100), w, 130), RolloutDue::Now);
         assert_eq!(
-            q.due("ns/b", w, t0 + w),
-            RolloutDue::Nothing,
-            "one restart for the window"
+            due(Some(100), w, 10_000),
+            RolloutDue::Now,
+            "late (after a restart): now"
+        );
+        assert_eq!(
+            due(Some(200), w, 100),
+            RolloutDue::After(w),
+            "a clock behind the recorded time waits a full window"
         );
     }
 }

@@ -60,6 +60,12 @@ pub struct SyncReport<'a> {
     pub missing_rollout: &'a [String],
     /// Optional keys that could not be read, with why.
     pub optional_failures: &'a [(String, String)],
+    /// A rollout restart still due (first unrolled change).
+    pub rollout_pending_since: Option<Time>,
+    /// Why the last due rollout restart failed (it is retried).
+    pub rollout_error: Option<&'a str>,
+    /// The force-sync annotation value acted upon.
+    pub force_sync_handled: Option<String>,
 }
 
 /// Status after a successful sync.
@@ -103,15 +109,31 @@ pub fn synced(
             why.join("; ")
         ));
     }
-    let mut conditions = vec![condition(
-        prev_conditions,
-        READY,
-        true,
-        Reason::Synced,
-        message,
-        generation,
-        &now,
-    )];
+    if let Some(e) = report.rollout_error {
+        message.push_str(&format!("; rollout restart failed, retrying: {e}"));
+    }
+    let ready = match r.disabled_message() {
+        // The Secret holds what can be read; it still lacks a disabled one.
+        Some(why) => condition(
+            prev_conditions,
+            READY,
+            false,
+            Reason::SecretDisabled,
+            format!("{why}; {message}"),
+            generation,
+            &now,
+        ),
+        None => condition(
+            prev_conditions,
+            READY,
+            true,
+            Reason::Synced,
+            message,
+            generation,
+            &now,
+        ),
+    };
+    let mut conditions = vec![ready];
     let now_secs = now.0.as_second();
     if r.expiring.is_empty() {
         conditions.push(condition(
@@ -196,16 +218,22 @@ pub fn synced(
             prev.and_then(|p| p.last_change_time.clone())
         },
         data_hash: Some(r.hash.clone()),
+        rollout_pending_since: report.rollout_pending_since.clone(),
+        force_sync_handled: report.force_sync_handled.clone(),
     }
 }
 
 /// Status after a failure: `Ready=False` with the reason; what is in the
-/// Secret (versions, hash, times) is left as it was.
+/// Secret (versions, hash, times, a pending rollout) is left as it was, and
+/// `observedGeneration` is NOT advanced: the generation was not applied, so
+/// the next successful sync still applies it (a changed policy, labels or
+/// rollout targets).
 pub fn failed(
     prev: Option<&VaultSecretBindingStatus>,
     generation: Option<i64>,
     reason: Reason,
     message: &str,
+    force_sync_handled: Option<String>,
     now: Time,
 ) -> VaultSecretBindingStatus {
     let mut status = prev.cloned().unwrap_or_default();
@@ -220,7 +248,9 @@ pub fn failed(
     );
     status.conditions.retain(|c| c.type_ != READY);
     status.conditions.insert(0, ready);
-    status.observed_generation = generation;
+    if force_sync_handled.is_some() {
+        status.force_sync_handled = force_sync_handled;
+    }
     status
 }
 
@@ -322,8 +352,10 @@ mod tests {
     #[test]
     fn failure_keeps_what_is_in_the_secret() {
         let prev = VaultSecretBindingStatus {
+            observed_generation: Some(1),
             data_hash: Some("sha256:abc".into()),
             last_sync_time: Some(t(100)),
+            rollout_pending_since: Some(t(90)),
             ..Default::default()
         };
         let s = failed(
@@ -331,8 +363,21 @@ mod tests {
             Some(2),
             Reason::VaultUnreachable,
             "down",
+            Some("again".into()),
             t(200),
         );
+        assert_eq!(
+            s.observed_generation,
+            Some(1),
+            "generation 2 was not applied: the next success must still apply it"
+        );
+        assert_eq!(s.conditions[0].observed_generation, Some(2));
+        assert_eq!(
+            s.rollout_pending_since,
+            Some(t(90)),
+            "a due restart survives"
+        );
+        assert_eq!(s.force_sync_handled.as_deref(), Some("again"));
         assert_eq!(s.data_hash.as_deref(), Some("sha256:abc"));
         assert_eq!(s.last_sync_time, Some(t(100)));
         assert_eq!(s.conditions[0].reason, "VaultUnreachable");

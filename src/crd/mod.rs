@@ -420,9 +420,22 @@ pub struct VaultSecretBindingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change_time: Option<Time>,
 
-    /// `sha256:` hash of the data written; an equal hash means no write.
+    /// Keyed hash (`hmac-sha256:`, with a key only the operator holds) of
+    /// the data written: an equal hash means no write. It cannot be used to
+    /// confirm a guessed value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_hash: Option<String>,
+
+    /// Set while a rollout restart of `spec.rollout` is due: the time of the
+    /// first data change not yet rolled out. Kept here so that an operator
+    /// restart or a failed patch never drops the restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_pending_since: Option<Time>,
+
+    /// The last `kvsync.io/force-sync` annotation value acted upon; a
+    /// different value triggers one immediate check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_sync_handled: Option<String>,
 }
 
 /// One vault secret synced into the target Secret.
