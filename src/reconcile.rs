@@ -718,6 +718,37 @@ mod tests {
         }
     }
 
+    fn with_force(annotation: Option<&str>, handled: Option<&str>) -> VaultSecretBinding {
+        let mut b: VaultSecretBinding = serde_yaml::from_str(
+            "apiVersion: kvsync.io/v1alpha1\nkind: VaultSecretBinding\nmetadata: {name: b, namespace: ns}\nspec: {vaultUrl: 'https://v.vault.azure.net', secrets: [{name: a}]}\n",
+        )
+        .unwrap();
+        if let Some(a) = annotation {
+            b.metadata.annotations =
+                Some([(FORCE_SYNC_ANNOTATION.to_string(), a.to_string())].into());
+        }
+        b.status = Some(VaultSecretBindingStatus {
+            force_sync_handled: handled.map(str::to_string),
+            ..Default::default()
+        });
+        b
+    }
+
+    #[test]
+    fn a_force_sync_value_is_honoured_once_as_recorded_in_status() {
+        assert!(!force_pending(&with_force(None, None)));
+        assert!(force_pending(&with_force(Some("1"), None)));
+        assert!(
+            !force_pending(&with_force(Some("1"), Some("1"))),
+            "handled before a restart"
+        );
+        assert!(force_pending(&with_force(Some("2"), Some("1"))));
+        let long = "x".repeat(10_000);
+        let token = force_sync_token(&with_force(Some(&long), None)).unwrap();
+        assert!(token.starts_with("sha256:") && token.len() < 64);
+        assert!(!force_pending(&with_force(Some(&long), Some(&token))));
+    }
+
     #[test]
     fn backoff_doubles_and_is_capped() {
         let i = Duration::from_secs(300);

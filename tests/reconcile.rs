@@ -387,3 +387,299 @@ async fn a_full_sync_logged_at_trace_never_shows_a_value() {
         "a base64 value reached the logs"
     );
 }
+
+fn status_error(code: u16, reason: &str, message: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": reason, "code": code, "message": message})
+}
+
+fn merge_binding(f: &Fixture) -> VaultSecretBinding {
+    let mut b = binding(f, json!(null));
+    b.spec.target = Some(serde_json::from_value(json!({"policy": "Merge"})).unwrap());
+    b.metadata.finalizers = Some(vec![kvsync::reconcile::FINALIZER.to_string()]);
+    b
+}
+
+fn foreign_secret(data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+           "metadata": {"name": "agent", "namespace": "ci", "resourceVersion": "5"},
+           "data": data})
+}
+
+#[tokio::test]
+async fn merge_never_takes_a_key_another_manager_owns() {
+    let f = start("secrets:\n  - {name: db-password, value: from-vault}\n").await;
+    let mut s = scenario(&f);
+    let run = tokio::spawn(reconcile(Arc::new(merge_binding(&f)), s.ctx.clone()));
+    let theirs = foreign_secret(json!({"DB_PASSWORD": b64("typed-by-a-person")}));
+    expect(&mut s.handle, "GET", SECRET_PATH, 200, theirs).await;
+    let conflict = "Apply failed with 1 conflict: conflict with \"kubectl-create\" using v1: .data.DB_PASSWORD";
+    let (query, _) = expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        409,
+        status_error(409, "Conflict", conflict),
+    )
+    .await;
+    assert!(
+        query.contains("fieldManager=kvsync-merge-uid-1") && !query.contains("force=true"),
+        "Merge must never force: {query}"
+    );
+    let (_, event) = expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("MergeConflict: ")
+    );
+    let (_, status) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    let ready = &status["status"]["conditions"][0];
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("MergeConflict"))
+    );
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("DB_PASSWORD") && message.contains("kubectl-create"),
+        "{message}"
+    );
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn a_secret_the_api_server_rejects_shows_on_the_binding() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let mut s = scenario(&f);
+    let mut b = binding(&f, json!(null));
+    b.spec.target = Some(serde_json::from_value(json!({"type": "kubernetes.io/tls"})).unwrap());
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
+    let refusal = "Secret \"agent\" is invalid: data[tls.crt]: Required value";
+    expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        422,
+        status_error(422, "Invalid", refusal),
+    )
+    .await;
+    let (_, event) = expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("SecretRejected: ")
+    );
+    let (_, status) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    let ready = &status["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "SecretRejected");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("data[tls.crt]: Required value")
+    );
+    assert!(
+        status["status"].get("observedGeneration").is_none(),
+        "a generation that was not applied is not observed"
+    );
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn a_generation_changed_after_a_failure_is_still_applied() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let mut status = synced_status(&f, "v").await;
+    // Generation 2 (Owner -> Orphan) failed once: status still says 1.
+    status["conditions"][0]["status"] = json!("False");
+    status["conditions"][0]["reason"] = json!("VaultUnavailable");
+    let mut s = scenario(&f);
+    let mut b = binding(&f, status);
+    b.metadata.generation = Some(2);
+    b.spec.target = Some(serde_json::from_value(json!({"policy": "Orphan"})).unwrap());
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    let (_, applied) = expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    assert!(
+        applied["metadata"].get("ownerReferences").is_none(),
+        "Orphan: applied without our owner reference, so SSA removes it: {applied}"
+    );
+    // The Secret was put back in line with the spec: a "Repaired" event is
+    // not sent for a spec change.
+    let (_, status) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    assert_eq!(status["status"]["observedGeneration"], 2);
+    assert_eq!(status["status"]["conditions"][0]["reason"], "Synced");
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn deleting_a_merge_binding_never_creates_the_secret() {
+    let f = start("secrets: []\n").await;
+    let mut s = scenario(&f);
+    let mut b = merge_binding(&f);
+    b.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+    ));
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    // The user deleted the Secret first: nothing to release, no apply.
+    expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
+    let (_, patch) = expect(
+        &mut s.handle,
+        "PATCH",
+        "/apis/kvsync.io/v1alpha1/namespaces/ci/vaultsecretbindings/agent",
+        200,
+        reply(),
+    )
+    .await;
+    assert_eq!(patch["metadata"]["finalizers"], json!([]));
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn a_terminating_namespace_does_not_hold_the_merge_finalizer() {
+    let f = start("secrets: []\n").await;
+    let mut s = scenario(&f);
+    let mut b = merge_binding(&f);
+    b.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+    ));
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        foreign_secret(json!({"DB_PASSWORD": b64("x")})),
+    )
+    .await;
+    let (query, body) = expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        403,
+        status_error(
+            403,
+            "Forbidden",
+            "secrets \"agent\" is forbidden: unable to create new content in namespace ci because it is being terminated",
+        ),
+    )
+    .await;
+    assert!(query.contains("fieldManager=kvsync-merge-uid-1"));
+    assert_eq!(
+        body["metadata"]["resourceVersion"], "5",
+        "the release carries the resourceVersion read, so it can never create"
+    );
+    expect(
+        &mut s.handle,
+        "PATCH",
+        "/apis/kvsync.io/v1alpha1/namespaces/ci/vaultsecretbindings/agent",
+        200,
+        reply(),
+    )
+    .await;
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn a_rollout_due_before_a_restart_is_done_by_the_next_operator() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let mut status = synced_status(&f, "v").await;
+    // The previous operator recorded the change and stopped inside the window.
+    status["rolloutPendingSince"] = json!("2026-01-01T00:00:00Z");
+    let mut s = scenario(&f);
+    let mut b = binding(&f, status);
+    b.spec.rollout =
+        serde_json::from_value(json!([{"kind": "Deployment", "name": "agent"}])).unwrap();
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    let (_, patch) = expect(
+        &mut s.handle,
+        "PATCH",
+        "/apis/apps/v1/namespaces/ci/deployments/agent",
+        200,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "agent", "namespace": "ci"}}),
+    )
+    .await;
+    assert!(
+        patch["spec"]["template"]["metadata"]["annotations"]["kvsync.io/restartedAt"].is_string()
+    );
+    let (_, written) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    assert!(
+        written["status"].get("rolloutPendingSince").is_none(),
+        "done: no longer pending: {written}"
+    );
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn a_failed_rollout_patch_stays_pending_in_status() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let mut status = synced_status(&f, "v").await;
+    status["rolloutPendingSince"] = json!("2026-01-01T00:00:00Z");
+    let mut s = scenario(&f);
+    let mut b = binding(&f, status);
+    b.spec.rollout =
+        serde_json::from_value(json!([{"kind": "Deployment", "name": "agent"}])).unwrap();
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    expect(
+        &mut s.handle,
+        "PATCH",
+        "/apis/apps/v1/namespaces/ci/deployments/agent",
+        500,
+        status_error(500, "InternalError", "etcdserver: request timed out"),
+    )
+    .await;
+    let (_, written) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    assert_eq!(
+        written["status"]["rolloutPendingSince"],
+        "2026-01-01T00:00:00Z"
+    );
+    assert!(
+        written["status"]["conditions"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rollout restart failed, retrying")
+    );
+    let action = run.await.unwrap().unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(5))
+    );
+    no_more_requests(s).await;
+}
