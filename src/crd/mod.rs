@@ -247,8 +247,11 @@ pub struct SecretPick {
     #[schemars(pattern(r"^[0-9a-zA-Z]{0,64}$"))]
     pub version: Option<String>,
 
-    /// When true, a secret that is missing, disabled or unreadable is left out
-    /// instead of failing the binding.
+    /// When true, a secret that does not exist in the vault (Azure's
+    /// `SecretNotFound`) is left out instead of failing the binding; a
+    /// disabled one follows `onDisabled` without failing. Any other error
+    /// (403, firewall, throttling, 5xx, Entra ID refusing the identity) keeps
+    /// the key's current value, like KeepLast, and the Ready message says so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
 }
@@ -339,14 +342,17 @@ pub enum TargetPolicy {
     /// The Secret is left behind when the binding is deleted.
     Orphan,
     /// Our keys are added to a Secret someone else manages, and removed when
-    /// the binding is deleted.
+    /// the binding is deleted. A key another writer set (another field
+    /// manager) is never taken: that is a `MergeConflict` condition.
     Merge,
 }
 
 /// What to do with a secret disabled in the vault.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
 pub enum OnDisabled {
-    /// Keep the last value synced.
+    /// Keep the value the Secret holds. When the Secret no longer holds it
+    /// (deleted, or never synced), the other keys are written and the
+    /// binding is not Ready (`SecretDisabled`), naming the disabled secret.
     #[default]
     KeepLast,
     /// Remove the key from the Secret.
@@ -358,10 +364,11 @@ pub enum OnDisabled {
 /// What to do with a secret past its expiry date.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
 pub enum OnExpired {
-    /// Sync it as usual.
+    /// Sync it (Key Vault still serves expired values); the `ExpiringSoon`
+    /// condition reports it.
     #[default]
     Sync,
-    /// Sync it and report it in the `ExpiringSoon` condition.
+    /// Same as `Sync` today: synced and reported in `ExpiringSoon`.
     Warn,
     /// Leave it out of the Secret.
     Skip,
