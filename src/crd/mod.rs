@@ -499,3 +499,17 @@ pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     serde_yaml::to_string(&VaultSecretBinding::crd()).expect("the CRD serializes to YAML")
 }
+
+/// The CRD as the Helm chart's template (`charts/kvsync/templates/crds/`):
+/// installed and upgraded with the chart when `crds.install` is true, and
+/// kept on `helm uninstall` so users' bindings survive it.
+pub fn crd_chart_template() -> String {
+    use kube::CustomResourceExt;
+    let mut crd = VaultSecretBinding::crd();
+    crd.metadata.annotations =
+        Some([("helm.sh/resource-policy".to_string(), "keep".to_string())].into());
+    let yaml = serde_yaml::to_string(&crd).expect("the CRD serializes to YAML");
+    format!(
+        "{{{{- /* Generated from the Rust types by `KVSYNC_BLESS=1 cargo test --test chart`: do not edit. */}}}}\n{{{{- if .Values.crds.install }}}}\n{yaml}{{{{- end }}}}\n"
+    )
+}
