@@ -404,8 +404,8 @@ fn schema_rejects_unknown_enum_values_at_parse_time() {
 #[test]
 fn identity_ids_are_constrained_in_the_schema_like_validate() {
     let crd = serde_json::to_value(VaultSecretBinding::crd()).unwrap();
-    let identity = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        ["properties"]["identity"]["properties"];
+    let identity = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["identity"]["properties"];
     let fields = [
         &identity["tenantId"],
         &identity["clientId"],

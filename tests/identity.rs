@@ -306,8 +306,7 @@ fn serve_service_account(
             sa(annotations),
         )
         .await;
-        let assertion =
-            jwt::encode_signed(&json!({"sub": "system:serviceaccount:ci:build-agent"}));
+        let assertion = jwt::encode_signed(&json!({"sub": "system:serviceaccount:ci:build-agent"}));
         expect(
             &mut handle,
             "POST",
@@ -374,8 +373,9 @@ async fn tenant_from_a_service_account_annotation_cannot_redirect_the_token() {
     if let Err(e) = &resolved {
         let msg = e.to_string();
         assert!(
-            msg.contains("azure.workload.identity/tenant-id annotation of ServiceAccount ci/build-agent")
-                && msg.contains("GUID"),
+            msg.contains(
+                "azure.workload.identity/tenant-id annotation of ServiceAccount ci/build-agent"
+            ) && msg.contains("GUID"),
             "names where the value came from and the shape expected: {msg}"
         );
     }
@@ -503,7 +503,10 @@ async fn authority_host_with_a_path_is_refused_not_followed() {
         format!("{}/?x=1", elsewhere.url("https")),
         elsewhere.url("http") + "/",
     ] {
-        let env = f.env_with("operator-app", &[("AZURE_AUTHORITY_HOST", authority.clone())]);
+        let env = f.env_with(
+            "operator-app",
+            &[("AZURE_AUTHORITY_HOST", authority.clone())],
+        );
         let err = env.check().unwrap_err();
         assert!(err.to_string().contains("AZURE_AUTHORITY_HOST"), "{err}");
         let cred = env.operator_credential(None, None).unwrap();

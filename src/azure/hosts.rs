@@ -69,7 +69,10 @@ impl VaultEndpoint {
     /// (the Azure SDKs verify the challenge resource too).
     pub fn accepts_resource(&self, resource: &str) -> bool {
         let r = resource.trim();
-        let r = r.strip_suffix("/.default").unwrap_or(r).trim_end_matches('/');
+        let r = r
+            .strip_suffix("/.default")
+            .unwrap_or(r)
+            .trim_end_matches('/');
         r.eq_ignore_ascii_case(&self.resource)
     }
 }
@@ -87,7 +90,9 @@ pub fn is_entra_id(id: &str) -> bool {
     (1..=ENTRA_ID_MAX_LEN).contains(&id.len())
         && id.split('.').all(|label| {
             (1..=63).contains(&label.len())
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 

@@ -43,8 +43,10 @@ const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 /// token for ever.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Shortest a token is cached: an `expires_in` of 0 or less would otherwise
-/// send one token request per vault request.
-pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(30);
+/// send one token request per vault request. One second still honours a
+/// genuinely short-lived token (refreshed at half-life) while bounding a
+/// broken endpoint to about two requests a second per identity.
+pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(1);
 /// How long a failed token request is answered from the cache, so many
 /// readers of one identity cause one request, not a storm. A `Retry-After`
 /// from the endpoint replaces it (up to the retry policy's longest wait).
@@ -736,9 +738,7 @@ fn token_lifetime(
 ) -> Result<Duration, &'static str> {
     let seconds = match (expires_in, expires_on) {
         (Some(v), _) => seconds_of(v).ok_or("expires_in is not a number of seconds")?,
-        (None, Some(v)) => {
-            seconds_of(v).ok_or("expires_on is not a unix time")? - now_unix as f64
-        }
+        (None, Some(v)) => seconds_of(v).ok_or("expires_on is not a unix time")? - now_unix as f64,
         (None, None) => return Err("neither expires_in nor expires_on is set"),
     };
     let clamped = seconds.clamp(
@@ -1238,7 +1238,10 @@ mod tests {
             (json!("NaN"), Err("expires_in is not a number of seconds")),
             (json!("soon"), Err("expires_in is not a number of seconds")),
             (json!(null), Err("expires_in is not a number of seconds")),
-            (json!({"a": 1}), Err("expires_in is not a number of seconds")),
+            (
+                json!({"a": 1}),
+                Err("expires_in is not a number of seconds"),
+            ),
         ];
         for (v, want) in cases {
             assert_eq!(token_lifetime(Some(&v), None, now), want, "expires_in {v}");

@@ -124,8 +124,16 @@ impl VaultSecretBindingSpec {
                 );
             }
             let ids = [
-                ("spec.identity.clientId", "a client id", id.client_id.as_deref()),
-                ("spec.identity.tenantId", "a tenant id", id.tenant_id.as_deref()),
+                (
+                    "spec.identity.clientId",
+                    "a client id",
+                    id.client_id.as_deref(),
+                ),
+                (
+                    "spec.identity.tenantId",
+                    "a tenant id",
+                    id.tenant_id.as_deref(),
+                ),
                 (
                     "spec.identity.managedIdentity.clientId",
                     "a client id",

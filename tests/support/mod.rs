@@ -272,9 +272,8 @@ impl Scripted {
     async fn start(answer: impl Fn(&str) -> Canned + Send + Sync + 'static, tls: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let acceptor = tls.then(|| {
-            tokio_rustls::TlsAcceptor::from(devvault::tls::make().unwrap().server_config)
-        });
+        let acceptor = tls
+            .then(|| tokio_rustls::TlsAcceptor::from(devvault::tls::make().unwrap().server_config));
         let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let answer = Arc::new(answer);
         let counted = requests.clone();
@@ -287,18 +286,20 @@ impl Scripted {
                 let counted = counted.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let canned = answer(req.uri().path());
-                        let mut resp = http::Response::builder().status(canned.status);
-                        for (k, v) in &canned.headers {
-                            resp = resp.header(*k, v.as_str());
-                        }
-                        let resp = resp
-                            .body(http_body_util::Full::new(bytes::Bytes::from(canned.body)))
-                            .unwrap();
-                        async move { Ok::<_, std::convert::Infallible>(resp) }
-                    });
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let canned = answer(req.uri().path());
+                            let mut resp = http::Response::builder().status(canned.status);
+                            for (k, v) in &canned.headers {
+                                resp = resp.header(*k, v.as_str());
+                            }
+                            let resp = resp
+                                .body(http_body_util::Full::new(bytes::Bytes::from(canned.body)))
+                                .unwrap();
+                            async move { Ok::<_, std::convert::Infallible>(resp) }
+                        },
+                    );
                     let builder = hyper::server::conn::http1::Builder::new();
                     match acceptor {
                         Some(a) => {
