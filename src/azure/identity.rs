@@ -281,9 +281,11 @@ pub struct AzureEnvironment {
     pub tenant_id: Option<String>,
     /// `AZURE_FEDERATED_TOKEN_FILE`.
     pub federated_token_file: Option<PathBuf>,
-    /// Why `AZURE_AUTHORITY_HOST` or the IMDS endpoint cannot be used; every
-    /// token request then fails with it rather than going somewhere else.
-    problem: Option<IdentityError>,
+    /// Why `AZURE_AUTHORITY_HOST` cannot be used; every Entra token request
+    /// then fails with it rather than going somewhere else.
+    authority_problem: Option<IdentityError>,
+    /// Likewise for `AZURE_POD_IDENTITY_AUTHORITY_HOST` and IMDS requests.
+    imds_problem: Option<IdentityError>,
 }
 
 /// Where a tenant or client id came from, for the message that refuses it.
@@ -448,12 +450,13 @@ impl AzureEnvironment {
     /// (`IdentityMisconfigured`). The client and tenant ids are checked when
     /// a credential uses them.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
-        let mut problem = None;
+        let mut authority_problem = None;
+        let mut imds_problem = None;
         let default_authority = || Url::parse(DEFAULT_AUTHORITY_HOST).expect("valid default");
         let authority_host = match get("AZURE_AUTHORITY_HOST") {
             None => default_authority(),
             Some(h) => authority_host(&h).unwrap_or_else(|e| {
-                problem = Some(e);
+                authority_problem = Some(e);
                 default_authority()
             }),
         };
@@ -461,7 +464,7 @@ impl AzureEnvironment {
         let imds_endpoint = match get("AZURE_POD_IDENTITY_AUTHORITY_HOST") {
             None => default_imds(),
             Some(h) => imds_endpoint(&h).unwrap_or_else(|e| {
-                problem.get_or_insert(e);
+                imds_problem = Some(e);
                 default_imds()
             }),
         };
@@ -471,7 +474,8 @@ impl AzureEnvironment {
             client_id: get("AZURE_CLIENT_ID"),
             tenant_id: get("AZURE_TENANT_ID"),
             federated_token_file: get("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from),
-            problem,
+            authority_problem,
+            imds_problem,
         }
     }
 
@@ -479,7 +483,11 @@ impl AzureEnvironment {
     /// endpoint variable, or an `AZURE_CLIENT_ID`/`AZURE_TENANT_ID` that is
     /// neither a GUID nor a DNS name.
     pub fn check(&self) -> Result<(), IdentityError> {
-        if let Some(p) = &self.problem {
+        if let Some(p) = self
+            .authority_problem
+            .as_ref()
+            .or(self.imds_problem.as_ref())
+        {
             return Err(p.clone());
         }
         if let Some(c) = &self.client_id {
@@ -879,7 +887,11 @@ impl TokenSource {
     }
 
     async fn fetch(&self, scope: &str) -> Result<AccessToken, Failure> {
-        if let Some(p) = &self.env.problem {
+        let problem = match &self.credential {
+            Credential::ManagedIdentity { .. } => &self.env.imds_problem,
+            _ => &self.env.authority_problem,
+        };
+        if let Some(p) = problem {
             return Err(p.clone().into());
         }
         match &self.credential {
@@ -1328,6 +1340,17 @@ mod tests {
                 .contains("environment variable AZURE_TENANT_ID"),
             "{err}"
         );
+        let env = AzureEnvironment::from_lookup(|k| {
+            (k == "AZURE_POD_IDENTITY_AUTHORITY_HOST")
+                .then(|| "http://169.254.169.254/x?resource=evil".to_string())
+        });
+        let err = env.check().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("AZURE_POD_IDENTITY_AUTHORITY_HOST"),
+            "{err}"
+        );
+        assert!(env.authority_problem.is_none(), "Entra ID stays usable");
         assert!(AzureEnvironment::from_lookup(|_| None).check().is_ok());
     }
 }
