@@ -335,9 +335,9 @@ fn checked_id(value: &str, kind: IdKind, origin: Origin<'_>) -> Result<String, I
 }
 
 /// The first of `candidates` that is set, checked.
-fn first_id(
+fn first_id<const N: usize>(
     kind: IdKind,
-    candidates: [(Option<&str>, Origin<'_>); 3],
+    candidates: [(Option<&str>, Origin<'_>); N],
 ) -> Result<Option<String>, IdentityError> {
     for (value, origin) in candidates {
         if let Some(v) = value {
@@ -516,7 +516,6 @@ impl AzureEnvironment {
             [
                 (client_override, Origin::Spec("spec.identity.clientId")),
                 (self.client_id.as_deref(), Origin::Env("AZURE_CLIENT_ID")),
-                (None, Origin::Env("AZURE_CLIENT_ID")),
             ],
         )?
         .ok_or(IdentityError::MissingOperatorIdentity {
@@ -527,7 +526,6 @@ impl AzureEnvironment {
             [
                 (tenant_override, Origin::Spec("spec.identity.tenantId")),
                 (self.tenant_id.as_deref(), Origin::Env("AZURE_TENANT_ID")),
-                (None, Origin::Env("AZURE_TENANT_ID")),
             ],
         )?
         .ok_or(IdentityError::MissingOperatorIdentity {
@@ -591,7 +589,6 @@ impl AzureEnvironment {
                         annotation(CLIENT_ID_ANNOTATION),
                         Origin::Annotation(CLIENT_ID_ANNOTATION, namespace, sa_name),
                     ),
-                    (None, Origin::Env("AZURE_CLIENT_ID")),
                 ],
             )?
             .ok_or_else(|| IdentityError::MissingClientId {
@@ -648,7 +645,6 @@ impl AzureEnvironment {
                         Origin::Spec("spec.identity.tenantId"),
                     ),
                     (self.tenant_id.as_deref(), Origin::Env("AZURE_TENANT_ID")),
-                    (None, Origin::Env("AZURE_TENANT_ID")),
                 ],
             )?
             .ok_or_else(|| IdentityError::MissingTenant {
