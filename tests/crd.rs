@@ -327,6 +327,26 @@ fn invalid_specs_are_rejected_naming_the_field() {
             "managedIdentity.clientId",
         ),
         (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\nidentity: {tenantId: '//127.0.0.1:9999/evil'}",
+            "spec.identity.tenantId",
+            "GUID",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\nidentity: {serviceAccountName: sa, tenantId: 'contoso.com/x'}",
+            "spec.identity.tenantId",
+            "domain name",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\nidentity: {clientId: 'app@evil', clientSecretRef: {name: c, key: k}}",
+            "spec.identity.clientId",
+            "not a client id",
+        ),
+        (
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\nidentity: {managedIdentity: {clientId: 'x&resource=https://evil'}}",
+            "spec.identity.managedIdentity.clientId",
+            "GUID",
+        ),
+        (
             "vaultUrl: https://v.vault.azure.net\nsecrets: [{name: a}]\ntarget: {name: My_Secret}",
             "spec.target.name",
             "Secret name",
@@ -378,5 +398,41 @@ fn schema_rejects_unknown_enum_values_at_parse_time() {
     ] {
         let err = serde_yaml::from_str::<VaultSecretBindingSpec>(yaml).unwrap_err();
         assert!(err.to_string().contains("unknown variant"), "{yaml}: {err}");
+    }
+}
+
+#[test]
+fn identity_ids_are_constrained_in_the_schema_like_validate() {
+    let crd = serde_json::to_value(VaultSecretBinding::crd()).unwrap();
+    let identity = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["identity"]["properties"];
+    let fields = [
+        &identity["tenantId"],
+        &identity["clientId"],
+        &identity["managedIdentity"]["properties"]["clientId"],
+    ];
+    for field in fields {
+        assert_eq!(
+            field["pattern"],
+            kvsync::azure::hosts::ENTRA_ID_PATTERN,
+            "{field}"
+        );
+        assert_eq!(field["maxLength"], 253, "{field}");
+    }
+    // The schema's pattern and validate() agree: a GUID and a domain pass,
+    // the seen attack and other URL text do not.
+    let ok = |tenant: &str| {
+        let yaml = format!(
+            "vaultUrl: https://v.vault.azure.net\nsecrets: [{{name: a}}]\nidentity: {{tenantId: '{tenant}'}}"
+        );
+        serde_yaml::from_str::<VaultSecretBindingSpec>(&yaml)
+            .unwrap()
+            .validate()
+            .is_ok()
+    };
+    assert!(ok("72f988bf-86f1-41af-91ab-2d7cd011db47"));
+    assert!(ok("contoso.onmicrosoft.com"));
+    for bad in ["//127.0.0.1:9999/evil", "a b", "a?b", "a#b", "a%2f", "a:1"] {
+        assert!(!ok(bad), "{bad}");
     }
 }

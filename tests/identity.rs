@@ -250,3 +250,290 @@ async fn managed_identity_needs_no_api_call() {
     let cred = env.resolve(Some(&id), "ci", &client).await.unwrap();
     assert_eq!(cred.describe(), "the system-assigned managed identity");
 }
+
+// ---- A binding cannot send a credential anywhere but Entra ID and the vault.
+
+use kvsync::azure::identity::AzureEnvironment;
+use kvsync::reason::Reason;
+use support::Fixture;
+
+/// The seen attack: `//host:port/path` as a tenant made `Url::join` post the
+/// credential to another host. The second dev vault stands for that host.
+fn hostile_tenant(attacker: &Fixture) -> String {
+    format!("//{}/evil", attacker.vault.addr())
+}
+
+/// Resolves, then (if that passes) reads a secret as the resolved identity:
+/// the outcome's reason, `Ok` when the read succeeded.
+async fn sign_in(
+    f: &Fixture,
+    env: &AzureEnvironment,
+    resolved: Result<Credential, IdentityError>,
+) -> Result<(), Reason> {
+    let cred = resolved.map_err(|e| {
+        assert!(
+            !e.to_string().contains("s3cr3t"),
+            "no client secret in the message: {e}"
+        );
+        e.reason()
+    })?;
+    f.client_with(f.token_source(cred, env))
+        .get_secret("db", None)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.reason())
+}
+
+async fn assert_untouched(attacker: &Fixture) {
+    let stats = attacker.stats().await;
+    assert!(
+        stats.requests.is_empty(),
+        "the attacker's host received requests: {stats:?}"
+    );
+}
+
+/// Answers the ServiceAccount read and, if it comes, the TokenRequest.
+fn serve_service_account(
+    mut handle: support::mock::Handle,
+    annotations: Value,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/ci/serviceaccounts/build-agent",
+            200,
+            sa(annotations),
+        )
+        .await;
+        let assertion = jwt::encode_signed(&json!({"sub": "system:serviceaccount:ci:build-agent"}));
+        expect(
+            &mut handle,
+            "POST",
+            "/api/v1/namespaces/ci/serviceaccounts/build-agent/token",
+            201,
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                   "spec": {"audiences": ["api://AzureADTokenExchange"]},
+                   "status": {"token": assertion, "expirationTimestamp": "2030-01-01T00:00:00Z"}}),
+        )
+        .await;
+    })
+}
+
+#[tokio::test]
+async fn tenant_from_the_spec_cannot_redirect_the_federated_token() {
+    let f = start("secrets:\n  - {name: db, value: one}\n").await;
+    let attacker = start("secrets: []\n").await;
+    let env = f.env("operator-app", "system:serviceaccount:kvsync:kvsync");
+    let (client, handle) = mock_client();
+    let server = serve_service_account(
+        handle,
+        json!({"azure.workload.identity/client-id": "sa-app"}),
+    );
+    let id = VaultIdentity {
+        tenant_id: Some(hostile_tenant(&attacker)),
+        ..sa_identity()
+    };
+    let resolved = env.resolve(Some(&id), "ci", &client).await;
+    if let Err(e) = &resolved {
+        assert!(e.to_string().contains("spec.identity.tenantId"), "{e}");
+    }
+    assert_eq!(
+        sign_in(&f, &env, resolved).await,
+        Err(Reason::IdentityMisconfigured)
+    );
+    server.abort();
+    assert_untouched(&attacker).await;
+
+    // Without a ServiceAccount: the operator's own identity, tenant overridden.
+    let id = VaultIdentity {
+        tenant_id: Some(hostile_tenant(&attacker)),
+        ..Default::default()
+    };
+    let resolved = env.resolve(Some(&id), "ci", &client).await;
+    assert_eq!(
+        sign_in(&f, &env, resolved).await,
+        Err(Reason::IdentityMisconfigured)
+    );
+    assert_untouched(&attacker).await;
+}
+
+#[tokio::test]
+async fn tenant_from_a_service_account_annotation_cannot_redirect_the_token() {
+    let f = start("secrets:\n  - {name: db, value: one}\n").await;
+    let attacker = start("secrets: []\n").await;
+    let env = f.env("operator-app", "system:serviceaccount:kvsync:kvsync");
+    let (client, handle) = mock_client();
+    let server = serve_service_account(
+        handle,
+        json!({"azure.workload.identity/client-id": "sa-app",
+               "azure.workload.identity/tenant-id": hostile_tenant(&attacker)}),
+    );
+    let resolved = env.resolve(Some(&sa_identity()), "ci", &client).await;
+    if let Err(e) = &resolved {
+        let msg = e.to_string();
+        assert!(
+            msg.contains(
+                "azure.workload.identity/tenant-id annotation of ServiceAccount ci/build-agent"
+            ) && msg.contains("GUID"),
+            "names where the value came from and the shape expected: {msg}"
+        );
+    }
+    assert_eq!(
+        sign_in(&f, &env, resolved).await,
+        Err(Reason::IdentityMisconfigured)
+    );
+    server.abort();
+    assert_untouched(&attacker).await;
+}
+
+#[tokio::test]
+async fn client_id_annotation_must_be_a_guid_or_dns_name() {
+    let env = AzureEnvironment::from_lookup(|k| {
+        (k == "AZURE_TENANT_ID").then(|| "op-tenant".to_string())
+    });
+    let (client, handle) = mock_client();
+    let server = serve_service_account(
+        handle,
+        json!({"azure.workload.identity/client-id": "app&scope=https://evil/.default"}),
+    );
+    let err = env
+        .resolve(Some(&sa_identity()), "ci", &client)
+        .await
+        .unwrap_err();
+    server.abort();
+    assert_eq!(err.reason(), Reason::IdentityMisconfigured);
+    assert!(
+        err.to_string()
+            .contains("azure.workload.identity/client-id annotation"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn tenant_from_the_environment_cannot_redirect_the_token() {
+    let f = start("secrets:\n  - {name: db, value: one}\n").await;
+    let attacker = start("secrets: []\n").await;
+    let env = f.env_with(
+        "operator-app",
+        &[("AZURE_TENANT_ID", hostile_tenant(&attacker))],
+    );
+    assert_eq!(
+        env.check().map_err(|e| e.reason()),
+        Err(Reason::IdentityMisconfigured),
+        "a startup check can refuse it"
+    );
+    let (client, _handle) = mock_client();
+    let resolved = env.resolve(None, "ci", &client).await;
+    if let Err(e) = &resolved {
+        assert!(
+            e.to_string()
+                .contains("environment variable AZURE_TENANT_ID"),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        sign_in(&f, &env, resolved).await,
+        Err(Reason::IdentityMisconfigured)
+    );
+    assert_untouched(&attacker).await;
+}
+
+#[tokio::test]
+async fn client_secret_never_goes_to_a_tenant_host() {
+    let f = start("secrets:\n  - {name: db, value: one}\n").await;
+    let attacker = start("secrets: []\n").await;
+    for (spec_tenant, env_tenant) in [
+        (Some(hostile_tenant(&attacker)), None),
+        (None, Some(hostile_tenant(&attacker))),
+    ] {
+        let env = match env_tenant {
+            Some(t) => f.env_with("operator-app", &[("AZURE_TENANT_ID", t)]),
+            None => f.env("operator-app", "system:serviceaccount:kvsync:kvsync"),
+        };
+        let (client, mut handle) = mock_client();
+        let server = tokio::spawn(async move {
+            expect(&mut handle, "GET", "/api/v1/namespaces/ci/secrets/sp-cred", 200,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sp-cred", "namespace": "ci"},
+                       "data": {"secret": "czNjcjN0"}})).await; // "s3cr3t"
+        });
+        let id = VaultIdentity {
+            client_id: Some("sp-app".into()),
+            tenant_id: spec_tenant,
+            client_secret_ref: Some(SecretKeyRef {
+                name: "sp-cred".into(),
+                key: "secret".into(),
+            }),
+            ..Default::default()
+        };
+        let resolved = env.resolve(Some(&id), "ci", &client).await;
+        assert_eq!(
+            sign_in(&f, &env, resolved).await,
+            Err(Reason::IdentityMisconfigured)
+        );
+        server.abort();
+        assert_untouched(&attacker).await;
+    }
+}
+
+#[tokio::test]
+async fn a_credential_built_with_a_hostile_tenant_is_refused_before_sending() {
+    // Code that builds a Credential without `resolve` gets the same guard.
+    let f = start("secrets:\n  - {name: db, value: one}\n").await;
+    let attacker = start("secrets: []\n").await;
+    let env = f.env("operator-app", "system:serviceaccount:kvsync:kvsync");
+    let cred = Credential::ClientSecret {
+        tenant_id: hostile_tenant(&attacker),
+        client_id: "sp-app".into(),
+        secret: kvsync::value::SecretValue::new("s3cr3t"),
+    };
+    assert_eq!(
+        sign_in(&f, &env, Ok(cred)).await,
+        Err(Reason::IdentityMisconfigured)
+    );
+    assert_untouched(&attacker).await;
+}
+
+#[tokio::test]
+async fn authority_host_with_a_path_is_refused_not_followed() {
+    let f = start("secrets:\n  - {name: db, value: one}\n").await;
+    let elsewhere = support::Scripted::https(|_| support::Canned::json(500, json!({}))).await;
+    for authority in [
+        format!("{}/evil/", elsewhere.url("https")),
+        format!("{}/?x=1", elsewhere.url("https")),
+        elsewhere.url("http") + "/",
+    ] {
+        let env = f.env_with(
+            "operator-app",
+            &[("AZURE_AUTHORITY_HOST", authority.clone())],
+        );
+        let err = env.check().unwrap_err();
+        assert!(err.to_string().contains("AZURE_AUTHORITY_HOST"), "{err}");
+        let cred = env.operator_credential(None, None).unwrap();
+        assert_eq!(
+            sign_in(&f, &env, Ok(cred)).await,
+            Err(Reason::IdentityMisconfigured),
+            "{authority}"
+        );
+    }
+    assert_eq!(elsewhere.requests(), 0);
+}
+
+#[tokio::test]
+async fn managed_identity_client_id_must_be_a_guid_or_dns_name() {
+    let env = AzureEnvironment::from_lookup(|_| None);
+    let (client, _handle) = mock_client();
+    let id = VaultIdentity {
+        managed_identity: Some(kvsync::crd::ManagedIdentity {
+            client_id: Some("x&resource=https://management.azure.com".into()),
+        }),
+        ..Default::default()
+    };
+    let err = env.resolve(Some(&id), "ci", &client).await.unwrap_err();
+    assert_eq!(err.reason(), Reason::IdentityMisconfigured);
+    assert!(
+        err.to_string()
+            .contains("spec.identity.managedIdentity.clientId"),
+        "{err}"
+    );
+}

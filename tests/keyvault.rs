@@ -633,3 +633,314 @@ async fn clients_from_azure_access_report_every_request() {
         ]
     );
 }
+
+// ---- Only what the API promises is believed; token trouble stays contained.
+
+use kvsync::reason::Reason;
+use support::{Canned, Scripted};
+
+/// A client for a scripted vault at `vault`, signed in at the dev vault `f`.
+fn client_for_scripted(
+    f: &Fixture,
+    vault: &Scripted,
+) -> (
+    kvsync::azure::keyvault::KeyVaultClient,
+    std::sync::Arc<kvsync::azure::identity::TokenSource>,
+) {
+    let (_, tokens) = f.client("reader");
+    let endpoint = VaultHostPolicy::new([vault.addr.to_string()])
+        .check(&vault.url("https"))
+        .unwrap();
+    let kv = kvsync::azure::keyvault::KeyVaultClient::new(
+        f.http.clone(),
+        endpoint,
+        tokens.clone(),
+        fast_retry(),
+    );
+    (kv, tokens)
+}
+
+#[tokio::test]
+async fn challenge_for_a_foreign_resource_is_refused_and_no_token_fetched_for_it() {
+    let f = start("secrets: []\n").await;
+    for resource in [
+        r#"resource="https://management.azure.com""#,
+        r#"resource="https://evil.example""#,
+        r#"scope="https://vault.azure.cn/.default""#,
+    ] {
+        let header = format!(
+            r#"Bearer authorization="https://login.microsoftonline.com/kvsync-dev-tenant", {resource}"#
+        );
+        let vault = Scripted::https(move |_| {
+            Canned::json(
+                401,
+                json!({"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}}),
+            )
+            .with_header("www-authenticate", &header)
+        })
+        .await;
+        let (kv, tokens) = client_for_scripted(&f, &vault);
+        let err = kv.get_secret("db", None).await.unwrap_err();
+        assert!(
+            matches!(err, KeyVaultError::InvalidResponse { .. }),
+            "{resource}: {err:?}"
+        );
+        assert_eq!(err.reason(), Reason::InvalidVaultResponse);
+        assert!(
+            err.to_string().contains("not the Key Vault resource"),
+            "{err}"
+        );
+        assert_eq!(vault.requests(), 1, "{resource}: not retried");
+        assert_eq!(
+            tokens.requests_sent(),
+            1,
+            "{resource}: only the first token, none for the foreign resource"
+        );
+    }
+    assert_eq!(f.stats().await.total("token"), 3);
+}
+
+#[tokio::test]
+async fn challenge_for_the_vaults_own_resource_is_followed_once() {
+    let f = start("secrets: []\n").await;
+    let vault = Scripted::https(|_| {
+        Canned::json(401, json!({"error": {"code": "Unauthorized", "message": "expired"}}))
+            .with_header(
+                "www-authenticate",
+                r#"Bearer authorization="https://login.microsoftonline.com/t", resource="https://vault.azure.net""#,
+            )
+    })
+    .await;
+    let (kv, tokens) = client_for_scripted(&f, &vault);
+    let err = kv.get_secret("db", None).await.unwrap_err();
+    assert_eq!(err.reason(), Reason::AuthenticationFailed, "{err}");
+    assert_eq!(vault.requests(), 2);
+    assert_eq!(tokens.requests_sent(), 2);
+}
+
+#[tokio::test]
+async fn a_404_without_secret_not_found_is_not_a_missing_secret() {
+    let f = start("secrets:\n  - {name: db, value: one}\n").await;
+    let (kv, _) = f.client("reader");
+    // Key Vault's own 404 of another kind (a path it does not serve).
+    f.fault(json!({"op": "get_secret", "status": 404, "code": "NotFound", "count": 1}))
+        .await;
+    let err = kv.get_secret("db", None).await.unwrap_err();
+    assert!(!matches!(err, KeyVaultError::NotFound { .. }), "{err:?}");
+    assert_ne!(err.reason(), Reason::SecretNotFound);
+    assert_eq!(err.reason(), Reason::VaultBadRequest);
+
+    // A proxy's 404: no Azure error body at all.
+    let proxy = Scripted::https(|_| Canned {
+        status: 404,
+        headers: vec![("content-type", "text/html".into())],
+        body: "<html><body>404 Not Found</body></html>".into(),
+    })
+    .await;
+    let (kv, _) = client_for_scripted(&f, &proxy);
+    let err = kv.get_secret("db", None).await.unwrap_err();
+    assert!(
+        matches!(err, KeyVaultError::InvalidResponse { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.reason(), Reason::InvalidVaultResponse);
+    assert!(err.to_string().contains("proxy"), "{err}");
+
+    // Key Vault's SecretNotFound still is.
+    let (kv, _) = f.client("reader");
+    let err = kv.get_secret("nope", None).await.unwrap_err();
+    assert_eq!(err.reason(), Reason::SecretNotFound);
+}
+
+/// A token response of `expires_in` (Entra, over HTTPS) for `f`'s vault.
+async fn entra_answering(f: &Fixture, expires: serde_json::Value) -> Scripted {
+    let token = f.raw_token("odd-lifetime").await;
+    Scripted::https(move |_| {
+        Canned::json(
+            200,
+            json!({"token_type": "Bearer", "expires_in": expires, "access_token": token}),
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn any_token_lifetime_from_entra_or_imds_is_capped_without_panicking() {
+    let f = start("secrets:\n  - {name: db, value: one}\n").await;
+    let day = std::time::SystemTime::now() + Duration::from_secs(24 * 3600 + 60);
+    for expires in [
+        json!(u64::MAX),
+        json!(1e30),
+        json!(i64::MIN),
+        json!(0),
+        json!(-1),
+        json!("18446744073709551615"),
+    ] {
+        let entra = entra_answering(&f, expires.clone()).await;
+        let env = f.env_with(
+            "odd-lifetime",
+            &[("AZURE_AUTHORITY_HOST", entra.url("https") + "/")],
+        );
+        let tokens = f.token_source(env.operator_credential(None, None).unwrap(), &env);
+        let kv = f.client_with(tokens.clone());
+        assert_eq!(
+            kv.get_secret("db", None).await.unwrap().value.expose(),
+            "one",
+            "expires_in {expires}"
+        );
+        let t = tokens.token(&kv.endpoint().scope()).await.unwrap();
+        assert!(t.expires_at < day, "expires_in {expires}: capped at 24 h");
+        assert_eq!(entra.requests(), 1, "expires_in {expires}: cached");
+    }
+    let entra = entra_answering(&f, json!("soon")).await;
+    let env = f.env_with(
+        "odd-lifetime",
+        &[("AZURE_AUTHORITY_HOST", entra.url("https") + "/")],
+    );
+    let err = f
+        .client_with(f.token_source(env.operator_credential(None, None).unwrap(), &env))
+        .get_secret("db", None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Reason::IdentityUnavailable, "{err}");
+    assert!(err.to_string().contains("expires_in"), "{err}");
+
+    // IMDS sends both as strings of numbers.
+    let token = f.raw_token("mi-client").await;
+    let imds = Scripted::http(move |_| {
+        Canned::json(
+            200,
+            json!({"access_token": token, "expires_in": "99999999999999999999999",
+                   "expires_on": "99999999999999999999999", "resource": "https://vault.azure.net",
+                   "token_type": "Bearer"}),
+        )
+    })
+    .await;
+    let env = f.env_with(
+        "unused",
+        &[("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url("http") + "/")],
+    );
+    let tokens = f.token_source(
+        Credential::ManagedIdentity {
+            client_id: Some("mi-client".into()),
+        },
+        &env,
+    );
+    let kv = f.client_with(tokens.clone());
+    assert_eq!(
+        kv.get_secret("db", None).await.unwrap().value.expose(),
+        "one"
+    );
+    assert!(
+        tokens
+            .token(&kv.endpoint().scope())
+            .await
+            .unwrap()
+            .expires_at
+            < day
+    );
+}
+
+#[tokio::test]
+async fn a_refusing_entra_is_asked_once_for_many_readers() {
+    let f = start(&seed_of(5)).await;
+    f.fault(
+        json!({"op": "token", "status": 400, "code": "invalid_client",
+                   "message": "AADSTS700016: Application not found in the directory."}),
+    )
+    .await;
+    let (kv, tokens) = f.client("reader");
+    let kv = std::sync::Arc::new(kv);
+    for i in 0..5 {
+        let err = kv.get_secret(&format!("s{i:03}"), None).await.unwrap_err();
+        assert_eq!(err.reason(), Reason::AuthenticationFailed, "{err}");
+        assert!(err.to_string().contains("AADSTS700016"), "{err}");
+    }
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let kv = kv.clone();
+            tokio::spawn(async move { kv.get_secret("s000", None).await.map(|_| ()) })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().is_err());
+    }
+    assert_eq!(
+        f.stats().await.total("token"),
+        1,
+        "one request, then the cached failure"
+    );
+    assert_eq!(tokens.requests_sent(), 1);
+    assert_eq!(f.stats().await.total("get_secret"), 0);
+}
+
+#[tokio::test]
+async fn a_black_holed_token_endpoint_of_one_identity_does_not_delay_another() {
+    let f = start("secrets:\n  - {name: db, value: one}\n").await;
+    // Accepts connections and never answers: identity A's IMDS.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_url = format!("http://{}/", hole.local_addr().unwrap());
+    let env = f.env_with("wi-app", &[("AZURE_POD_IDENTITY_AUTHORITY_HOST", hole_url)]);
+    let access = std::sync::Arc::new(f.access(env.clone()));
+    let endpoint = access.endpoint(&f.vault.url()).unwrap();
+    let stuck = access.client(
+        endpoint.clone(),
+        Credential::ManagedIdentity {
+            client_id: Some("mi-stuck".into()),
+        },
+    );
+    let a = tokio::spawn(async move { stuck.get_secret("db", None).await.map(|_| ()) });
+    let (_held, _) = hole.accept().await.unwrap(); // A's token request is in flight
+    let other = access.client(endpoint, env.operator_credential(None, None).unwrap());
+    let read = tokio::time::timeout(Duration::from_secs(10), other.get_secret("db", None))
+        .await
+        .expect("identity B waited for identity A's token request");
+    assert_eq!(read.unwrap().value.expose(), "one");
+    assert!(!a.is_finished(), "A is still waiting for its endpoint");
+    a.abort();
+}
+
+#[tokio::test]
+async fn token_sources_go_with_their_last_client() {
+    let f = start(SP_SEED).await;
+    let access = f.access(f.env("unused", "unused"));
+    let endpoint = access.endpoint(&f.vault.url()).unwrap();
+    let sp = |secret: &str| Credential::ClientSecret {
+        tenant_id: kvsync::devvault::DEV_TENANT_ID.into(),
+        client_id: "sp-app".into(),
+        secret: SecretValue::new(secret),
+    };
+    let old = access.client(endpoint.clone(), sp("old-secret"));
+    let old_twin = access.client(endpoint.clone(), sp("old-secret"));
+    assert_eq!(access.identities(), 1, "one source per identity");
+    let rotated = access.client(endpoint.clone(), sp("right-secret"));
+    assert_eq!(access.identities(), 2);
+    drop(old);
+    assert_eq!(access.identities(), 2, "a client still uses the old secret");
+    drop(old_twin);
+    assert_eq!(
+        access.identities(),
+        1,
+        "the rotated-away secret's source is gone"
+    );
+    rotated.get_secret("db", None).await.unwrap();
+    drop(rotated);
+    assert_eq!(access.identities(), 0);
+}
+
+#[tokio::test]
+async fn responses_carry_the_vaults_date() {
+    let f = start(&seed_of(30)).await;
+    let (kv, _) = f.client("reader");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let bundle = kv.get_secret("s001", None).await.unwrap();
+    let served = bundle.served_at.expect("the Date header is read");
+    assert!((served - now).abs() <= 5, "{served} vs {now}");
+    let listing = kv.list_secrets_dated().await.unwrap();
+    assert_eq!(listing.items.len(), 30);
+    assert!((listing.served_at.expect("Date of the first page") - now).abs() <= 5);
+    assert_eq!(kv.list_secrets().await.unwrap(), listing.items);
+}

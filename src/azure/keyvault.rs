@@ -271,6 +271,11 @@ pub struct SecretBundle {
     /// True for a secret backing a certificate.
     #[serde(default)]
     pub managed: Option<bool>,
+    /// When the vault served this bundle: its response's `Date` header, in
+    /// unix seconds (`None` when absent or unreadable). Compare `updated`
+    /// with this, not with the local clock, which may be skewed.
+    #[serde(skip)]
+    pub served_at: Option<i64>,
 }
 
 impl SecretBundle {
@@ -318,6 +323,16 @@ impl SecretItem {
     }
 }
 
+/// Every item of a listing, with when the vault served it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretListing {
+    /// The items of all pages.
+    pub items: Vec<SecretItem>,
+    /// The `Date` header of the first page, in unix seconds: the listing
+    /// shows the vault as it was at that second or later.
+    pub served_at: Option<i64>,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SecretListResult {
@@ -362,6 +377,21 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// The `Date` header (an HTTP-date) in unix seconds.
+fn served_at(headers: &HeaderMap) -> Option<i64> {
+    let text = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    k8s_openapi::jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(text.trim())
+        .ok()
+        .map(|t| t.as_second())
+}
+
+/// A response body and when it was served.
+struct Served {
+    body: Vec<u8>,
+    served_at: Option<i64>,
+}
+
 /// Parses `Bearer authorization="…", resource="…"` into its parameters.
 fn parse_challenge(header: &str) -> BTreeMap<String, String> {
     let rest = header.trim().strip_prefix("Bearer").unwrap_or(header);
@@ -386,7 +416,6 @@ pub struct KeyVaultClient {
     endpoint: VaultEndpoint,
     tokens: Arc<TokenSource>,
     retry: RetryPolicy,
-    scope: std::sync::Mutex<String>,
     observer: Option<RequestObserver>,
     limiter: Option<Arc<super::ratelimit::RateLimiter>>,
 }
@@ -399,13 +428,11 @@ impl KeyVaultClient {
         tokens: Arc<TokenSource>,
         retry: RetryPolicy,
     ) -> Self {
-        let scope = std::sync::Mutex::new(endpoint.scope());
         Self {
             http,
             endpoint,
             tokens,
             retry,
-            scope,
             observer: None,
             limiter: None,
         }
@@ -448,10 +475,11 @@ impl KeyVaultClient {
             .extend(["secrets", name, version.unwrap_or("")]);
         url.query_pairs_mut()
             .append_pair("api-version", API_VERSION);
-        let body = self
+        let served = self
             .send(url, Operation::GetSecret, Some((name, version)))
             .await?;
-        let bundle: SecretBundle = self.parse(&body, "secret bundle")?;
+        let mut bundle: SecretBundle = self.parse(&served.body, "secret bundle")?;
+        bundle.served_at = served.served_at;
         match parse_secret_id(&bundle.id) {
             Some((n, v)) if n.eq_ignore_ascii_case(name) && !v.is_empty() => Ok(bundle),
             _ => Err(KeyVaultError::InvalidResponse {
@@ -466,6 +494,11 @@ impl KeyVaultClient {
 
     /// Lists every secret's metadata, following `nextLink` across pages.
     pub async fn list_secrets(&self) -> Result<Vec<SecretItem>, KeyVaultError> {
+        Ok(self.list_secrets_dated().await?.items)
+    }
+
+    /// [`Self::list_secrets`] with the vault's `Date` of the first page.
+    pub async fn list_secrets_dated(&self) -> Result<SecretListing, KeyVaultError> {
         let mut url = self.endpoint.base.clone();
         url.set_path("/secrets");
         url.query_pairs_mut()
@@ -484,30 +517,33 @@ impl KeyVaultClient {
         url.query_pairs_mut()
             .append_pair("api-version", API_VERSION)
             .append_pair("maxresults", &PAGE_SIZE.to_string());
-        self.list_pages(url, Operation::ListVersions).await
+        Ok(self.list_pages(url, Operation::ListVersions).await?.items)
     }
 
-    async fn list_pages(
-        &self,
-        first: Url,
-        op: Operation,
-    ) -> Result<Vec<SecretItem>, KeyVaultError> {
+    async fn list_pages(&self, first: Url, op: Operation) -> Result<SecretListing, KeyVaultError> {
         let mut items = Vec::new();
         let mut next = Some(first);
         let mut pages = 0;
+        let mut first_served = None;
         while let Some(url) = next.take() {
             pages += 1;
             if pages > MAX_PAGES {
                 return Err(self.invalid(format!("more than {MAX_PAGES} pages of secrets")));
             }
-            let body = self.send(url, op, None).await?;
-            let page: SecretListResult = self.parse(&body, "secret list")?;
+            let served = self.send(url, op, None).await?;
+            if pages == 1 {
+                first_served = served.served_at;
+            }
+            let page: SecretListResult = self.parse(&served.body, "secret list")?;
             items.extend(page.value);
             if let Some(link) = page.next_link.filter(|l| !l.is_empty()) {
                 next = Some(self.checked_next_link(&link)?);
             }
         }
-        Ok(items)
+        Ok(SecretListing {
+            items,
+            served_at: first_served,
+        })
     }
 
     /// A `nextLink` must point at the same vault: a token never leaves it.
@@ -550,14 +586,16 @@ impl KeyVaultClient {
         url: Url,
         op: Operation,
         secret: Option<(&str, Option<&str>)>,
-    ) -> Result<Vec<u8>, KeyVaultError> {
+    ) -> Result<Served, KeyVaultError> {
         let vault = self.endpoint.name.clone();
+        // Always the Key Vault resource of the vault's cloud: a challenge
+        // naming another resource is refused below, never followed.
+        let scope = self.endpoint.scope();
         let mut attempt = 0;
         let mut reauthenticated = false;
         loop {
             attempt += 1;
             let last = attempt >= self.retry.max_attempts;
-            let scope = self.scope.lock().expect("scope lock").clone();
             let token = self.tokens.token(&scope).await?;
             if let Some(limiter) = &self.limiter {
                 limiter.acquire().await;
@@ -588,6 +626,7 @@ impl KeyVaultClient {
             let status = resp.status().as_u16();
             tracing::trace!(vault = %vault, op = op.label(), status, "vault response");
             let wait = retry_after(resp.headers());
+            let date = served_at(resp.headers());
             let challenge = resp
                 .headers()
                 .get(reqwest::header::WWW_AUTHENTICATE)
@@ -614,25 +653,37 @@ impl KeyVaultClient {
                 }
             };
             if (200..300).contains(&status) {
-                return Ok(body);
+                return Ok(Served {
+                    body,
+                    served_at: date,
+                });
             }
             let error = serde_json::from_slice::<AzureErrorBody>(&body)
                 .ok()
                 .and_then(|b| b.error)
                 .unwrap_or_default();
+            if status == 401
+                && let Some(resource) = challenge
+                    .as_ref()
+                    .and_then(|c| c.get("resource").or_else(|| c.get("scope")))
+                && !self.endpoint.accepts_resource(resource)
+            {
+                // Following it would fetch a token for another audience and
+                // hand it to whoever answered. (`authorization`, the Entra
+                // host it names, is never used: tokens come from the
+                // operator's own authority host.)
+                let shown: String = resource.chars().take(120).collect();
+                return Err(self.invalid(format!(
+                    "its 401 challenge asks for a token for resource {shown:?}, which is not the \
+                     Key Vault resource of its cloud ({}): refused, no token was fetched for it — \
+                     check that vaultUrl names a Key Vault and not a proxy or another service",
+                    self.endpoint.resource
+                )));
+            }
             match status {
                 401 if !reauthenticated => {
-                    // The token may have expired or be for another cloud's
-                    // resource: take the challenge's resource, fetch a new one.
+                    // The token may have expired or been revoked: fetch a new one, once.
                     reauthenticated = true;
-                    if let Some(resource) = challenge
-                        .as_ref()
-                        .and_then(|c| c.get("resource").or_else(|| c.get("scope")))
-                        .filter(|r| r.starts_with("https://"))
-                    {
-                        let resource = resource.trim_end_matches("/.default").trim_end_matches('/');
-                        *self.scope.lock().expect("scope lock") = format!("{resource}/.default");
-                    }
                     self.tokens.invalidate(&scope).await;
                     attempt -= 1;
                     continue;
@@ -729,10 +780,24 @@ impl KeyVaultClient {
                     detail: first_line(&error.message),
                 }
             }
-            404 if op != Operation::ListSecrets => KeyVaultError::NotFound {
+            // Only Key Vault's own code means "no such secret": a 404 from a
+            // proxy, a wrong path or another service must not make an
+            // optional pick disappear from the Secret.
+            404 if op != Operation::ListSecrets && error.code == "SecretNotFound" => {
+                KeyVaultError::NotFound {
+                    vault,
+                    name: name.into(),
+                    version: version.map(str::to_string),
+                }
+            }
+            404 if error.code.is_empty() => KeyVaultError::InvalidResponse {
                 vault,
-                name: name.into(),
-                version: version.map(str::to_string),
+                detail: format!(
+                    "HTTP 404 without Key Vault's error body for {}: the request may not have \
+                     reached Key Vault (a proxy or gateway in between?) — check vaultUrl and the \
+                     network path to the vault",
+                    op.label()
+                ),
             },
             _ => KeyVaultError::BadRequest {
                 vault,

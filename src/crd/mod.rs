@@ -177,16 +177,25 @@ pub struct VaultIdentity {
     )]
     pub service_account_name: Option<String>,
 
-    /// Entra application (client) id; overrides the ServiceAccount annotation
-    /// or the operator's `AZURE_CLIENT_ID`.
+    /// Entra application (client) id, a GUID; overrides the ServiceAccount
+    /// annotation or the operator's `AZURE_CLIENT_ID`. A GUID or a DNS name
+    /// (letters, digits, `-` and `.`) only: it is sent to Entra ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128))]
+    #[schemars(
+        pattern(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"),
+        length(min = 1, max = 253)
+    )]
     pub client_id: Option<String>,
 
-    /// Entra tenant id; overrides the ServiceAccount annotation or the
-    /// operator's `AZURE_TENANT_ID`.
+    /// Entra tenant id, a GUID or a verified domain such as
+    /// `contoso.onmicrosoft.com`; overrides the ServiceAccount annotation or the
+    /// operator's `AZURE_TENANT_ID`. It becomes a path segment of the token URL
+    /// at the operator's Entra ID host, so nothing else is accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128))]
+    #[schemars(
+        pattern(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"),
+        length(min = 1, max = 253)
+    )]
     pub tenant_id: Option<String>,
 
     /// Use the node's managed identity through the instance metadata service
@@ -205,10 +214,13 @@ pub struct VaultIdentity {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedIdentity {
-    /// Client id of a user-assigned managed identity; omit for the
-    /// system-assigned one.
+    /// Client id (a GUID) of a user-assigned managed identity; omit for the
+    /// system-assigned one. A GUID or a DNS name only: it is sent to IMDS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128))]
+    #[schemars(
+        pattern(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"),
+        length(min = 1, max = 253)
+    )]
     pub client_id: Option<String>,
 }
 

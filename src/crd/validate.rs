@@ -123,6 +123,32 @@ impl VaultSecretBindingSpec {
                     "set at most one of identity.serviceAccountName, identity.managedIdentity and identity.clientSecretRef".into(),
                 );
             }
+            let ids = [
+                (
+                    "spec.identity.clientId",
+                    "a client id",
+                    id.client_id.as_deref(),
+                ),
+                (
+                    "spec.identity.tenantId",
+                    "a tenant id",
+                    id.tenant_id.as_deref(),
+                ),
+                (
+                    "spec.identity.managedIdentity.clientId",
+                    "a client id",
+                    id.managed_identity
+                        .as_ref()
+                        .and_then(|m| m.client_id.as_deref()),
+                ),
+            ];
+            for (field, what, value) in ids {
+                if let Some(v) = value
+                    && !crate::azure::hosts::is_entra_id(v)
+                {
+                    push(field.into(), crate::azure::hosts::entra_id_problem(v, what));
+                }
+            }
             if let Some(sa) = &id.service_account_name
                 && !is_dns1123_subdomain(sa)
             {

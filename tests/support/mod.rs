@@ -227,6 +227,155 @@ pub async fn dev_put_secret(
     r.json().await.unwrap()
 }
 
+/// A canned HTTP answer of a [`Scripted`] server.
+pub struct Canned {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Canned {
+    pub fn json(status: u16, body: serde_json::Value) -> Self {
+        Canned {
+            status,
+            headers: vec![("content-type", "application/json".into())],
+            body: body.to_string(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+}
+
+/// A tiny server on 127.0.0.1 that answers every request with what `answer`
+/// says for its path and counts the requests: a stand-in for a hostile or
+/// broken endpoint (a foreign token endpoint, a proxy in front of a vault).
+/// HTTPS with a dev-vault certificate (trusted by the fixtures' client), or
+/// plain HTTP like IMDS. Stops when dropped.
+pub struct Scripted {
+    pub addr: std::net::SocketAddr,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Scripted {
+    pub async fn https(answer: impl Fn(&str) -> Canned + Send + Sync + 'static) -> Self {
+        Self::start(answer, true).await
+    }
+
+    pub async fn http(answer: impl Fn(&str) -> Canned + Send + Sync + 'static) -> Self {
+        Self::start(answer, false).await
+    }
+
+    async fn start(answer: impl Fn(&str) -> Canned + Send + Sync + 'static, tls: bool) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tls
+            .then(|| tokio_rustls::TlsAcceptor::from(devvault::tls::make().unwrap().server_config));
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let answer = Arc::new(answer);
+        let counted = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let answer = answer.clone();
+                let counted = counted.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let canned = answer(req.uri().path());
+                            let mut resp = http::Response::builder().status(canned.status);
+                            for (k, v) in &canned.headers {
+                                resp = resp.header(*k, v.as_str());
+                            }
+                            let resp = resp
+                                .body(http_body_util::Full::new(bytes::Bytes::from(canned.body)))
+                                .unwrap();
+                            async move { Ok::<_, std::convert::Infallible>(resp) }
+                        },
+                    );
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(a) => {
+                            if let Ok(stream) = a.accept(tcp).await {
+                                let _ = builder
+                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        Scripted {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    /// `https://127.0.0.1:PORT` (or `http://` for a plain server).
+    pub fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Fixture {
+    /// [`Fixture::env`] with some variables replaced (e.g. a hostile
+    /// `AZURE_TENANT_ID`, or another `AZURE_AUTHORITY_HOST`).
+    pub fn env_with(
+        &self,
+        client_id: &str,
+        overrides: &[(&'static str, String)],
+    ) -> AzureEnvironment {
+        let base = self.env(client_id, "system:serviceaccount:kvsync:kvsync");
+        let token_file = base.federated_token_file.clone().unwrap();
+        let url = self.vault.url();
+        let client_id = client_id.to_string();
+        let overrides = overrides.to_vec();
+        AzureEnvironment::from_lookup(move |k| {
+            if let Some((_, v)) = overrides.iter().find(|(o, _)| *o == k) {
+                return Some(v.clone());
+            }
+            match k {
+                "AZURE_AUTHORITY_HOST" => Some(format!("{url}/")),
+                "AZURE_POD_IDENTITY_AUTHORITY_HOST" => Some(format!("{url}/")),
+                "AZURE_TENANT_ID" => Some(devvault::DEV_TENANT_ID.into()),
+                "AZURE_CLIENT_ID" => Some(client_id.clone()),
+                "AZURE_FEDERATED_TOKEN_FILE" => Some(token_file.display().to_string()),
+                _ => None,
+            }
+        })
+    }
+
+    /// An `AzureAccess` allowed to reach this dev vault, with `env`.
+    pub fn access(&self, env: AzureEnvironment) -> kvsync::azure::AzureAccess {
+        kvsync::azure::AzureAccess::new(self.http.clone(), self.policy(), env, fast_retry())
+    }
+}
+
 /// The scripted Kubernetes API of kube's tower-test pattern.
 pub mod mock {
     use http::{Request, Response};
