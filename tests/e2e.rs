@@ -88,7 +88,10 @@ async fn new_version_in_the_vault_reaches_the_secret_within_the_refresh_interval
     .await;
     let old_version = b.status.unwrap().secrets[0].version.clone();
 
-    let new_version = env.vault.put_secret("db-password", "rotated-password").await;
+    let new_version = env
+        .vault
+        .put_secret("db-password", "rotated-password")
+        .await;
     let changed_at = Instant::now();
     env.wait_for_value(
         "app",
@@ -252,7 +255,13 @@ async fn two_vault_names_on_one_key_change_nothing() {
     )
     .await;
     let before = env
-        .wait_for_value("app", "X", "first-password", "the first sync", SYNC_DEADLINE)
+        .wait_for_value(
+            "app",
+            "X",
+            "first-password",
+            "the first sync",
+            SYNC_DEADLINE,
+        )
         .await;
     env.apply_binding(
         "app",
@@ -419,7 +428,12 @@ async fn rollout_target_is_restarted_once_per_change() {
             let d = deployments.get("agent").await.map_err(|e| e.to_string())?;
             restarted_at(&d)
                 .map(|a| (a, d.metadata.generation))
-                .ok_or_else(|| format!("template annotations {:?}", d.spec.map(|s| s.template.metadata)))
+                .ok_or_else(|| {
+                    format!(
+                        "template annotations {:?}",
+                        d.spec.map(|s| s.template.metadata)
+                    )
+                })
         },
     )
     .await;

@@ -102,6 +102,14 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 impl Logs {
+    pub fn new(dir: &Path) -> Self {
+        Logs {
+            dir: dir.to_path_buf(),
+            operators: Mutex::new(Vec::new()),
+            vaults: Mutex::new(Vec::new()),
+        }
+    }
+
     /// The tail of the running (last started) operator's log.
     pub fn operator_tail(&self) -> String {
         let ops = self.operators.lock().unwrap();
@@ -120,7 +128,11 @@ impl Logs {
     pub fn dump(&self) -> String {
         let mut out = String::new();
         for p in self.operators.lock().unwrap().iter() {
-            out += &format!("--- {} (last 400 lines) ---\n{}\n", p.display(), tail(p, 400));
+            out += &format!(
+                "--- {} (last 400 lines) ---\n{}\n",
+                p.display(),
+                tail(p, 400)
+            );
         }
         for p in self.vaults.lock().unwrap().iter() {
             out += &format!("--- {} (last 40 lines) ---\n{}\n", p.display(), tail(p, 40));
@@ -276,7 +288,11 @@ impl Scope {
     pub async fn try_apply_binding(&self, name: &str, spec: Value) -> Result<(), kube::Error> {
         let body = self.binding_body(name, spec);
         self.bindings()
-            .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&body),
+            )
             .await
             .map(|_| ())
     }
@@ -286,7 +302,11 @@ impl Scope {
         let body = self.binding_body(name, spec);
         let b = self
             .bindings()
-            .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&body),
+            )
             .await
             .unwrap_or_else(|e| panic!("apply binding {}/{name}: {e}", self.ns));
         b.metadata.generation.unwrap_or_default()
@@ -403,7 +423,9 @@ impl Scope {
             .patch(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {"kvsync.io/force-sync": random_suffix()}}})),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {"kvsync.io/force-sync": random_suffix()}}}),
+                ),
             )
             .await
             .unwrap_or_else(|e| panic!("annotate {}/{name} force-sync: {e}", self.ns));
@@ -505,7 +527,7 @@ pub struct DevVault {
 
 impl DevVault {
     /// Starts one on a free port (the OS picks it; the URL is read from its exports).
-    async fn start(dir: &Path, label: &str, seed: &str, logs: &Logs) -> DevVault {
+    pub async fn start(dir: &Path, label: &str, seed: &str, logs: &Logs) -> DevVault {
         let seed_file = dir.join(format!("{label}-seed.yaml"));
         std::fs::write(&seed_file, seed).unwrap();
         let log = dir.join(format!("{label}.log"));
@@ -518,6 +540,7 @@ impl DevVault {
             .arg(&ca)
             .arg("--token-file")
             .arg(dir.join(format!("{label}-token")))
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true)
@@ -540,7 +563,10 @@ impl DevVault {
             .await
             .is_err()
         {
-            panic!("dev-vault printed no export lines within 20 s\n{}", tail(&log, 40));
+            panic!(
+                "dev-vault printed no export lines within 20 s\n{}",
+                tail(&log, 40)
+            );
         }
         let url = exports
             .get("KVSYNC_DEV_VAULT_URL")
@@ -650,7 +676,10 @@ impl DevVault {
         let token = self.writer_token().await;
         let r = self
             .http
-            .put(format!("{}/secrets/{name}?api-version=2025-07-01", self.url))
+            .put(format!(
+                "{}/secrets/{name}?api-version=2025-07-01",
+                self.url
+            ))
             .bearer_auth(token)
             .json(&json!({"value": value}))
             .send()
@@ -672,7 +701,10 @@ impl DevVault {
         let token = self.writer_token().await;
         let r = self
             .http
-            .patch(format!("{}/secrets/{name}/?api-version=2025-07-01", self.url))
+            .patch(format!(
+                "{}/secrets/{name}/?api-version=2025-07-01",
+                self.url
+            ))
             .bearer_auth(token)
             .json(&body)
             .send()
@@ -766,11 +798,7 @@ impl Env {
         let id = random_suffix();
         let dir = std::env::temp_dir().join(format!("kvsync-e2e-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let logs = Arc::new(Logs {
-            dir: dir.clone(),
-            operators: Mutex::new(Vec::new()),
-            vaults: Mutex::new(Vec::new()),
-        });
+        let logs = Arc::new(Logs::new(&dir));
         // Namespaces are registered before they exist, so a failure half-way
         // through still deletes what was made.
         let op_ns = format!("kvsync-e2e-{id}-op");
@@ -837,6 +865,7 @@ impl Env {
             .env("POD_NAMESPACE", &self.op_ns)
             .env("POD_NAME", format!("kvsync-e2e-{}", self.operator_starts))
             .env("RUST_LOG", "info,kvsync=debug")
+            .env("NO_COLOR", "1")
             .envs(
                 self.vault
                     .exports
@@ -988,9 +1017,13 @@ async fn install_crd(client: &kube::Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = VaultSecretBinding::crd();
     let name = crd.name_any();
-    crds.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd))
-        .await
-        .expect("the API server accepts the CRD");
+    crds.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("the API server accepts the CRD");
     let established = kube::runtime::wait::conditions::is_crd_established();
     tokio::time::timeout(
         Duration::from_secs(30),
