@@ -918,19 +918,22 @@ async fn data_hash_is_keyed_and_its_key_lives_in_the_operator_namespace() {
     assert_ne!(hex, raw);
 
     let keys: Api<Secret> = Api::namespaced(env.client.clone(), &env.op_ns);
-    let key = keys
-        .get_opt("kvsync-hash-key")
-        .await
-        .unwrap()
-        .unwrap_or_else(|| {
-            fail(
-                &env,
-                format!(
-                    "no Secret kvsync-hash-key in the operator's namespace {}",
-                    env.op_ns
-                ),
-            )
-        });
+    let key = eventually(
+        &env,
+        &format!(
+            "Secret kvsync-hash-key in the operator's namespace {}",
+            env.op_ns
+        ),
+        SYNC_DEADLINE,
+        || async {
+            match keys.get_opt("kvsync-hash-key").await {
+                Ok(Some(s)) => Ok(s),
+                Ok(None) => Err("it does not exist".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
     assert!(
         key.data.as_ref().is_some_and(|d| !d.is_empty()),
         "the key Secret holds a key"

@@ -331,6 +331,22 @@ impl Scope {
         }
     }
 
+    /// Every binding of the namespace, described, for failure messages.
+    pub async fn describe_bindings(&self) -> String {
+        match self.raw_bindings().list(&Default::default()).await {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .map(|o| {
+                    let name = o.name_any();
+                    let seen = Seen::from_json(serde_json::to_value(o).unwrap());
+                    format!("\n  binding {name}: {}", seen.describe())
+                })
+                .collect(),
+            Err(e) => format!("(cannot list bindings: {e})"),
+        }
+    }
+
     /// Waits until the binding's Ready condition, computed for its current
     /// generation, satisfies `ok`. With `applied`, `status.observedGeneration`
     /// must equal the generation too (the spec was applied, not only looked at).
@@ -448,12 +464,15 @@ impl Scope {
     ) -> Secret {
         let what = format!("{what} (Secret {}/{name} holding {key}={value:?})", self.ns);
         eventually(self, &what, deadline, || async {
-            match self.secrets().get_opt(name).await {
-                Ok(Some(s)) if data_of(&s).get(key).map(String::as_str) == Some(value) => Ok(s),
-                Ok(Some(s)) => Err(format!("Secret data {:?}", data_of(&s))),
-                Ok(None) => Err("the Secret does not exist".into()),
-                Err(e) => Err(format!("reading the Secret: {e}")),
-            }
+            let secret = match self.secrets().get_opt(name).await {
+                Ok(Some(s)) if data_of(&s).get(key).map(String::as_str) == Some(value) => {
+                    return Ok(s);
+                }
+                Ok(Some(s)) => format!("Secret data {:?}", data_of(&s)),
+                Ok(None) => "the Secret does not exist".into(),
+                Err(e) => format!("reading the Secret: {e}"),
+            };
+            Err(format!("{secret}; {}", self.describe_bindings().await))
         })
         .await
     }
@@ -925,13 +944,8 @@ impl Env {
                     Ok(())
                 } else {
                     Err(format!(
-                        "{now} vault reads, as before the force-sync; binding: {}",
-                        on.seen(name)
-                            .await
-                            .ok()
-                            .flatten()
-                            .map(|s| s.describe())
-                            .unwrap_or_default()
+                        "{now} vault reads, as before the force-sync; {}",
+                        on.describe_bindings().await
                     ))
                 }
             },
