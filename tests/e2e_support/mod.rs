@@ -1055,3 +1055,60 @@ pub fn api_code(e: &kube::Error) -> Option<u16> {
         _ => None,
     }
 }
+
+/// The harness's own logic, checked without a cluster: a wait that misreads
+/// a binding would make every e2e test wrong in the same way.
+#[cfg(test)]
+mod harness_tests {
+    use super::*;
+
+    fn binding(generation: i64, observed: i64, cond_gen: i64, status: &str) -> Seen {
+        let o: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
+            "metadata": {"name": "app", "namespace": "ns", "generation": generation},
+            "spec": {"vaultUrl": "https://127.0.0.1:1", "secrets": [{"name": "db-password"}]},
+            "status": {"observedGeneration": observed, "conditions": [
+                {"type": "ExpiringSoon", "status": "False", "reason": "NoneExpiring", "message": "",
+                 "observedGeneration": cond_gen, "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Ready", "status": status, "reason": "KeyCollision", "message": "both map to key X",
+                 "observedGeneration": cond_gen, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+        }))
+        .unwrap();
+        Seen::from_json(serde_json::to_value(o).unwrap())
+    }
+
+    #[test]
+    fn a_condition_counts_only_for_the_current_generation() {
+        let stale = binding(3, 2, 2, "True");
+        assert!(stale.current().is_none(), "{}", stale.describe());
+        let looked_at = binding(3, 2, 3, "False");
+        let c = looked_at.current().expect("computed for generation 3");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "KeyCollision")
+        );
+        assert_eq!(looked_at.observed, Some(2), "looked at, not applied");
+        let d = looked_at.describe();
+        assert!(
+            d.contains("generation=Some(3)") && d.contains("Ready=False KeyCollision (gen 3)"),
+            "{d}"
+        );
+        assert_eq!(
+            binding(3, 3, 3, "True")
+                .binding()
+                .status
+                .unwrap()
+                .observed_generation,
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn dev_vault_stats_are_counted_by_op_and_status() {
+        let stats =
+            json!({"requests": {"get_secret": {"200": 2, "403": 3}, "list_secrets": {"200": 1}}});
+        assert_eq!(count_in(&stats, "get_secret", None), 5);
+        assert_eq!(count_in(&stats, "get_secret", Some(403)), 3);
+        assert_eq!(count_in(&stats, "token", None), 0);
+    }
+}
