@@ -14,6 +14,10 @@
 //! expected, what was last seen and what the operator logged — a red run on a
 //! remote cluster must be diagnosable from its output alone.
 //!
+//! The tests spend their time waiting on the cluster and the vault, not on
+//! the CPU: run them with many threads, e.g.
+//! `cargo test --test e2e --test e2e_trust -- --test-threads 16`.
+//!
 //! Everything a test starts is cleaned up by `Drop`, also when it panics:
 //! children are killed, finalizers of bindings are stripped (the operator is
 //! gone by then, so nobody else will) and the namespaces are deleted.
