@@ -1,0 +1,1118 @@
+//! The end-to-end harness shared by `tests/e2e.rs` and `tests/e2e_trust.rs`.
+//!
+//! Tests run when `KVSYNC_E2E_KUBECONFIG` names a kubeconfig with
+//! cluster-admin, and are skipped (saying so) otherwise. Each test gets its own
+//! world ([`Env`]): one or more fresh namespaces, a namespace for the operator
+//! (`POD_NAMESPACE`, where it keeps its dataHash key), a `kvsync dev-vault`
+//! child and a `kvsync run` child watching only that test's namespaces. Tests
+//! run in parallel; nothing is shared but the CRD, which every test applies
+//! (idempotently) itself.
+//!
+//! The cluster may have an API server and a controller manager and no nodes:
+//! nothing here waits for a pod. Every wait polls the API (or the dev vault)
+//! for an observable state with a deadline, and its failure says what was
+//! expected, what was last seen and what the operator logged — a red run on a
+//! remote cluster must be diagnosable from its output alone.
+//!
+//! The tests spend their time waiting on the cluster and the vault, not on
+//! the CPU: run them with many threads, e.g.
+//! `cargo test --test e2e --test e2e_trust -- --test-threads 16`.
+//!
+//! Everything a test starts is cleaned up by `Drop`, also when it panics:
+//! children are killed, finalizers of bindings are stripped (the operator is
+//! gone by then, so nobody else will) and the namespaces are deleted.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, CustomResourceExt, ResourceExt};
+use kvsync::crd::VaultSecretBinding;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kvsync");
+/// A refresh interval as short as the CRD allows, so changes show up quickly.
+pub const REFRESH: Duration = Duration::from_secs(30);
+/// How long a change found by the periodic check may take: refreshInterval +
+/// 10 % + slack for a remote API server.
+pub const CHANGE_DEADLINE: Duration = Duration::from_secs(50);
+/// How long a first sync (or a forced check) may take against a real API server.
+pub const SYNC_DEADLINE: Duration = Duration::from_secs(30);
+/// The field manager the suite applies bindings with.
+pub const MANAGER: &str = "kvsync-e2e";
+/// The client id of the operator's own identity (the dev vault's export).
+pub const OPERATOR_CLIENT_ID: &str = kvsync::devvault::DEV_CLIENT_ID;
+
+/// The kubeconfig of the cluster to test against, when one is named.
+pub fn kubeconfig_path() -> Option<PathBuf> {
+    std::env::var_os("KVSYNC_E2E_KUBECONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The cluster's kubeconfig, or returns from the test saying why it is skipped.
+macro_rules! e2e {
+    () => {
+        match $crate::e2e_support::kubeconfig_path() {
+            Some(path) => path,
+            None => {
+                eprintln!(
+                    "skipping: KVSYNC_E2E_KUBECONFIG is not set (it names a cluster-admin kubeconfig of a cluster to test against)"
+                );
+                return;
+            }
+        }
+    };
+}
+pub(crate) use e2e;
+
+pub async fn client_for(path: &Path) -> kube::Client {
+    let kubeconfig =
+        Kubeconfig::read_from(path).expect("KVSYNC_E2E_KUBECONFIG is a readable kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("the kubeconfig is usable");
+    kube::Client::try_from(config).expect("a client")
+}
+
+pub fn random_suffix() -> String {
+    let mut bytes = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The log files of one test's children, for failure messages.
+pub struct Logs {
+    dir: PathBuf,
+    operators: Mutex<Vec<PathBuf>>,
+    vaults: Mutex<Vec<PathBuf>>,
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Logs {
+    pub fn new(dir: &Path) -> Self {
+        Logs {
+            dir: dir.to_path_buf(),
+            operators: Mutex::new(Vec::new()),
+            vaults: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The tail of the running (last started) operator's log.
+    pub fn operator_tail(&self) -> String {
+        let ops = self.operators.lock().unwrap();
+        match ops.last() {
+            Some(p) => format!(
+                "--- {} (last 60 lines; {} operator start(s)) ---\n{}",
+                p.display(),
+                ops.len(),
+                tail(p, 60)
+            ),
+            None => "(no operator started)".into(),
+        }
+    }
+
+    /// Everything worth reading after a failure.
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        for p in self.operators.lock().unwrap().iter() {
+            out += &format!(
+                "--- {} (last 400 lines) ---\n{}\n",
+                p.display(),
+                tail(p, 400)
+            );
+        }
+        for p in self.vaults.lock().unwrap().iter() {
+            out += &format!("--- {} (last 40 lines) ---\n{}\n", p.display(), tail(p, 40));
+        }
+        out
+    }
+}
+
+/// Polls `check` until it returns `Ok`, or panics after `deadline` with what
+/// was expected, what `check` last saw (its `Err`), and the operator's log.
+pub async fn eventually<T, F, Fut>(on: &Scope, what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        if started.elapsed() > deadline {
+            panic!(
+                "timed out after {deadline:?} waiting for: {what}\nlast seen: {last}\n{}",
+                on.logs.operator_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The Ready condition of a binding, as read from the API.
+#[derive(Debug, Clone)]
+pub struct Cond {
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub observed_generation: Option<i64>,
+}
+
+/// What a binding looked like at one read.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The whole object, for fields the typed status may not have.
+    pub json: Value,
+    pub generation: Option<i64>,
+    /// `status.observedGeneration`.
+    pub observed: Option<i64>,
+    pub ready: Option<Cond>,
+}
+
+impl Seen {
+    fn from_json(json: Value) -> Self {
+        let generation = json["metadata"]["generation"].as_i64();
+        let observed = json["status"]["observedGeneration"].as_i64();
+        let ready = json["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| Cond {
+                status: c["status"].as_str().unwrap_or_default().into(),
+                reason: c["reason"].as_str().unwrap_or_default().into(),
+                message: c["message"].as_str().unwrap_or_default().into(),
+                observed_generation: c["observedGeneration"].as_i64(),
+            });
+        Seen {
+            json,
+            generation,
+            observed,
+            ready,
+        }
+    }
+
+    /// The typed binding.
+    pub fn binding(&self) -> VaultSecretBinding {
+        serde_json::from_value(self.json.clone()).expect("a VaultSecretBinding")
+    }
+
+    /// Whether the Ready condition was computed for the current generation.
+    pub fn current(&self) -> Option<&Cond> {
+        self.ready
+            .as_ref()
+            .filter(|c| c.observed_generation.is_some() && c.observed_generation == self.generation)
+    }
+
+    /// A one-line account for failure messages.
+    pub fn describe(&self) -> String {
+        let conditions: Vec<String> = self.json["status"]["conditions"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| {
+                        format!(
+                            "{}={} {} (gen {}): {:?}",
+                            c["type"].as_str().unwrap_or("?"),
+                            c["status"].as_str().unwrap_or("?"),
+                            c["reason"].as_str().unwrap_or("?"),
+                            c["observedGeneration"],
+                            c["message"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        format!(
+            "generation={:?} status.observedGeneration={:?} finalizers={} conditions=[{}] rolloutPendingSince={}",
+            self.generation,
+            self.observed,
+            self.json["metadata"]["finalizers"],
+            conditions.join("; "),
+            self.json["status"]["rolloutPendingSince"],
+        )
+    }
+}
+
+/// One namespace of a test's world, with the operator's logs for diagnostics.
+pub struct Scope {
+    pub client: kube::Client,
+    pub ns: String,
+    pub vault_url: String,
+    pub logs: Arc<Logs>,
+}
+
+impl Scope {
+    pub fn bindings(&self) -> Api<VaultSecretBinding> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn raw_bindings(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.ns,
+            &ApiResource::erase::<VaultSecretBinding>(&()),
+        )
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn binding_body(&self, name: &str, spec: Value) -> Value {
+        let mut spec = spec;
+        if spec.get("vaultUrl").is_none() {
+            spec["vaultUrl"] = json!(self.vault_url);
+        }
+        json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding", "metadata": {"name": name}, "spec": spec})
+    }
+
+    /// Applies a binding (server-side apply); the API server's refusal is returned.
+    pub async fn try_apply_binding(&self, name: &str, spec: Value) -> Result<(), kube::Error> {
+        let body = self.binding_body(name, spec);
+        self.bindings()
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Applies a binding and returns its generation.
+    pub async fn apply_binding(&self, name: &str, spec: Value) -> i64 {
+        let body = self.binding_body(name, spec);
+        let b = self
+            .bindings()
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply binding {}/{name}: {e}", self.ns));
+        b.metadata.generation.unwrap_or_default()
+    }
+
+    /// Applies a binding and waits for it to be Ready=True for that spec.
+    pub async fn bind_and_wait(&self, name: &str, spec: Value) -> VaultSecretBinding {
+        self.apply_binding(name, spec).await;
+        self.ready(name, "True", SYNC_DEADLINE).await.0
+    }
+
+    pub async fn binding(&self, name: &str) -> VaultSecretBinding {
+        self.bindings().get(name).await.unwrap()
+    }
+
+    /// The binding as the API has it now, `None` when it does not exist.
+    pub async fn seen(&self, name: &str) -> Result<Option<Seen>, String> {
+        match self.raw_bindings().get_opt(name).await {
+            Ok(Some(o)) => Ok(Some(Seen::from_json(serde_json::to_value(o).unwrap()))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("reading binding {}/{name}: {e}", self.ns)),
+        }
+    }
+
+    /// Every binding of the namespace, described, for failure messages.
+    pub async fn describe_bindings(&self) -> String {
+        match self.raw_bindings().list(&Default::default()).await {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .map(|o| {
+                    let name = o.name_any();
+                    let seen = Seen::from_json(serde_json::to_value(o).unwrap());
+                    format!("\n  binding {name}: {}", seen.describe())
+                })
+                .collect(),
+            Err(e) => format!("(cannot list bindings: {e})"),
+        }
+    }
+
+    /// Waits until the binding's Ready condition, computed for its current
+    /// generation, satisfies `ok`. With `applied`, `status.observedGeneration`
+    /// must equal the generation too (the spec was applied, not only looked at).
+    pub async fn until(
+        &self,
+        name: &str,
+        expected: &str,
+        applied: bool,
+        deadline: Duration,
+        ok: impl Fn(&Cond) -> bool,
+    ) -> (Seen, Cond) {
+        let what = format!("binding {}/{name}: {expected}", self.ns);
+        eventually(self, &what, deadline, || async {
+            let seen = self
+                .seen(name)
+                .await?
+                .ok_or_else(|| "the binding does not exist".to_string())?;
+            let fits = seen.current().filter(|c| ok(c)).cloned();
+            match fits {
+                Some(c) if !applied || seen.observed == seen.generation => Ok((seen, c)),
+                _ => Err(seen.describe()),
+            }
+        })
+        .await
+    }
+
+    /// Waits for Ready to have `status` at the current generation; for
+    /// `"True"` the generation must also be the applied one.
+    pub async fn ready(
+        &self,
+        name: &str,
+        status: &str,
+        deadline: Duration,
+    ) -> (VaultSecretBinding, String, String) {
+        let (seen, c) = self
+            .until(
+                name,
+                &format!("Ready={status} at its current generation"),
+                status == "True",
+                deadline,
+                |c| c.status == status,
+            )
+            .await;
+        (seen.binding(), c.reason, c.message)
+    }
+
+    /// Waits for Ready=`status` with `reason` at the current generation; returns the message.
+    pub async fn ready_reason(
+        &self,
+        name: &str,
+        status: &str,
+        reason: &str,
+        deadline: Duration,
+    ) -> String {
+        self.until(
+            name,
+            &format!("Ready={status} reason {reason} at its current generation"),
+            status == "True",
+            deadline,
+            |c| c.status == status && c.reason == reason,
+        )
+        .await
+        .1
+        .message
+    }
+
+    /// Waits until the binding is gone (its finalizer released).
+    pub async fn wait_gone(&self, name: &str, deadline: Duration) {
+        eventually(
+            self,
+            &format!("binding {}/{name} to be gone", self.ns),
+            deadline,
+            || async {
+                match self.seen(name).await? {
+                    None => Ok(()),
+                    Some(s) => Err(format!(
+                        "still there, deletionTimestamp={} {}",
+                        s.json["metadata"]["deletionTimestamp"],
+                        s.describe()
+                    )),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Annotates `kvsync.io/force-sync` with a value never used before.
+    pub async fn force_sync(&self, name: &str) {
+        self.bindings()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {"kvsync.io/force-sync": random_suffix()}}}),
+                ),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("annotate {}/{name} force-sync: {e}", self.ns));
+    }
+
+    /// The Secret's data as strings; `None` when it does not exist.
+    pub async fn secret_data(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        let s = self.secrets().get_opt(name).await.ok().flatten()?;
+        Some(data_of(&s))
+    }
+
+    /// Waits until Secret `name` holds `value` under `key`.
+    pub async fn wait_for_value(
+        &self,
+        name: &str,
+        key: &str,
+        value: &str,
+        what: &str,
+        deadline: Duration,
+    ) -> Secret {
+        let what = format!("{what} (Secret {}/{name} holding {key}={value:?})", self.ns);
+        eventually(self, &what, deadline, || async {
+            let secret = match self.secrets().get_opt(name).await {
+                Ok(Some(s)) if data_of(&s).get(key).map(String::as_str) == Some(value) => {
+                    return Ok(s);
+                }
+                Ok(Some(s)) => format!("Secret data {:?}", data_of(&s)),
+                Ok(None) => "the Secret does not exist".into(),
+                Err(e) => format!("reading the Secret: {e}"),
+            };
+            Err(format!("{secret}; {}", self.describe_bindings().await))
+        })
+        .await
+    }
+
+    /// Events about binding `name` (events.k8s.io/v1, as kube's recorder writes them).
+    pub async fn events_of(&self, name: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        events
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| {
+                e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some("VaultSecretBinding")
+                        && r.name.as_deref() == Some(name)
+                })
+            })
+            .collect()
+    }
+
+    /// Creates a Deployment that never gets pods (the cluster has no nodes).
+    pub async fn create_deployment(&self, name: &str) {
+        self.deployments()
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": name},
+                    "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                             "template": {"metadata": {"labels": {"app": name}},
+                                          "spec": {"containers": [{"name": "c", "image": "registry.invalid/agent:1"}]}}}
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create Deployment {name}: {e}"));
+    }
+}
+
+pub fn data_of(s: &Secret) -> BTreeMap<String, String> {
+    s.data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
+}
+
+/// The `kvsync.io/restartedAt` annotation of a Deployment's pod template.
+pub fn restarted_at(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get("kvsync.io/restartedAt")
+        .cloned()
+}
+
+/// A `kvsync dev-vault` child process.
+pub struct DevVault {
+    _child: Child,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub exports: BTreeMap<String, String>,
+}
+
+impl DevVault {
+    /// Starts one on a free port (the OS picks it; the URL is read from its exports).
+    pub async fn start(dir: &Path, label: &str, seed: &str, logs: &Logs) -> DevVault {
+        let seed_file = dir.join(format!("{label}-seed.yaml"));
+        std::fs::write(&seed_file, seed).unwrap();
+        let log = dir.join(format!("{label}.log"));
+        logs.vaults.lock().unwrap().push(log.clone());
+        let ca = dir.join(format!("{label}-ca.pem"));
+        let mut child = Command::new(BIN)
+            .args(["dev-vault", "--addr", "127.0.0.1:0", "--seed"])
+            .arg(&seed_file)
+            .arg("--ca-out")
+            .arg(&ca)
+            .arg("--token-file")
+            .arg(dir.join(format!("{label}-token")))
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start kvsync dev-vault");
+        // The export lines are printed once the vault listens.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut exports = BTreeMap::new();
+        let read = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                    exports.insert(k.to_string(), v.to_string());
+                    if k == "KVSYNC_CA_FILE" {
+                        break;
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .is_err()
+        {
+            panic!(
+                "dev-vault printed no export lines within 20 s\n{}",
+                tail(&log, 40)
+            );
+        }
+        let url = exports
+            .get("KVSYNC_DEV_VAULT_URL")
+            .unwrap_or_else(|| panic!("dev-vault exports {exports:?}"))
+            .clone();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config(&std::fs::read(&ca).unwrap()))
+            .build()
+            .unwrap();
+        DevVault {
+            _child: child,
+            url,
+            http,
+            exports,
+        }
+    }
+
+    /// `host:port`, for `--allowed-vault-hosts`.
+    pub fn host(&self) -> String {
+        self.url.trim_start_matches("https://").to_string()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.host().rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.http
+            .get(format!("{}/_dev/stats", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Requests of `op` with any status.
+    pub async fn count(&self, op: &str) -> u64 {
+        count_in(&self.stats().await, op, None)
+    }
+
+    /// Requests of `op` answered with `status`.
+    pub async fn count_status(&self, op: &str, status: u16) -> u64 {
+        count_in(&self.stats().await, op, Some(status))
+    }
+
+    /// Vault reads of any kind (GET, LIST pages, versions), any status.
+    pub async fn reads(&self) -> u64 {
+        let s = self.stats().await;
+        ["get_secret", "list_secrets", "list_versions"]
+            .iter()
+            .map(|op| count_in(&s, op, None))
+            .sum()
+    }
+
+    pub async fn fault(&self, body: Value) {
+        let r = self
+            .http
+            .post(format!("{}/_dev/faults", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+
+    pub async fn clear_faults(&self) {
+        let r = self
+            .http
+            .delete(format!("{}/_dev/faults", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+
+    /// A token for a writer client (the seeds let `e2e-writer` do anything).
+    pub async fn writer_token(&self) -> String {
+        let resp: Value = self
+            .http
+            .post(format!(
+                "{}/{}/oauth2/v2.0/token",
+                self.url,
+                kvsync::devvault::DEV_TENANT_ID
+            ))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "e2e-writer"),
+                ("scope", "https://vault.azure.net/.default"),
+                ("client_secret", "anything"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        resp["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("token answer {resp}"))
+            .to_string()
+    }
+
+    /// `PUT /secrets/{name}`: a new version; returns its id.
+    pub async fn put_secret(&self, name: &str, value: &str) -> String {
+        let token = self.writer_token().await;
+        let r = self
+            .http
+            .put(format!(
+                "{}/secrets/{name}?api-version=2025-07-01",
+                self.url
+            ))
+            .bearer_auth(token)
+            .json(&json!({"value": value}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "PUT {name}");
+        let bundle: Value = r.json().await.unwrap();
+        bundle["id"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    /// `PATCH /secrets/{name}/` (the latest version) with `body`.
+    pub async fn patch_latest(&self, name: &str, body: Value) {
+        let token = self.writer_token().await;
+        let r = self
+            .http
+            .patch(format!(
+                "{}/secrets/{name}/?api-version=2025-07-01",
+                self.url
+            ))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "PATCH {name}: {}", r.text().await.unwrap());
+    }
+
+    pub async fn disable_secret(&self, name: &str) {
+        self.patch_latest(name, json!({"attributes": {"enabled": false}}))
+            .await;
+    }
+}
+
+fn count_in(stats: &Value, op: &str, status: Option<u16>) -> u64 {
+    let Some(m) = stats["requests"][op].as_object() else {
+        return 0;
+    };
+    m.iter()
+        .filter(|(s, _)| status.is_none_or(|st| **s == st.to_string()))
+        .filter_map(|(_, n)| n.as_u64())
+        .sum()
+}
+
+/// How a test's world is set up.
+pub struct Options {
+    /// The dev vault's seed file (YAML).
+    pub seed: String,
+    /// How many test namespaces the operator watches (`Env::scope(i)`).
+    pub namespaces: usize,
+    /// `--rollout-window` of the operator.
+    pub rollout_window: &'static str,
+}
+
+impl Options {
+    pub fn new(seed: &str) -> Self {
+        Options {
+            seed: seed.to_string(),
+            namespaces: 1,
+            rollout_window: "2s",
+        }
+    }
+}
+
+/// One test's world. It dereferences to its first namespace.
+pub struct Env {
+    scopes: Vec<Scope>,
+    /// The operator's own namespace (`POD_NAMESPACE`).
+    pub op_ns: String,
+    pub vault: DevVault,
+    operator: Option<Child>,
+    operator_starts: usize,
+    rollout_window: &'static str,
+    kubeconfig: PathBuf,
+    dir: PathBuf,
+    all_logs: Arc<Logs>,
+    /// Further namespaces a test made, deleted with the others.
+    extra_namespaces: Mutex<Vec<String>>,
+}
+
+impl Deref for Env {
+    type Target = Scope;
+
+    fn deref(&self) -> &Scope {
+        &self.scopes[0]
+    }
+}
+
+async fn create_namespace(client: &kube::Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": name, "labels": {"kvsync-e2e": "true"}}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+}
+
+impl Env {
+    pub async fn start(kubeconfig: PathBuf, seed: &str) -> Env {
+        Env::start_with(kubeconfig, Options::new(seed)).await
+    }
+
+    pub async fn start_with(kubeconfig: PathBuf, opts: Options) -> Env {
+        let client = client_for(&kubeconfig).await;
+        install_crd(&client).await;
+        let id = random_suffix();
+        let dir = std::env::temp_dir().join(format!("kvsync-e2e-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let logs = Arc::new(Logs::new(&dir));
+        // Namespaces are registered before they exist, so a failure half-way
+        // through still deletes what was made.
+        let op_ns = format!("kvsync-e2e-{id}-op");
+        let names: Vec<String> = (0..opts.namespaces.max(1))
+            .map(|i| match i {
+                0 => format!("kvsync-e2e-{id}"),
+                i => format!("kvsync-e2e-{id}-{i}"),
+            })
+            .collect();
+        let vault = DevVault::start(&dir, "dev-vault", &opts.seed, &logs).await;
+        let scopes = names
+            .iter()
+            .map(|ns| Scope {
+                client: client.clone(),
+                ns: ns.clone(),
+                vault_url: vault.url.clone(),
+                logs: logs.clone(),
+            })
+            .collect();
+        let mut env = Env {
+            scopes,
+            op_ns: op_ns.clone(),
+            vault,
+            operator: None,
+            operator_starts: 0,
+            rollout_window: opts.rollout_window,
+            kubeconfig,
+            dir,
+            all_logs: logs,
+            extra_namespaces: Mutex::new(Vec::new()),
+        };
+        for ns in names.iter().chain([&op_ns]) {
+            create_namespace(&client, ns).await;
+        }
+        env.start_operator();
+        env
+    }
+
+    /// The `i`-th test namespace (0 is the one `Env` dereferences to).
+    pub fn scope(&self, i: usize) -> &Scope {
+        &self.scopes[i]
+    }
+
+    /// Starts `kvsync run` for this test's namespaces; its stderr goes to a
+    /// log file of its own (one per start, so a restart keeps the old one).
+    fn start_operator(&mut self) {
+        self.operator_starts += 1;
+        let log = self
+            .dir
+            .join(format!("operator-{}.log", self.operator_starts));
+        self.all_logs.operators.lock().unwrap().push(log.clone());
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run");
+        for s in &self.scopes {
+            cmd.args(["--namespace", &s.ns]);
+        }
+        let ca = &self.vault.exports["KVSYNC_CA_FILE"];
+        cmd.args(["--allowed-vault-hosts", &self.vault.host()])
+            .args(["--ca-file", ca])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--rollout-window", self.rollout_window])
+            .args(["--default-refresh-interval", "30s"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("POD_NAMESPACE", &self.op_ns)
+            .env("POD_NAME", format!("kvsync-e2e-{}", self.operator_starts))
+            .env("RUST_LOG", "info,kvsync=debug")
+            .env("NO_COLOR", "1")
+            .envs(
+                self.vault
+                    .exports
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("AZURE_")),
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true);
+        self.operator = Some(cmd.spawn().expect("start kvsync run"));
+    }
+
+    /// Kills the operator (SIGKILL: no chance to finish anything) and waits
+    /// for it to be gone.
+    pub async fn kill_operator(&mut self) {
+        if let Some(mut op) = self.operator.take() {
+            let _ = op.kill().await;
+        }
+    }
+
+    /// Kills the operator and starts a new one against the same cluster.
+    pub async fn restart_operator(&mut self) {
+        self.kill_operator().await;
+        self.start_operator();
+    }
+
+    /// A second dev vault (e.g. standing in for an attacker's host); killed on drop.
+    pub async fn start_vault(&self, label: &str, seed: &str) -> DevVault {
+        DevVault::start(&self.dir, label, seed, &self.all_logs).await
+    }
+
+    /// A namespace the operator does not watch, deleted with the test's.
+    pub async fn create_namespace(&self, suffix: &str) -> String {
+        let name = format!("{}-{suffix}", self.ns);
+        self.extra_namespaces.lock().unwrap().push(name.clone());
+        create_namespace(&self.client, &name).await;
+        name
+    }
+
+    /// Forces a check of binding `name` and waits until it reaches the vault.
+    ///
+    /// Reconciles of one object never overlap, so once the forced check's
+    /// read reaches the vault, every earlier reconcile of that binding has
+    /// finished: what it was going to write is written. Needs a binding whose
+    /// periodic check is far away (`refreshInterval: 1h`), so that the read
+    /// seen is the forced one.
+    pub async fn barrier(&self, on: &Scope, name: &str) {
+        let before = self.vault.reads().await;
+        on.force_sync(name).await;
+        eventually(
+            on,
+            &format!("a forced check of {}/{name} to reach the vault", on.ns),
+            SYNC_DEADLINE,
+            || async {
+                let now = self.vault.reads().await;
+                if now > before {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{now} vault reads, as before the force-sync; {}",
+                        on.describe_bindings().await
+                    ))
+                }
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Stop the operator first: nobody may re-add a finalizer once they
+        // are stripped below.
+        if let Some(mut op) = self.operator.take() {
+            let _ = op.start_kill();
+        }
+        let failed = std::thread::panicking();
+        if failed {
+            eprintln!(
+                "=== the test failed; logs of its children (kept in {}) ===\n{}",
+                self.dir.display(),
+                self.all_logs.dump()
+            );
+        }
+        let kubeconfig = self.kubeconfig.clone();
+        let mut namespaces: Vec<String> = self.scopes.iter().map(|s| s.ns.clone()).collect();
+        namespaces.extend(self.extra_namespaces.lock().unwrap().iter().cloned());
+        let op_ns = self.op_ns.clone();
+        let dir = self.all_logs.dir.clone();
+        // A runtime and client of their own: Drop cannot await, and the
+        // test's runtime (whose pooled connections the test client holds) is
+        // blocked while this runs.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let client = client_for(&kubeconfig).await;
+                let ns_api: Api<Namespace> = Api::all(client.clone());
+                for ns in &namespaces {
+                    // Merge bindings carry a finalizer; with the operator gone, drop it.
+                    let bindings: Api<VaultSecretBinding> = Api::namespaced(client.clone(), ns);
+                    if let Ok(list) = bindings.list(&Default::default()).await {
+                        for b in list {
+                            let _ = bindings
+                                .patch(
+                                    &b.name_any(),
+                                    &PatchParams::default(),
+                                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                                )
+                                .await;
+                        }
+                    }
+                    let _ = ns_api.delete(ns, &DeleteParams::default()).await;
+                }
+                let _ = ns_api.delete(&op_ns, &DeleteParams::default()).await;
+            });
+            if !failed {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        })
+        .join();
+    }
+}
+
+fn tls_config(ca_pem: &[u8]) -> rustls::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
+async fn install_crd(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = VaultSecretBinding::crd();
+    let name = crd.name_any();
+    crds.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("the API server accepts the CRD");
+    let established = kube::runtime::wait::conditions::is_crd_established();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        kube::runtime::wait::await_condition(crds, &name, established),
+    )
+    .await
+    .expect("the CRD becomes established")
+    .expect("watching the CRD");
+}
+
+/// The status of a kube API error, when it is one.
+pub fn api_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// The harness's own logic, checked without a cluster: a wait that misreads
+/// a binding would make every e2e test wrong in the same way.
+#[cfg(test)]
+mod harness_tests {
+    use super::*;
+
+    fn binding(generation: i64, observed: i64, cond_gen: i64, status: &str) -> Seen {
+        let o: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
+            "metadata": {"name": "app", "namespace": "ns", "generation": generation},
+            "spec": {"vaultUrl": "https://127.0.0.1:1", "secrets": [{"name": "db-password"}]},
+            "status": {"observedGeneration": observed, "conditions": [
+                {"type": "ExpiringSoon", "status": "False", "reason": "NoneExpiring", "message": "",
+                 "observedGeneration": cond_gen, "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Ready", "status": status, "reason": "KeyCollision", "message": "both map to key X",
+                 "observedGeneration": cond_gen, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+        }))
+        .unwrap();
+        Seen::from_json(serde_json::to_value(o).unwrap())
+    }
+
+    #[test]
+    fn a_condition_counts_only_for_the_current_generation() {
+        let stale = binding(3, 2, 2, "True");
+        assert!(stale.current().is_none(), "{}", stale.describe());
+        let looked_at = binding(3, 2, 3, "False");
+        let c = looked_at.current().expect("computed for generation 3");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "KeyCollision")
+        );
+        assert_eq!(looked_at.observed, Some(2), "looked at, not applied");
+        let d = looked_at.describe();
+        assert!(
+            d.contains("generation=Some(3)") && d.contains("Ready=False KeyCollision (gen 3)"),
+            "{d}"
+        );
+        assert_eq!(
+            binding(3, 3, 3, "True")
+                .binding()
+                .status
+                .unwrap()
+                .observed_generation,
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn dev_vault_stats_are_counted_by_op_and_status() {
+        let stats =
+            json!({"requests": {"get_secret": {"200": 2, "403": 3}, "list_secrets": {"200": 1}}});
+        assert_eq!(count_in(&stats, "get_secret", None), 5);
+        assert_eq!(count_in(&stats, "get_secret", Some(403)), 3);
+        assert_eq!(count_in(&stats, "token", None), 0);
+    }
+}
