@@ -87,18 +87,16 @@ async fn run(args: RunArgs) -> Result<(), String> {
         health.clone(),
         metrics.clone(),
     ));
+    let hash_key_namespace = args
+        .hash_key_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
     let settings = kvsync::reconcile::Settings {
         default_refresh: args.vault.default_refresh_interval,
         rollout_window: args.rollout_window,
-        // TODO(hash key Secret): a per-process key until it is kept in a Secret.
-        hash_key: {
-            use ring::rand::SecureRandom;
-            let mut k = [0u8; 32];
-            ring::rand::SystemRandom::new()
-                .fill(&mut k)
-                .map_err(|_| "no randomness".to_string())?;
-            kvsync::hashkey::HashKey::new(&k)
-        },
+        hash_key: kvsync::hashkey::load_or_create(&client, &hash_key_namespace)
+            .await
+            .map_err(|e| e.to_string())?,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
