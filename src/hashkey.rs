@@ -129,7 +129,11 @@ pub async fn load_or_create(
             name: Some(SECRET_NAME.into()),
             namespace: Some(namespace.into()),
             labels: Some(
-                [(crate::crd::MANAGED_BY_LABEL.to_string(), "kvsync".to_string())].into(),
+                [(
+                    crate::crd::MANAGED_BY_LABEL.to_string(),
+                    "kvsync".to_string(),
+                )]
+                .into(),
             ),
             ..Default::default()
         },
@@ -146,7 +150,10 @@ pub async fn load_or_create(
             Ok(HashKey::new(&bytes))
         }
         Err(e) if is_status(&e, 409) => {
-            let s = api.get(SECRET_NAME).await.map_err(|e| kube_err("read", e))?;
+            let s = api
+                .get(SECRET_NAME)
+                .await
+                .map_err(|e| kube_err("read", e))?;
             key_of(&s, namespace)
         }
         Err(e) => Err(kube_err("create", e)),

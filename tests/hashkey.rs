@@ -43,7 +43,14 @@ async fn an_existing_secret_provides_the_key() {
     let (client, mut handle) = mock::client();
     let bytes = [7u8; 32];
     let load = tokio::spawn(async move { load_or_create(&client, "kvsync").await });
-    expect(&mut handle, "GET", PATH, 200, key_secret(json!({"key": b64(&bytes)}))).await;
+    expect(
+        &mut handle,
+        "GET",
+        PATH,
+        200,
+        key_secret(json!({"key": b64(&bytes)})),
+    )
+    .await;
     let key = load.await.unwrap().expect("the key loads");
     assert!(same_key(&key, &HashKey::new(&bytes)));
     assert!(!same_key(&key, &HashKey::new(&[8u8; 32])));
@@ -81,8 +88,7 @@ async fn two_makers_are_random_apart() {
         let (client, mut handle) = mock::client();
         let load = tokio::spawn(async move { load_or_create(&client, "kvsync").await });
         expect(&mut handle, "GET", PATH, 404, status(404, "NotFound")).await;
-        let (_, sent) =
-            expect_answering(&mut handle, "POST", COLLECTION, 201, Value::clone).await;
+        let (_, sent) = expect_answering(&mut handle, "POST", COLLECTION, 201, Value::clone).await;
         load.await.unwrap().unwrap();
         made.push(sent["data"]["key"].clone());
     }
@@ -95,8 +101,22 @@ async fn a_lost_create_race_uses_the_winners_key() {
     let winner = [42u8; 32];
     let load = tokio::spawn(async move { load_or_create(&client, "kvsync").await });
     expect(&mut handle, "GET", PATH, 404, status(404, "NotFound")).await;
-    expect(&mut handle, "POST", COLLECTION, 409, status(409, "AlreadyExists")).await;
-    expect(&mut handle, "GET", PATH, 200, key_secret(json!({"key": b64(&winner)}))).await;
+    expect(
+        &mut handle,
+        "POST",
+        COLLECTION,
+        409,
+        status(409, "AlreadyExists"),
+    )
+    .await;
+    expect(
+        &mut handle,
+        "GET",
+        PATH,
+        200,
+        key_secret(json!({"key": b64(&winner)})),
+    )
+    .await;
     let key = load.await.unwrap().expect("the winner's key loads");
     assert!(same_key(&key, &HashKey::new(&winner)));
 }
@@ -105,7 +125,14 @@ async fn a_lost_create_race_uses_the_winners_key() {
 async fn a_short_key_is_an_error_that_says_to_delete_the_secret() {
     let (client, mut handle) = mock::client();
     let load = tokio::spawn(async move { load_or_create(&client, "kvsync").await });
-    expect(&mut handle, "GET", PATH, 200, key_secret(json!({"key": b64(b"short")}))).await;
+    expect(
+        &mut handle,
+        "GET",
+        PATH,
+        200,
+        key_secret(json!({"key": b64(b"short")})),
+    )
+    .await;
     let err = load.await.unwrap().expect_err("a 5-byte key is refused");
     assert!(matches!(err, HashKeyError::Unusable { .. }), "{err:?}");
     let msg = err.to_string();
@@ -124,7 +151,14 @@ async fn a_short_key_is_an_error_that_says_to_delete_the_secret() {
 async fn a_secret_without_the_key_is_an_error() {
     let (client, mut handle) = mock::client();
     let load = tokio::spawn(async move { load_or_create(&client, "kvsync").await });
-    expect(&mut handle, "GET", PATH, 200, key_secret(json!({"other": b64(&[1u8; 32])}))).await;
+    expect(
+        &mut handle,
+        "GET",
+        PATH,
+        200,
+        key_secret(json!({"other": b64(&[1u8; 32])})),
+    )
+    .await;
     let err = load.await.unwrap().expect_err("no data key");
     assert!(err.to_string().contains(r#"no data key "key""#), "{err}");
 }
