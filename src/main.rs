@@ -104,29 +104,34 @@ async fn run(args: RunArgs) -> Result<(), String> {
     } else {
         args.namespaces.iter().cloned().map(Some).collect()
     };
-    let controllers = namespaces.into_iter().map(|ns| {
-        let mut rx = stop_rx.clone();
-        let shutdown = async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        kvsync::controller::run(
-            client.clone(),
-            access.clone(),
-            settings.clone(),
-            metrics.clone(),
-            ns,
-            shutdown,
-        )
-    });
+    // Every controller registers its watches with `health` here, before any
+    // runs: /readyz waits for all of them.
+    let controllers: Vec<_> = namespaces
+        .into_iter()
+        .map(|ns| {
+            let mut rx = stop_rx.clone();
+            let shutdown = async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            };
+            kvsync::controller::run(
+                client.clone(),
+                access.clone(),
+                settings.clone(),
+                metrics.clone(),
+                &health,
+                ns,
+                shutdown,
+            )
+        })
+        .collect();
     tracing::info!(metrics_addr = %addr, "kvsync controller starting");
-    health.set_ready(true);
     let all = futures::future::join_all(controllers);
     tokio::pin!(all);
     tokio::select! {
         _ = &mut all => {}
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
-            health.set_ready(false);
+            health.set_stopping();
             let _ = stop_tx.send(true);
             all.await;
         }
