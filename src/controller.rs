@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
@@ -233,6 +233,7 @@ pub fn run(
     let mut secrets_watch =
         WatchMonitor::new(WatchedKind::Secrets, &scope, health, metrics.clone());
     async move {
+        let shutdown = shutdown.shared();
         let (wake_tx, wake_rx) =
             futures::channel::mpsc::unbounded::<ObjectRef<VaultSecretBinding>>();
         let reporter = Reporter {
@@ -291,7 +292,7 @@ pub fn run(
                 Some(ObjectRef::new(&binding).within(&ns))
             })
             .reconcile_on(wake_rx)
-            .graceful_shutdown_on(shutdown)
+            .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
             .for_each(|result| async move {
                 match result {
@@ -299,9 +300,24 @@ pub fn run(
                     Err(e) => tracing::debug!(error = %e, "reconcile error"),
                 }
             });
+        // The controller holds its reconciles until the bindings have been
+        // listed once, and its graceful shutdown waits for them: without a
+        // listing (the CRD missing, RBAC refusing) it would wait for good.
+        // With nothing ever reconciled, there is nothing to wait for.
+        let never_listed = {
+            let reader = reader.clone();
+            async move {
+                shutdown.await;
+                if reader.wait_until_ready().now_or_never().is_some() {
+                    std::future::pending::<()>().await;
+                }
+                tracing::info!("shutting down before the bindings were ever listed");
+            }
+        };
         // The sweep never ends by itself; the controller ends on shutdown.
         tokio::select! {
             () = controller => {}
+            () = never_listed => {}
             () = sweep(ctx, reader, listed_rx, SWEEP_EVERY) => {}
         }
     }
@@ -359,6 +375,108 @@ mod tests {
             "{secrets}"
         );
         assert!(secrets.contains("grant list/watch on secrets"), "{secrets}");
+    }
+
+    /// Log lines written while `f` runs, plain text without colours.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_new_kind_of_watch_failure_is_an_error_its_repeats_warnings() {
+        let health = Health::default();
+        let metrics = Arc::new(Metrics::default());
+        let mut monitor = WatchMonitor::new(
+            WatchedKind::Bindings,
+            "in namespace ci",
+            &health,
+            metrics.clone(),
+        );
+        let failed = |code| -> Result<watcher::Event<VaultSecretBinding>, watcher::Error> {
+            Err(watcher::Error::InitialListFailed(api(code)))
+        };
+        let logs = logs_of(|| {
+            assert!(!monitor.observe(&failed(404)));
+            assert!(!monitor.observe(&failed(404)));
+            assert!(!monitor.observe(&failed(403)));
+            assert!(monitor.observe(&Ok(watcher::Event::<VaultSecretBinding>::InitDone)));
+        });
+        let lines: Vec<&str> = logs.lines().collect();
+        assert_eq!(lines.len(), 4, "{logs}");
+        assert!(lines[0].contains("ERROR"), "{logs}");
+        assert!(
+            lines[0]
+                .contains("the VaultSecretBinding CRD is not installed: kubectl apply -f crds/"),
+            "{logs}"
+        );
+        assert!(lines[1].contains("WARN"), "{logs}");
+        assert!(lines[2].contains("ERROR"), "a new kind: {logs}");
+        assert!(
+            lines[2].contains("may not list vaultsecretbindings in namespace ci"),
+            "{logs}"
+        );
+        assert!(
+            lines[3].contains("INFO") && lines[3].contains("watch recovered"),
+            "{logs}"
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"kvsync_reconcile_errors_total{kind="watch_bindings_not_found"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kvsync_reconcile_errors_total{kind="watch_bindings_forbidden"} 1"#),
+            "{text}"
+        );
+        assert!(health.is_ready());
+    }
+
+    #[test]
+    fn an_expired_resource_version_is_routine() {
+        let health = Health::default();
+        let metrics = Arc::new(Metrics::default());
+        let mut monitor = WatchMonitor::new(
+            WatchedKind::Secrets,
+            "in all namespaces",
+            &health,
+            metrics.clone(),
+        );
+        monitor.observe::<VaultSecretBinding>(&Ok(watcher::Event::InitDone));
+        let gone = || {
+            Err(watcher::Error::WatchError(
+                Status::failure("too old", "Expired").with_code(410).boxed(),
+            ))
+        };
+        let logs = logs_of(|| {
+            monitor.observe::<VaultSecretBinding>(&gone());
+            monitor.observe::<VaultSecretBinding>(&gone());
+        });
+        assert_eq!(logs, "", "debug only");
+        assert!(health.is_ready());
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"kvsync_reconcile_errors_total{kind="watch_other"} 0"#)
+        );
     }
 
     #[test]
