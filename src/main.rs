@@ -90,6 +90,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let hash_key_namespace = args
         .hash_key_namespace
         .clone()
+        .filter(|ns| !ns.is_empty())
         .unwrap_or_else(|| client.default_namespace().to_string());
     let settings = kvsync::reconcile::Settings {
         default_refresh: args.vault.default_refresh_interval,
