@@ -62,12 +62,17 @@ pub struct RunArgs {
     pub namespaces: Vec<String>,
     #[command(flatten)]
     pub vault: VaultArgs,
-    /// Address of /healthz and /readyz.
+    /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
     /// Data changes within this window cause one rollout restart.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub rollout_window: std::time::Duration,
+    /// Namespace of Secret `kvsync-hash-key`, the key of `status.dataHash`
+    /// shared by all replicas (made on the first start); default: the
+    /// operator's own namespace (POD_NAMESPACE), else the kubeconfig's.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub hash_key_namespace: Option<String>,
 }
 
 /// Flags of `kvsync check`.

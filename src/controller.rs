@@ -1,11 +1,13 @@
 //! Wiring of `kvsync run`: the controller over VaultSecretBindings, the
 //! metadata watch on the Secrets it manages (drift repair), the pollers'
-//! wake-ups, and graceful shutdown.
+//! wake-ups, readiness and watch failures, the sweep of state held for
+//! bindings that are gone, and graceful shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
@@ -18,8 +20,184 @@ use kube::{Api, Resource, ResourceExt};
 use crate::apply::BINDING_ANNOTATION;
 use crate::azure::AzureAccess;
 use crate::crd::{MANAGED_BY_LABEL, VaultSecretBinding};
+use crate::metrics::{Metrics, ReconcileErrorKind};
 use crate::poller::Pollers;
 use crate::reconcile::{Context, FORCE_SYNC_ANNOTATION, Settings, error_policy, reconcile};
+use crate::server::{Health, WatchHealth};
+
+/// How often state held for bindings is checked against the bindings store.
+/// A deletion the watch reported is forgotten at once (`Context::forget`);
+/// this catches those it never reported (deleted while the watch was down,
+/// then re-listed) — and every re-list is followed by a sweep too.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Which of the two watches of a controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchedKind {
+    /// The VaultSecretBindings.
+    Bindings,
+    /// The Secrets kvsync manages (metadata only).
+    Secrets,
+}
+
+/// The metric kind of a watch failure, or `None` for the one failure that is
+/// routine: 410 Gone (the resourceVersion expired; the watcher re-lists).
+pub fn classify(watched: WatchedKind, e: &watcher::Error) -> Option<ReconcileErrorKind> {
+    let code = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s))
+        | watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    };
+    Some(match (watched, code) {
+        (_, Some(410)) => return None,
+        (WatchedKind::Bindings, Some(404)) => ReconcileErrorKind::WatchBindingsNotFound,
+        (WatchedKind::Bindings, Some(403)) => ReconcileErrorKind::WatchBindingsForbidden,
+        (WatchedKind::Secrets, Some(403)) => ReconcileErrorKind::WatchSecretsForbidden,
+        _ => ReconcileErrorKind::WatchOther,
+    })
+}
+
+/// What a person does about a watch failure of `kind`; `scope` is e.g.
+/// `in namespace ci`.
+fn advice(kind: ReconcileErrorKind, watched: WatchedKind, scope: &str) -> String {
+    match kind {
+        ReconcileErrorKind::WatchBindingsNotFound => {
+            "the VaultSecretBinding CRD is not installed: kubectl apply -f crds/ \
+             (or kvsync crd | kubectl apply -f -)"
+                .to_string()
+        }
+        ReconcileErrorKind::WatchBindingsForbidden => format!(
+            "kvsync may not list vaultsecretbindings {scope}: grant list/watch on \
+             vaultsecretbindings.kvsync.io to its ServiceAccount (see README RBAC)"
+        ),
+        ReconcileErrorKind::WatchSecretsForbidden => format!(
+            "kvsync may not list secrets {scope}: grant list/watch on secrets to its \
+             ServiceAccount (see README RBAC)"
+        ),
+        _ => format!(
+            "the watch of {} {scope} failed; retrying with backoff",
+            match watched {
+                WatchedKind::Bindings => "vaultsecretbindings",
+                WatchedKind::Secrets => "secrets",
+            }
+        ),
+    }
+}
+
+/// Turns one watch's events into readiness, logs and metrics. A failure of a
+/// new kind is logged at ERROR, its repetitions at WARN (the watcher retries
+/// with backoff, so a lasting problem logs a line per attempt, not a flood).
+struct WatchMonitor {
+    watched: WatchedKind,
+    scope: String,
+    health: WatchHealth,
+    metrics: Arc<Metrics>,
+    failing: Option<ReconcileErrorKind>,
+}
+
+impl WatchMonitor {
+    fn new(watched: WatchedKind, scope: &str, health: &Health, metrics: Arc<Metrics>) -> Self {
+        let what = match watched {
+            WatchedKind::Bindings => "vaultsecretbindings",
+            WatchedKind::Secrets => "managed secrets",
+        };
+        Self {
+            watched,
+            scope: scope.to_string(),
+            health: health.watch(format!("{what} {scope}")),
+            metrics,
+            failing: None,
+        }
+    }
+
+    /// Observes one event; true when it completes a listing.
+    fn observe<K>(&mut self, event: &Result<watcher::Event<K>, watcher::Error>) -> bool {
+        match event {
+            Ok(event) => {
+                if let Some(kind) = self.failing.take() {
+                    tracing::info!(watch = ?self.watched, scope = %self.scope, after = kind.as_str(), "watch recovered");
+                }
+                if matches!(event, watcher::Event::InitDone) {
+                    self.health.listed();
+                    true
+                } else {
+                    self.health.delivered();
+                    false
+                }
+            }
+            Err(e) => {
+                let Some(kind) = classify(self.watched, e) else {
+                    tracing::debug!(watch = ?self.watched, scope = %self.scope, error = %e, "watch expired; re-listing");
+                    return false;
+                };
+                self.health.failed();
+                self.metrics.reconcile_error(kind);
+                let advice = advice(kind, self.watched, &self.scope);
+                if self.failing == Some(kind) {
+                    tracing::warn!(kind = kind.as_str(), error = %e, "{advice}");
+                } else {
+                    tracing::error!(kind = kind.as_str(), error = %e, "{advice}");
+                }
+                self.failing = Some(kind);
+                false
+            }
+        }
+    }
+}
+
+/// Why a sweep may run: the clock, or a complete listing of the bindings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SweepTrigger {
+    Tick,
+    Listed,
+}
+
+/// Sweeps only once the store holds a complete listing: before the first
+/// one it is empty, and a sweep would forget every binding.
+#[derive(Default)]
+struct SweepGate {
+    listed: bool,
+}
+
+impl SweepGate {
+    fn admit(&mut self, trigger: SweepTrigger) -> bool {
+        if trigger == SweepTrigger::Listed {
+            self.listed = true;
+        }
+        self.listed
+    }
+}
+
+/// Forgets what is held for bindings the store no longer has.
+// wired at merge: ctx.forget_absent(present)
+fn forget_absent(_ctx: &Context, _present: impl Fn(&ObjectRef<VaultSecretBinding>) -> bool) {}
+
+/// Runs the sweep until dropped: after each complete listing of the
+/// bindings (`listed`) and every `every`.
+async fn sweep(
+    ctx: Arc<Context>,
+    store: reflector::Store<VaultSecretBinding>,
+    listed: impl futures::Stream<Item = ()> + Unpin,
+    every: Duration,
+) {
+    let ticks = futures::stream::unfold(
+        tokio::time::interval_at(tokio::time::Instant::now() + every, every),
+        |mut interval| async move {
+            interval.tick().await;
+            Some((SweepTrigger::Tick, interval))
+        },
+    );
+    let mut triggers =
+        futures::stream::select(Box::pin(ticks), listed.map(|()| SweepTrigger::Listed));
+    let mut gate = SweepGate::default();
+    while let Some(trigger) = triggers.next().await {
+        if gate.admit(trigger) {
+            forget_absent(&ctx, |r| store.get(r).is_some());
+        }
+    }
+}
 
 /// What changes of a binding are worth a reconcile: its spec (generation),
 /// the force-sync annotation, deletion and finalizers — not its status.
@@ -33,73 +211,286 @@ fn binding_predicate(b: &VaultSecretBinding) -> Option<u64> {
     Some(h.finish())
 }
 
-/// Runs the controller until `shutdown` completes. `namespace`: one
-/// namespace, or all when `None`.
-pub async fn run(
+/// The controller of one namespace (`None`: all), until `shutdown`
+/// completes. Its two watches are registered with `health` when this is
+/// called, not when the future first runs, so that several controllers
+/// started together are all counted before any can report ready.
+pub fn run(
     client: kube::Client,
     access: Arc<AzureAccess>,
     settings: Settings,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<Metrics>,
+    health: &Health,
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
-    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded::<ObjectRef<VaultSecretBinding>>();
-    let reporter = Reporter {
-        controller: "kvsync".into(),
-        instance: std::env::var("POD_NAME").ok(),
+) -> impl Future<Output = ()> + Send + 'static {
+    let scope = match &namespace {
+        Some(ns) => format!("in namespace {ns}"),
+        None => "in all namespaces".to_string(),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        access,
-        Pollers::new(Some(wake_tx)),
-        Recorder::new(client.clone(), reporter),
-        settings,
-        metrics,
-    ));
-
-    let (bindings, secrets): (Api<VaultSecretBinding>, Api<PartialObjectMeta<Secret>>) =
-        match &namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
+    let mut bindings_watch =
+        WatchMonitor::new(WatchedKind::Bindings, &scope, health, metrics.clone());
+    let mut secrets_watch =
+        WatchMonitor::new(WatchedKind::Secrets, &scope, health, metrics.clone());
+    async move {
+        let shutdown = shutdown.shared();
+        let (wake_tx, wake_rx) =
+            futures::channel::mpsc::unbounded::<ObjectRef<VaultSecretBinding>>();
+        let reporter = Reporter {
+            controller: "kvsync".into(),
+            instance: std::env::var("POD_NAME").ok(),
         };
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            access,
+            Pollers::new(Some(wake_tx)),
+            Recorder::new(client.clone(), reporter),
+            settings,
+            metrics,
+        ));
 
-    let (reader, writer) = reflector::store();
-    // A binding deleted without a finalizer is never reconciled again: drop
-    // what is held for it when the watch reports the deletion.
-    let on_delete = ctx.clone();
-    let binding_stream = watcher(bindings, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .inspect(move |event| {
-            if let Ok(watcher::Event::Delete(b)) = event {
-                on_delete.forget(b);
+        let (bindings, secrets): (Api<VaultSecretBinding>, Api<PartialObjectMeta<Secret>>) =
+            match &namespace {
+                Some(ns) => (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                ),
+                None => (Api::all(client.clone()), Api::all(client.clone())),
+            };
+
+        let (reader, writer) = reflector::store();
+        let (listed_tx, listed_rx) = futures::channel::mpsc::unbounded::<()>();
+        // A binding deleted without a finalizer is never reconciled again: drop
+        // what is held for it when the watch reports the deletion.
+        let on_delete = ctx.clone();
+        let binding_stream = watcher(bindings, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(writer)
+            .inspect(move |event| {
+                if bindings_watch.observe(event) {
+                    let _ = listed_tx.unbounded_send(());
+                }
+                if let Ok(watcher::Event::Delete(b)) = event {
+                    on_delete.forget(b);
+                }
+            })
+            .applied_objects()
+            .predicate_filter(binding_predicate, Default::default());
+
+        let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}=kvsync"));
+        let secret_stream = watcher(secrets, managed)
+            .default_backoff()
+            .inspect(move |event| {
+                secrets_watch.observe(event);
+            })
+            .touched_objects();
+
+        let controller = Controller::for_stream(binding_stream, reader.clone())
+            .watches_stream(secret_stream, |s| {
+                let ns = s.namespace()?;
+                let binding = s.annotations().get(BINDING_ANNOTATION)?.clone();
+                Some(ObjectRef::new(&binding).within(&ns))
+            })
+            .reconcile_on(wake_rx)
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((obj, _)) => tracing::debug!(binding = %obj, "reconciled"),
+                    Err(e) => tracing::debug!(error = %e, "reconcile error"),
+                }
+            });
+        // The controller holds its reconciles until the bindings have been
+        // listed once, and its graceful shutdown waits for them: without a
+        // listing (the CRD missing, RBAC refusing) it would wait for good.
+        // With nothing ever reconciled, there is nothing to wait for.
+        let never_listed = {
+            let reader = reader.clone();
+            async move {
+                shutdown.await;
+                if reader.wait_until_ready().now_or_never().is_some() {
+                    std::future::pending::<()>().await;
+                }
+                tracing::info!("shutting down before the bindings were ever listed");
             }
-        })
-        .applied_objects()
-        .predicate_filter(binding_predicate, Default::default());
+        };
+        // The sweep never ends by itself; the controller ends on shutdown.
+        tokio::select! {
+            () = controller => {}
+            () = never_listed => {}
+            () = sweep(ctx, reader, listed_rx, SWEEP_EVERY) => {}
+        }
+    }
+}
 
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}=kvsync"));
-    let secret_stream = watcher(secrets, managed)
-        .default_backoff()
-        .touched_objects();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
 
-    Controller::for_stream(binding_stream, reader)
-        .watches_stream(secret_stream, |s| {
-            let ns = s.namespace()?;
-            let binding = s.annotations().get(BINDING_ANNOTATION)?.clone();
-            Some(ObjectRef::new(&binding).within(&ns))
-        })
-        .reconcile_on(wake_rx)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(binding = %obj, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Status::failure("no", "x").with_code(code).boxed())
+    }
+
+    #[test]
+    fn watch_failures_are_classified_by_status_and_watch() {
+        use ReconcileErrorKind::*;
+        use WatchedKind::*;
+        let list = |c| watcher::Error::InitialListFailed(api(c));
+        assert_eq!(classify(Bindings, &list(404)), Some(WatchBindingsNotFound));
+        assert_eq!(classify(Bindings, &list(403)), Some(WatchBindingsForbidden));
+        assert_eq!(classify(Secrets, &list(403)), Some(WatchSecretsForbidden));
+        assert_eq!(classify(Secrets, &list(404)), Some(WatchOther));
+        assert_eq!(classify(Bindings, &list(500)), Some(WatchOther));
+        assert_eq!(
+            classify(Bindings, &watcher::Error::WatchStartFailed(api(403))),
+            Some(WatchBindingsForbidden)
+        );
+        assert_eq!(
+            classify(Bindings, &watcher::Error::NoResourceVersion),
+            Some(WatchOther)
+        );
+        let gone = Status::failure("too old", "Expired").with_code(410).boxed();
+        assert_eq!(classify(Bindings, &watcher::Error::WatchError(gone)), None);
+    }
+
+    #[test]
+    fn advice_says_what_to_do() {
+        let scope = "in namespace ci";
+        assert!(
+            advice(
+                ReconcileErrorKind::WatchBindingsNotFound,
+                WatchedKind::Bindings,
+                scope
+            )
+            .contains("kubectl apply -f crds/")
+        );
+        let secrets = advice(
+            ReconcileErrorKind::WatchSecretsForbidden,
+            WatchedKind::Secrets,
+            scope,
+        );
+        assert!(
+            secrets.contains("may not list secrets in namespace ci"),
+            "{secrets}"
+        );
+        assert!(secrets.contains("grant list/watch on secrets"), "{secrets}");
+    }
+
+    /// Log lines written while `f` runs, plain text without colours.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
             }
-        })
-        .await;
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_new_kind_of_watch_failure_is_an_error_its_repeats_warnings() {
+        let health = Health::default();
+        let metrics = Arc::new(Metrics::default());
+        let mut monitor = WatchMonitor::new(
+            WatchedKind::Bindings,
+            "in namespace ci",
+            &health,
+            metrics.clone(),
+        );
+        let failed = |code| -> Result<watcher::Event<VaultSecretBinding>, watcher::Error> {
+            Err(watcher::Error::InitialListFailed(api(code)))
+        };
+        let logs = logs_of(|| {
+            assert!(!monitor.observe(&failed(404)));
+            assert!(!monitor.observe(&failed(404)));
+            assert!(!monitor.observe(&failed(403)));
+            assert!(monitor.observe(&Ok(watcher::Event::<VaultSecretBinding>::InitDone)));
+        });
+        let lines: Vec<&str> = logs.lines().collect();
+        assert_eq!(lines.len(), 4, "{logs}");
+        assert!(lines[0].contains("ERROR"), "{logs}");
+        assert!(
+            lines[0]
+                .contains("the VaultSecretBinding CRD is not installed: kubectl apply -f crds/"),
+            "{logs}"
+        );
+        assert!(lines[1].contains("WARN"), "{logs}");
+        assert!(lines[2].contains("ERROR"), "a new kind: {logs}");
+        assert!(
+            lines[2].contains("may not list vaultsecretbindings in namespace ci"),
+            "{logs}"
+        );
+        assert!(
+            lines[3].contains("INFO") && lines[3].contains("watch recovered"),
+            "{logs}"
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"kvsync_reconcile_errors_total{kind="watch_bindings_not_found"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kvsync_reconcile_errors_total{kind="watch_bindings_forbidden"} 1"#),
+            "{text}"
+        );
+        assert!(health.is_ready());
+    }
+
+    #[test]
+    fn an_expired_resource_version_is_routine() {
+        let health = Health::default();
+        let metrics = Arc::new(Metrics::default());
+        let mut monitor = WatchMonitor::new(
+            WatchedKind::Secrets,
+            "in all namespaces",
+            &health,
+            metrics.clone(),
+        );
+        monitor.observe::<VaultSecretBinding>(&Ok(watcher::Event::InitDone));
+        let gone = || {
+            Err(watcher::Error::WatchError(
+                Status::failure("too old", "Expired").with_code(410).boxed(),
+            ))
+        };
+        let logs = logs_of(|| {
+            monitor.observe::<VaultSecretBinding>(&gone());
+            monitor.observe::<VaultSecretBinding>(&gone());
+        });
+        assert_eq!(logs, "", "debug only");
+        assert!(health.is_ready());
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"kvsync_reconcile_errors_total{kind="watch_other"} 0"#)
+        );
+    }
+
+    #[test]
+    fn the_sweep_waits_for_a_complete_listing_then_runs_on_every_trigger() {
+        let mut gate = SweepGate::default();
+        assert!(
+            !gate.admit(SweepTrigger::Tick),
+            "an empty store is not swept"
+        );
+        assert!(gate.admit(SweepTrigger::Listed));
+        assert!(gate.admit(SweepTrigger::Tick));
+        assert!(
+            gate.admit(SweepTrigger::Listed),
+            "each re-list is swept too"
+        );
+    }
 }

@@ -87,18 +87,17 @@ async fn run(args: RunArgs) -> Result<(), String> {
         health.clone(),
         metrics.clone(),
     ));
+    let hash_key_namespace = args
+        .hash_key_namespace
+        .clone()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_string());
     let settings = kvsync::reconcile::Settings {
         default_refresh: args.vault.default_refresh_interval,
         rollout_window: args.rollout_window,
-        // TODO(hash key Secret): a per-process key until it is kept in a Secret.
-        hash_key: {
-            use ring::rand::SecureRandom;
-            let mut k = [0u8; 32];
-            ring::rand::SystemRandom::new()
-                .fill(&mut k)
-                .map_err(|_| "no randomness".to_string())?;
-            kvsync::hashkey::HashKey::new(&k)
-        },
+        hash_key: kvsync::hashkey::load_or_create(&client, &hash_key_namespace)
+            .await
+            .map_err(|e| e.to_string())?,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
@@ -106,29 +105,34 @@ async fn run(args: RunArgs) -> Result<(), String> {
     } else {
         args.namespaces.iter().cloned().map(Some).collect()
     };
-    let controllers = namespaces.into_iter().map(|ns| {
-        let mut rx = stop_rx.clone();
-        let shutdown = async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        kvsync::controller::run(
-            client.clone(),
-            access.clone(),
-            settings.clone(),
-            metrics.clone(),
-            ns,
-            shutdown,
-        )
-    });
+    // Every controller registers its watches with `health` here, before any
+    // runs: /readyz waits for all of them.
+    let controllers: Vec<_> = namespaces
+        .into_iter()
+        .map(|ns| {
+            let mut rx = stop_rx.clone();
+            let shutdown = async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            };
+            kvsync::controller::run(
+                client.clone(),
+                access.clone(),
+                settings.clone(),
+                metrics.clone(),
+                &health,
+                ns,
+                shutdown,
+            )
+        })
+        .collect();
     tracing::info!(metrics_addr = %addr, "kvsync controller starting");
-    health.set_ready(true);
     let all = futures::future::join_all(controllers);
     tokio::pin!(all);
     tokio::select! {
         _ = &mut all => {}
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
-            health.set_ready(false);
+            health.set_stopping();
             let _ = stop_tx.send(true);
             all.await;
         }

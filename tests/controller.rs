@@ -16,7 +16,9 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use kube::client::Body;
 use kvsync::azure::AzureAccess;
+use kvsync::metrics::Metrics;
 use kvsync::reconcile::Settings;
+use kvsync::server::Health;
 use serde_json::{Value, json};
 use support::{fast_retry, start};
 
@@ -61,7 +63,25 @@ struct Fake {
     binding_patches: Vec<Value>,
     /// Merge patches of Deployment agent (rollout restarts).
     deployment_patches: Vec<Value>,
+    /// When set, listing and watching bindings answers this status (404:
+    /// the CRD is not installed; 403: RBAC forbids it).
+    bindings_status: Option<u16>,
+    /// The same for the managed Secrets.
+    secrets_status: Option<u16>,
     unexpected: Vec<String>,
+}
+
+fn failure(code: u16) -> Response<RespBody> {
+    let reason = match code {
+        403 => "Forbidden",
+        404 => "NotFound",
+        _ => "InternalError",
+    };
+    full(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code,
+            "message": format!("answered {code} by the test")}),
+    )
 }
 
 fn meta_of(secret: &Value) -> Value {
@@ -84,7 +104,21 @@ async fn serve(
         } else {
             serde_json::from_slice(&body).unwrap()
         };
+        let refused = |s: &Mutex<Fake>, secrets: bool| {
+            let s = s.lock().unwrap();
+            if secrets {
+                s.secrets_status
+            } else {
+                s.bindings_status
+            }
+        };
         let resp = match (method.as_str(), path.as_str()) {
+            ("GET", p) if p == bindings && refused(&state, false).is_some() => {
+                failure(refused(&state, false).unwrap())
+            }
+            ("GET", "/api/v1/namespaces/ci/secrets") if refused(&state, true).is_some() => {
+                failure(refused(&state, true).unwrap())
+            }
             ("GET", p) if p == bindings && watch => stream(&state, false),
             ("GET", p) if p == bindings => {
                 let b = state.lock().unwrap().binding.clone();
@@ -228,6 +262,8 @@ fn b64(s: &str) -> String {
 
 struct Operator {
     state: Arc<Mutex<Fake>>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
     stop: futures::channel::oneshot::Sender<()>,
     run: tokio::task::JoinHandle<()>,
     server: tokio::task::JoinHandle<()>,
@@ -236,11 +272,19 @@ struct Operator {
 /// Starts the controller for `binding` (namespace ci, name agent) with
 /// `secret` as the existing target Secret, if any.
 fn operator(f: &support::Fixture, binding: Value, secret: Option<Value>) -> Operator {
-    let state = Arc::new(Mutex::new(Fake {
-        binding,
-        secret,
-        ..Default::default()
-    }));
+    operator_with(
+        f,
+        Fake {
+            binding,
+            secret,
+            ..Default::default()
+        },
+    )
+}
+
+/// Starts the controller against the API server `fake`.
+fn operator_with(f: &support::Fixture, fake: Fake) -> Operator {
+    let state = Arc::new(Mutex::new(fake));
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<RespBody>>();
     let server = tokio::spawn(serve(handle, state.clone()));
     let client = kube::Client::new(service, "default");
@@ -250,6 +294,8 @@ fn operator(f: &support::Fixture, binding: Value, secret: Option<Value>) -> Oper
         f.env("operator", "sub"),
         fast_retry(),
     ));
+    let health = Arc::new(Health::default());
+    let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = futures::channel::oneshot::channel::<()>();
     let run = tokio::spawn(kvsync::controller::run(
         client,
@@ -259,7 +305,8 @@ fn operator(f: &support::Fixture, binding: Value, secret: Option<Value>) -> Oper
             rollout_window: Duration::from_millis(300),
             hash_key: kvsync::hashkey::HashKey::new(b"test-key"),
         },
-        Arc::new(kvsync::metrics::Metrics::default()),
+        metrics.clone(),
+        &health,
         Some("ci".into()),
         async move {
             let _ = stopped.await;
@@ -267,6 +314,8 @@ fn operator(f: &support::Fixture, binding: Value, secret: Option<Value>) -> Oper
     ));
     Operator {
         state,
+        health,
+        metrics,
         stop,
         run,
         server,
@@ -307,6 +356,22 @@ impl Operator {
             .secret
             .as_ref()
             .is_some_and(|s| s["data"][key] == b64(value))
+    }
+
+    /// `kvsync_reconcile_errors_total{kind}` as /metrics shows it.
+    fn errors(&self, kind: &str) -> u64 {
+        let series = format!("kvsync_reconcile_errors_total{{kind=\"{kind}\"}} ");
+        let text = self.metrics.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// What /readyz would answer with 503, or "" when ready.
+    fn not_ready(&self) -> String {
+        self.health.readiness().err().unwrap_or_default()
     }
 
     async fn shutdown(self) {
@@ -548,5 +613,103 @@ async fn a_data_change_restarts_rollout_targets_once() {
         1,
         "one restart for two changes, none for no change"
     );
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_crd_keeps_it_not_ready_and_is_counted() {
+    let f = start("secrets: []\n").await;
+    let op = operator_with(
+        &f,
+        Fake {
+            bindings_status: Some(404),
+            ..Default::default()
+        },
+    );
+    until("the failed listing to be counted", || {
+        op.errors("watch_bindings_not_found") >= 1
+    })
+    .await;
+    until("the managed Secrets to be listed", || {
+        !op.not_ready().contains("managed secrets")
+    })
+    .await;
+    let why = op.not_ready();
+    assert!(
+        why.starts_with("waiting for the initial listing of vaultsecretbindings in namespace ci"),
+        "{why}"
+    );
+    assert_eq!(op.errors("watch_bindings_forbidden"), 0);
+    assert_eq!(op.errors("watch_other"), 0);
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn readiness_waits_for_the_initial_listing_of_the_managed_secrets() {
+    let f = start("secrets:\n  - {name: db-password, value: v1}\n").await;
+    let op = operator_with(
+        &f,
+        Fake {
+            binding: binding(&f, json!({"secrets": [{"name": "db-password"}]})),
+            secrets_status: Some(403),
+            ..Default::default()
+        },
+    );
+    assert!(!op.health.is_ready(), "registered before it runs");
+    until("the refused listing to be counted", || {
+        op.errors("watch_secrets_forbidden") >= 1
+    })
+    .await;
+    until("the bindings to be listed", || {
+        !op.not_ready().contains("vaultsecretbindings")
+    })
+    .await;
+    let why = op.not_ready();
+    assert!(
+        why.starts_with("waiting for the initial listing of managed secrets in namespace ci"),
+        "{why}"
+    );
+
+    // RBAC granted: the retry lists and the operator is ready.
+    op.state.lock().unwrap().secrets_status = None;
+    until("readiness", || op.health.is_ready()).await;
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_watch_that_keeps_failing_after_sync_makes_it_not_ready_until_it_recovers() {
+    let f = start("secrets:\n  - {name: db-password, value: v1}\n").await;
+    let op = operator(
+        &f,
+        binding(&f, json!({"secrets": [{"name": "db-password"}]})),
+        None,
+    );
+    until("readiness after the initial listings", || {
+        op.health.is_ready()
+    })
+    .await;
+    assert_eq!(op.errors("watch_bindings_forbidden"), 0);
+
+    // RBAC revoked: the open watch ends and every restart is refused.
+    {
+        let mut s = op.state.lock().unwrap();
+        s.bindings_status = Some(403);
+        s.other_watches.clear();
+    }
+    until("not ready while the watch keeps failing", || {
+        op.not_ready()
+            .contains("the watch of vaultsecretbindings in namespace ci keeps failing")
+    })
+    .await;
+    assert!(op.errors("watch_bindings_forbidden") >= 2);
+
+    // Granted again: the watch resumes; its next event shows it works.
+    op.state.lock().unwrap().bindings_status = None;
+    until("the watch to resume", || {
+        !op.state.lock().unwrap().other_watches.is_empty()
+    })
+    .await;
+    op.update_binding(|_| {});
+    until("readiness again", || op.health.is_ready()).await;
     op.shutdown().await;
 }

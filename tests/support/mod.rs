@@ -423,4 +423,37 @@ pub mod mock {
         );
         (query, sent)
     }
+
+    /// Like [`expect`], but the answer is made from the JSON body that was
+    /// sent (e.g. a create answered with the object created).
+    pub async fn expect_answering(
+        handle: &mut Handle,
+        method: &str,
+        path: &str,
+        status: u16,
+        answer: impl FnOnce(&Value) -> Value,
+    ) -> (String, Value) {
+        let (request, send) = handle
+            .next_request()
+            .await
+            .unwrap_or_else(|| panic!("expected {method} {path}, got nothing"));
+        let query = request.uri().query().unwrap_or_default().to_string();
+        assert_eq!(
+            format!("{} {}", request.method(), request.uri().path()),
+            format!("{method} {path}")
+        );
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let sent = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&answer(&sent)).unwrap()))
+                .unwrap(),
+        );
+        (query, sent)
+    }
 }
