@@ -171,8 +171,9 @@ impl SweepGate {
 }
 
 /// Forgets what is held for bindings the store no longer has.
-// wired at merge: ctx.forget_absent(present)
-fn forget_absent(_ctx: &Context, _present: impl Fn(&ObjectRef<VaultSecretBinding>) -> bool) {}
+fn forget_absent(ctx: &Context, present: impl Fn(&ObjectRef<VaultSecretBinding>) -> bool) {
+    ctx.forget_absent(present);
+}
 
 /// Runs the sweep until dropped: after each complete listing of the
 /// bindings (`listed`) and every `every`.

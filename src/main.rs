@@ -60,10 +60,16 @@ fn azure_access(args: &VaultArgs) -> Result<kvsync::azure::AzureAccess, String> 
         None => Vec::new(),
     };
     let client = http::build_client(&roots).map_err(|e| e.to_string())?;
+    let env = AzureEnvironment::from_env();
+    if let Err(e) = env.check() {
+        // Not fatal: bindings with an identity of their own still work; those
+        // that use the operator's own identity report this as their condition.
+        tracing::error!(error = %e, "the operator's Azure environment is invalid");
+    }
     Ok(AzureAccess::new(
         client,
         VaultHostPolicy::new(args.allowed_vault_hosts.clone()),
-        AzureEnvironment::from_env(),
+        env,
         RetryPolicy::default(),
     ))
 }

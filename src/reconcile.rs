@@ -85,8 +85,6 @@ struct BindingState {
     failures: u32,
     /// Rollout targets found missing when last looked up.
     rollout_missing: Option<Vec<String>>,
-    /// Vault secret names in status (for the expiry metric series).
-    synced_names: Vec<String>,
 }
 
 impl Context {
@@ -122,20 +120,11 @@ impl Context {
     }
 
     fn forget_key(&self, key: &BindingKey) {
-        let state = self.bindings.lock().expect("binding state").remove(key);
+        self.bindings.lock().expect("binding state").remove(key);
         let (ns, name) = key;
         self.pollers
             .forget(&ObjectRef::<VaultSecretBinding>::new(name).within(ns));
-        self.metrics.set_ready(&format!("{ns}/{name}"), None);
-        for secret in state.map(|s| s.synced_names).unwrap_or_default() {
-            self.metrics
-                .secret_expiry
-                .remove(&crate::metrics::ExpiryLabels {
-                    namespace: ns.clone(),
-                    binding: name.clone(),
-                    secret,
-                });
-        }
+        self.metrics.forget_binding(ns, name, &[]);
     }
 
     /// Forgets every binding for which `present` is false: bindings deleted
@@ -300,37 +289,29 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
     let generation = b.meta().generation;
     let started = Instant::now();
     let result = sync(&b, &ctx, interval).await;
-    ctx.metrics
-        .sync_duration
-        .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(done) => {
             ctx.failure_count(&key, false);
-            ctx.metrics
-                .syncs
-                .get_or_create(&crate::metrics::SyncLabels {
-                    result: "success".into(),
-                    reason: Reason::Synced.as_str().into(),
-                })
-                .inc();
-            ctx.metrics.set_ready(&shown, Some(done.ready));
+            match done.status.conditions.first() {
+                Some(c) if c.status == "False" => ctx.metrics.sync_failed(
+                    &shown,
+                    Reason::parse(&c.reason).unwrap_or(Reason::SecretDisabled),
+                    started.elapsed(),
+                ),
+                _ => ctx.metrics.sync_succeeded(&shown, started.elapsed()),
+            }
             if done.written {
                 ctx.metrics.secret_writes.inc();
             }
-            let names: Vec<String> = done.status.secrets.iter().map(|s| s.name.clone()).collect();
-            for s in &done.status.secrets {
-                if let Some(exp) = &s.expires {
-                    ctx.metrics
-                        .secret_expiry
-                        .get_or_create(&crate::metrics::ExpiryLabels {
-                            namespace: ns.clone(),
-                            binding: name.clone(),
-                            secret: s.name.clone(),
-                        })
-                        .set(exp.0.as_second());
-                }
-            }
-            ctx.state(&key, |st| st.synced_names = names);
+            ctx.metrics.set_secret_expiries(
+                &ns,
+                &name,
+                done.status.secrets.iter().filter_map(|s| {
+                    s.expires
+                        .as_ref()
+                        .map(|e| (s.name.as_str(), e.0.as_second()))
+                }),
+            );
             if done.data_changed {
                 let secret = b.spec.target_name(&name).to_string();
                 let note = format!(
@@ -375,14 +356,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
         }
         Err(SyncError::User(f)) => {
             let failures = ctx.failure_count(&key, true);
-            ctx.metrics
-                .syncs
-                .get_or_create(&crate::metrics::SyncLabels {
-                    result: "failure".into(),
-                    reason: f.reason.as_str().into(),
-                })
-                .inc();
-            ctx.metrics.set_ready(&shown, Some(false));
+            ctx.metrics.sync_failed(&shown, f.reason, started.elapsed());
             warn_once(&ctx, &b, prev, f.reason, &f.message).await;
             let new_status = status::failed(
                 prev,
@@ -582,6 +556,26 @@ async fn sync(
     let write = !apply::in_sync(&desired, current.as_ref())
         || apply::has_stale_keys(&previous_keys, &desired, current.as_ref())
         || spec_changed;
+    let first = prev.data_hash.is_none();
+    // A different hash alone is not a change: the hash key (or its scheme)
+    // may have changed. The data must also differ from what the Secret holds.
+    let data_changed = prev.data_hash.as_deref() != Some(rendered.hash.as_str())
+        && data_differs(&rendered.data, current_data.as_ref(), &previous_keys);
+
+    // Rollout: only for changes after the first sync. What is due is kept in
+    // status until every target was patched — and recorded BEFORE the Secret
+    // changes, so a crash between the two never loses the restart.
+    let now = status::now();
+    let mut pending = prev.rollout_pending_since.clone();
+    if spec.rollout.is_empty() {
+        pending = None;
+    } else if data_changed && !first && pending.is_none() && write {
+        pending = Some(now.clone());
+        let mut intent = prev.clone();
+        intent.rollout_pending_since = pending.clone();
+        let bindings: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);
+        status::write(&bindings, &name, &intent).await?;
+    }
     if write {
         let force_apply = spec.policy() != TargetPolicy::Merge;
         apply::apply(&secrets, &desired, &apply::field_manager(b), force_apply)
@@ -594,25 +588,11 @@ async fn sync(
                 },
             })?;
     }
-    let first = prev.data_hash.is_none();
-    // A different hash alone is not a change: the hash key (or its scheme)
-    // may have changed. The data must also differ from what the Secret held.
-    let data_changed = prev.data_hash.as_deref() != Some(rendered.hash.as_str())
-        && data_differs(&rendered.data, current_data.as_ref(), &previous_keys);
 
-    // Rollout: only for changes after the first sync; what is due is kept
-    // in status until every target was patched.
-    let now = status::now();
     let mut requeue = None;
     let mut missing = Vec::new();
     let mut rollout_error = None;
-    let mut pending = prev.rollout_pending_since.clone();
-    if spec.rollout.is_empty() {
-        pending = None;
-    } else {
-        if data_changed && !first && pending.is_none() {
-            pending = Some(now.clone());
-        }
+    if !spec.rollout.is_empty() {
         let since = pending.as_ref().map(|t| t.0.as_second());
         match rollout::due(since, ctx.settings.rollout_window, now.0.as_second()) {
             RolloutDue::Now => {
@@ -699,6 +679,8 @@ async fn missing_targets(
 /// Requeue after an infrastructure error.
 pub fn error_policy(b: Arc<VaultSecretBinding>, error: &Error, ctx: Arc<Context>) -> Action {
     let n = ctx.failure_count(&key_of(&b), true);
+    ctx.metrics
+        .reconcile_error(crate::metrics::ReconcileErrorKind::Kube);
     tracing::warn!(binding = %display_key(&b), error = %error, "reconcile failed");
     let interval = b.spec.refresh_interval_or(ctx.settings.default_refresh);
     Action::requeue(backoff(n, interval))

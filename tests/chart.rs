@@ -45,7 +45,10 @@ fn chart_version_follows_the_crate() {
     let chart: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap())
             .unwrap();
-    assert_eq!(chart["appVersion"].as_str(), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        chart["appVersion"].as_str(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
     assert_eq!(chart["version"].as_str(), Some(env!("CARGO_PKG_VERSION")));
     assert_eq!(chart["kubeVersion"].as_str(), Some(">=1.29.0-0"));
 }
@@ -171,7 +174,9 @@ fn defaults_render_a_locked_down_ha_operator() {
     );
     let sa = &kinds["ServiceAccount"][0];
     assert!(
-        sa["metadata"]["labels"].get("azure.workload.identity/use").is_none(),
+        sa["metadata"]["labels"]
+            .get("azure.workload.identity/use")
+            .is_none(),
         "…not on the ServiceAccount"
     );
     let psc = &pod["spec"]["securityContext"];
@@ -210,7 +215,10 @@ fn defaults_render_a_locked_down_ha_operator() {
     );
     assert_eq!(kinds["PodDisruptionBudget"].len(), 1, "on with 2 replicas");
     let crd = &kinds["CustomResourceDefinition"][0];
-    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
     assert!(kinds.contains_key("ClusterRole"));
     assert!(!kinds.contains_key("NetworkPolicy") && !kinds.contains_key("ServiceMonitor"));
 }
@@ -218,7 +226,8 @@ fn defaults_render_a_locked_down_ha_operator() {
 #[test]
 fn every_optional_feature_renders() {
     let Some(helm) = helm() else { return };
-    let values = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chart-all-features.yaml");
+    let values =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chart-all-features.yaml");
     let docs = render(&helm, &["-f", values.to_str().unwrap()]).unwrap();
     let kinds = check_types(&docs);
     let deployments = &kinds["Deployment"];
@@ -226,19 +235,26 @@ fn every_optional_feature_renders() {
     for (i, d) in deployments.iter().enumerate() {
         let a = args(d);
         assert!(a.contains(&format!("--shard={i}/2")), "{a:?}");
-        assert!(a.contains(&"--allowed-vault-hosts=.vault.example.cloud,vault.local:8443".to_string()));
+        assert!(
+            a.contains(&"--allowed-vault-hosts=.vault.example.cloud,vault.local:8443".to_string())
+        );
         assert!(a.contains(&"--ca-file=/etc/kvsync/ca/bundle.pem".to_string()));
         assert!(a.contains(&"--status-heartbeat=30m".to_string()));
         assert!(a.contains(&"--log-format=text".to_string()));
         assert_eq!(d["metadata"]["labels"]["team"], "platform");
         assert_eq!(
             container(d).image.as_deref(),
-            Some("registry.example.com/kvsync@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+            Some(
+                "registry.example.com/kvsync@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+            )
         );
         let spec = &d["spec"]["template"]["spec"];
         assert_eq!(spec["priorityClassName"], "system-cluster-critical");
         assert_eq!(spec["volumes"][0]["configMap"]["name"], "corp-ca");
-        assert_eq!(d["spec"]["selector"]["matchLabels"]["kvsync.io/shard"], i.to_string());
+        assert_eq!(
+            d["spec"]["selector"]["matchLabels"]["kvsync.io/shard"],
+            i.to_string()
+        );
     }
     let sa = &kinds["ServiceAccount"][0];
     assert_eq!(
@@ -266,15 +282,25 @@ fn watch_namespaces_render_roles_not_a_cluster_role() {
     assert!(!kinds.contains_key("ClusterRole") && !kinds.contains_key("ClusterRoleBinding"));
     let roles: BTreeSet<String> = kinds["Role"]
         .iter()
-        .map(|r| format!("{}/{}", r["metadata"]["namespace"].as_str().unwrap(), r["metadata"]["name"].as_str().unwrap()))
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["metadata"]["namespace"].as_str().unwrap(),
+                r["metadata"]["name"].as_str().unwrap()
+            )
+        })
         .collect();
     assert_eq!(
         roles,
-        ["build/kvsync", "ci/kvsync", "kvsync-system/kvsync-self"].map(String::from).into()
+        ["build/kvsync", "ci/kvsync", "kvsync-system/kvsync-self"]
+            .map(String::from)
+            .into()
     );
     assert_eq!(kinds["RoleBinding"].len(), 3);
     let a = args(&kinds["Deployment"][0]);
-    assert!(a.contains(&"--namespace=ci".to_string()) && a.contains(&"--namespace=build".to_string()));
+    assert!(
+        a.contains(&"--namespace=ci".to_string()) && a.contains(&"--namespace=build".to_string())
+    );
 }
 
 #[test]
@@ -288,7 +314,11 @@ fn bad_values_fail_at_install() {
         ("sharding.shards=0", "shards"),
         ("no.suchValue=1", "no"),
     ] {
-        let flag = if set.starts_with("replicaCount") { "--set-string" } else { "--set" };
+        let flag = if set.starts_with("replicaCount") {
+            "--set-string"
+        } else {
+            "--set"
+        };
         let err = render(&helm, &[flag, set]).expect_err(set);
         assert!(err.contains(why), "{set}: {err}");
     }
@@ -314,18 +344,78 @@ fn helm_lint_strict_passes() {
 /// verb, where). Keep it in step with the code: a new call needs a line here
 /// and, through the test below, a rule in the chart.
 const CALLS: &[(&str, &str, &str, &str)] = &[
-    ("kvsync.io", "vaultsecretbindings", "list", "controller: bindings watch"),
-    ("kvsync.io", "vaultsecretbindings", "watch", "controller: bindings watch"),
-    ("kvsync.io", "vaultsecretbindings", "patch", "reconcile: Merge finalizer add/remove"),
-    ("kvsync.io", "vaultsecretbindings/status", "patch", "status::write (server-side apply)"),
-    ("kvsync.io", "vaultsecretbindings/finalizers", "update", "owner references with blockOwnerDeletion"),
-    ("", "secrets", "get", "reconcile: current Secret; identity: clientSecretRef; hash key"),
-    ("", "secrets", "list", "controller: managed Secrets metadata watch"),
-    ("", "secrets", "watch", "controller: managed Secrets metadata watch"),
-    ("", "secrets", "patch", "apply::apply, apply::release_merged (server-side apply)"),
-    ("", "secrets", "create", "server-side apply of a missing Secret; hash key Secret"),
-    ("", "serviceaccounts", "get", "identity: ServiceAccount annotations"),
-    ("", "serviceaccounts/token", "create", "identity: TokenRequest"),
+    (
+        "kvsync.io",
+        "vaultsecretbindings",
+        "list",
+        "controller: bindings watch",
+    ),
+    (
+        "kvsync.io",
+        "vaultsecretbindings",
+        "watch",
+        "controller: bindings watch",
+    ),
+    (
+        "kvsync.io",
+        "vaultsecretbindings",
+        "patch",
+        "reconcile: Merge finalizer add/remove",
+    ),
+    (
+        "kvsync.io",
+        "vaultsecretbindings/status",
+        "patch",
+        "status::write (server-side apply)",
+    ),
+    (
+        "kvsync.io",
+        "vaultsecretbindings/finalizers",
+        "update",
+        "owner references with blockOwnerDeletion",
+    ),
+    (
+        "",
+        "secrets",
+        "get",
+        "reconcile: current Secret; identity: clientSecretRef; hash key",
+    ),
+    (
+        "",
+        "secrets",
+        "list",
+        "controller: managed Secrets metadata watch",
+    ),
+    (
+        "",
+        "secrets",
+        "watch",
+        "controller: managed Secrets metadata watch",
+    ),
+    (
+        "",
+        "secrets",
+        "patch",
+        "apply::apply, apply::release_merged (server-side apply)",
+    ),
+    (
+        "",
+        "secrets",
+        "create",
+        "server-side apply of a missing Secret; hash key Secret",
+    ),
+    (
+        "",
+        "serviceaccounts",
+        "get",
+        "identity: ServiceAccount annotations",
+    ),
+    (
+        "",
+        "serviceaccounts/token",
+        "create",
+        "identity: TokenRequest",
+    ),
     ("apps", "deployments", "get", "rollout::exists"),
     ("apps", "deployments", "patch", "rollout::restart"),
     ("apps", "statefulsets", "get", "rollout::exists"),
@@ -333,7 +423,12 @@ const CALLS: &[(&str, &str, &str, &str)] = &[
     ("apps", "daemonsets", "get", "rollout::exists"),
     ("apps", "daemonsets", "patch", "rollout::restart"),
     ("events.k8s.io", "events", "create", "reconcile: events"),
-    ("events.k8s.io", "events", "patch", "reconcile: event series"),
+    (
+        "events.k8s.io",
+        "events",
+        "patch",
+        "reconcile: event series",
+    ),
 ];
 
 /// Calls in the operator's own namespace (leader election, hash key).
@@ -342,7 +437,12 @@ const SELF_CALLS: &[(&str, &str, &str, &str)] = &[
     ("coordination.k8s.io", "leases", "create", "leader election"),
     ("coordination.k8s.io", "leases", "patch", "leader election"),
     ("", "secrets", "get", "hashkey: read kvsync-hash-key"),
-    ("", "secrets", "create", "hashkey: create kvsync-hash-key once"),
+    (
+        "",
+        "secrets",
+        "create",
+        "hashkey: create kvsync-hash-key once",
+    ),
 ];
 
 fn grants(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
@@ -374,10 +474,16 @@ fn rbac_grants_exactly_the_calls_kvsync_makes() {
     let cluster: ClusterRole = serde_json::from_value(kinds["ClusterRole"][0].clone()).unwrap();
     let rules = cluster.rules.unwrap_or_default();
     assert!(
-        rules.iter().all(|r| r.resource_names.is_none() && !r.verbs.iter().any(|v| v == "*")),
+        rules
+            .iter()
+            .all(|r| r.resource_names.is_none() && !r.verbs.iter().any(|v| v == "*")),
         "no wildcards"
     );
-    assert_eq!(grants(&rules), needed(CALLS), "ClusterRole vs the calls of kvsync run");
+    assert_eq!(
+        grants(&rules),
+        needed(CALLS),
+        "ClusterRole vs the calls of kvsync run"
+    );
     let own: Role = serde_json::from_value(
         kinds["Role"]
             .iter()
@@ -391,11 +497,19 @@ fn rbac_grants_exactly_the_calls_kvsync_makes() {
     // Optional rules go away with their feature.
     let docs = render(
         &helm,
-        &["--set", "rbac.serviceAccountTokenCreate=false", "--set", "rbac.rolloutRestart=false"],
+        &[
+            "--set",
+            "rbac.serviceAccountTokenCreate=false",
+            "--set",
+            "rbac.rolloutRestart=false",
+        ],
     )
     .unwrap();
     let kinds = check_types(&docs);
     let cluster: ClusterRole = serde_json::from_value(kinds["ClusterRole"][0].clone()).unwrap();
     let g = grants(&cluster.rules.unwrap_or_default());
-    assert!(!g.iter().any(|(_, r, _)| r == "serviceaccounts/token" || r == "deployments"));
+    assert!(
+        !g.iter()
+            .any(|(_, r, _)| r == "serviceaccounts/token" || r == "deployments")
+    );
 }
