@@ -190,7 +190,11 @@ struct Seen {
 
 /// A client that passes every request through and reports each Lease read
 /// back from our Lease's URL, so confirmations need no extra requests.
-fn observing(client: kube::Client, path: String, seen: mpsc::UnboundedSender<Seen>) -> kube::Client {
+fn observing(
+    client: kube::Client,
+    path: String,
+    seen: mpsc::UnboundedSender<Seen>,
+) -> kube::Client {
     let namespace = client.default_namespace().to_string();
     let service = tower::service_fn(move |request: Request<Body>| {
         let (client, path, seen) = (client.clone(), path.clone(), seen.clone());
@@ -220,7 +224,9 @@ fn observing(client: kube::Client, path: String, seen: mpsc::UnboundedSender<See
 enum Exit {
     Shutdown,
     /// Start over with a fresh manager (its state is stale) after `delay`.
-    Rebuild { delay: Duration },
+    Rebuild {
+        delay: Duration,
+    },
 }
 
 type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -377,9 +383,15 @@ impl Elector {
             return;
         }
         match timeout(self.cfg.renew_deadline, manager.release()).await {
-            Ok(Ok(())) => tracing::info!(lease = %self.cfg.lease_name, "leader election: Lease released"),
-            Ok(Err(e)) => tracing::warn!(lease = %self.cfg.lease_name, error = %e, "leader election: release failed; the Lease expires by itself"),
-            Err(_) => tracing::warn!(lease = %self.cfg.lease_name, "leader election: release timed out; the Lease expires by itself"),
+            Ok(Ok(())) => {
+                tracing::info!(lease = %self.cfg.lease_name, "leader election: Lease released")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(lease = %self.cfg.lease_name, error = %e, "leader election: release failed; the Lease expires by itself")
+            }
+            Err(_) => {
+                tracing::warn!(lease = %self.cfg.lease_name, "leader election: release timed out; the Lease expires by itself")
+            }
         }
     }
 }
@@ -408,7 +420,10 @@ mod tests {
 
     #[test]
     fn identity_is_the_pod_name_else_hostname_and_random_suffix() {
-        assert_eq!(identity_from(Some("kvsync-7d9f-x".into()), Some("h".into())), "kvsync-7d9f-x");
+        assert_eq!(
+            identity_from(Some("kvsync-7d9f-x".into()), Some("h".into())),
+            "kvsync-7d9f-x"
+        );
         let a = identity_from(None, Some("laptop".into()));
         let b = identity_from(Some(String::new()), Some("laptop".into()));
         for id in [&a, &b] {
@@ -423,15 +438,24 @@ mod tests {
     #[test]
     fn timing_renews_twice_per_deadline_and_polls_at_most_every_two_seconds() {
         let t = cfg(15, 10).timing().unwrap();
-        assert_eq!((t.duration, t.grace, t.retry), (15, 10, Duration::from_secs(2)));
+        assert_eq!(
+            (t.duration, t.grace, t.retry),
+            (15, 10, Duration::from_secs(2))
+        );
         let t = cfg(3, 2).timing().unwrap();
-        assert_eq!((t.duration, t.grace, t.retry), (3, 2, Duration::from_secs(1)));
+        assert_eq!(
+            (t.duration, t.grace, t.retry),
+            (3, 2, Duration::from_secs(1))
+        );
     }
 
     #[test]
     fn timing_that_cannot_be_safe_is_refused() {
         for (lease, renew) in [(10, 10), (10, 12), (3, 1), (2, 1)] {
-            assert!(matches!(cfg(lease, renew).timing(), Err(LeaderError::Timing { .. })), "{lease}/{renew}");
+            assert!(
+                matches!(cfg(lease, renew).timing(), Err(LeaderError::Timing { .. })),
+                "{lease}/{renew}"
+            );
         }
         let mut c = cfg(15, 10);
         c.identity.clear();

@@ -240,7 +240,9 @@ mod tests {
 
     #[test]
     fn parse_errors_say_what_is_accepted() {
-        for bad in ["", "1", "1/", "/2", "a/2", "+1/2", "1/-2", " 1/2", "1/2/3", "0x1/2"] {
+        for bad in [
+            "", "1", "1/", "/2", "a/2", "+1/2", "1/-2", " 1/2", "1/2/3", "0x1/2",
+        ] {
             assert_eq!(
                 bad.parse::<Shard>(),
                 Err(ShardParseError::Format(bad.into())),
