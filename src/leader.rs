@@ -276,7 +276,16 @@ impl Elector {
                 Exit::Rebuild { delay: d } => delay = d,
             }
         }
+        // Shut down with no manager (rebuilding after an error): if the API
+        // server last said the Lease is ours, a fresh manager releases it
+        // rather than leaving the standbys to wait for its expiry.
         self.publish(false);
+        if self.seen_ours() {
+            let fresh = timeout(self.cfg.renew_deadline, self.build(Duration::ZERO));
+            if let Ok(Ok(manager)) = fresh.await {
+                self.release(&manager).await;
+            }
+        }
     }
 
     async fn build(&self, delay: Duration) -> kube_lease_manager::Result<LeaseManager> {
@@ -351,9 +360,10 @@ impl Elector {
         self.confirmed_until = match (self.seen_ours(), seen.renew_time) {
             (true, Some(renewed)) => {
                 let deadline = self.cfg.renew_deadline;
-                // The later of our clock's view and the Lease's own renewTime
-                // must both still be inside the deadline: a Lease left by a
-                // previous process with our name is ours but not fresh.
+                // Two bounds, the earlier wins: the deadline from when we
+                // asked (the API server confirmed no earlier than that), and
+                // from the Lease's own renewTime (a Lease left by a previous
+                // process with our name is ours, but stale).
                 let left = (renewed + deadline)
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO);

@@ -30,6 +30,7 @@ type Pending = tower_test::mock::SendResponse<Response<Body>>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fault {
+    FailNextWrite,
     FailWrites,
     HangWrites,
 }
@@ -155,6 +156,11 @@ impl Fake {
                 match state.fault {
                     Some(Fault::HangWrites) => {
                         state.hung.push(send);
+                        continue;
+                    }
+                    Some(Fault::FailNextWrite) => {
+                        state.fault = None;
+                        send.send_response(status(500, "InternalError"));
                         continue;
                     }
                     Some(Fault::FailWrites) => {
@@ -483,5 +489,22 @@ async fn a_lease_taken_by_another_stops_the_leader() {
         fake.spec()["holderIdentity"],
         "pod-b",
         "never releases another's claim"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_while_recovering_from_an_error_still_releases_the_lease() {
+    let fake = Fake::new(None);
+    let mut a = fake.replica("pod-a", 3, 2);
+    a.wait_leader(true, Duration::from_secs(5)).await;
+
+    // One renewal fails: in doubt, it steps down and rebuilds after a pause.
+    fake.fault(Fault::FailNextWrite);
+    a.wait_leader(false, Duration::from_secs(3)).await;
+    a.shut_down().await;
+    assert!(
+        fake.spec().get("holderIdentity").is_none(),
+        "{}",
+        fake.spec()
     );
 }
