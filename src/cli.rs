@@ -68,6 +68,20 @@ pub struct RunArgs {
     /// Data changes within this window cause one rollout restart.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub rollout_window: std::time::Duration,
+    /// Elect one writer among the replicas with a Lease in POD_NAMESPACE
+    /// (identity POD_NAME); standbys keep their caches warm and write nothing.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// How long a lease is valid without renewal.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: std::time::Duration,
+    /// A leader that cannot renew within this stops writing.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub leader_elect_renew_deadline: std::time::Duration,
+    /// Reconcile only the bindings of shard I of N (FNV-1a 64 of the uid);
+    /// with --leader-elect each shard has its own Lease.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::shard::Shard>,
     /// Namespace of Secret `kvsync-hash-key`, the key of `status.dataHash`
     /// shared by all replicas (made on the first start); default: the
     /// operator's own namespace (POD_NAMESPACE), else the kubeconfig's.

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
@@ -24,6 +24,7 @@ use crate::metrics::{Metrics, ReconcileErrorKind};
 use crate::poller::Pollers;
 use crate::reconcile::{Context, FORCE_SYNC_ANNOTATION, Settings, error_policy, reconcile};
 use crate::server::{Health, WatchHealth};
+use crate::shard::Shard;
 
 /// How often state held for bindings is checked against the bindings store.
 /// A deletion the watch reported is forgotten at once (`Context::forget`);
@@ -212,7 +213,57 @@ fn binding_predicate(b: &VaultSecretBinding) -> Option<u64> {
     Some(h.finish())
 }
 
-/// The controller of one namespace (`None`: all), until `shutdown`
+/// Which bindings this replica handles and when it may write.
+#[derive(Clone, Default)]
+pub struct Replica {
+    /// One namespace, or all when `None`.
+    pub namespace: Option<String>,
+    /// With `--leader-elect`: true while this replica holds the Lease.
+    /// `None`: always (a single replica).
+    pub leader: Option<tokio::sync::watch::Receiver<bool>>,
+    /// With `--shard I/N`: only bindings whose uid hashes into this shard.
+    pub shard: Shard,
+}
+
+/// Whether a watch event concerns a binding of `shard` (markers always do).
+fn in_shard(shard: Shard, event: &watcher::Event<VaultSecretBinding>) -> bool {
+    match event {
+        watcher::Event::Apply(b) | watcher::Event::Delete(b) | watcher::Event::InitApply(b) => {
+            shard.owns(b.uid().as_deref().unwrap_or_default())
+        }
+        watcher::Event::Init | watcher::Event::InitDone => true,
+    }
+}
+
+/// Yields once each time `leader` turns true (this replica takes over): the
+/// new leader reconciles every binding, the way a fresh start does.
+fn on_becoming_leader(
+    leader: Option<tokio::sync::watch::Receiver<bool>>,
+    ctx: Arc<Context>,
+) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold((leader, false), move |(leader, was)| {
+        let ctx = ctx.clone();
+        async move {
+            let mut rx = leader?;
+            let mut was = was;
+            loop {
+                let now = *rx.borrow_and_update();
+                if now && !was {
+                    return Some(((), (Some(rx), true)));
+                }
+                if !now && was {
+                    // Lost the Lease: stop polling vaults for bindings that
+                    // the new leader now serves.
+                    ctx.forget_absent(|_| false);
+                }
+                was = now;
+                rx.changed().await.ok()?;
+            }
+        }
+    })
+}
+
+/// The controller of `replica`'s namespace (`None`: all), until `shutdown`
 /// completes. Its two watches are registered with `health` when this is
 /// called, not when the future first runs, so that several controllers
 /// started together are all counted before any can report ready.
@@ -222,9 +273,10 @@ pub fn run(
     settings: Settings,
     metrics: Arc<Metrics>,
     health: &Health,
-    namespace: Option<String>,
+    replica: Replica,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Future<Output = ()> + Send + 'static {
+    let namespace = replica.namespace.clone();
     let scope = match &namespace {
         Some(ns) => format!("in namespace {ns}"),
         None => "in all namespaces".to_string(),
@@ -241,14 +293,19 @@ pub fn run(
             controller: "kvsync".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        let ctx = Arc::new(Context::new(
+        let mut ctx = Context::new(
             client.clone(),
             access,
             Pollers::new(Some(wake_tx)),
             Recorder::new(client.clone(), reporter),
             settings,
             metrics,
-        ));
+        );
+        if let Some(leader) = replica.leader.clone() {
+            ctx = ctx.with_leader(leader);
+        }
+        let ctx = Arc::new(ctx);
+        let shard = replica.shard;
 
         let (bindings, secrets): (Api<VaultSecretBinding>, Api<PartialObjectMeta<Secret>>) =
             match &namespace {
@@ -264,8 +321,10 @@ pub fn run(
         // A binding deleted without a finalizer is never reconciled again: drop
         // what is held for it when the watch reports the deletion.
         let on_delete = ctx.clone();
+        // Other shards' bindings never enter the store (nor memory).
         let binding_stream = watcher(bindings, watcher::Config::default().any_semantic())
             .default_backoff()
+            .try_filter(move |event| std::future::ready(in_shard(shard, event)))
             .reflect(writer)
             .inspect(move |event| {
                 if bindings_watch.observe(event) {
@@ -293,6 +352,7 @@ pub fn run(
                 Some(ObjectRef::new(&binding).within(&ns))
             })
             .reconcile_on(wake_rx)
+            .reconcile_all_on(on_becoming_leader(replica.leader, ctx.clone()))
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
             .for_each(|result| async move {

@@ -106,6 +106,54 @@ async fn run(args: RunArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shard = args.shard.unwrap_or_default();
+    // Leader election: its own stop signal, sent after the controllers have
+    // stopped writing, so the Lease is released last and a standby takes
+    // over in seconds.
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (leader, election) = if args.leader_elect {
+        let namespace = std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .ok_or("--leader-elect needs POD_NAMESPACE (the namespace of the Lease): set it from the pod's metadata.namespace")?;
+        let cfg = kvsync::leader::LeaderConfig {
+            namespace,
+            lease_name: shard.lease_name("kvsync"),
+            identity: kvsync::leader::LeaderConfig::identity_from_env(),
+            lease_duration: args.leader_elect_lease_duration,
+            renew_deadline: args.leader_elect_renew_deadline,
+        };
+        tracing::info!(lease = %cfg.lease_name, namespace = %cfg.namespace, identity = %cfg.identity, "leader election");
+        let mut rx = release_rx.clone();
+        let (leader, handle) = kvsync::leader::start(client.clone(), cfg, async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        })
+        .map_err(|e| e.to_string())?;
+        let role_health = health.clone();
+        let mut role_rx = leader.clone();
+        tokio::spawn(async move {
+            loop {
+                let role = kvsync::leader::Role::from(*role_rx.borrow_and_update());
+                tracing::info!(%role, "leader election");
+                role_health.set_role(if *role_rx.borrow() {
+                    "leader"
+                } else {
+                    "standby"
+                });
+                if role_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        (Some(leader), Some(handle))
+    } else {
+        (None, None)
+    };
+    let replica = kvsync::controller::Replica {
+        namespace: None,
+        leader,
+        shard,
+    };
     let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
         vec![None]
     } else {
@@ -126,7 +174,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 settings.clone(),
                 metrics.clone(),
                 &health,
-                ns,
+                kvsync::controller::Replica {
+                    namespace: ns,
+                    ..replica.clone()
+                },
                 shutdown,
             )
         })
@@ -142,6 +193,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
             let _ = stop_tx.send(true);
             all.await;
         }
+    }
+    // Writes have stopped: give the Lease back.
+    let _ = release_tx.send(true);
+    if let Some(handle) = election {
+        let _ = handle.await;
     }
     server.abort();
     Ok(())

@@ -73,6 +73,8 @@ pub struct Context {
     /// binding is complete by construction. What must survive a restart
     /// (a due rollout, a handled force-sync) lives in the binding's status.
     bindings: Mutex<HashMap<BindingKey, BindingState>>,
+    /// With leader election: whether this replica may write now.
+    leader: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// A binding's namespace and name.
@@ -105,7 +107,19 @@ impl Context {
             recorder,
             settings,
             bindings: Mutex::new(HashMap::new()),
+            leader: None,
         }
+    }
+
+    /// Writes only while `leader` says this replica holds the Lease.
+    pub fn with_leader(mut self, leader: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.leader = Some(leader);
+        self
+    }
+
+    /// Whether this replica may write (always, without leader election).
+    pub fn may_write(&self) -> bool {
+        self.leader.as_ref().is_none_or(|l| *l.borrow())
     }
 
     fn state<T>(&self, key: &BindingKey, f: impl FnOnce(&mut BindingState) -> T) -> T {
@@ -226,6 +240,8 @@ impl From<ReadError> for Failure {
 enum SyncError {
     User(Failure),
     Kube(kube::Error),
+    /// Leadership was lost during the sync: write nothing more.
+    Standby,
 }
 
 impl From<kube::Error> for SyncError {
@@ -258,6 +274,11 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
     let key = key_of(&b);
     let shown = display_key(&b);
     let has_finalizer = b.finalizers().iter().any(|f| f == FINALIZER);
+    if !ctx.may_write() {
+        // A standby: the leader reconciles; this replica is woken for every
+        // binding when it becomes the leader.
+        return Ok(Action::await_change());
+    }
 
     if b.meta().deletion_timestamp.is_some() {
         if has_finalizer {
@@ -345,7 +366,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
                 )
                 .await;
             }
-            if status::needs_write(prev, &done.status, interval) {
+            if status::needs_write(prev, &done.status, interval) && ctx.may_write() {
                 status::write(&bindings, &name, &done.status).await?;
             }
             let mut next = interval + jitter(&b.uid().unwrap_or_default(), interval);
@@ -366,7 +387,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
                 force_sync_token(&b),
                 status::now(),
             );
-            if status::needs_write(prev, &new_status, interval) {
+            if status::needs_write(prev, &new_status, interval) && ctx.may_write() {
                 status::write(&bindings, &name, &new_status).await?;
             }
             let wait = if f.transient {
@@ -379,6 +400,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
             ))
         }
         Err(SyncError::Kube(e)) => Err(Error::Kube(e)),
+        Err(SyncError::Standby) => Ok(Action::await_change()),
     }
 }
 
@@ -569,7 +591,11 @@ async fn sync(
     let mut pending = prev.rollout_pending_since.clone();
     if spec.rollout.is_empty() {
         pending = None;
-    } else if data_changed && !first && pending.is_none() && write {
+    }
+    if !ctx.may_write() {
+        return Err(SyncError::Standby);
+    }
+    if !spec.rollout.is_empty() && data_changed && !first && pending.is_none() && write {
         pending = Some(now.clone());
         let mut intent = prev.clone();
         intent.rollout_pending_since = pending.clone();

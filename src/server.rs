@@ -33,6 +33,8 @@ pub struct Health {
     watches: Mutex<Vec<Arc<WatchState>>>,
     stopping: AtomicBool,
     quiet_recovery: Duration,
+    /// "leader" / "standby" with `--leader-elect`, shown by `/readyz`.
+    role: Mutex<Option<&'static str>>,
 }
 
 impl Default for Health {
@@ -72,6 +74,21 @@ impl Health {
             watches: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
             quiet_recovery,
+            role: Mutex::new(None),
+        }
+    }
+
+    /// Records this replica's role (leader election): a standby is ready —
+    /// its caches are warm — and `/readyz` says which it is.
+    pub fn set_role(&self, role: &'static str) {
+        *self.role.lock().expect("role") = Some(role);
+    }
+
+    /// The `/readyz` body when ready: `ready`, or `ready (leader)`.
+    pub fn ready_text(&self) -> String {
+        match *self.role.lock().expect("role") {
+            Some(role) => format!("ready ({role})\n"),
+            None => "ready\n".to_string(),
         }
     }
 
@@ -184,7 +201,7 @@ pub async fn serve(
                         "/metrics" => metrics_answer(&metrics),
                         "/healthz" => answer(200, "ok\n"),
                         "/readyz" => match health.readiness() {
-                            Ok(()) => answer(200, "ready\n"),
+                            Ok(()) => answer(200, health.ready_text()),
                             Err(why) => answer(503, why),
                         },
                         _ => answer(404, "not found\n"),
@@ -259,6 +276,16 @@ mod tests {
         w.failed();
         w.failed();
         assert!(!health.is_ready());
+    }
+
+    #[test]
+    fn readyz_names_the_role_with_leader_election() {
+        let health = Health::new(Duration::ZERO);
+        assert_eq!(health.ready_text(), "ready\n");
+        health.set_role("standby");
+        assert_eq!(health.ready_text(), "ready (standby)\n");
+        health.set_role("leader");
+        assert_eq!(health.ready_text(), "ready (leader)\n");
     }
 
     #[test]

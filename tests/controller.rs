@@ -284,6 +284,11 @@ fn operator(f: &support::Fixture, binding: Value, secret: Option<Value>) -> Oper
 
 /// Starts the controller against the API server `fake`.
 fn operator_with(f: &support::Fixture, fake: Fake) -> Operator {
+    operator_as(f, fake, kvsync::controller::Replica::default())
+}
+
+/// Starts the controller against `fake` as `replica` (leader election, shard).
+fn operator_as(f: &support::Fixture, fake: Fake, replica: kvsync::controller::Replica) -> Operator {
     let state = Arc::new(Mutex::new(fake));
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<RespBody>>();
     let server = tokio::spawn(serve(handle, state.clone()));
@@ -307,7 +312,10 @@ fn operator_with(f: &support::Fixture, fake: Fake) -> Operator {
         },
         metrics.clone(),
         &health,
-        Some("ci".into()),
+        kvsync::controller::Replica {
+            namespace: Some("ci".into()),
+            ..replica
+        },
         async move {
             let _ = stopped.await;
         },
@@ -711,5 +719,94 @@ async fn a_watch_that_keeps_failing_after_sync_makes_it_not_ready_until_it_recov
     .await;
     op.update_binding(|_| {});
     until("readiness again", || op.health.is_ready()).await;
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_standby_writes_nothing_until_it_becomes_the_leader() {
+    let f = start("secrets:\n  - {name: db-password, value: v1}\n").await;
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    let op = operator_as(
+        &f,
+        Fake {
+            binding: binding(&f, json!({"secrets": [{"name": "db-password"}]})),
+            ..Default::default()
+        },
+        kvsync::controller::Replica {
+            leader: Some(leader_rx),
+            ..Default::default()
+        },
+    );
+    until("the watches to list (a standby's caches are warm)", || {
+        op.not_ready().is_empty()
+    })
+    .await;
+    // A standby: the bindings are listed and reconciled, but nothing is
+    // read from the vault or written.
+    tokio::task::yield_now().await;
+    assert!(op.state.lock().unwrap().secret.is_none());
+    assert_eq!(
+        f.stats().await.total("get_secret"),
+        0,
+        "a standby reads no vault"
+    );
+    leader_tx.send(true).unwrap();
+    until("the new leader to sync", || {
+        op.secret_holds("db-password", "v1")
+    })
+    .await;
+    op.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_shard_reconciles_only_the_bindings_it_owns() {
+    let f = start("secrets:\n  - {name: db-password, value: v1}\n").await;
+    let owner: kvsync::shard::Shard = "0/2".parse().unwrap();
+    let uid = (0..)
+        .map(|i| format!("uid-{i}"))
+        .find(|u| !owner.owns(u))
+        .unwrap();
+    let mut b = binding(&f, json!({"secrets": [{"name": "db-password"}]}));
+    b["metadata"]["uid"] = json!(uid);
+    let op = operator_as(
+        &f,
+        Fake {
+            binding: b.clone(),
+            ..Default::default()
+        },
+        kvsync::controller::Replica {
+            shard: owner,
+            ..Default::default()
+        },
+    );
+    until("the watches to list", || op.not_ready().is_empty()).await;
+    // Give the controller the chance to act on the listing it filtered.
+    op.force_sync("now");
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        op.state.lock().unwrap().secret.is_none(),
+        "another shard's binding is left alone"
+    );
+    assert_eq!(f.stats().await.total("get_secret"), 0);
+    op.shutdown().await;
+
+    // The shard that owns it syncs it.
+    let op = operator_as(
+        &f,
+        Fake {
+            binding: b,
+            ..Default::default()
+        },
+        kvsync::controller::Replica {
+            shard: "1/2".parse().unwrap(),
+            ..Default::default()
+        },
+    );
+    until("the owning shard to sync", || {
+        op.secret_holds("db-password", "v1")
+    })
+    .await;
     op.shutdown().await;
 }
