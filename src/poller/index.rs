@@ -288,6 +288,9 @@ pub struct Index {
     list_failure: Option<ListFailure>,
     /// Bindings to wake, collected until the shell sends them.
     wakes: HashSet<BindingRef>,
+    /// A read with a `select` waits for the next listing: keep its tags
+    /// even when no registered binding selects (e.g. `kvsync check`).
+    tags_wanted: bool,
 }
 
 fn lower(s: &str) -> String {
@@ -449,21 +452,22 @@ impl Index {
     }
 
     /// What a read with a `select` may use of the listing.
-    pub fn listing_for_read(&self, now: Instant, max_age: Duration, force: bool) -> ListingNeed {
+    pub fn listing_for_read(&mut self, now: Instant, max_age: Duration, force: bool) -> ListingNeed {
         if let Some(f) = &self.list_failure {
             let young = now.saturating_duration_since(f.at) < FAILURE_TTL;
             let waiting = f.forbidden() && !self.list_retry_due(now);
             if !force && (young || waiting) {
                 return ListingNeed::Refused(f.failure.clone());
             }
-            return ListingNeed::Fetch;
+        } else if let Some(l) = &self.listing
+            && !force
+            && l.tags
+            && now.saturating_duration_since(l.at) <= max_age
+        {
+            return ListingNeed::Fresh(l.items.clone());
         }
-        match &self.listing {
-            Some(l) if !force && l.tags && now.saturating_duration_since(l.at) <= max_age => {
-                ListingNeed::Fresh(l.items.clone())
-            }
-            _ => ListingNeed::Fetch,
-        }
+        self.tags_wanted = true;
+        ListingNeed::Fetch
     }
 
     /// The listing after a LIST ended: its items, or why it failed.
@@ -664,7 +668,7 @@ impl Index {
         let mut changes = Changes::default();
         match result {
             Ok(items) => {
-                let tags = self.any_select();
+                let tags = std::mem::take(&mut self.tags_wanted) || self.any_select();
                 let mut items: Vec<SecretItem> =
                     items.into_iter().map(|i| trim(i, tags)).collect();
                 items.sort_by(|a, b| cmp_name(a.name(), b.name()));
