@@ -290,12 +290,20 @@ async fn pinned_versions_are_rechecked_each_cycle_and_a_disable_is_seen() {
         .await;
     assert_eq!(resp.status(), 200);
     p.cycle().await.unwrap();
-    assert_eq!(woken(&mut rx), ["b"], "the disable is noticed by the next cycle");
+    assert_eq!(
+        woken(&mut rx),
+        ["b"],
+        "the disable is noticed by the next cycle"
+    );
     let r = p
         .read(Some(&who("b")), &pinned, REFRESH, false)
         .await
         .unwrap();
-    assert!(matches!(r.fetched["db"], Fetched::Disabled), "{:?}", r.fetched);
+    assert!(
+        matches!(r.fetched["db"], Fetched::Disabled),
+        "{:?}",
+        r.fetched
+    );
 }
 
 #[tokio::test]
@@ -385,7 +393,10 @@ async fn another_bindings_unreadable_optional_pick_does_not_fail_this_one() {
     assert!(
         matches!(
             &b.fetched["payroll-db"],
-            Fetched::Unavailable { reason: Reason::VaultForbidden, .. }
+            Fetched::Unavailable {
+                reason: Reason::VaultForbidden,
+                ..
+            }
         ),
         "{:?}",
         b.fetched
@@ -394,7 +405,11 @@ async fn another_bindings_unreadable_optional_pick_does_not_fail_this_one() {
     p.cycle().await.unwrap();
     assert!(woken(&mut rx).is_empty(), "nothing changed for anyone");
     let r = read(&p, &f, "a", a).await;
-    assert_eq!(value(&r.fetched["db-password"]), "one", "a is not failed by b's pick");
+    assert_eq!(
+        value(&r.fetched["db-password"]),
+        "one",
+        "a is not failed by b's pick"
+    );
 
     f.put_secret("db-password", "rotated").await;
     p.cycle().await.unwrap();
@@ -407,14 +422,25 @@ async fn another_bindings_unreadable_optional_pick_does_not_fail_this_one() {
 async fn a_throttled_optional_pick_is_unavailable_not_a_failure() {
     let f = start(&seed_of(2)).await;
     let (p, _rx) = poller(&f, "reader");
-    f.fault(serde_json::json!({"op": "get_secret", "secret": "s001", "status": 429, "retryAfter": 0}))
-        .await;
-    let r = read(&p, &f, "b", "secrets: [{name: s000}, {name: s001, optional: true}]").await;
+    f.fault(
+        serde_json::json!({"op": "get_secret", "secret": "s001", "status": 429, "retryAfter": 0}),
+    )
+    .await;
+    let r = read(
+        &p,
+        &f,
+        "b",
+        "secrets: [{name: s000}, {name: s001, optional: true}]",
+    )
+    .await;
     assert_eq!(value(&r.fetched["s000"]), "v0");
     assert!(
         matches!(
             &r.fetched["s001"],
-            Fetched::Unavailable { reason: Reason::VaultThrottled, .. }
+            Fetched::Unavailable {
+                reason: Reason::VaultThrottled,
+                ..
+            }
         ),
         "{:?}",
         r.fetched
@@ -435,7 +461,11 @@ async fn a_refused_listing_is_retried_and_a_later_grant_is_noticed() {
     // Four names in two pages: LIST would be the cheaper plan.
     let picks = "secrets: [{name: s001}, {name: s002}, {name: s003}, {name: s004}]";
     let r = read(&p, &f, "picks", picks).await;
-    assert_eq!(value(&r.fetched["s004"]), "v4", "explicit picks are read by GET");
+    assert_eq!(
+        value(&r.fetched["s004"]),
+        "v4",
+        "explicit picks are read by GET"
+    );
     f.http
         .delete(format!("{}/_dev/faults", f.vault.url()))
         .send()
@@ -448,7 +478,10 @@ async fn a_refused_listing_is_retried_and_a_later_grant_is_noticed() {
         assert!(cycles <= 12, "the LIST is never tried again");
         p.cycle().await.unwrap();
     }
-    assert!(cycles > 1, "not on every cycle: the refusal is remembered for a while");
+    assert!(
+        cycles > 1,
+        "not on every cycle: the refusal is remembered for a while"
+    );
     let r = p.read(None, &selects, REFRESH, false).await.unwrap();
     assert_eq!(r.plan.keys.len(), 10, "s000..s009: the grant is noticed");
 }
@@ -460,8 +493,10 @@ async fn a_slow_name_delays_only_its_readers_and_they_time_out() {
     let (kv, _) = f.client("reader");
     let p = Poller::new(kv, Some(tx)).with_read_timeout(Duration::from_millis(700));
     read(&p, &f, "warm", "secrets: [{name: s000}]").await; // the token is fetched
-    f.fault(serde_json::json!({"op": "get_secret", "secret": "s001", "latencyMs": 3000, "count": 1}))
-        .await;
+    f.fault(
+        serde_json::json!({"op": "get_secret", "secret": "s001", "latencyMs": 3000, "count": 1}),
+    )
+    .await;
     let slow_spec = spec(&f, "secrets: [{name: s001}]");
     let fast_spec = spec(&f, "secrets: [{name: s000}]");
     let started = Instant::now();
@@ -476,7 +511,10 @@ async fn a_slow_name_delays_only_its_readers_and_they_time_out() {
     };
     let ((slow, slow_took), (fast, fast_took)) = futures::join!(slow, fast);
     assert_eq!(value(&fast.unwrap().fetched["s000"]), "v0");
-    assert!(fast_took < Duration::from_millis(700), "the fast binding waited {fast_took:?}");
+    assert!(
+        fast_took < Duration::from_millis(700),
+        "the fast binding waited {fast_took:?}"
+    );
     let err = slow.unwrap_err();
     assert_eq!(err.reason(), Reason::VaultTimeout, "{err}");
     assert!(err.is_transient());
@@ -496,14 +534,24 @@ async fn a_slow_name_delays_only_its_readers_and_they_time_out() {
         .await
         .unwrap();
     assert_eq!(value(&r.fetched["s001"]), "v1");
-    assert_eq!(f.stats().await.count("get_secret", 200), 3, "s000 twice, s001 once");
+    assert_eq!(
+        f.stats().await.count("get_secret", 200),
+        3,
+        "s000 twice, s001 once"
+    );
 }
 
 #[tokio::test]
 async fn a_secret_created_after_the_listing_syncs_at_once() {
     let f = start(&seed_of(30)).await;
     let (p, _rx) = poller(&f, "reader");
-    read(&p, &f, "x", "secrets: [{name: s001}, {name: s002}, {name: s003}]").await;
+    read(
+        &p,
+        &f,
+        "x",
+        "secrets: [{name: s001}, {name: s002}, {name: s003}]",
+    )
+    .await;
     p.cycle().await.unwrap(); // a listing, taken before `fresh` exists
     f.put_secret("fresh", "new").await;
     let r = read(&p, &f, "y", "secrets: [{name: fresh}]").await;
@@ -520,7 +568,11 @@ async fn a_tag_change_that_makes_a_secret_match_wakes_its_select() {
     let (kv, _) = f.client("writer");
     let a = kv.get_secret("a", None).await.unwrap();
     let resp = f
-        .patch_secret("a", a.version(), serde_json::json!({"tags": {"team": "ci"}}))
+        .patch_secret(
+            "a",
+            a.version(),
+            serde_json::json!({"tags": {"team": "ci"}}),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     p.cycle().await.unwrap();
@@ -541,9 +593,16 @@ async fn retain_forgets_bindings_the_store_no_longer_has() {
     assert_eq!(p.interested(), 1);
     f.reset_stats().await;
     p.cycle().await.unwrap();
-    assert_eq!(f.stats().await.total("get_secret"), 1, "only s000 is still checked");
+    assert_eq!(
+        f.stats().await.total("get_secret"),
+        1,
+        "only s000 is still checked"
+    );
     pollers.retain(|_| false);
     assert_eq!(p.interested(), 0);
     let again = pollers.get("v", "reader", make);
-    assert!(!std::sync::Arc::ptr_eq(&p, &again), "a poller nobody needs is dropped");
+    assert!(
+        !std::sync::Arc::ptr_eq(&p, &again),
+        "a poller nobody needs is dropped"
+    );
 }

@@ -99,7 +99,7 @@ pub struct Got {
 }
 
 /// What one binding needs from the vault.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Interest {
     /// Names picked explicitly at their latest version (lower case).
     picks: BTreeSet<String>,
@@ -132,10 +132,6 @@ impl Interest {
         }
         i
     }
-
-    fn uses(&self, name: &str) -> bool {
-        self.picks.contains(name) || self.selected.contains(name)
-    }
 }
 
 /// Everything the poller keeps per binding, in one place: forgetting a
@@ -147,6 +143,8 @@ struct BindingState {
     reads: u32,
     /// Something it uses changed while it was reading.
     dirty: bool,
+    /// Its interest is in the reverse maps.
+    indexed: bool,
 }
 
 /// What is known of a secret (latest) or of a pinned version.
@@ -276,6 +274,13 @@ pub enum Unanswered {
     NotRead,
 }
 
+#[derive(Debug, Default)]
+struct Users {
+    bindings: HashSet<BindingRef>,
+    /// How many of them pick the name explicitly (not through a `select`).
+    picked: usize,
+}
+
 /// The index of one (vault, identity).
 #[derive(Debug, Default)]
 pub struct Index {
@@ -286,6 +291,12 @@ pub struct Index {
     values: HashMap<(String, String), SecretValue>,
     listing: Option<Listing>,
     list_failure: Option<ListFailure>,
+    /// Latest name → who uses it (the reverse of the interests).
+    users: HashMap<String, Users>,
+    /// Pinned (name, version) → who uses it.
+    pinned_users: HashMap<(String, String), HashSet<BindingRef>>,
+    /// Bindings with a `select`.
+    selecting: HashSet<BindingRef>,
     /// Bindings to wake, collected until the shell sends them.
     wakes: HashSet<BindingRef>,
     /// A read with a `select` waits for the next listing: keep its tags
@@ -338,28 +349,99 @@ fn find<'a>(items: &'a [SecretItem], name: &str) -> Option<&'a SecretItem> {
 impl Index {
     /// Records what `spec` needs. The names a `select` planned are kept until
     /// the next plan ([`Index::set_selected`]) when the `select` is the same.
-    pub fn register(&mut self, who: &BindingRef, spec: &VaultSecretBindingSpec, interval: Duration) {
+    pub fn register(
+        &mut self,
+        who: &BindingRef,
+        spec: &VaultSecretBindingSpec,
+        interval: Duration,
+    ) {
         let mut interest = Interest::of(spec, interval);
-        let state = self.bindings.entry(who.clone()).or_default();
-        if interest.select.as_ref().map(|s| &s.select)
-            == state.interest.select.as_ref().map(|s| &s.select)
+        if let Some(state) = self.bindings.get(who)
+            && interest.select.as_ref().map(|s| &s.select)
+                == state.interest.select.as_ref().map(|s| &s.select)
         {
-            interest.selected = std::mem::take(&mut state.interest.selected);
+            interest.selected = state
+                .interest
+                .selected
+                .difference(&interest.picks)
+                .cloned()
+                .collect();
         }
-        state.interest = interest;
+        self.set_interest(who, Some(interest));
     }
 
     /// Records the names `plan` took from the listing.
     pub fn set_selected(&mut self, who: &BindingRef, plan: &Plan) {
-        if let Some(state) = self.bindings.get_mut(who) {
-            let picks = &state.interest.picks;
-            state.interest.selected = plan
-                .keys
-                .iter()
-                .filter(|k| k.version.is_none())
-                .map(|k| lower(&k.secret))
-                .filter(|n| !picks.contains(n))
-                .collect();
+        let Some(state) = self.bindings.get(who) else {
+            return;
+        };
+        let picks = &state.interest.picks;
+        let selected: BTreeSet<String> = plan
+            .keys
+            .iter()
+            .filter(|k| k.version.is_none())
+            .map(|k| lower(&k.secret))
+            .filter(|n| !picks.contains(n))
+            .collect();
+        if selected != state.interest.selected {
+            let mut interest = state.interest.clone();
+            interest.selected = selected;
+            self.set_interest(who, Some(interest));
+        }
+    }
+
+    /// Replaces (or, with `None`, removes) what `who` needs, keeping the
+    /// reverse maps (name → bindings) in step: a change then finds its
+    /// bindings without a scan of all of them.
+    fn set_interest(&mut self, who: &BindingRef, interest: Option<Interest>) {
+        let old = match &interest {
+            Some(new) => {
+                let state = self.bindings.entry(who.clone()).or_default();
+                if state.interest == *new && state.indexed {
+                    return;
+                }
+                state.indexed = true;
+                Some(std::mem::replace(&mut state.interest, new.clone()))
+            }
+            None => self.bindings.remove(who).map(|s| s.interest),
+        };
+        if let Some(old) = old {
+            for n in old.picks.iter().chain(&old.selected) {
+                if let Some(u) = self.users.get_mut(n) {
+                    if u.bindings.remove(who) && old.picks.contains(n) {
+                        u.picked = u.picked.saturating_sub(1);
+                    }
+                    if u.bindings.is_empty() {
+                        self.users.remove(n);
+                    }
+                }
+            }
+            for p in &old.pinned {
+                if let Some(u) = self.pinned_users.get_mut(p) {
+                    u.remove(who);
+                    if u.is_empty() {
+                        self.pinned_users.remove(p);
+                    }
+                }
+            }
+            self.selecting.remove(who);
+        }
+        if let Some(new) = interest {
+            for n in new.picks.iter().chain(&new.selected) {
+                let u = self.users.entry(n.clone()).or_default();
+                if u.bindings.insert(who.clone()) && new.picks.contains(n) {
+                    u.picked += 1;
+                }
+            }
+            for p in &new.pinned {
+                self.pinned_users
+                    .entry(p.clone())
+                    .or_default()
+                    .insert(who.clone());
+            }
+            if new.select.is_some() {
+                self.selecting.insert(who.clone());
+            }
         }
     }
 
@@ -383,7 +465,8 @@ impl Index {
 
     /// Forgets `who` entirely, and what nobody needs any more.
     pub fn forget(&mut self, who: &BindingRef) {
-        if self.bindings.remove(who).is_some() {
+        if self.bindings.contains_key(who) {
+            self.set_interest(who, None);
             self.wakes.remove(who);
             self.prune();
         }
@@ -391,10 +474,17 @@ impl Index {
 
     /// Forgets every binding for which `keep` is false.
     pub fn retain(&mut self, keep: impl Fn(&BindingRef) -> bool) {
-        let before = self.bindings.len();
-        self.bindings.retain(|who, _| keep(who));
-        if self.bindings.len() != before {
-            self.wakes.retain(|who| keep(who));
+        let gone: Vec<BindingRef> = self
+            .bindings
+            .keys()
+            .filter(|who| !keep(who))
+            .cloned()
+            .collect();
+        for who in &gone {
+            self.set_interest(who, None);
+            self.wakes.remove(who);
+        }
+        if !gone.is_empty() {
             self.prune();
         }
     }
@@ -415,44 +505,36 @@ impl Index {
     }
 
     fn needed_latest(&self) -> BTreeSet<String> {
-        self.bindings
-            .values()
-            .flat_map(|s| s.interest.picks.iter().chain(&s.interest.selected))
-            .cloned()
-            .collect()
+        self.users.keys().cloned().collect()
     }
 
     fn needed_pinned(&self) -> BTreeSet<(String, String)> {
-        self.bindings
-            .values()
-            .flat_map(|s| s.interest.pinned.iter())
-            .cloned()
-            .collect()
+        self.pinned_users.keys().cloned().collect()
     }
 
     fn picked(&self, name: &str) -> bool {
-        self.bindings
-            .values()
-            .any(|s| s.interest.picks.contains(name))
+        self.users.get(name).is_some_and(|u| u.picked > 0)
     }
 
     fn any_select(&self) -> bool {
-        self.bindings.values().any(|s| s.interest.select.is_some())
+        !self.selecting.is_empty()
     }
 
     fn list_retry_due(&self, now: Instant) -> bool {
         let Some(f) = self.list_failure.as_ref().filter(|f| f.forbidden()) else {
             return false;
         };
-        let after = self
-            .interval()
-            .unwrap_or_default()
-            .max(LIST_RETRY_AFTER);
+        let after = self.interval().unwrap_or_default().max(LIST_RETRY_AFTER);
         f.cycles >= LIST_RETRY_CYCLES || now.saturating_duration_since(f.at) >= after
     }
 
     /// What a read with a `select` may use of the listing.
-    pub fn listing_for_read(&mut self, now: Instant, max_age: Duration, force: bool) -> ListingNeed {
+    pub fn listing_for_read(
+        &mut self,
+        now: Instant,
+        max_age: Duration,
+        force: bool,
+    ) -> ListingNeed {
         if let Some(f) = &self.list_failure {
             let young = now.saturating_duration_since(f.at) < FAILURE_TTL;
             let waiting = f.forbidden() && !self.list_retry_due(now);
@@ -486,7 +568,7 @@ impl Index {
     /// known recently enough (all of them with `force`). A recent listing
     /// settles latest names it shows unchanged; a name it does not show is
     /// read by GET (it may be younger than the listing).
-    pub fn to_fetch_for_read(
+    pub fn fetches_for_read(
         &mut self,
         plan: &Plan,
         now: Instant,
@@ -508,7 +590,9 @@ impl Index {
                 None => {
                     let values = &self.values;
                     let fresh = self.latest.get(&name).is_some_and(|e| {
-                        e.fresh(now, max_age, |v| values.contains_key(&(name.clone(), v.into())))
+                        e.fresh(now, max_age, |v| {
+                            values.contains_key(&(name.clone(), v.into()))
+                        })
                     });
                     if !force && fresh {
                         continue;
@@ -524,10 +608,11 @@ impl Index {
                 Some(v) => {
                     let key = (name, lower(v));
                     let values = &self.values;
-                    let fresh = self
-                        .pinned
-                        .get(&key)
-                        .is_some_and(|e| e.fresh(now, max_age, |v| values.contains_key(&(key.0.clone(), v.into()))));
+                    let fresh = self.pinned.get(&key).is_some_and(|e| {
+                        e.fresh(now, max_age, |v| {
+                            values.contains_key(&(key.0.clone(), v.into()))
+                        })
+                    });
                     if force || !fresh {
                         out.insert(FetchKey::Pinned(key.0, key.1));
                     }
@@ -669,8 +754,7 @@ impl Index {
         match result {
             Ok(items) => {
                 let tags = std::mem::take(&mut self.tags_wanted) || self.any_select();
-                let mut items: Vec<SecretItem> =
-                    items.into_iter().map(|i| trim(i, tags)).collect();
+                let mut items: Vec<SecretItem> = items.into_iter().map(|i| trim(i, tags)).collect();
                 items.sort_by(|a, b| cmp_name(a.name(), b.name()));
                 items.dedup_by(|a, b| cmp_name(a.name(), b.name()).is_eq());
                 if self.list_failure.take().is_some() {
@@ -800,20 +884,36 @@ impl Index {
         if changes.is_empty() {
             return;
         }
-        for (who, state) in &mut self.bindings {
-            let i = &state.interest;
-            let hit = changes.names.iter().any(|n| i.uses(n))
-                || changes.pinned.iter().any(|p| i.pinned.contains(p))
-                || i.select.as_ref().is_some_and(|spec| {
-                    changes.listing || changes.items.iter().any(|item| selects(spec, item))
-                });
-            if !hit {
-                continue;
+        let mut hit: HashSet<&BindingRef> = HashSet::new();
+        for n in &changes.names {
+            hit.extend(self.users.get(n).into_iter().flat_map(|u| &u.bindings));
+        }
+        for p in &changes.pinned {
+            hit.extend(self.pinned_users.get(p).into_iter().flatten());
+        }
+        if changes.listing || !changes.items.is_empty() {
+            for who in &self.selecting {
+                let matches = self
+                    .bindings
+                    .get(who)
+                    .and_then(|s| s.interest.select.as_ref())
+                    .is_some_and(|spec| {
+                        changes.listing || changes.items.iter().any(|item| selects(spec, item))
+                    });
+                if matches {
+                    hit.insert(who);
+                }
             }
+        }
+        let hit: Vec<BindingRef> = hit.into_iter().cloned().collect();
+        for who in hit {
+            let Some(state) = self.bindings.get_mut(&who) else {
+                continue;
+            };
             if state.reads > 0 {
                 state.dirty = true;
             } else {
-                self.wakes.insert(who.clone());
+                self.wakes.insert(who);
             }
         }
     }
@@ -856,11 +956,14 @@ impl Index {
                     }
                 }
                 (Some(failure), _) => return Err(Unanswered::Failed(failure)),
-                (None, Known::Value {
-                    version,
-                    updated,
-                    expires,
-                }) => match self.values.get(&(name.clone(), version.clone())) {
+                (
+                    None,
+                    Known::Value {
+                        version,
+                        updated,
+                        expires,
+                    },
+                ) => match self.values.get(&(name.clone(), version.clone())) {
                     Some(value) => Fetched::Value {
                         value: value.clone(),
                         version: version.clone(),
@@ -872,9 +975,7 @@ impl Index {
                 },
                 (None, Known::Disabled) => Fetched::Disabled,
                 (None, Known::Missing) => Fetched::Missing,
-                (None, Known::Unknown) if k.optional => {
-                    not_read(&k.secret, &mut optional_failures)
-                }
+                (None, Known::Unknown) if k.optional => not_read(&k.secret, &mut optional_failures),
                 (None, Known::Unknown) => return Err(Unanswered::NotRead),
             };
             fetched.insert(k.key.clone(), f);
@@ -1044,7 +1145,12 @@ mod tests {
         idx
     }
 
-    fn answer(idx: &mut Index, name: &str, yaml: &str, listing: &[SecretItem]) -> Result<BTreeMap<String, Fetched>, Unanswered> {
+    fn answer(
+        idx: &mut Index,
+        name: &str,
+        yaml: &str,
+        listing: &[SecretItem],
+    ) -> Result<BTreeMap<String, Fetched>, Unanswered> {
         let p = plan(&spec(yaml), listing).unwrap();
         idx.answer(Some(&who(name)), &p).map(|(f, _)| f)
     }
@@ -1075,19 +1181,29 @@ mod tests {
         assert_eq!(woken(&mut idx), ["b"], "only the binding that asked for it");
 
         let a = answer(&mut idx, "a", A, &[]).expect("a is not failed by b's pick");
-        assert!(matches!(&a["db-password"], Fetched::Value { value, .. } if value.expose() == "one"));
+        assert!(
+            matches!(&a["db-password"], Fetched::Value { value, .. } if value.expose() == "one")
+        );
         let p = plan(&spec(B), &[]).unwrap();
         let (b, why) = idx.answer(Some(&who("b")), &p).expect("optional: b reads");
         assert!(matches!(
             &b["payroll-db"],
-            Fetched::Unavailable { reason: Reason::VaultForbidden, .. }
+            Fetched::Unavailable {
+                reason: Reason::VaultForbidden,
+                ..
+            }
         ));
         assert_eq!(why.len(), 1);
 
         // The same refusal again changes nothing and wakes nobody; a
         // rotation of db-password wakes a only.
         let later = now + Duration::from_secs(300);
-        idx.apply_get(&latest("payroll-db"), failed(forbidden(Operation::GetSecret)), 500, later);
+        idx.apply_get(
+            &latest("payroll-db"),
+            failed(forbidden(Operation::GetSecret)),
+            500,
+            later,
+        );
         assert!(woken(&mut idx).is_empty());
         idx.apply_get(&latest("db-password"), got("v2", "two", 450), 500, later);
         assert_eq!(woken(&mut idx), ["a"]);
@@ -1142,7 +1258,11 @@ mod tests {
         assert_eq!(idx.after_listing(), [latest("db-password")]);
         idx.apply_get(&latest("db-password"), got("v2", "y", 400), 500, t1);
         assert_eq!(woken(&mut idx), ["a"]);
-        assert_eq!(idx.values.len(), 2, "the replaced version's value is dropped");
+        assert_eq!(
+            idx.values.len(),
+            2,
+            "the replaced version's value is dropped"
+        );
     }
 
     #[test]
@@ -1153,15 +1273,35 @@ mod tests {
         let t0 = Instant::now();
         idx.apply_listing(Ok(stale.clone()), t0);
         let p = plan(&spec(A), &stale).unwrap();
-        let keys = idx.to_fetch_for_read(&p, t0 + Duration::from_secs(10), Duration::from_secs(330), false);
+        let keys = idx.fetches_for_read(
+            &p,
+            t0 + Duration::from_secs(10),
+            Duration::from_secs(330),
+            false,
+        );
         assert_eq!(keys, [latest("db-password")], "read by GET");
-        assert_eq!(idx.after_listing(), [latest("db-password")], "a cycle GETs it too");
-        assert!(matches!(answer(&mut idx, "a", A, &stale), Err(Unanswered::NotRead)), "never Missing before a GET says so");
+        assert_eq!(
+            idx.after_listing(),
+            [latest("db-password")],
+            "a cycle GETs it too"
+        );
+        assert!(
+            matches!(answer(&mut idx, "a", A, &stale), Err(Unanswered::NotRead)),
+            "never Missing before a GET says so"
+        );
 
         // Only SecretNotFound makes it missing; a later listing without it
         // then confirms the miss without another GET.
-        idx.apply_get(&latest("db-password"), failed(not_found("db-password")), 200, t0);
-        assert!(matches!(answer(&mut idx, "a", A, &stale).unwrap()["db-password"], Fetched::Missing));
+        idx.apply_get(
+            &latest("db-password"),
+            failed(not_found("db-password")),
+            200,
+            t0,
+        );
+        assert!(matches!(
+            answer(&mut idx, "a", A, &stale).unwrap()["db-password"],
+            Fetched::Missing
+        ));
         idx.apply_listing(Ok(stale), t0 + Duration::from_secs(300));
         assert!(idx.after_listing().is_empty());
     }
@@ -1190,9 +1330,18 @@ mod tests {
         // another version may follow in that second with the same `updated`.
         idx.apply_get(&latest("db-password"), got("v1", "x", 100), 100, t0);
         idx.apply_listing(Ok(listing.clone()), t0 + Duration::from_secs(1));
-        assert_eq!(idx.after_listing(), [latest("db-password")], "ambiguous: read again");
+        assert_eq!(
+            idx.after_listing(),
+            [latest("db-password")],
+            "ambiguous: read again"
+        );
         // Served at vault second 102: whatever the listing says at 100 is what we read.
-        idx.apply_get(&latest("db-password"), got("v1", "x", 100), 102, t0 + Duration::from_secs(2));
+        idx.apply_get(
+            &latest("db-password"),
+            got("v1", "x", 100),
+            102,
+            t0 + Duration::from_secs(2),
+        );
         idx.apply_listing(Ok(listing), t0 + Duration::from_secs(3));
         assert!(idx.after_listing().is_empty());
     }
@@ -1202,7 +1351,14 @@ mod tests {
         let mut tagged = item("s", 100);
         let listing = vec![item("s", 100)];
         let sel = "select: {tags: {team: ci}}";
-        let mut idx = index(&[("ci", sel), ("other", "select: {tags: {team: web}}"), ("a", A)], &listing);
+        let mut idx = index(
+            &[
+                ("ci", sel),
+                ("other", "select: {tags: {team: web}}"),
+                ("a", A),
+            ],
+            &listing,
+        );
         let t0 = Instant::now();
         idx.apply_listing(Ok(listing), t0);
         woken(&mut idx);
@@ -1219,22 +1375,41 @@ mod tests {
         let refused: Failure = Arc::new(forbidden(Operation::ListSecrets).into());
         idx.apply_listing(Err(refused), t0);
         assert_eq!(woken(&mut idx), ["all"], "the select is told");
-        assert!(matches!(idx.after_listing()[..], [FetchKey::Latest(ref n)] if n == "db-password"), "picks fall back to GET");
-        match idx.listing_for_read(t0 + Duration::from_secs(60), Duration::from_secs(330), false) {
+        assert!(
+            matches!(idx.after_listing()[..], [FetchKey::Latest(ref n)] if n == "db-password"),
+            "picks fall back to GET"
+        );
+        match idx.listing_for_read(
+            t0 + Duration::from_secs(60),
+            Duration::from_secs(330),
+            false,
+        ) {
             ListingNeed::Refused(f) => assert_eq!(f.reason(), Reason::ListForbidden),
             _ => panic!("a select read reports ListForbidden"),
         }
         for cycle in 1..=LIST_RETRY_CYCLES {
-            let work = idx.cycle_work(t0 + Duration::from_secs(cycle as u64)).unwrap();
+            let work = idx
+                .cycle_work(t0 + Duration::from_secs(cycle as u64))
+                .unwrap();
             assert!(!work.list, "cycle {cycle} does not list");
             assert_eq!(work.gets, [latest("db-password")]);
         }
         let work = idx.cycle_work(t0 + Duration::from_secs(11)).unwrap();
         assert!(work.list, "then the LIST is tried again");
         // Granted meanwhile: the select is woken and reads.
-        idx.apply_listing(Ok(vec![item("db-password", 100)]), t0 + Duration::from_secs(12));
+        idx.apply_listing(
+            Ok(vec![item("db-password", 100)]),
+            t0 + Duration::from_secs(12),
+        );
         assert_eq!(woken(&mut idx), ["all"]);
-        assert!(matches!(idx.listing_for_read(t0 + Duration::from_secs(13), Duration::from_secs(330), false), ListingNeed::Fresh(_)));
+        assert!(matches!(
+            idx.listing_for_read(
+                t0 + Duration::from_secs(13),
+                Duration::from_secs(330),
+                false
+            ),
+            ListingNeed::Fresh(_)
+        ));
     }
 
     #[test]
@@ -1255,12 +1430,18 @@ mod tests {
         idx.apply_get(&key, got("abc", "x", 100), 200, t0);
         woken(&mut idx);
         let work = idx.cycle_work(t0).unwrap();
-        assert_eq!(work.gets, [key.clone()]);
+        assert_eq!(work.gets, std::slice::from_ref(&key));
         assert!(!work.list, "a listing shows no pinned version");
-        let disabled = KeyVaultError::SecretDisabled { vault: "v".into(), name: "db".into() };
+        let disabled = KeyVaultError::SecretDisabled {
+            vault: "v".into(),
+            name: "db".into(),
+        };
         idx.apply_get(&key, failed(disabled), 300, t0);
         assert_eq!(woken(&mut idx), ["p"]);
-        assert!(matches!(answer(&mut idx, "p", pinned, &[]).unwrap()["db"], Fetched::Disabled));
+        assert!(matches!(
+            answer(&mut idx, "p", pinned, &[]).unwrap()["db"],
+            Fetched::Disabled
+        ));
     }
 
     #[test]
@@ -1271,14 +1452,21 @@ mod tests {
         idx.apply_get(&latest("db-password"), got("v1", "x", 100), 200, t0);
         answer(&mut idx, "a", A, &[]).unwrap();
         idx.end_read(&who("a"));
-        assert!(woken(&mut idx).is_empty(), "its own first read is no change to it");
+        assert!(
+            woken(&mut idx).is_empty(),
+            "its own first read is no change to it"
+        );
 
         idx.begin_read(&who("a"));
         answer(&mut idx, "a", A, &[]).unwrap();
         idx.apply_get(&latest("db-password"), got("v2", "y", 300), 400, t0);
         assert!(woken(&mut idx).is_empty(), "not while reading");
         idx.end_read(&who("a"));
-        assert_eq!(woken(&mut idx), ["a"], "it answered before the change: woken");
+        assert_eq!(
+            woken(&mut idx),
+            ["a"],
+            "it answered before the change: woken"
+        );
     }
 
     #[test]
@@ -1287,7 +1475,12 @@ mod tests {
         let mut idx = index(&[("a", A), ("p", pinned)], &[]);
         let t0 = Instant::now();
         idx.apply_get(&latest("db-password"), got("v1", "x", 100), 200, t0);
-        idx.apply_get(&FetchKey::Pinned("db".into(), "abc".into()), got("abc", "y", 100), 200, t0);
+        idx.apply_get(
+            &FetchKey::Pinned("db".into(), "abc".into()),
+            got("abc", "y", 100),
+            200,
+            t0,
+        );
         idx.retain(|w| w.name != "p");
         assert_eq!(idx.len(), 1);
         assert!(idx.pinned.is_empty());

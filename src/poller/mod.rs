@@ -64,7 +64,6 @@ pub struct ReadResult {
     pub optional_failures: Vec<(String, String)>,
 }
 
-
 /// When the vault served `bundle`, by its clock (the response's `Date`
 /// header, unix seconds). Until then, our clock taken before the request
 /// stands in.
@@ -165,11 +164,7 @@ impl Inner {
                 };
                 let result = self.client.get_secret(name, version).await;
                 drop(permit);
-                let read_at = result
-                    .as_ref()
-                    .ok()
-                    .and_then(served_at)
-                    .unwrap_or(asked_at);
+                let read_at = result.as_ref().ok().and_then(served_at).unwrap_or(asked_at);
                 let result = result
                     .map(|b| Got {
                         version: b.version().to_ascii_lowercase(),
@@ -186,8 +181,7 @@ impl Inner {
                 }
                 let mut st = self.lock();
                 st.inflight.remove(&key);
-                st.index
-                    .apply_get(&key, result, read_at, Instant::now());
+                st.index.apply_get(&key, result, read_at, Instant::now());
                 self.flush(&mut st)
             }
         };
@@ -238,7 +232,7 @@ impl Inner {
             }
             let keys = st
                 .index
-                .to_fetch_for_read(&plan, Instant::now(), max_age, force);
+                .fetches_for_read(&plan, Instant::now(), max_age, force);
             let waits: Vec<InFlight> = keys.into_iter().map(|k| self.fetch(&mut st, k)).collect();
             (waits, self.flush(&mut st))
         };
@@ -495,7 +489,6 @@ impl Pollers {
         }
         map.retain(|_, p| p.interested() > 0);
     }
-
 }
 
 async fn run_cycles(poller: Weak<Poller>) {
