@@ -606,3 +606,23 @@ async fn retain_forgets_bindings_the_store_no_longer_has() {
         "a poller nobody needs is dropped"
     );
 }
+
+#[tokio::test]
+async fn concurrent_reads_of_one_name_share_one_get() {
+    let f = start(&seed_of(2)).await;
+    let (p, _rx) = poller(&f, "reader");
+    read(&p, &f, "warm", "secrets: [{name: s000}]").await; // the token is fetched
+    f.fault(serde_json::json!({"op": "get_secret", "secret": "s001", "latencyMs": 300, "count": 1}))
+        .await;
+    f.reset_stats().await;
+    let s = spec(&f, "secrets: [{name: s001}]");
+    // Two force-syncs at once: one request, both answered by it.
+    let (wa, wb) = (who("a"), who("b"));
+    let (a, b) = futures::join!(
+        p.read(Some(&wa), &s, REFRESH, true),
+        p.read(Some(&wb), &s, REFRESH, true)
+    );
+    assert_eq!(value(&a.unwrap().fetched["s001"]), "v1");
+    assert_eq!(value(&b.unwrap().fetched["s001"]), "v1");
+    assert_eq!(f.stats().await.total("get_secret"), 1);
+}

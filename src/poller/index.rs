@@ -1506,6 +1506,62 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_spec_moves_its_wakes_to_its_new_names() {
+        let mut idx = index(&[("a", A)], &[]);
+        let t0 = Instant::now();
+        idx.register(&who("a"), &spec("secrets: [{name: other}]"), Duration::from_secs(300));
+        idx.apply_get(&latest("db-password"), got("v1", "x", 100), 200, t0);
+        assert!(woken(&mut idx).is_empty(), "a no longer uses db-password");
+        idx.apply_get(&latest("other"), got("v1", "x", 100), 200, t0);
+        assert_eq!(woken(&mut idx), ["a"]);
+        idx.prune();
+        assert!(!idx.latest.contains_key("db-password"), "nobody needs it: pruned");
+    }
+
+    #[test]
+    fn a_failing_listing_fails_selects_and_sends_picks_to_get() {
+        let mut idx = index(&[("a", A), ("all", "select: {all: true}")], &[]);
+        let t0 = Instant::now();
+        let down: Failure = Arc::new(
+            KeyVaultError::Server {
+                vault: "v".into(),
+                status: 503,
+                code: "ServiceUnavailable".into(),
+                detail: String::new(),
+                attempts: 4,
+            }
+            .into(),
+        );
+        idx.apply_listing(Err(down), t0);
+        assert_eq!(woken(&mut idx), ["all"]);
+        assert_eq!(idx.after_listing(), [latest("db-password")]);
+        assert!(idx.failing(), "the cycle comes back sooner");
+        match idx.listing_for_read(t0, Duration::from_secs(330), false) {
+            ListingNeed::Refused(f) => assert_eq!(f.reason(), Reason::VaultUnavailable),
+            _ => panic!("a failure stands for a few seconds"),
+        }
+        assert!(matches!(
+            idx.listing_for_read(t0 + FAILURE_TTL, Duration::from_secs(330), false),
+            ListingNeed::Fetch
+        ));
+    }
+
+    #[test]
+    fn a_select_read_without_a_registered_binding_keeps_tags() {
+        // `kvsync check` reads without registering.
+        let mut idx = Index::default();
+        let mut tagged = item("s", 100);
+        tagged.tags.insert("team".into(), "ci".into());
+        assert!(matches!(
+            idx.listing_for_read(Instant::now(), Duration::from_secs(330), false),
+            ListingNeed::Fetch
+        ));
+        idx.apply_listing(Ok(vec![tagged]), Instant::now());
+        let items = idx.listing_after_fetch().unwrap();
+        assert_eq!(items[0].tags.get("team").map(String::as_str), Some("ci"));
+    }
+
+    #[test]
     fn listing_is_chosen_when_pages_are_fewer_than_gets() {
         assert_eq!(choose_plan(5, Some(40), true, false), CyclePlan::List); // 2 pages < 5 GETs
         assert_eq!(choose_plan(2, Some(1000), true, false), CyclePlan::Get); // 40 pages > 2 GETs
