@@ -612,8 +612,10 @@ async fn concurrent_reads_of_one_name_share_one_get() {
     let f = start(&seed_of(2)).await;
     let (p, _rx) = poller(&f, "reader");
     read(&p, &f, "warm", "secrets: [{name: s000}]").await; // the token is fetched
-    f.fault(serde_json::json!({"op": "get_secret", "secret": "s001", "latencyMs": 300, "count": 1}))
-        .await;
+    f.fault(
+        serde_json::json!({"op": "get_secret", "secret": "s001", "latencyMs": 300, "count": 1}),
+    )
+    .await;
     f.reset_stats().await;
     let s = spec(&f, "secrets: [{name: s001}]");
     // Two force-syncs at once: one request, both answered by it.

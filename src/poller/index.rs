@@ -1509,13 +1509,20 @@ mod tests {
     fn a_changed_spec_moves_its_wakes_to_its_new_names() {
         let mut idx = index(&[("a", A)], &[]);
         let t0 = Instant::now();
-        idx.register(&who("a"), &spec("secrets: [{name: other}]"), Duration::from_secs(300));
+        idx.register(
+            &who("a"),
+            &spec("secrets: [{name: other}]"),
+            Duration::from_secs(300),
+        );
         idx.apply_get(&latest("db-password"), got("v1", "x", 100), 200, t0);
         assert!(woken(&mut idx).is_empty(), "a no longer uses db-password");
         idx.apply_get(&latest("other"), got("v1", "x", 100), 200, t0);
         assert_eq!(woken(&mut idx), ["a"]);
         idx.prune();
-        assert!(!idx.latest.contains_key("db-password"), "nobody needs it: pruned");
+        assert!(
+            !idx.latest.contains_key("db-password"),
+            "nobody needs it: pruned"
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //!                 └──── await (bounded) ◄──  shared by everyone who asks
 //! ```
 //!
-//! [`index`] is pure: results in, changes and bindings to wake out. This
-//! module is the thin async shell around it. The lock is a `std::sync::Mutex`
+//! `index` is pure: results in, changes and bindings to wake out (unit-tested
+//! there, without HTTP). This module is the thin async shell around it. The lock is a `std::sync::Mutex`
 //! held only to decide and to apply, never across a request: a slow or
 //! black-holed vault holds up only the reads that need what it has not
 //! answered, and those wait at most the read timeout (then `VaultTimeout`,
@@ -24,7 +24,13 @@
 //! (to see it disabled or its expiry changed), and wakes exactly the bindings
 //! whose names (or, for a `select`, matching listing items) changed. A value
 //! read once serves every binding of the same (vault, identity, name,
-//! version). Failures belong to the name or the listing that failed.
+//! version). Failures belong to the name or the listing that failed: a
+//! binding fails only for a required pick of its own or, with a `select`, for
+//! the listing; an optional pick that cannot be read is `Unavailable` (its key
+//! keeps its value). A name the listing does not show is read by GET (only
+//! Azure's `SecretNotFound` makes it missing). A refused LIST is tried again
+//! every 10th cycle or after max(interval, 10 min); meanwhile picks are read
+//! by GET.
 
 mod error;
 mod index;
@@ -194,6 +200,7 @@ impl Inner {
         spec: &VaultSecretBindingSpec,
         interval: Duration,
         force: bool,
+        waited: Duration,
     ) -> Result<ReadResult, ReadError> {
         let max_age = if force {
             Duration::ZERO
@@ -251,7 +258,7 @@ impl Inner {
             // "missing": that would drop keys.
             Err(Unanswered::NotRead) => Err(ReadError::Vault(Arc::new(VaultError::Timeout {
                 vault: self.client.endpoint().name.clone(),
-                waited: Duration::ZERO,
+                waited,
             }))),
         }
     }
@@ -359,7 +366,9 @@ impl Poller {
             who,
         };
         let waited = self.read_timeout;
-        match tokio::time::timeout(waited, self.inner.read(who, spec, interval, force)).await {
+        match tokio::time::timeout(waited, self.inner.read(who, spec, interval, force, waited))
+            .await
+        {
             Ok(result) => result,
             Err(_) => Err(ReadError::Vault(Arc::new(VaultError::Timeout {
                 vault: self.inner.client.endpoint().name.clone(),
