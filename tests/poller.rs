@@ -245,11 +245,7 @@ async fn failed_cycle_is_reported_and_recovery_wakes_everyone() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("HTTP 503"), "{err}");
-    let http = &f.http;
-    http.delete(format!("{}/_dev/faults", f.vault.url()))
-        .send()
-        .await
-        .unwrap();
+    f.clear_faults().await;
     p.cycle().await.unwrap();
     assert_eq!(woken(&mut rx), ["b1"], "recovery wakes the binding");
     let ok = read(&p, &f, "b1", "secrets: [{name: s000}]").await;
@@ -466,11 +462,7 @@ async fn a_refused_listing_is_retried_and_a_later_grant_is_noticed() {
         "v4",
         "explicit picks are read by GET"
     );
-    f.http
-        .delete(format!("{}/_dev/faults", f.vault.url()))
-        .send()
-        .await
-        .unwrap();
+    f.clear_faults().await;
     f.reset_stats().await;
     let mut cycles = 0;
     while f.stats().await.count("list_secrets", 200) == 0 {
