@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 use kube::runtime::reflector::ObjectRef;
 
 use super::error::VaultError;
-use crate::azure::keyvault::{PAGE_SIZE, SecretItem};
+use super::interests::Interests;
+pub use super::listing::{CyclePlan, choose_plan};
+use super::listing::{ambiguous, cmp_name, find, select_diff, trim};
+use crate::azure::keyvault::SecretItem;
 use crate::crd::{VaultSecretBinding, VaultSecretBindingSpec};
-use crate::plan::{Plan, selects};
+use crate::plan::Plan;
 use crate::reason::Reason;
 use crate::render::Fetched;
 use crate::value::SecretValue;
@@ -35,44 +38,6 @@ pub const LIST_RETRY_CYCLES: u32 = 10;
 /// …or after this long (or the shortest refresh interval, if longer), so that
 /// a List permission granted later is noticed.
 pub const LIST_RETRY_AFTER: Duration = Duration::from_secs(600);
-
-/// How a cycle checks for changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CyclePlan {
-    /// List the vault (`pages` requests), then GET only what changed.
-    List,
-    /// GET each needed name.
-    Get,
-    /// Nothing is needed.
-    Idle,
-}
-
-/// Picks the cheaper way to check `needed` names: LIST pages or one GET each.
-/// `items` is the vault's size when known; `can_list` is false while the
-/// vault refuses to list for this identity. Pinned versions are left out:
-/// they cost one GET each either way (a listing shows latest versions only).
-pub fn choose_plan(
-    needed: usize,
-    items: Option<usize>,
-    can_list: bool,
-    listing_required: bool,
-) -> CyclePlan {
-    if listing_required {
-        return CyclePlan::List;
-    }
-    if needed == 0 {
-        return CyclePlan::Idle;
-    }
-    if !can_list {
-        return CyclePlan::Get;
-    }
-    let pages = items.map(|n| n.div_ceil(PAGE_SIZE).max(1)).unwrap_or(1);
-    if pages < needed {
-        CyclePlan::List
-    } else {
-        CyclePlan::Get
-    }
-}
 
 /// One request the shell may send. Concurrent askers of the same key share
 /// one request.
@@ -96,55 +61,6 @@ pub struct Got {
     pub updated: Option<i64>,
     /// `attributes.exp`.
     pub expires: Option<i64>,
-}
-
-/// What one binding needs from the vault.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Interest {
-    /// Names picked explicitly at their latest version (lower case).
-    picks: BTreeSet<String>,
-    /// Names the `select` planned at the last read (lower case).
-    selected: BTreeSet<String>,
-    /// Pinned (name, version) pairs (lower case).
-    pinned: BTreeSet<(String, String)>,
-    /// The spec, kept only when it has a `select`: listing changes are
-    /// matched against it.
-    select: Option<Arc<VaultSecretBindingSpec>>,
-    interval: Duration,
-}
-
-impl Interest {
-    fn of(spec: &VaultSecretBindingSpec, interval: Duration) -> Self {
-        let mut i = Interest {
-            interval,
-            select: spec.select.as_ref().map(|_| Arc::new(spec.clone())),
-            ..Default::default()
-        };
-        for p in &spec.secrets {
-            match p.version.as_deref().filter(|v| !v.is_empty()) {
-                Some(v) => {
-                    i.pinned.insert((lower(&p.name), lower(v)));
-                }
-                None => {
-                    i.picks.insert(lower(&p.name));
-                }
-            }
-        }
-        i
-    }
-}
-
-/// Everything the poller keeps per binding, in one place: forgetting a
-/// binding removes all of it.
-#[derive(Debug, Default)]
-struct BindingState {
-    interest: Interest,
-    /// Reads of this binding in progress.
-    reads: u32,
-    /// Something it uses changed while it was reading.
-    dirty: bool,
-    /// Its interest is in the reverse maps.
-    indexed: bool,
 }
 
 /// What is known of a secret (latest) or of a pinned version.
@@ -274,29 +190,16 @@ pub enum Unanswered {
     NotRead,
 }
 
-#[derive(Debug, Default)]
-struct Users {
-    bindings: HashSet<BindingRef>,
-    /// How many of them pick the name explicitly (not through a `select`).
-    picked: usize,
-}
-
 /// The index of one (vault, identity).
 #[derive(Debug, Default)]
 pub struct Index {
-    bindings: HashMap<BindingRef, BindingState>,
+    interests: Interests,
     latest: HashMap<String, Entry>,
     pinned: HashMap<(String, String), Entry>,
     /// (name, version) → value; only versions some entry points at.
     values: HashMap<(String, String), SecretValue>,
     listing: Option<Listing>,
     list_failure: Option<ListFailure>,
-    /// Latest name → who uses it (the reverse of the interests).
-    users: HashMap<String, Users>,
-    /// Pinned (name, version) → who uses it.
-    pinned_users: HashMap<(String, String), HashSet<BindingRef>>,
-    /// Bindings with a `select`.
-    selecting: HashSet<BindingRef>,
     /// Bindings to wake, collected until the shell sends them.
     wakes: HashSet<BindingRef>,
     /// A read with a `select` waits for the next listing: keep its tags
@@ -308,165 +211,38 @@ fn lower(s: &str) -> String {
     s.to_ascii_lowercase()
 }
 
-fn cmp_name(a: &str, b: &str) -> std::cmp::Ordering {
-    a.bytes()
-        .map(|c| c.to_ascii_lowercase())
-        .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
-}
-
-/// Key Vault's `updated` has one-second resolution: a version written in the
-/// second of (or before) our last read may hide behind an equal timestamp.
-/// `read_at` is the vault's clock when it served that read.
-fn ambiguous(updated: Option<i64>, read_at: Option<i64>) -> bool {
-    match (updated, read_at) {
-        (Some(u), Some(r)) => u + 1 >= r,
-        _ => true,
-    }
-}
-
-/// Drops what nothing reads: values are never listed, and of the attributes
-/// only `enabled`, `exp` and `updated` matter; tags only to a `select`.
-fn trim(mut item: SecretItem, tags: bool) -> SecretItem {
-    item.content_type = None;
-    item.managed = None;
-    item.attributes.created = None;
-    item.attributes.nbf = None;
-    item.attributes.recoverable_days = None;
-    item.attributes.recovery_level = None;
-    if !tags {
-        item.tags.clear();
-    }
-    item
-}
-
-fn find<'a>(items: &'a [SecretItem], name: &str) -> Option<&'a SecretItem> {
-    items
-        .binary_search_by(|i| cmp_name(i.name(), name))
-        .ok()
-        .map(|at| &items[at])
-}
-
 impl Index {
-    /// Records what `spec` needs. The names a `select` planned are kept until
-    /// the next plan ([`Index::set_selected`]) when the `select` is the same.
+    /// Records what `spec` needs (see [`Interests::register`]).
     pub fn register(
         &mut self,
         who: &BindingRef,
         spec: &VaultSecretBindingSpec,
         interval: Duration,
     ) {
-        let mut interest = Interest::of(spec, interval);
-        if let Some(state) = self.bindings.get(who)
-            && interest.select.as_ref().map(|s| &s.select)
-                == state.interest.select.as_ref().map(|s| &s.select)
-        {
-            interest.selected = state
-                .interest
-                .selected
-                .difference(&interest.picks)
-                .cloned()
-                .collect();
-        }
-        self.set_interest(who, Some(interest));
+        self.interests.register(who, spec, interval);
     }
 
     /// Records the names `plan` took from the listing.
     pub fn set_selected(&mut self, who: &BindingRef, plan: &Plan) {
-        let Some(state) = self.bindings.get(who) else {
-            return;
-        };
-        let picks = &state.interest.picks;
-        let selected: BTreeSet<String> = plan
-            .keys
-            .iter()
-            .filter(|k| k.version.is_none())
-            .map(|k| lower(&k.secret))
-            .filter(|n| !picks.contains(n))
-            .collect();
-        if selected != state.interest.selected {
-            let mut interest = state.interest.clone();
-            interest.selected = selected;
-            self.set_interest(who, Some(interest));
-        }
+        self.interests.set_selected(who, plan);
     }
 
-    /// Replaces (or, with `None`, removes) what `who` needs, keeping the
-    /// reverse maps (name → bindings) in step: a change then finds its
-    /// bindings without a scan of all of them.
-    fn set_interest(&mut self, who: &BindingRef, interest: Option<Interest>) {
-        let old = match &interest {
-            Some(new) => {
-                let state = self.bindings.entry(who.clone()).or_default();
-                if state.interest == *new && state.indexed {
-                    return;
-                }
-                state.indexed = true;
-                Some(std::mem::replace(&mut state.interest, new.clone()))
-            }
-            None => self.bindings.remove(who).map(|s| s.interest),
-        };
-        if let Some(old) = old {
-            for n in old.picks.iter().chain(&old.selected) {
-                if let Some(u) = self.users.get_mut(n) {
-                    if u.bindings.remove(who) && old.picks.contains(n) {
-                        u.picked = u.picked.saturating_sub(1);
-                    }
-                    if u.bindings.is_empty() {
-                        self.users.remove(n);
-                    }
-                }
-            }
-            for p in &old.pinned {
-                if let Some(u) = self.pinned_users.get_mut(p) {
-                    u.remove(who);
-                    if u.is_empty() {
-                        self.pinned_users.remove(p);
-                    }
-                }
-            }
-            self.selecting.remove(who);
-        }
-        if let Some(new) = interest {
-            for n in new.picks.iter().chain(&new.selected) {
-                let u = self.users.entry(n.clone()).or_default();
-                if u.bindings.insert(who.clone()) && new.picks.contains(n) {
-                    u.picked += 1;
-                }
-            }
-            for p in &new.pinned {
-                self.pinned_users
-                    .entry(p.clone())
-                    .or_default()
-                    .insert(who.clone());
-            }
-            if new.select.is_some() {
-                self.selecting.insert(who.clone());
-            }
-        }
-    }
-
-    /// A read of `who` begins: changes it would see are not woken for.
+    /// A read of `who` begins: changes it will see are not woken for.
     pub fn begin_read(&mut self, who: &BindingRef) {
-        if let Some(state) = self.bindings.get_mut(who) {
-            state.reads += 1;
-        }
+        self.interests.begin_read(who);
     }
 
     /// A read of `who` ended (answered, failed or timed out): if something it
     /// uses changed after it looked, it is woken.
     pub fn end_read(&mut self, who: &BindingRef) {
-        if let Some(state) = self.bindings.get_mut(who) {
-            state.reads = state.reads.saturating_sub(1);
-            if state.reads == 0 && std::mem::take(&mut state.dirty) {
-                self.wakes.insert(who.clone());
-            }
+        if self.interests.end_read(who) {
+            self.wakes.insert(who.clone());
         }
     }
 
     /// Forgets `who` entirely, and what nobody needs any more.
     pub fn forget(&mut self, who: &BindingRef) {
-        if self.bindings.contains_key(who) {
-            self.set_interest(who, None);
+        if self.interests.remove(who) {
             self.wakes.remove(who);
             self.prune();
         }
@@ -474,50 +250,42 @@ impl Index {
 
     /// Forgets every binding for which `keep` is false.
     pub fn retain(&mut self, keep: impl Fn(&BindingRef) -> bool) {
-        let gone: Vec<BindingRef> = self
-            .bindings
-            .keys()
-            .filter(|who| !keep(who))
-            .cloned()
-            .collect();
-        for who in &gone {
-            self.set_interest(who, None);
-            self.wakes.remove(who);
-        }
+        let gone = self.interests.retain(&keep);
         if !gone.is_empty() {
+            self.wakes.retain(|who| keep(who));
             self.prune();
         }
     }
 
     /// Bindings registered.
     pub fn len(&self) -> usize {
-        self.bindings.len()
+        self.interests.len()
     }
 
     /// Whether no binding is registered.
     pub fn is_empty(&self) -> bool {
-        self.bindings.is_empty()
+        self.interests.is_empty()
     }
 
     /// The shortest refresh interval among the bindings.
     pub fn interval(&self) -> Option<Duration> {
-        self.bindings.values().map(|s| s.interest.interval).min()
+        self.interests.interval()
     }
 
     fn needed_latest(&self) -> BTreeSet<String> {
-        self.users.keys().cloned().collect()
+        self.interests.needed_latest()
     }
 
     fn needed_pinned(&self) -> BTreeSet<(String, String)> {
-        self.pinned_users.keys().cloned().collect()
+        self.interests.needed_pinned()
     }
 
     fn picked(&self, name: &str) -> bool {
-        self.users.get(name).is_some_and(|u| u.picked > 0)
+        self.interests.picked(name)
     }
 
     fn any_select(&self) -> bool {
-        !self.selecting.is_empty()
+        self.interests.any_select()
     }
 
     fn list_retry_due(&self, now: Instant) -> bool {
@@ -881,40 +649,8 @@ impl Index {
     /// Queues the bindings `changes` concern; a binding in a read is marked
     /// instead, and woken when its read ends if it looked too early.
     pub fn wake(&mut self, changes: &Changes) {
-        if changes.is_empty() {
-            return;
-        }
-        let mut hit: HashSet<&BindingRef> = HashSet::new();
-        for n in &changes.names {
-            hit.extend(self.users.get(n).into_iter().flat_map(|u| &u.bindings));
-        }
-        for p in &changes.pinned {
-            hit.extend(self.pinned_users.get(p).into_iter().flatten());
-        }
-        if changes.listing || !changes.items.is_empty() {
-            for who in &self.selecting {
-                let matches = self
-                    .bindings
-                    .get(who)
-                    .and_then(|s| s.interest.select.as_ref())
-                    .is_some_and(|spec| {
-                        changes.listing || changes.items.iter().any(|item| selects(spec, item))
-                    });
-                if matches {
-                    hit.insert(who);
-                }
-            }
-        }
-        let hit: Vec<BindingRef> = hit.into_iter().cloned().collect();
-        for who in hit {
-            let Some(state) = self.bindings.get_mut(&who) else {
-                continue;
-            };
-            if state.reads > 0 {
-                state.dirty = true;
-            } else {
-                self.wakes.insert(who);
-            }
+        if !changes.is_empty() {
+            self.wakes.extend(self.interests.concerned(changes));
         }
     }
 
@@ -933,9 +669,8 @@ impl Index {
         who: Option<&BindingRef>,
         plan: &Plan,
     ) -> Result<(BTreeMap<String, Fetched>, Vec<(String, String)>), Unanswered> {
-        if let Some(state) = who.and_then(|w| self.bindings.get_mut(w)) {
-            // It sees everything applied so far.
-            state.dirty = false;
+        if let Some(who) = who {
+            self.interests.seen(who);
         }
         let mut fetched = BTreeMap::new();
         let mut optional_failures = Vec::new();
@@ -1029,557 +764,5 @@ fn not_read(name: &str, optional_failures: &mut Vec<(String, String)>) -> Fetche
     }
 }
 
-/// Items whose presence, `enabled` or tags differ between two sorted listings.
-fn select_diff(old: &[SecretItem], new: &[SecretItem], tags: bool) -> Vec<SecretItem> {
-    let same = |a: &SecretItem, b: &SecretItem| {
-        a.attributes.is_enabled() == b.attributes.is_enabled() && (!tags || a.tags == b.tags)
-    };
-    let mut out = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while i < old.len() || j < new.len() {
-        let ord = match (old.get(i), new.get(j)) {
-            (Some(a), Some(b)) => cmp_name(a.name(), b.name()),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        match ord {
-            std::cmp::Ordering::Less => {
-                out.push(old[i].clone());
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                out.push(new[j].clone());
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                if !same(&old[i], &new[j]) {
-                    out.push(old[i].clone());
-                    out.push(new[j].clone());
-                }
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::azure::keyvault::{ForbiddenKind, KeyVaultError, Operation, SecretAttributes};
-    use crate::plan::plan;
-
-    fn spec(yaml: &str) -> VaultSecretBindingSpec {
-        serde_yaml::from_str(&format!("vaultUrl: https://v.vault.azure.net\n{yaml}")).unwrap()
-    }
-
-    fn who(name: &str) -> BindingRef {
-        ObjectRef::new(name).within("ns")
-    }
-
-    fn item(name: &str, updated: i64) -> SecretItem {
-        SecretItem {
-            id: format!("https://v.vault.azure.net/secrets/{name}"),
-            attributes: SecretAttributes {
-                updated: Some(updated),
-                ..Default::default()
-            },
-            tags: BTreeMap::new(),
-            content_type: None,
-            managed: None,
-        }
-    }
-
-    fn got(version: &str, value: &str, updated: i64) -> Result<Got, Failure> {
-        Ok(Got {
-            value: SecretValue::new(value),
-            version: version.into(),
-            updated: Some(updated),
-            expires: None,
-        })
-    }
-
-    fn failed(e: KeyVaultError) -> Result<Got, Failure> {
-        Err(Arc::new(e.into()))
-    }
-
-    fn forbidden(op: Operation) -> KeyVaultError {
-        KeyVaultError::Forbidden {
-            vault: "v".into(),
-            who: "identity app".into(),
-            operation: op,
-            kind: ForbiddenKind::Rbac,
-            detail: "ForbiddenByRbac".into(),
-        }
-    }
-
-    fn not_found(name: &str) -> KeyVaultError {
-        KeyVaultError::NotFound {
-            vault: "v".into(),
-            name: name.into(),
-            version: None,
-        }
-    }
-
-    fn throttled() -> KeyVaultError {
-        KeyVaultError::Throttled {
-            vault: "v".into(),
-            attempts: 4,
-        }
-    }
-
-    fn latest(name: &str) -> FetchKey {
-        FetchKey::Latest(name.into())
-    }
-
-    /// An index with `bindings` registered (name, spec) and their plans set
-    /// from `listing`.
-    fn index(bindings: &[(&str, &str)], listing: &[SecretItem]) -> Index {
-        let mut idx = Index::default();
-        for (name, yaml) in bindings {
-            let s = spec(yaml);
-            idx.register(&who(name), &s, Duration::from_secs(300));
-            idx.set_selected(&who(name), &plan(&s, listing).unwrap());
-        }
-        idx
-    }
-
-    fn answer(
-        idx: &mut Index,
-        name: &str,
-        yaml: &str,
-        listing: &[SecretItem],
-    ) -> Result<BTreeMap<String, Fetched>, Unanswered> {
-        let p = plan(&spec(yaml), listing).unwrap();
-        idx.answer(Some(&who(name)), &p).map(|(f, _)| f)
-    }
-
-    fn woken(idx: &mut Index) -> Vec<String> {
-        let mut names: Vec<String> = idx.take_wakes().into_iter().map(|w| w.name).collect();
-        names.sort();
-        names
-    }
-
-    const A: &str = "secrets: [{name: db-password}]";
-    const B: &str = "secrets: [{name: payroll-db, optional: true}]";
-
-    #[test]
-    fn another_bindings_forbidden_optional_pick_does_not_fail_this_one() {
-        // The identity may read only db-password; b adds payroll-db.
-        let mut idx = index(&[("a", A), ("b", B)], &[]);
-        let now = Instant::now();
-        idx.apply_get(&latest("db-password"), got("v1", "one", 100), 200, now);
-        woken(&mut idx);
-        let changes = idx.apply_get(
-            &latest("payroll-db"),
-            failed(forbidden(Operation::GetSecret)),
-            200,
-            now,
-        );
-        assert_eq!(changes.names, BTreeSet::from(["payroll-db".to_string()]));
-        assert_eq!(woken(&mut idx), ["b"], "only the binding that asked for it");
-
-        let a = answer(&mut idx, "a", A, &[]).expect("a is not failed by b's pick");
-        assert!(
-            matches!(&a["db-password"], Fetched::Value { value, .. } if value.expose() == "one")
-        );
-        let p = plan(&spec(B), &[]).unwrap();
-        let (b, why) = idx.answer(Some(&who("b")), &p).expect("optional: b reads");
-        assert!(matches!(
-            &b["payroll-db"],
-            Fetched::Unavailable {
-                reason: Reason::VaultForbidden,
-                ..
-            }
-        ));
-        assert_eq!(why.len(), 1);
-
-        // The same refusal again changes nothing and wakes nobody; a
-        // rotation of db-password wakes a only.
-        let later = now + Duration::from_secs(300);
-        idx.apply_get(
-            &latest("payroll-db"),
-            failed(forbidden(Operation::GetSecret)),
-            500,
-            later,
-        );
-        assert!(woken(&mut idx).is_empty());
-        idx.apply_get(&latest("db-password"), got("v2", "two", 450), 500, later);
-        assert_eq!(woken(&mut idx), ["a"]);
-    }
-
-    #[test]
-    fn a_throttled_name_fails_only_the_bindings_that_require_it() {
-        let mut idx = index(&[("a", A), ("c", "secrets: [{name: hot}]")], &[]);
-        let now = Instant::now();
-        idx.apply_get(&latest("db-password"), got("v1", "one", 100), 200, now);
-        idx.apply_get(&latest("hot"), got("h1", "h", 100), 200, now);
-        woken(&mut idx);
-        idx.apply_get(&latest("hot"), failed(throttled()), 300, now);
-        assert_eq!(woken(&mut idx), ["c"], "ok → failure wakes its binding");
-        assert!(answer(&mut idx, "a", A, &[]).is_ok());
-        match answer(&mut idx, "c", "secrets: [{name: hot}]", &[]) {
-            Err(Unanswered::Failed(f)) => assert_eq!(f.reason(), Reason::VaultThrottled),
-            other => panic!("expected the throttling, got {other:?}"),
-        }
-        idx.apply_get(&latest("hot"), got("h1", "h", 100), 400, now);
-        assert_eq!(woken(&mut idx), ["c"], "failure → ok wakes it again");
-    }
-
-    #[test]
-    fn unchanged_listing_needs_no_get_and_wakes_nobody() {
-        let listing = vec![item("db-password", 100), item("other", 100)];
-        let mut idx = index(&[("a", A), ("all", "select: {all: true}")], &listing);
-        let t0 = Instant::now();
-        idx.apply_listing(Ok(listing.clone()), t0);
-        for n in ["db-password", "other"] {
-            idx.apply_get(&latest(n), got("v1", "x", 100), 200, t0);
-        }
-        woken(&mut idx);
-        let t1 = t0 + Duration::from_secs(300);
-        let changes = idx.apply_listing(Ok(listing), t1);
-        assert!(changes.is_empty(), "{changes:?}");
-        assert!(idx.after_listing().is_empty(), "nothing to GET");
-        assert!(woken(&mut idx).is_empty());
-    }
-
-    #[test]
-    fn a_changed_item_is_read_and_wakes_only_its_bindings() {
-        let listing = vec![item("db-password", 100), item("other", 100)];
-        let mut idx = index(&[("a", A), ("o", "secrets: [{name: other}]")], &listing);
-        let t0 = Instant::now();
-        for n in ["db-password", "other"] {
-            idx.apply_get(&latest(n), got("v1", "x", 100), 200, t0);
-        }
-        woken(&mut idx);
-        let t1 = t0 + Duration::from_secs(300);
-        idx.apply_listing(Ok(vec![item("db-password", 400), item("other", 100)]), t1);
-        assert_eq!(idx.after_listing(), [latest("db-password")]);
-        idx.apply_get(&latest("db-password"), got("v2", "y", 400), 500, t1);
-        assert_eq!(woken(&mut idx), ["a"]);
-        assert_eq!(
-            idx.values.len(),
-            2,
-            "the replaced version's value is dropped"
-        );
-    }
-
-    #[test]
-    fn a_name_absent_from_the_listing_is_read_not_reported_missing() {
-        // The listing was taken before the secret was created.
-        let stale = vec![item("other", 100)];
-        let mut idx = index(&[("a", A)], &stale);
-        let t0 = Instant::now();
-        idx.apply_listing(Ok(stale.clone()), t0);
-        let p = plan(&spec(A), &stale).unwrap();
-        let keys = idx.fetches_for_read(
-            &p,
-            t0 + Duration::from_secs(10),
-            Duration::from_secs(330),
-            false,
-        );
-        assert_eq!(keys, [latest("db-password")], "read by GET");
-        assert_eq!(
-            idx.after_listing(),
-            [latest("db-password")],
-            "a cycle GETs it too"
-        );
-        assert!(
-            matches!(answer(&mut idx, "a", A, &stale), Err(Unanswered::NotRead)),
-            "never Missing before a GET says so"
-        );
-
-        // Only SecretNotFound makes it missing; a later listing without it
-        // then confirms the miss without another GET.
-        idx.apply_get(
-            &latest("db-password"),
-            failed(not_found("db-password")),
-            200,
-            t0,
-        );
-        assert!(matches!(
-            answer(&mut idx, "a", A, &stale).unwrap()["db-password"],
-            Fetched::Missing
-        ));
-        idx.apply_listing(Ok(stale), t0 + Duration::from_secs(300));
-        assert!(idx.after_listing().is_empty());
-    }
-
-    #[test]
-    fn a_selected_name_gone_from_the_listing_leaves_the_select_without_a_get() {
-        let listing = vec![item("a", 100), item("b", 100)];
-        let mut idx = index(&[("all", "select: {all: true}")], &listing);
-        let t0 = Instant::now();
-        idx.apply_listing(Ok(listing), t0);
-        for n in ["a", "b"] {
-            idx.apply_get(&latest(n), got("v1", "x", 100), 200, t0);
-        }
-        woken(&mut idx);
-        idx.apply_listing(Ok(vec![item("a", 100)]), t0 + Duration::from_secs(300));
-        assert!(idx.after_listing().is_empty());
-        assert_eq!(woken(&mut idx), ["all"]);
-    }
-
-    #[test]
-    fn the_one_second_rule_uses_the_vaults_clock() {
-        let listing = vec![item("db-password", 100)];
-        let mut idx = index(&[("a", A)], &listing);
-        let t0 = Instant::now();
-        // Served at vault second 100, the second the version was written:
-        // another version may follow in that second with the same `updated`.
-        idx.apply_get(&latest("db-password"), got("v1", "x", 100), 100, t0);
-        idx.apply_listing(Ok(listing.clone()), t0 + Duration::from_secs(1));
-        assert_eq!(
-            idx.after_listing(),
-            [latest("db-password")],
-            "ambiguous: read again"
-        );
-        // Served at vault second 102: whatever the listing says at 100 is what we read.
-        idx.apply_get(
-            &latest("db-password"),
-            got("v1", "x", 100),
-            102,
-            t0 + Duration::from_secs(2),
-        );
-        idx.apply_listing(Ok(listing), t0 + Duration::from_secs(3));
-        assert!(idx.after_listing().is_empty());
-    }
-
-    #[test]
-    fn a_tag_change_that_makes_a_secret_match_wakes_its_select() {
-        let mut tagged = item("s", 100);
-        let listing = vec![item("s", 100)];
-        let sel = "select: {tags: {team: ci}}";
-        let mut idx = index(
-            &[
-                ("ci", sel),
-                ("other", "select: {tags: {team: web}}"),
-                ("a", A),
-            ],
-            &listing,
-        );
-        let t0 = Instant::now();
-        idx.apply_listing(Ok(listing), t0);
-        woken(&mut idx);
-        tagged.tags.insert("team".into(), "ci".into());
-        let changes = idx.apply_listing(Ok(vec![tagged]), t0 + Duration::from_secs(300));
-        assert_eq!(changes.items.len(), 2, "old and new form");
-        assert_eq!(woken(&mut idx), ["ci"]);
-    }
-
-    #[test]
-    fn list_forbidden_keeps_picks_on_gets_fails_selects_and_is_retried() {
-        let mut idx = index(&[("a", A), ("all", "select: {all: true}")], &[]);
-        let t0 = Instant::now();
-        let refused: Failure = Arc::new(forbidden(Operation::ListSecrets).into());
-        idx.apply_listing(Err(refused), t0);
-        assert_eq!(woken(&mut idx), ["all"], "the select is told");
-        assert!(
-            matches!(idx.after_listing()[..], [FetchKey::Latest(ref n)] if n == "db-password"),
-            "picks fall back to GET"
-        );
-        match idx.listing_for_read(
-            t0 + Duration::from_secs(60),
-            Duration::from_secs(330),
-            false,
-        ) {
-            ListingNeed::Refused(f) => assert_eq!(f.reason(), Reason::ListForbidden),
-            _ => panic!("a select read reports ListForbidden"),
-        }
-        for cycle in 1..=LIST_RETRY_CYCLES {
-            let work = idx
-                .cycle_work(t0 + Duration::from_secs(cycle as u64))
-                .unwrap();
-            assert!(!work.list, "cycle {cycle} does not list");
-            assert_eq!(work.gets, [latest("db-password")]);
-        }
-        let work = idx.cycle_work(t0 + Duration::from_secs(11)).unwrap();
-        assert!(work.list, "then the LIST is tried again");
-        // Granted meanwhile: the select is woken and reads.
-        idx.apply_listing(
-            Ok(vec![item("db-password", 100)]),
-            t0 + Duration::from_secs(12),
-        );
-        assert_eq!(woken(&mut idx), ["all"]);
-        assert!(matches!(
-            idx.listing_for_read(
-                t0 + Duration::from_secs(13),
-                Duration::from_secs(330),
-                false
-            ),
-            ListingNeed::Fresh(_)
-        ));
-    }
-
-    #[test]
-    fn a_refused_list_is_retried_after_ten_minutes_too() {
-        let mut idx = index(&[("all", "select: {all: true}")], &[]);
-        let t0 = Instant::now();
-        idx.apply_listing(Err(Arc::new(forbidden(Operation::ListSecrets).into())), t0);
-        assert!(!idx.cycle_work(t0 + Duration::from_secs(1)).unwrap().list);
-        assert!(idx.cycle_work(t0 + LIST_RETRY_AFTER).unwrap().list);
-    }
-
-    #[test]
-    fn pinned_versions_are_rechecked_every_cycle_and_a_disable_wakes() {
-        let pinned = "secrets: [{name: db, version: abc}]";
-        let mut idx = index(&[("p", pinned)], &[]);
-        let t0 = Instant::now();
-        let key = FetchKey::Pinned("db".into(), "abc".into());
-        idx.apply_get(&key, got("abc", "x", 100), 200, t0);
-        woken(&mut idx);
-        let work = idx.cycle_work(t0).unwrap();
-        assert_eq!(work.gets, std::slice::from_ref(&key));
-        assert!(!work.list, "a listing shows no pinned version");
-        let disabled = KeyVaultError::SecretDisabled {
-            vault: "v".into(),
-            name: "db".into(),
-        };
-        idx.apply_get(&key, failed(disabled), 300, t0);
-        assert_eq!(woken(&mut idx), ["p"]);
-        assert!(matches!(
-            answer(&mut idx, "p", pinned, &[]).unwrap()["db"],
-            Fetched::Disabled
-        ));
-    }
-
-    #[test]
-    fn a_reading_binding_is_woken_only_for_what_it_did_not_see() {
-        let mut idx = index(&[("a", A)], &[]);
-        let t0 = Instant::now();
-        idx.begin_read(&who("a"));
-        idx.apply_get(&latest("db-password"), got("v1", "x", 100), 200, t0);
-        answer(&mut idx, "a", A, &[]).unwrap();
-        idx.end_read(&who("a"));
-        assert!(
-            woken(&mut idx).is_empty(),
-            "its own first read is no change to it"
-        );
-
-        idx.begin_read(&who("a"));
-        answer(&mut idx, "a", A, &[]).unwrap();
-        idx.apply_get(&latest("db-password"), got("v2", "y", 300), 400, t0);
-        assert!(woken(&mut idx).is_empty(), "not while reading");
-        idx.end_read(&who("a"));
-        assert_eq!(
-            woken(&mut idx),
-            ["a"],
-            "it answered before the change: woken"
-        );
-    }
-
-    #[test]
-    fn forgetting_removes_everything_kept_for_a_binding() {
-        let pinned = "secrets: [{name: db, version: abc}, {name: db-password}]";
-        let mut idx = index(&[("a", A), ("p", pinned)], &[]);
-        let t0 = Instant::now();
-        idx.apply_get(&latest("db-password"), got("v1", "x", 100), 200, t0);
-        idx.apply_get(
-            &FetchKey::Pinned("db".into(), "abc".into()),
-            got("abc", "y", 100),
-            200,
-            t0,
-        );
-        idx.retain(|w| w.name != "p");
-        assert_eq!(idx.len(), 1);
-        assert!(idx.pinned.is_empty());
-        assert_eq!(idx.values.len(), 1, "only db-password's value is left");
-        idx.forget(&who("a"));
-        assert!(idx.is_empty());
-        assert!(idx.latest.is_empty() && idx.values.is_empty() && idx.listing.is_none());
-    }
-
-    #[test]
-    fn the_listing_keeps_only_what_change_detection_needs() {
-        let mut full = item("s", 100);
-        full.content_type = Some("text/plain".into());
-        full.attributes.recovery_level = Some("Recoverable+Purgeable".into());
-        full.tags.insert("team".into(), "ci".into());
-        let mut idx = index(&[("a", "secrets: [{name: s}]")], &[]);
-        idx.apply_listing(Ok(vec![full.clone()]), Instant::now());
-        let kept = &idx.listing.as_ref().unwrap().items[0];
-        assert_eq!(kept.content_type, None);
-        assert_eq!(kept.attributes.recovery_level, None);
-        assert!(kept.tags.is_empty(), "no select: no tags");
-        assert_eq!(kept.attributes.updated, Some(100));
-    }
-
-    #[test]
-    fn a_changed_spec_moves_its_wakes_to_its_new_names() {
-        let mut idx = index(&[("a", A)], &[]);
-        let t0 = Instant::now();
-        idx.register(
-            &who("a"),
-            &spec("secrets: [{name: other}]"),
-            Duration::from_secs(300),
-        );
-        idx.apply_get(&latest("db-password"), got("v1", "x", 100), 200, t0);
-        assert!(woken(&mut idx).is_empty(), "a no longer uses db-password");
-        idx.apply_get(&latest("other"), got("v1", "x", 100), 200, t0);
-        assert_eq!(woken(&mut idx), ["a"]);
-        idx.prune();
-        assert!(
-            !idx.latest.contains_key("db-password"),
-            "nobody needs it: pruned"
-        );
-    }
-
-    #[test]
-    fn a_failing_listing_fails_selects_and_sends_picks_to_get() {
-        let mut idx = index(&[("a", A), ("all", "select: {all: true}")], &[]);
-        let t0 = Instant::now();
-        let down: Failure = Arc::new(
-            KeyVaultError::Server {
-                vault: "v".into(),
-                status: 503,
-                code: "ServiceUnavailable".into(),
-                detail: String::new(),
-                attempts: 4,
-            }
-            .into(),
-        );
-        idx.apply_listing(Err(down), t0);
-        assert_eq!(woken(&mut idx), ["all"]);
-        assert_eq!(idx.after_listing(), [latest("db-password")]);
-        assert!(idx.failing(), "the cycle comes back sooner");
-        match idx.listing_for_read(t0, Duration::from_secs(330), false) {
-            ListingNeed::Refused(f) => assert_eq!(f.reason(), Reason::VaultUnavailable),
-            _ => panic!("a failure stands for a few seconds"),
-        }
-        assert!(matches!(
-            idx.listing_for_read(t0 + FAILURE_TTL, Duration::from_secs(330), false),
-            ListingNeed::Fetch
-        ));
-    }
-
-    #[test]
-    fn a_select_read_without_a_registered_binding_keeps_tags() {
-        // `kvsync check` reads without registering.
-        let mut idx = Index::default();
-        let mut tagged = item("s", 100);
-        tagged.tags.insert("team".into(), "ci".into());
-        assert!(matches!(
-            idx.listing_for_read(Instant::now(), Duration::from_secs(330), false),
-            ListingNeed::Fetch
-        ));
-        idx.apply_listing(Ok(vec![tagged]), Instant::now());
-        let items = idx.listing_after_fetch().unwrap();
-        assert_eq!(items[0].tags.get("team").map(String::as_str), Some("ci"));
-    }
-
-    #[test]
-    fn listing_is_chosen_when_pages_are_fewer_than_gets() {
-        assert_eq!(choose_plan(5, Some(40), true, false), CyclePlan::List); // 2 pages < 5 GETs
-        assert_eq!(choose_plan(2, Some(1000), true, false), CyclePlan::Get); // 40 pages > 2 GETs
-        assert_eq!(choose_plan(2, Some(50), true, false), CyclePlan::Get); // 2 pages == 2 GETs: GET is as cheap
-        assert_eq!(choose_plan(3, None, true, false), CyclePlan::List); // unknown size: one page is likely
-    }
-
-    #[test]
-    fn listing_is_required_by_select_and_skipped_when_forbidden() {
-        assert_eq!(choose_plan(0, Some(1000), true, true), CyclePlan::List);
-        assert_eq!(choose_plan(50, Some(10), false, false), CyclePlan::Get);
-        assert_eq!(choose_plan(0, None, true, false), CyclePlan::Idle);
-    }
-}
+mod tests;

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! `index` is pure: results in, changes and bindings to wake out (unit-tested
-//! there, without HTTP). This module is the thin async shell around it. The lock is a `std::sync::Mutex`
+//! there, without HTTP); it keeps who needs what in `interests` (one state
+//! per binding, with name → bindings maps) and the trimmed listing helpers
+//! in `listing`. This module is the thin async shell around it. The lock is a `std::sync::Mutex`
 //! held only to decide and to apply, never across a request: a slow or
 //! black-holed vault holds up only the reads that need what it has not
 //! answered, and those wait at most the read timeout (then `VaultTimeout`,
@@ -34,6 +36,8 @@
 
 mod error;
 mod index;
+mod interests;
+mod listing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
