@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use kube::runtime::reflector::ObjectRef;
 
 use super::error::VaultError;
-use super::interests::Interests;
+use super::interests::{Interests, Orphans};
 pub use super::listing::{CyclePlan, choose_plan};
 use super::listing::{ambiguous, cmp_name, find, select_diff, trim};
 use crate::azure::keyvault::SecretItem;
@@ -242,18 +242,49 @@ impl Index {
 
     /// Forgets `who` entirely, and what nobody needs any more.
     pub fn forget(&mut self, who: &BindingRef) {
-        if self.interests.remove(who) {
+        if let Some(orphans) = self.interests.remove(who) {
             self.wakes.remove(who);
-            self.prune();
+            self.drop_orphans(orphans);
         }
     }
 
     /// Forgets every binding for which `keep` is false.
     pub fn retain(&mut self, keep: impl Fn(&BindingRef) -> bool) {
-        let gone = self.interests.retain(&keep);
+        let (gone, orphans) = self.interests.retain(&keep);
         if !gone.is_empty() {
             self.wakes.retain(|who| keep(who));
-            self.prune();
+            self.drop_orphans(orphans);
+        }
+    }
+
+    /// Drops the entries and values of what nobody needs any more (without
+    /// the full scan of [`Index::prune`]: forgetting one binding costs what
+    /// it used).
+    fn drop_orphans(&mut self, orphans: Orphans) {
+        for name in orphans.latest {
+            if let Some(Entry {
+                known: Known::Value { version, .. },
+                ..
+            }) = self.latest.remove(&name)
+            {
+                self.drop_value_if_unused(&name, &version);
+            }
+        }
+        for (name, version) in orphans.pinned {
+            if self
+                .pinned
+                .remove(&(name.clone(), version.clone()))
+                .is_some()
+            {
+                self.drop_value_if_unused(&name, &version);
+            }
+        }
+        if self.is_empty() {
+            self.latest.clear();
+            self.pinned.clear();
+            self.values.clear();
+            self.listing = None;
+            self.list_failure = None;
         }
     }
 

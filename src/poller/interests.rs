@@ -70,6 +70,15 @@ struct Users {
     picked: usize,
 }
 
+/// What no binding needs any more after a change of interests.
+#[derive(Debug, Default)]
+pub struct Orphans {
+    /// Latest names.
+    pub latest: Vec<String>,
+    /// Pinned (name, version) pairs.
+    pub pinned: Vec<(String, String)>,
+}
+
 /// The bindings of one poller and what each needs.
 #[derive(Debug, Default)]
 pub struct Interests {
@@ -103,7 +112,7 @@ impl Interests {
                 .cloned()
                 .collect();
         }
-        self.set(who, Some(interest));
+        self.set(who, Some(interest), &mut Orphans::default());
     }
 
     /// Records the names `plan` took from the listing.
@@ -122,36 +131,40 @@ impl Interests {
         if selected != state.interest.selected {
             let mut interest = state.interest.clone();
             interest.selected = selected;
-            self.set(who, Some(interest));
+            self.set(who, Some(interest), &mut Orphans::default());
         }
     }
 
-    /// Removes `who`; false when it was not there.
-    pub fn remove(&mut self, who: &BindingRef) -> bool {
-        let known = self.bindings.contains_key(who);
-        if known {
-            self.set(who, None);
+    /// Removes `who`; `None` when it was not there, else what nobody needs now.
+    pub fn remove(&mut self, who: &BindingRef) -> Option<Orphans> {
+        if !self.bindings.contains_key(who) {
+            return None;
         }
-        known
+        let mut orphans = Orphans::default();
+        self.set(who, None, &mut orphans);
+        Some(orphans)
     }
 
-    /// Removes every binding for which `keep` is false; returns them.
-    pub fn retain(&mut self, keep: impl Fn(&BindingRef) -> bool) -> Vec<BindingRef> {
+    /// Removes every binding for which `keep` is false; returns them, and
+    /// what nobody needs now.
+    pub fn retain(&mut self, keep: impl Fn(&BindingRef) -> bool) -> (Vec<BindingRef>, Orphans) {
         let gone: Vec<BindingRef> = self
             .bindings
             .keys()
             .filter(|who| !keep(who))
             .cloned()
             .collect();
+        let mut orphans = Orphans::default();
         for who in &gone {
-            self.set(who, None);
+            self.set(who, None, &mut orphans);
         }
-        gone
+        (gone, orphans)
     }
 
     /// Replaces (or, with `None`, removes) what `who` needs, keeping the
-    /// reverse maps in step.
-    fn set(&mut self, who: &BindingRef, interest: Option<Interest>) {
+    /// reverse maps in step; names and versions left without a user go to
+    /// `orphans`.
+    fn set(&mut self, who: &BindingRef, interest: Option<Interest>, orphans: &mut Orphans) {
         let old = match &interest {
             Some(new) => {
                 let state = self.bindings.entry(who.clone()).or_default();
@@ -171,6 +184,7 @@ impl Interests {
                     }
                     if u.bindings.is_empty() {
                         self.users.remove(n);
+                        orphans.latest.push(n.clone());
                     }
                 }
             }
@@ -179,6 +193,7 @@ impl Interests {
                     u.remove(who);
                     if u.is_empty() {
                         self.pinned_users.remove(p);
+                        orphans.pinned.push(p.clone());
                     }
                 }
             }
