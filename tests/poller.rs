@@ -1,4 +1,6 @@
-//! The poller against the dev vault: what a cycle costs and whom it wakes.
+//! The poller against the dev vault: what a cycle costs, whom it wakes, and
+//! that one binding's failures, slow names or stale listings never decide
+//! another binding's outcome.
 
 mod support;
 

@@ -1,5 +1,5 @@
 //! The poller's index: what is known of one vault (as one identity sees it)
-//! and which binding needs what. Pure: the results of requests go in (a
+//! and, through `interests`, which binding needs what. Pure: the results of requests go in (a
 //! listing, a GET's answer, a failure), and out come what changed and whom to
 //! wake; the async shell in `mod.rs` only does the I/O it is told to.
 //!
