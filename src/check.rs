@@ -166,14 +166,6 @@ pub async fn check(
             .rows
             .push((k.key.clone(), k.secret.clone(), version, state));
     }
-    for (name, why) in &read.optional_failures {
-        report.rows.push((
-            "-".into(),
-            name.clone(),
-            "-".into(),
-            format!("optional, unreadable: {why}"),
-        ));
-    }
     if let Err(e) = render(&RenderInput {
         plan: &read.plan,
         fetched: &read.fetched,

@@ -1,12 +1,15 @@
-//! The poller against the dev vault: what a cycle costs and whom it wakes.
+//! The poller against the dev vault: what a cycle costs, whom it wakes, and
+//! that one binding's failures, slow names or stale listings never decide
+//! another binding's outcome.
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::ObjectRef;
 use kvsync::crd::{VaultSecretBinding, VaultSecretBindingSpec};
-use kvsync::poller::{BindingRef, Poller};
+use kvsync::poller::{BindingRef, Poller, Pollers};
+use kvsync::reason::Reason;
 use kvsync::render::Fetched;
 use support::{Fixture, start};
 
@@ -20,13 +23,9 @@ fn who(name: &str) -> BindingRef {
     ObjectRef::<VaultSecretBinding>::new(name).within("ns")
 }
 
-fn poller(
-    f: &Fixture,
-    client_id: &str,
-) -> (
-    Poller,
-    futures::channel::mpsc::UnboundedReceiver<BindingRef>,
-) {
+type Woken = futures::channel::mpsc::UnboundedReceiver<BindingRef>;
+
+fn poller(f: &Fixture, client_id: &str) -> (Poller, Woken) {
     let (tx, rx) = futures::channel::mpsc::unbounded();
     let (kv, _) = f.client(client_id);
     (Poller::new(kv, Some(tx)), rx)
@@ -248,11 +247,7 @@ async fn failed_cycle_is_reported_and_recovery_wakes_everyone() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("HTTP 503"), "{err}");
-    let http = &f.http;
-    http.delete(format!("{}/_dev/faults", f.vault.url()))
-        .send()
-        .await
-        .unwrap();
+    f.clear_faults().await;
     p.cycle().await.unwrap();
     assert_eq!(woken(&mut rx), ["b1"], "recovery wakes the binding");
     let ok = read(&p, &f, "b1", "secrets: [{name: s000}]").await;
@@ -260,7 +255,7 @@ async fn failed_cycle_is_reported_and_recovery_wakes_everyone() {
 }
 
 #[tokio::test]
-async fn pinned_versions_are_read_once() {
+async fn pinned_versions_are_rechecked_each_cycle_and_a_disable_is_seen() {
     let f = start("secrets:\n  - {name: db, value: one}\n  - {name: db, value: two}\n").await;
     let (kv, _) = f.client("reader");
     let versions = kv.list_versions("db").await.unwrap();
@@ -269,7 +264,7 @@ async fn pinned_versions_are_read_once() {
         .map(|v| v.version().to_string())
         .find(|v| !v.is_empty())
         .unwrap();
-    let (p, _rx) = poller(&f, "reader");
+    let (p, mut rx) = poller(&f, "reader");
     let pinned = spec(&f, &format!("secrets: [{{name: db, version: {first}}}]"));
     f.reset_stats().await;
     for _ in 0..3 {
@@ -280,8 +275,32 @@ async fn pinned_versions_are_read_once() {
     }
     assert_eq!(
         f.stats().await.total("get_secret"),
-        1,
-        "a pinned version never changes"
+        4,
+        "one GET to read it, then one per cycle: a listing shows only latest versions"
+    );
+    assert!(woken(&mut rx).is_empty(), "nothing changed");
+    let resp = f
+        .patch_secret(
+            "db",
+            &first,
+            serde_json::json!({"attributes": {"enabled": false}}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    p.cycle().await.unwrap();
+    assert_eq!(
+        woken(&mut rx),
+        ["b"],
+        "the disable is noticed by the next cycle"
+    );
+    let r = p
+        .read(Some(&who("b")), &pinned, REFRESH, false)
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.fetched["db"], Fetched::Disabled),
+        "{:?}",
+        r.fetched
     );
 }
 
@@ -350,4 +369,256 @@ async fn two_versions_in_one_second_are_not_missed() {
         .await
         .unwrap();
     assert_eq!(value(&r.fetched["s001"]), "third");
+}
+
+/// A secret scoped identity: `app` may read db-password only (and so may not list).
+const DB_ONLY: &str = r#"
+secrets:
+  - {name: db-password, value: one}
+  - {name: payroll-db, value: payroll}
+access:
+  - {clientId: app, secrets: [db-password]}
+  - {clientId: "*", secrets: ["*"]}
+"#;
+
+#[tokio::test]
+async fn another_bindings_unreadable_optional_pick_does_not_fail_this_one() {
+    let f = start(DB_ONLY).await;
+    let (p, mut rx) = poller(&f, "app");
+    let a = "secrets: [{name: db-password}]";
+    read(&p, &f, "a", a).await;
+    let b = read(&p, &f, "b", "secrets: [{name: payroll-db, optional: true}]").await;
+    assert!(
+        matches!(
+            &b.fetched["payroll-db"],
+            Fetched::Unavailable {
+                reason: Reason::VaultForbidden,
+                ..
+            }
+        ),
+        "{:?}",
+        b.fetched
+    );
+    assert_eq!(b.optional_failures.len(), 1);
+    p.cycle().await.unwrap();
+    assert!(woken(&mut rx).is_empty(), "nothing changed for anyone");
+    let r = read(&p, &f, "a", a).await;
+    assert_eq!(
+        value(&r.fetched["db-password"]),
+        "one",
+        "a is not failed by b's pick"
+    );
+
+    f.put_secret("db-password", "rotated").await;
+    p.cycle().await.unwrap();
+    assert_eq!(woken(&mut rx), ["a"], "a still receives rotations");
+    let r = read(&p, &f, "a", a).await;
+    assert_eq!(value(&r.fetched["db-password"]), "rotated");
+}
+
+#[tokio::test]
+async fn a_throttled_optional_pick_is_unavailable_not_a_failure() {
+    let f = start(&seed_of(2)).await;
+    let (p, _rx) = poller(&f, "reader");
+    f.fault(
+        serde_json::json!({"op": "get_secret", "secret": "s001", "status": 429, "retryAfter": 0}),
+    )
+    .await;
+    let r = read(
+        &p,
+        &f,
+        "b",
+        "secrets: [{name: s000}, {name: s001, optional: true}]",
+    )
+    .await;
+    assert_eq!(value(&r.fetched["s000"]), "v0");
+    assert!(
+        matches!(
+            &r.fetched["s001"],
+            Fetched::Unavailable {
+                reason: Reason::VaultThrottled,
+                ..
+            }
+        ),
+        "{:?}",
+        r.fetched
+    );
+}
+
+#[tokio::test]
+async fn a_refused_listing_is_retried_and_a_later_grant_is_noticed() {
+    let f = start(&seed_of(30)).await;
+    let (p, _rx) = poller(&f, "reader");
+    // Until the fault is removed the identity may not list (as with roles
+    // on single secrets); then it is granted.
+    f.fault(serde_json::json!({"op": "list_secrets", "status": 403, "code": "Forbidden", "innerCode": "ForbiddenByRbac"}))
+        .await;
+    let selects = spec(&f, "select: {namePrefix: s00}");
+    let err = p.read(None, &selects, REFRESH, false).await.unwrap_err();
+    assert_eq!(err.reason(), Reason::ListForbidden, "{err}");
+    // Four names in two pages: LIST would be the cheaper plan.
+    let picks = "secrets: [{name: s001}, {name: s002}, {name: s003}, {name: s004}]";
+    let r = read(&p, &f, "picks", picks).await;
+    assert_eq!(
+        value(&r.fetched["s004"]),
+        "v4",
+        "explicit picks are read by GET"
+    );
+    f.clear_faults().await;
+    f.reset_stats().await;
+    let mut cycles = 0;
+    while f.stats().await.count("list_secrets", 200) == 0 {
+        cycles += 1;
+        assert!(cycles <= 12, "the LIST is never tried again");
+        p.cycle().await.unwrap();
+    }
+    assert!(
+        cycles > 1,
+        "not on every cycle: the refusal is remembered for a while"
+    );
+    let r = p.read(None, &selects, REFRESH, false).await.unwrap();
+    assert_eq!(r.plan.keys.len(), 10, "s000..s009: the grant is noticed");
+}
+
+#[tokio::test]
+async fn a_slow_name_delays_only_its_readers_and_they_time_out() {
+    let f = start(&seed_of(2)).await;
+    let (tx, mut rx) = futures::channel::mpsc::unbounded();
+    let (kv, _) = f.client("reader");
+    let p = Poller::new(kv, Some(tx)).with_read_timeout(Duration::from_millis(700));
+    read(&p, &f, "warm", "secrets: [{name: s000}]").await; // the token is fetched
+    f.fault(
+        serde_json::json!({"op": "get_secret", "secret": "s001", "latencyMs": 3000, "count": 1}),
+    )
+    .await;
+    let slow_spec = spec(&f, "secrets: [{name: s001}]");
+    let fast_spec = spec(&f, "secrets: [{name: s000}]");
+    let started = Instant::now();
+    let slow = async {
+        let r = p.read(Some(&who("slow")), &slow_spec, REFRESH, false).await;
+        (r, started.elapsed())
+    };
+    let fast = async {
+        // Force: a GET of its own, while the slow one is out.
+        let r = p.read(Some(&who("fast")), &fast_spec, REFRESH, true).await;
+        (r, started.elapsed())
+    };
+    let ((slow, slow_took), (fast, fast_took)) = futures::join!(slow, fast);
+    assert_eq!(value(&fast.unwrap().fetched["s000"]), "v0");
+    assert!(
+        fast_took < Duration::from_millis(700),
+        "the fast binding waited {fast_took:?}"
+    );
+    let err = slow.unwrap_err();
+    assert_eq!(err.reason(), Reason::VaultTimeout, "{err}");
+    assert!(err.is_transient());
+    assert!(
+        slow_took < Duration::from_millis(2500),
+        "the slow binding waited {slow_took:?}, beyond its bound"
+    );
+    // The request goes on: when it ends, the binding that gave up is woken
+    // and its next read is served from the cache.
+    let woke = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut rx))
+        .await
+        .expect("woken when the slow answer arrives")
+        .unwrap();
+    assert_eq!(woke.name, "slow");
+    let r = p
+        .read(Some(&who("slow")), &slow_spec, REFRESH, false)
+        .await
+        .unwrap();
+    assert_eq!(value(&r.fetched["s001"]), "v1");
+    assert_eq!(
+        f.stats().await.count("get_secret", 200),
+        3,
+        "s000 twice, s001 once"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_created_after_the_listing_syncs_at_once() {
+    let f = start(&seed_of(30)).await;
+    let (p, _rx) = poller(&f, "reader");
+    read(
+        &p,
+        &f,
+        "x",
+        "secrets: [{name: s001}, {name: s002}, {name: s003}]",
+    )
+    .await;
+    p.cycle().await.unwrap(); // a listing, taken before `fresh` exists
+    f.put_secret("fresh", "new").await;
+    let r = read(&p, &f, "y", "secrets: [{name: fresh}]").await;
+    assert_eq!(value(&r.fetched["fresh"]), "new", "{:?}", r.fetched);
+}
+
+#[tokio::test]
+async fn a_tag_change_that_makes_a_secret_match_wakes_its_select() {
+    let f = start("secrets:\n  - {name: a, value: 1}\n  - {name: b, value: 2}\n").await;
+    let (p, mut rx) = poller(&f, "reader");
+    let sel = "select: {tags: {team: ci}}";
+    let r = read(&p, &f, "ci", sel).await;
+    assert!(r.plan.keys.is_empty());
+    let (kv, _) = f.client("writer");
+    let a = kv.get_secret("a", None).await.unwrap();
+    let resp = f
+        .patch_secret(
+            "a",
+            a.version(),
+            serde_json::json!({"tags": {"team": "ci"}}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    p.cycle().await.unwrap();
+    assert_eq!(woken(&mut rx), ["ci"]);
+    let r = read(&p, &f, "ci", sel).await;
+    assert_eq!(value(&r.fetched["a"]), "1");
+}
+
+#[tokio::test]
+async fn retain_forgets_bindings_the_store_no_longer_has() {
+    let f = start(&seed_of(2)).await;
+    let pollers = Pollers::new(None);
+    let make = || f.client("reader").0;
+    let p = pollers.get("v", "reader", make);
+    read(&p, &f, "kept", "secrets: [{name: s000}]").await;
+    read(&p, &f, "gone", "secrets: [{name: s001}]").await;
+    pollers.retain(|w| w.name == "kept");
+    assert_eq!(p.interested(), 1);
+    f.reset_stats().await;
+    p.cycle().await.unwrap();
+    assert_eq!(
+        f.stats().await.total("get_secret"),
+        1,
+        "only s000 is still checked"
+    );
+    pollers.retain(|_| false);
+    assert_eq!(p.interested(), 0);
+    let again = pollers.get("v", "reader", make);
+    assert!(
+        !std::sync::Arc::ptr_eq(&p, &again),
+        "a poller nobody needs is dropped"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_reads_of_one_name_share_one_get() {
+    let f = start(&seed_of(2)).await;
+    let (p, _rx) = poller(&f, "reader");
+    read(&p, &f, "warm", "secrets: [{name: s000}]").await; // the token is fetched
+    f.fault(
+        serde_json::json!({"op": "get_secret", "secret": "s001", "latencyMs": 300, "count": 1}),
+    )
+    .await;
+    f.reset_stats().await;
+    let s = spec(&f, "secrets: [{name: s001}]");
+    // Two force-syncs at once: one request, both answered by it.
+    let (wa, wb) = (who("a"), who("b"));
+    let (a, b) = futures::join!(
+        p.read(Some(&wa), &s, REFRESH, true),
+        p.read(Some(&wb), &s, REFRESH, true)
+    );
+    assert_eq!(value(&a.unwrap().fetched["s001"]), "v1");
+    assert_eq!(value(&b.unwrap().fetched["s001"]), "v1");
+    assert_eq!(f.stats().await.total("get_secret"), 1);
 }

@@ -155,6 +155,17 @@ impl Fixture {
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     }
 
+    /// `DELETE /_dev/faults`: every injected fault ends.
+    pub async fn clear_faults(&self) {
+        let r = self
+            .http
+            .delete(format!("{}/_dev/faults", self.vault.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+
     /// A token for `client_id` via the client-secret flow (for raw requests).
     pub async fn raw_token(&self, client_id: &str) -> String {
         dev_token(&self.http, &self.vault.url(), client_id).await

@@ -1,0 +1,524 @@
+//! One poller per (vault, identity): the index of what is in the vault and
+//! who needs it, and the only place that sends requests to a vault.
+//!
+//! ```text
+//!   Poller::read ─┐                      ┌─► index.apply_listing / apply_get
+//!   Poller::cycle ┼─► index: what to ──► │   (what changed → whom to wake)
+//!                 │   fetch (std Mutex,  │
+//!                 │   no I/O under it)   └── one spawned request per FetchKey,
+//!                 └──── await (bounded) ◄──  shared by everyone who asks
+//! ```
+//!
+//! `index` is pure: results in, changes and bindings to wake out (unit-tested
+//! there, without HTTP); it keeps who needs what in `interests` (one state
+//! per binding, with name → bindings maps) and the trimmed listing helpers
+//! in `listing`. This module is the thin async shell around it. The lock is a `std::sync::Mutex`
+//! held only to decide and to apply, never across a request: a slow or
+//! black-holed vault holds up only the reads that need what it has not
+//! answered, and those wait at most the read timeout (then `VaultTimeout`,
+//! while the request goes on in the background and fills the cache).
+//!
+//! Bindings read through [`Poller::read`], which serves from the cache and
+//! fetches only what is stale. A background cycle per poller, every shortest
+//! `refreshInterval` among its bindings, checks for new versions with the
+//! cheaper plan — LIST pages (then GET only what changed, or what the listing
+//! does not show) or a GET per needed name — plus one GET per pinned version
+//! (to see it disabled or its expiry changed), and wakes exactly the bindings
+//! whose names (or, for a `select`, matching listing items) changed. A value
+//! read once serves every binding of the same (vault, identity, name,
+//! version). Failures belong to the name or the listing that failed: a
+//! binding fails only for a required pick of its own or, with a `select`, for
+//! the listing; an optional pick that cannot be read is `Unavailable` (its key
+//! keeps its value). A name the listing does not show is read by GET (only
+//! Azure's `SecretNotFound` makes it missing). A refused LIST is tried again
+//! every 10th cycle or after max(interval, 10 min); meanwhile picks are read
+//! by GET.
+
+mod error;
+mod index;
+mod interests;
+mod listing;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::channel::mpsc::UnboundedSender;
+use futures::future::{BoxFuture, Shared};
+
+pub use error::{ReadError, VaultError};
+pub use index::{BindingRef, CyclePlan, choose_plan};
+
+use crate::azure::keyvault::{KeyVaultClient, SecretBundle};
+use crate::crd::VaultSecretBindingSpec;
+use crate::plan::{Plan, needs_listing, plan};
+use crate::render::Fetched;
+use index::{FetchKey, Got, Index, ListingNeed, Unanswered};
+
+/// Requests in flight at once per poller (the per-vault budget still applies).
+const CONCURRENT_REQUESTS: usize = 8;
+
+/// How long a reconcile waits for the vault by default.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The result of a read: the plan and what the vault holds for each key.
+#[derive(Debug)]
+pub struct ReadResult {
+    /// The binding's plan.
+    pub plan: Plan,
+    /// Key → fetched. An optional pick that could not be read for a reason
+    /// other than not found or disabled is [`Fetched::Unavailable`].
+    pub fetched: BTreeMap<String, Fetched>,
+    /// Those optional picks again, as (secret name, why), for the condition.
+    pub optional_failures: Vec<(String, String)>,
+}
+
+/// When the vault served `bundle`, by its clock (the response's `Date`
+/// header, unix seconds). Until then, our clock taken before the request
+/// stands in.
+// wired to SecretBundle::served_at at merge
+fn served_at(_bundle: &SecretBundle) -> Option<i64> {
+    None
+}
+
+type InFlight = Shared<BoxFuture<'static, ()>>;
+
+struct State {
+    index: Index,
+    inflight: HashMap<FetchKey, InFlight>,
+    /// Cycles running: they send the wakes collected meanwhile at their end,
+    /// so a binding is woken once per cycle.
+    cycling: u32,
+}
+
+struct Inner {
+    client: KeyVaultClient,
+    state: Mutex<State>,
+    wake: Option<UnboundedSender<BindingRef>>,
+    permits: tokio::sync::Semaphore,
+}
+
+/// The poller of one (vault, identity).
+pub struct Poller {
+    inner: Arc<Inner>,
+    read_timeout: Duration,
+}
+
+fn unix_now() -> i64 {
+    k8s_openapi::jiff::Timestamp::now().as_second()
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic under the lock leaves a consistent index (no I/O, no await
+        // inside): go on with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, wakes: Vec<BindingRef>) {
+        if let Some(wake) = &self.wake {
+            for who in wakes {
+                let _ = wake.unbounded_send(who);
+            }
+        }
+    }
+
+    /// Wakes collected so far, unless a cycle will send them.
+    fn flush(&self, st: &mut State) -> Vec<BindingRef> {
+        if st.cycling == 0 {
+            st.index.take_wakes()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The request for `key`: the one in flight, or a new one. It runs as its
+    /// own task, so a reader that stops waiting does not cancel it.
+    fn fetch(self: &Arc<Self>, st: &mut State, key: FetchKey) -> InFlight {
+        if let Some(f) = st.inflight.get(&key) {
+            return f.clone();
+        }
+        let task = tokio::spawn(Arc::clone(self).request(key.clone()));
+        let shared = async move {
+            let _ = task.await;
+        }
+        .boxed()
+        .shared();
+        st.inflight.insert(key, shared.clone());
+        shared
+    }
+
+    async fn request(self: Arc<Self>, key: FetchKey) {
+        let permit = self.permits.acquire().await;
+        // Taken before the request: a version written while it runs must
+        // count as "possibly newer than what we read".
+        let asked_at = unix_now();
+        let vault = &self.client.endpoint().name;
+        let wakes = match &key {
+            FetchKey::List => {
+                let result = self.client.list_secrets().await.map_err(|e| {
+                    tracing::warn!(vault = %vault, reason = %e.reason(), error = %e, "listing the vault failed");
+                    Arc::new(VaultError::from(e))
+                });
+                drop(permit);
+                let mut st = self.lock();
+                st.inflight.remove(&key);
+                st.index.apply_listing(result, Instant::now());
+                self.flush(&mut st)
+            }
+            FetchKey::Latest(name) | FetchKey::Pinned(name, _) => {
+                let version = match &key {
+                    FetchKey::Pinned(_, v) => Some(v.as_str()),
+                    _ => None,
+                };
+                let result = self.client.get_secret(name, version).await;
+                drop(permit);
+                let read_at = result.as_ref().ok().and_then(served_at).unwrap_or(asked_at);
+                let result = result
+                    .map(|b| Got {
+                        version: b.version().to_ascii_lowercase(),
+                        updated: b.attributes.updated,
+                        expires: b.attributes.exp,
+                        value: b.value,
+                    })
+                    .map_err(|e| Arc::new(VaultError::from(e)));
+                if let Err(e) = &result
+                    && !e.is_not_found()
+                    && !e.is_disabled()
+                {
+                    tracing::warn!(vault = %vault, secret = %name, reason = %e.reason(), error = %e, "reading a secret failed");
+                }
+                let mut st = self.lock();
+                st.inflight.remove(&key);
+                st.index.apply_get(&key, result, read_at, Instant::now());
+                self.flush(&mut st)
+            }
+        };
+        self.send(wakes);
+    }
+
+    async fn read(
+        self: &Arc<Self>,
+        who: Option<&BindingRef>,
+        spec: &VaultSecretBindingSpec,
+        interval: Duration,
+        force: bool,
+        waited: Duration,
+    ) -> Result<ReadResult, ReadError> {
+        let max_age = if force {
+            Duration::ZERO
+        } else {
+            interval + interval / 10
+        };
+        let items = if needs_listing(spec) {
+            let pending = {
+                let mut st = self.lock();
+                match st.index.listing_for_read(Instant::now(), max_age, force) {
+                    ListingNeed::Fresh(items) => Ok(items),
+                    ListingNeed::Refused(f) => return Err(ReadError::Vault(f)),
+                    ListingNeed::Fetch => Err(self.fetch(&mut st, FetchKey::List)),
+                }
+            };
+            match pending {
+                Ok(items) => items,
+                Err(listing) => {
+                    listing.await;
+                    self.lock()
+                        .index
+                        .listing_after_fetch()
+                        .map_err(ReadError::Vault)?
+                }
+            }
+        } else {
+            Arc::default()
+        };
+        let plan = plan(spec, &items)?;
+        drop(items);
+
+        let (waits, wakes) = {
+            let mut st = self.lock();
+            if let Some(who) = who {
+                st.index.set_selected(who, &plan);
+            }
+            let keys = st
+                .index
+                .fetches_for_read(&plan, Instant::now(), max_age, force);
+            let waits: Vec<InFlight> = keys.into_iter().map(|k| self.fetch(&mut st, k)).collect();
+            (waits, self.flush(&mut st))
+        };
+        self.send(wakes);
+        futures::future::join_all(waits).await;
+
+        let answer = self.lock().index.answer(who, &plan);
+        match answer {
+            Ok((fetched, optional_failures)) => Ok(ReadResult {
+                plan,
+                fetched,
+                optional_failures,
+            }),
+            Err(Unanswered::Failed(f)) => Err(ReadError::Vault(f)),
+            // Not expected (every request awaited has ended), but never
+            // "missing": that would drop keys.
+            Err(Unanswered::NotRead) => Err(ReadError::Vault(Arc::new(VaultError::Timeout {
+                vault: self.client.endpoint().name.clone(),
+                waited,
+            }))),
+        }
+    }
+}
+
+/// Ends a read in the index even when the read is dropped (timed out).
+struct ReadGuard<'a> {
+    inner: &'a Arc<Inner>,
+    who: Option<&'a BindingRef>,
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(who) = self.who {
+            let wakes = {
+                let mut st = self.inner.lock();
+                st.index.end_read(who);
+                self.inner.flush(&mut st)
+            };
+            self.inner.send(wakes);
+        }
+    }
+}
+
+/// Ends a cycle even when it is dropped: the wakes it held back are sent.
+struct CycleGuard<'a>(&'a Arc<Inner>);
+
+impl Drop for CycleGuard<'_> {
+    fn drop(&mut self) {
+        let wakes = {
+            let mut st = self.0.lock();
+            st.cycling = st.cycling.saturating_sub(1);
+            st.index.prune();
+            self.0.flush(&mut st)
+        };
+        self.0.send(wakes);
+    }
+}
+
+impl Poller {
+    /// A poller for `client`; `wake` receives bindings whose secrets changed.
+    pub fn new(client: KeyVaultClient, wake: Option<UnboundedSender<BindingRef>>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                state: Mutex::new(State {
+                    index: Index::default(),
+                    inflight: HashMap::new(),
+                    cycling: 0,
+                }),
+                wake,
+                permits: tokio::sync::Semaphore::new(CONCURRENT_REQUESTS),
+            }),
+            read_timeout: DEFAULT_READ_TIMEOUT,
+        }
+    }
+
+    /// How long [`Poller::read`] waits for the vault before it answers
+    /// `VaultTimeout` (default [`DEFAULT_READ_TIMEOUT`]).
+    pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// Bindings interested in this vault.
+    pub fn interested(&self) -> usize {
+        self.inner.lock().index.len()
+    }
+
+    /// The binding no longer needs this vault: everything kept for it goes.
+    pub fn forget(&self, who: &BindingRef) {
+        self.inner.lock().index.forget(who);
+    }
+
+    /// Forgets every binding for which `keep` is false.
+    pub fn retain(&self, keep: impl Fn(&BindingRef) -> bool) {
+        self.inner.lock().index.retain(keep);
+    }
+
+    /// The shortest refresh interval among the interested bindings.
+    pub fn interval(&self) -> Option<Duration> {
+        self.inner.lock().index.interval()
+    }
+
+    /// Reads what `spec` needs, from the cache where it is fresher than
+    /// `interval` (+10 %), fetching the rest; `force` fetches everything
+    /// anew (force-sync). `who` registers the binding so that cycles keep its
+    /// secrets fresh and wake it on change. Fails only for what this binding
+    /// needs: a required pick, or the listing of its `select`. Waits at most
+    /// the read timeout, then fails with `VaultTimeout` (transient).
+    pub async fn read(
+        &self,
+        who: Option<&BindingRef>,
+        spec: &VaultSecretBindingSpec,
+        interval: Duration,
+        force: bool,
+    ) -> Result<ReadResult, ReadError> {
+        if let Some(who) = who {
+            let mut st = self.inner.lock();
+            st.index.register(who, spec, interval);
+            st.index.begin_read(who);
+        }
+        let _guard = ReadGuard {
+            inner: &self.inner,
+            who,
+        };
+        let waited = self.read_timeout;
+        match tokio::time::timeout(waited, self.inner.read(who, spec, interval, force, waited))
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(ReadError::Vault(Arc::new(VaultError::Timeout {
+                vault: self.inner.client.endpoint().name.clone(),
+                waited,
+            }))),
+        }
+    }
+
+    /// One background check of every needed secret. Returns how long to wait
+    /// before the next one (sooner while something needed is failing), or
+    /// `None` when no binding needs this vault.
+    pub async fn cycle(&self) -> Option<Duration> {
+        let inner = &self.inner;
+        let work = {
+            let mut st = inner.lock();
+            let work = st.index.cycle_work(Instant::now())?;
+            st.cycling += 1;
+            work
+        };
+        let _guard = CycleGuard(inner);
+        if work.list {
+            let listing = {
+                let mut st = inner.lock();
+                inner.fetch(&mut st, FetchKey::List)
+            };
+            listing.await;
+        }
+        let waits: Vec<InFlight> = {
+            let mut st = inner.lock();
+            let mut keys = work.gets;
+            if work.list {
+                keys.extend(st.index.after_listing());
+            }
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().map(|k| inner.fetch(&mut st, k)).collect()
+        };
+        futures::future::join_all(waits).await;
+        let failing = inner.lock().index.failing();
+        let interval = work.interval;
+        Some(if failing {
+            // Retry sooner than a full interval, but not in a hot loop.
+            (interval / 4).clamp(Duration::from_secs(5), interval)
+        } else {
+            interval
+        })
+    }
+}
+
+/// The pollers of the operator, one per (vault, identity).
+pub struct Pollers {
+    map: Mutex<HashMap<(String, String), Arc<Poller>>>,
+    wake: Option<UnboundedSender<BindingRef>>,
+    read_timeout: Duration,
+}
+
+impl Pollers {
+    /// An empty set; `wake` receives bindings to reconcile.
+    pub fn new(wake: Option<UnboundedSender<BindingRef>>) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            wake,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+        }
+    }
+
+    /// How long a read waits for a vault (see [`Poller::with_read_timeout`]).
+    pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<Poller>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The poller for (vault, identity key), made by `make` on first use; its
+    /// background cycle starts with it and stops when no binding needs it.
+    pub fn get(
+        &self,
+        vault: &str,
+        identity: &str,
+        make: impl FnOnce() -> KeyVaultClient,
+    ) -> Arc<Poller> {
+        let key = (vault.to_string(), identity.to_string());
+        let mut map = self.lock();
+        if let Some(p) = map.get(&key) {
+            return p.clone();
+        }
+        let poller =
+            Arc::new(Poller::new(make(), self.wake.clone()).with_read_timeout(self.read_timeout));
+        map.insert(key, poller.clone());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(run_cycles(Arc::downgrade(&poller)));
+        }
+        poller
+    }
+
+    /// Removes `who` from every poller but `keep` (after its vault or
+    /// identity changed), and pollers nobody needs.
+    pub fn forget_elsewhere(&self, who: &BindingRef, keep: &Arc<Poller>) {
+        let mut map = self.lock();
+        for p in map.values() {
+            if !Arc::ptr_eq(p, keep) {
+                p.forget(who);
+            }
+        }
+        map.retain(|_, p| Arc::ptr_eq(p, keep) || p.interested() > 0);
+    }
+
+    /// Removes `who` from every poller, and pollers nobody needs.
+    pub fn forget(&self, who: &BindingRef) {
+        let mut map = self.lock();
+        for p in map.values() {
+            p.forget(who);
+        }
+        map.retain(|_, p| p.interested() > 0);
+    }
+
+    /// Forgets every binding for which `keep` is false, in every poller, and
+    /// pollers nobody needs. The controller calls it against its store, so
+    /// bindings deleted while the watch was down are forgotten too.
+    pub fn retain(&self, keep: impl Fn(&BindingRef) -> bool) {
+        let mut map = self.lock();
+        for p in map.values() {
+            p.retain(&keep);
+        }
+        map.retain(|_, p| p.interested() > 0);
+    }
+}
+
+async fn run_cycles(poller: Weak<Poller>) {
+    // The first cycle waits 30 s (or the interval, if shorter): the bindings' first reads fetch
+    // what they need themselves.
+    let mut wait = Duration::from_secs(30);
+    loop {
+        let interval = match poller.upgrade() {
+            Some(p) => p.interval(),
+            None => return,
+        };
+        let wait_now = interval.map(|i| wait.min(i)).unwrap_or(wait);
+        tokio::time::sleep(wait_now).await;
+        let Some(p) = poller.upgrade() else { return };
+        wait = match p.cycle().await {
+            Some(next) => next,
+            None => Duration::from_secs(30),
+        };
+    }
+}
