@@ -389,6 +389,7 @@ mod tests {
             expiring: vec![],
             skipped: vec![],
             kept: vec![],
+            kept_unreadable: vec![],
             disabled_unkept: vec![],
         }
     }

@@ -155,6 +155,9 @@ impl Context {
         for key in &absent {
             self.forget_key(key);
         }
+        // Pollers may know bindings this context never recorded (a read
+        // that failed before its state was kept): ask them too.
+        self.pollers.retain(&present);
     }
 
     /// Bindings the operator holds state for.

@@ -63,9 +63,11 @@ pub struct Rendered {
     pub expiring: Vec<Expiry>,
     /// Keys left out, and why (optional missing, Remove, Skip).
     pub skipped: Vec<(String, String)>,
-    /// Keys kept at their last value because the secret is disabled (or,
-    /// for optional picks, unreadable).
+    /// Keys kept at their last value because the secret is disabled.
     pub kept: Vec<String>,
+    /// Optional keys kept at their last value because the vault (or Entra
+    /// ID) refused or failed to read them.
+    pub kept_unreadable: Vec<String>,
     /// Required secrets that are disabled with nothing to keep: the Secret is
     /// written with everything else, and the binding is not Ready.
     pub disabled_unkept: Vec<String>,
@@ -144,6 +146,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     let mut expiring = Vec::new();
     let mut skipped = Vec::new();
     let mut kept = Vec::new();
+    let mut kept_unreadable = Vec::new();
     let mut disabled_unkept = Vec::new();
 
     for planned in &input.plan.keys {
@@ -197,7 +200,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
                 match last_value(input, &planned.key) {
                     Some(v) => {
                         data.insert(planned.key.clone(), v);
-                        kept.push(planned.key.clone());
+                        kept_unreadable.push(planned.key.clone());
                         if let Some(prev) = input.previous.iter().find(|s| s.key == planned.key) {
                             synced.push(prev.clone());
                         }
@@ -265,6 +268,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
         expiring,
         skipped,
         kept,
+        kept_unreadable,
         disabled_unkept,
     })
 }
@@ -419,7 +423,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.data["a"].expose(), "old");
-        assert_eq!(r.kept, ["a"]);
+        assert_eq!(r.kept_unreadable, ["a"]);
+        assert!(r.kept.is_empty(), "not disabled: kept because unreadable");
     }
 
     #[test]
@@ -457,7 +462,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.data["a"].expose(), "old");
-        assert_eq!(r.kept, ["a"]);
+        assert_eq!(r.kept_unreadable, ["a"]);
+        assert!(r.kept.is_empty(), "not disabled: kept because unreadable");
         // Without a current value there is nothing to keep: skipped, with why.
         let r = run(
             &plan(&[("a", true)]),

@@ -105,7 +105,12 @@ pub fn synced(
             .map(|(n, w)| format!("{n}: {w}"))
             .collect();
         message.push_str(&format!(
-            "; optional secrets unreadable: {}",
+            "; optional secrets unreadable (their keys keep the last value: {}): {}",
+            if r.kept_unreadable.is_empty() {
+                "none held one".to_string()
+            } else {
+                r.kept_unreadable.join(", ")
+            },
             why.join("; ")
         ));
     }

@@ -74,12 +74,9 @@ pub struct ReadResult {
     pub optional_failures: Vec<(String, String)>,
 }
 
-/// When the vault served `bundle`, by its clock (the response's `Date`
-/// header, unix seconds). Until then, our clock taken before the request
-/// stands in.
-// wired to SecretBundle::served_at at merge
-fn served_at(_bundle: &SecretBundle) -> Option<i64> {
-    None
+/// The vault's clock at the answer (its `Date` header), for the one-second rule.
+fn served_at(bundle: &SecretBundle) -> Option<i64> {
+    bundle.served_at
 }
 
 type InFlight = Shared<BoxFuture<'static, ()>>;
