@@ -423,8 +423,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.data["a"].expose(), "old");
-        assert_eq!(r.kept_unreadable, ["a"]);
-        assert!(r.kept.is_empty(), "not disabled: kept because unreadable");
+        assert_eq!(r.kept, ["a"]);
     }
 
     #[test]
