@@ -1,4 +1,28 @@
 //! kvsync: a Kubernetes operator that keeps native Secrets in step with Azure Key Vault.
+//!
+//! How the pieces relate (data flows left to right, a module never calls
+//! one to its left):
+//!
+//! ```text
+//!  controller ──▶ reconcile ──▶ plan ──▶ poller ──▶ render ──▶ apply ──▶ status
+//!  (watches,       (one          (pure:   (index +   (pure:     (SSA of   (pure +
+//!   leader,         binding)      keys)    azure)     data,      the       SSA on
+//!   shard, sweep)                                     hash)      Secret)   /status)
+//!       │                                     │
+//!       ▼                                     ▼
+//!  server (/metrics,               azure::{hosts, identity, keyvault}
+//!   /healthz, /readyz)              (host guard, Entra ID, Key Vault REST)
+//! ```
+//!
+//! - [`crd`]: the `VaultSecretBinding` resource and its validation.
+//! - [`plan`]: which vault secret becomes which key (pure).
+//! - [`poller`]: one per (vault, identity): a pure index of what the vault
+//!   holds and who needs it, and the only code that talks to a vault.
+//! - [`render`]: the Secret's data from what was read (pure), keyed by
+//!   [`hashkey`]; [`apply`] writes it, [`status`] reports it, [`rollout`]
+//!   restarts consumers; [`reason`] is the closed set of condition reasons.
+//! - [`controller`] wires the watches, [`leader`] election and [`shard`]ing;
+//!   [`check`] is `kvsync check`; [`devvault`] stands in for Azure.
 
 pub mod apply;
 pub mod azure;
