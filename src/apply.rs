@@ -348,9 +348,11 @@ pub async fn release_merged(
             .await
         {
             Ok(_) => return Ok(()),
-            // Gone meanwhile, or changed meanwhile (look again).
+            // Gone meanwhile, or changed meanwhile (look again; a Secret
+            // deleted between the read and the apply makes the apply a
+            // create that the resourceVersion refuses, 409 or 422).
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => continue,
             // "unable to create new content in namespace … because it is
             // being terminated": the namespace takes the Secret with it.
             Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("being terminated") => {
@@ -359,6 +361,9 @@ pub async fn release_merged(
             Err(e) => return Err(e),
         }
     }
+    // Changed under us three times in a row: keys may be left behind, but a
+    // deletion is never held up by a busy Secret.
+    tracing::warn!(secret = %name, manager, "could not release Merge keys: the Secret kept changing");
     Ok(())
 }
 
