@@ -62,8 +62,8 @@ fn leader_elect(lease: Duration, renew: Duration) -> Vec<String> {
     ]
 }
 
-/// A binding whose periodic check is far away: every vault read in a test
-/// comes from a sync the test caused.
+/// A binding whose periodic check is an hour away: the vault reads a test
+/// sees are the syncs it caused (and the poller's listing).
 fn spec() -> Value {
     json!({"secrets": [{"name": "db-password"}], "refreshInterval": "1h"})
 }

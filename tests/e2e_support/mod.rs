@@ -1,4 +1,5 @@
-//! The end-to-end harness shared by `tests/e2e.rs` and `tests/e2e_trust.rs`.
+//! The end-to-end harness shared by `tests/e2e.rs`, `tests/e2e_trust.rs`
+//! and `tests/e2e_ha.rs`.
 //!
 //! Tests run when `KVSYNC_E2E_KUBECONFIG` names a kubeconfig with
 //! cluster-admin, and are skipped (saying so) otherwise. Each test gets its own
@@ -6,7 +7,11 @@
 //! (`POD_NAMESPACE`, where it keeps its dataHash key), a `kvsync dev-vault`
 //! child and a `kvsync run` child watching only that test's namespaces. Tests
 //! run in parallel; nothing is shared but the CRD, which every test applies
-//! (idempotently) itself.
+//! (idempotently) itself. Tests of high availability start no default
+//! operator (`Options::operator`) but several side by side
+//! ([`Env::start_replica`]), each with its own POD_NAME and metrics port,
+//! and read their `/readyz` and `/metrics`, the Leases, and stop them with
+//! SIGTERM or SIGKILL.
 //!
 //! The cluster may have an API server and a controller manager and no nodes:
 //! nothing here waits for a pod. Every wait polls the API (or the dev vault)
@@ -16,11 +21,12 @@
 //!
 //! The tests spend their time waiting on the cluster and the vault, not on
 //! the CPU: run them with many threads, e.g.
-//! `cargo test --test e2e --test e2e_trust -- --test-threads 16`.
+//! `cargo test --test e2e --test e2e_trust --test e2e_ha -- --test-threads 16`.
 //!
 //! Everything a test starts is cleaned up by `Drop`, also when it panics:
-//! children are killed, finalizers of bindings are stripped (the operator is
-//! gone by then, so nobody else will) and the namespaces are deleted.
+//! children (every replica too) are killed, finalizers of bindings are
+//! stripped (the operator is gone by then, so nobody else will) and the
+//! namespaces are deleted, with the Leases in the operator's.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
