@@ -1,4 +1,5 @@
-//! The end-to-end harness shared by `tests/e2e.rs` and `tests/e2e_trust.rs`.
+//! The end-to-end harness shared by `tests/e2e.rs`, `tests/e2e_trust.rs`
+//! and `tests/e2e_ha.rs`.
 //!
 //! Tests run when `KVSYNC_E2E_KUBECONFIG` names a kubeconfig with
 //! cluster-admin, and are skipped (saying so) otherwise. Each test gets its own
@@ -6,7 +7,11 @@
 //! (`POD_NAMESPACE`, where it keeps its dataHash key), a `kvsync dev-vault`
 //! child and a `kvsync run` child watching only that test's namespaces. Tests
 //! run in parallel; nothing is shared but the CRD, which every test applies
-//! (idempotently) itself.
+//! (idempotently) itself. Tests of high availability start no default
+//! operator (`Options::operator`) but several side by side
+//! ([`Env::start_replica`]), each with its own POD_NAME and metrics port,
+//! and read their `/readyz` and `/metrics`, the Leases, and stop them with
+//! SIGTERM or SIGKILL.
 //!
 //! The cluster may have an API server and a controller manager and no nodes:
 //! nothing here waits for a pod. Every wait polls the API (or the dev vault)
@@ -16,21 +21,25 @@
 //!
 //! The tests spend their time waiting on the cluster and the vault, not on
 //! the CPU: run them with many threads, e.g.
-//! `cargo test --test e2e --test e2e_trust -- --test-threads 16`.
+//! `cargo test --test e2e --test e2e_trust --test e2e_ha -- --test-threads 16`.
 //!
 //! Everything a test starts is cleaned up by `Drop`, also when it panics:
-//! children are killed, finalizers of bindings are stripped (the operator is
-//! gone by then, so nobody else will) and the namespaces are deleted.
+//! children (every replica too) are killed, finalizers of bindings are
+//! stripped (the operator is gone by then, so nobody else will) and the
+//! namespaces are deleted, with the Leases in the operator's.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -97,6 +106,9 @@ pub struct Logs {
     dir: PathBuf,
     operators: Mutex<Vec<PathBuf>>,
     vaults: Mutex<Vec<PathBuf>>,
+    /// Set once a test runs several operators side by side ([`Env::start_replica`]):
+    /// then every one of them may be the one that matters.
+    several: AtomicBool,
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -111,12 +123,20 @@ impl Logs {
             dir: dir.to_path_buf(),
             operators: Mutex::new(Vec::new()),
             vaults: Mutex::new(Vec::new()),
+            several: AtomicBool::new(false),
         }
     }
 
-    /// The tail of the running (last started) operator's log.
+    /// The tail of the running (last started) operator's log; with several
+    /// operators side by side, the tail of each.
     pub fn operator_tail(&self) -> String {
         let ops = self.operators.lock().unwrap();
+        if self.several.load(Ordering::Relaxed) {
+            return ops
+                .iter()
+                .map(|p| format!("--- {} (last 40 lines) ---\n{}\n", p.display(), tail(p, 40)))
+                .collect();
+        }
         match ops.last() {
             Some(p) => format!(
                 "--- {} (last 60 lines; {} operator start(s)) ---\n{}",
@@ -760,6 +780,9 @@ pub struct Options {
     pub namespaces: usize,
     /// `--rollout-window` of the operator.
     pub rollout_window: &'static str,
+    /// Whether `Env::start_with` starts the operator. Tests of several
+    /// replicas say false and start each with [`Env::start_replica`].
+    pub operator: bool,
 }
 
 impl Options {
@@ -768,6 +791,7 @@ impl Options {
             seed: seed.to_string(),
             namespaces: 1,
             rollout_window: "2s",
+            operator: true,
         }
     }
 }
@@ -786,6 +810,8 @@ pub struct Env {
     all_logs: Arc<Logs>,
     /// Further namespaces a test made, deleted with the others.
     extra_namespaces: Mutex<Vec<String>>,
+    /// Operators started side by side with [`Env::start_replica`].
+    replicas: Vec<Replica>,
 }
 
 impl Deref for Env {
@@ -852,11 +878,14 @@ impl Env {
             dir,
             all_logs: logs,
             extra_namespaces: Mutex::new(Vec::new()),
+            replicas: Vec::new(),
         };
         for ns in names.iter().chain([&op_ns]) {
             create_namespace(&client, ns).await;
         }
-        env.start_operator();
+        if opts.operator {
+            env.start_operator();
+        }
         env
     }
 
@@ -873,6 +902,20 @@ impl Env {
             .dir
             .join(format!("operator-{}.log", self.operator_starts));
         self.all_logs.operators.lock().unwrap().push(log.clone());
+        let pod_name = format!("kvsync-e2e-{}", self.operator_starts);
+        let mut cmd = self.operator_command(&pod_name, "127.0.0.1:0", &[], &log);
+        self.operator = Some(cmd.spawn().expect("start kvsync run"));
+    }
+
+    /// `kvsync run` for this test's namespaces as `pod_name` (POD_NAME), with
+    /// /metrics on `metrics_addr` and `extra` flags; stderr to `log`.
+    fn operator_command(
+        &self,
+        pod_name: &str,
+        metrics_addr: &str,
+        extra: &[String],
+        log: &Path,
+    ) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("run");
         for s in &self.scopes {
@@ -881,12 +924,13 @@ impl Env {
         let ca = &self.vault.exports["KVSYNC_CA_FILE"];
         cmd.args(["--allowed-vault-hosts", &self.vault.host()])
             .args(["--ca-file", ca])
-            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", metrics_addr])
             .args(["--rollout-window", self.rollout_window])
             .args(["--default-refresh-interval", "30s"])
+            .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("POD_NAMESPACE", &self.op_ns)
-            .env("POD_NAME", format!("kvsync-e2e-{}", self.operator_starts))
+            .env("POD_NAME", pod_name)
             .env("RUST_LOG", "info,kvsync=debug")
             .env("NO_COLOR", "1")
             .envs(
@@ -896,9 +940,144 @@ impl Env {
                     .filter(|(k, _)| k.starts_with("AZURE_")),
             )
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log).unwrap())
             .kill_on_drop(true);
-        self.operator = Some(cmd.spawn().expect("start kvsync run"));
+        cmd
+    }
+
+    /// Starts one more `kvsync run` beside the others, as `name` (its
+    /// POD_NAME: leader-election identity and Events' reportingInstance),
+    /// with `extra` flags (e.g. `--leader-elect`, `--shard 0/2`) and /metrics
+    /// on a port of its own; returns once that port answers `/healthz`.
+    ///
+    /// The port is one the OS just handed out and gave back; should another
+    /// process take it in between, the operator exits ("cannot listen") and
+    /// is started again on a new one.
+    pub async fn start_replica(&mut self, name: &str, extra: &[String]) {
+        assert!(
+            self.replicas.iter().all(|r| r.name != name),
+            "replica {name} started twice"
+        );
+        self.all_logs.several.store(true, Ordering::Relaxed);
+        for attempt in 1..=3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free local port")
+                .port();
+            let metrics: SocketAddr = ([127, 0, 0, 1], port).into();
+            let log = self.dir.join(format!("replica-{name}-{attempt}.log"));
+            self.all_logs.operators.lock().unwrap().push(log.clone());
+            let mut child = self
+                .operator_command(name, &metrics.to_string(), extra, &log)
+                .spawn()
+                .expect("start kvsync run");
+            let started = Instant::now();
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    if text.contains("cannot listen on --metrics-addr") && attempt < 3 {
+                        break;
+                    }
+                    panic!(
+                        "replica {name} exited ({status}) before /healthz answered\n{}",
+                        tail(&log, 60)
+                    );
+                }
+                if matches!(http_get(metrics, "/healthz").await, Ok((200, _))) {
+                    self.replicas.push(Replica {
+                        name: name.to_string(),
+                        metrics,
+                        log,
+                        child: Some(child),
+                    });
+                    return;
+                }
+                if started.elapsed() > Duration::from_secs(20) {
+                    panic!(
+                        "replica {name}: /healthz on {metrics} did not answer within 20 s\n{}",
+                        tail(&log, 60)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        unreachable!("the last attempt panics rather than retrying");
+    }
+
+    /// The replica started as `name`.
+    pub fn replica(&self, name: &str) -> &Replica {
+        self.replicas
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no replica {name}"))
+    }
+
+    fn replica_mut(&mut self, name: &str) -> &mut Replica {
+        self.replicas
+            .iter_mut()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no replica {name}"))
+    }
+
+    /// Sends SIGTERM (what the kubelet sends first) to replica `name` and
+    /// waits up to `deadline` for it to exit; returns how it exited.
+    pub async fn terminate_replica(
+        &mut self,
+        name: &str,
+        deadline: Duration,
+    ) -> std::process::ExitStatus {
+        let r = self.replica_mut(name);
+        let mut child = r
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("replica {name} is not running"));
+        let pid = child.id().expect("a running child has a pid").to_string();
+        // The shell's own `kill`: no extra crate, and present where `sh` is.
+        let sent = Command::new("sh")
+            .args(["-c", "kill -TERM \"$1\"", "sh", &pid])
+            .status()
+            .await
+            .expect("run sh -c kill");
+        assert!(sent.success(), "kill -TERM {pid} failed: {sent}");
+        match tokio::time::timeout(deadline, child.wait()).await {
+            Ok(status) => status.expect("wait for the replica"),
+            Err(_) => {
+                let _ = child.start_kill();
+                panic!(
+                    "replica {name} did not exit within {deadline:?} of SIGTERM\n{}",
+                    tail(&r.log, 60)
+                )
+            }
+        }
+    }
+
+    /// SIGKILL to replica `name` (no chance to release anything); returns
+    /// once it is gone.
+    pub async fn kill_replica(&mut self, name: &str) {
+        let r = self.replica_mut(name);
+        let mut child = r
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("replica {name} is not running"));
+        child.kill().await.expect("SIGKILL the replica");
+    }
+
+    /// Lease `name` in the operator's namespace, `None` when there is none.
+    pub async fn lease(&self, name: &str) -> Result<Option<Lease>, String> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.op_ns);
+        leases
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("reading Lease {}/{name}: {e}", self.op_ns))
+    }
+
+    /// The holder of Lease `name`, for waits: `Err` says what is there instead.
+    pub async fn lease_holder(&self, name: &str) -> Result<Option<String>, String> {
+        Ok(self
+            .lease(name)
+            .await?
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity))
     }
 
     /// Kills the operator (SIGKILL: no chance to finish anything) and waits
@@ -965,6 +1144,11 @@ impl Drop for Env {
         if let Some(mut op) = self.operator.take() {
             let _ = op.start_kill();
         }
+        for r in &mut self.replicas {
+            if let Some(mut op) = r.child.take() {
+                let _ = op.start_kill();
+            }
+        }
         let failed = std::thread::panicking();
         if failed {
             eprintln!(
@@ -1013,6 +1197,114 @@ impl Drop for Env {
         })
         .join();
     }
+}
+
+/// One of several `kvsync run` processes of a test ([`Env::start_replica`]).
+pub struct Replica {
+    /// Its POD_NAME.
+    pub name: String,
+    /// Where it serves /metrics, /healthz and /readyz.
+    pub metrics: SocketAddr,
+    pub log: PathBuf,
+    /// `None` once it was terminated or killed.
+    child: Option<Child>,
+}
+
+impl Replica {
+    /// The `/readyz` answer when ready (e.g. `ready (leader)`); `Err` says
+    /// what it answered instead.
+    pub async fn readyz(&self) -> Result<String, String> {
+        match http_get(self.metrics, "/readyz").await {
+            Ok((200, body)) => Ok(body.trim().to_string()),
+            Ok((status, body)) => Err(format!("{}: /readyz {status} {:?}", self.name, body.trim())),
+            Err(e) => Err(format!("{}: {e}", self.name)),
+        }
+    }
+
+    /// Its `/metrics` text.
+    pub async fn metrics_text(&self) -> Result<String, String> {
+        match http_get(self.metrics, "/metrics").await {
+            Ok((200, body)) => Ok(body),
+            Ok((status, body)) => Err(format!("{}: /metrics {status} {body:?}", self.name)),
+            Err(e) => Err(format!("{}: {e}", self.name)),
+        }
+    }
+
+    /// The sum of every series of metric `name` (e.g.
+    /// `kvsync_keyvault_requests_total`) whose labels contain each of
+    /// `labels` (e.g. `ready="true"`); 0 when there is none.
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = self
+            .metrics_text()
+            .await
+            .unwrap_or_else(|e| panic!("reading metrics: {e}"));
+        metric_sum(&text, name, labels)
+    }
+}
+
+/// Every sample of metric `name` in an OpenMetrics text: (labels, value).
+pub fn metric_samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(r) => {
+                    let end = r.find("} ")?;
+                    (r[..end].to_string(), &r[end + 2..])
+                }
+                None => (String::new(), rest.strip_prefix(' ')?),
+            };
+            Some((labels, value.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of the samples of `name` whose labels contain every one of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    metric_samples(text, name)
+        .iter()
+        .filter(|(have, _)| labels.iter().all(|l| have.split(',').any(|h| h == *l)))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// A plain HTTP/1.1 GET (the operator's metrics port speaks no TLS):
+/// `(status, body)`, or what went wrong. Bounded by 5 s.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer)
+            .await
+            .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
+        parse_http_answer(&answer).ok_or_else(|| {
+            format!(
+                "GET http://{addr}{path}: not an HTTP answer: {:?}",
+                String::from_utf8_lossy(&answer)
+            )
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("GET http://{addr}{path}: no answer within 5 s")))
+}
+
+/// Status and body of an HTTP/1.1 answer with a `Content-Length` body (as
+/// the operator's server sends them).
+fn parse_http_answer(answer: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(answer);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 fn tls_config(ca_pem: &[u8]) -> rustls::ClientConfig {
@@ -1105,6 +1397,49 @@ mod harness_tests {
                 .observed_generation,
             Some(3)
         );
+    }
+
+    #[test]
+    fn metrics_are_summed_by_name_and_labels() {
+        let text = "# HELP kvsync_secret_writes Writes of Kubernetes Secrets.\n\
+            # TYPE kvsync_secret_writes counter\n\
+            kvsync_secret_writes_total 3\n\
+            kvsync_keyvault_requests_total{vault=\"v\",op=\"get_secret\",status=\"200\"} 4\n\
+            kvsync_keyvault_requests_total{vault=\"v\",op=\"list_secrets\",status=\"200\"} 1\n\
+            kvsync_bindings{ready=\"true\"} 7\n\
+            kvsync_bindings{ready=\"false\"} 0\n\
+            # EOF\n";
+        assert_eq!(metric_sum(text, "kvsync_secret_writes_total", &[]), 3.0);
+        assert_eq!(metric_sum(text, "kvsync_keyvault_requests_total", &[]), 5.0);
+        assert_eq!(
+            metric_sum(
+                text,
+                "kvsync_keyvault_requests_total",
+                &["op=\"get_secret\""]
+            ),
+            4.0
+        );
+        assert_eq!(
+            metric_sum(text, "kvsync_bindings", &["ready=\"true\""]),
+            7.0
+        );
+        assert_eq!(metric_sum(text, "kvsync_syncs_total", &[]), 0.0);
+        assert_eq!(
+            metric_sum(text, "kvsync_secret_writes", &[]),
+            0.0,
+            "a name is matched whole"
+        );
+    }
+
+    #[test]
+    fn http_answers_are_split_into_status_and_body() {
+        let answer =
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 14\r\n\r\nshutting down\n";
+        assert_eq!(
+            parse_http_answer(answer),
+            Some((503, "shutting down\n".to_string()))
+        );
+        assert_eq!(parse_http_answer(b"garbage"), None);
     }
 
     #[test]
