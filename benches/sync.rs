@@ -169,6 +169,7 @@ async fn first_sync_latency(n: usize) {
             default_refresh: REFRESH,
             rollout_window: Duration::from_secs(30),
             hash_key: kvsync::hashkey::HashKey::new(b"test-key"),
+            force_sync_cooldown: Duration::ZERO,
         },
         Arc::new(kvsync::metrics::Metrics::default()),
     ));

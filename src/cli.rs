@@ -68,6 +68,10 @@ pub struct RunArgs {
     /// Data changes within this window cause one rollout restart.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub rollout_window: std::time::Duration,
+    /// A binding's force-sync re-reads the vault (bypassing the caches every
+    /// binding of that vault shares) at most once per this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub force_sync_cooldown: std::time::Duration,
     /// Elect one writer among the replicas with a Lease in POD_NAMESPACE
     /// (identity POD_NAME); standbys keep their caches warm and write nothing.
     #[arg(long)]

@@ -101,6 +101,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let settings = kvsync::reconcile::Settings {
         default_refresh: args.vault.default_refresh_interval,
         rollout_window: args.rollout_window,
+        force_sync_cooldown: args.force_sync_cooldown,
         hash_key: kvsync::hashkey::load_or_create(&client, &hash_key_namespace)
             .await
             .map_err(|e| e.to_string())?,

@@ -53,6 +53,10 @@ pub struct Settings {
     pub rollout_window: Duration,
     /// Key of `status.dataHash`.
     pub hash_key: crate::hashkey::HashKey,
+    /// A binding's force-sync bypasses the caches (shared with every other
+    /// binding of its vault and identity) at most once per this long; a
+    /// newer value waits for the rest of it, then is honoured.
+    pub force_sync_cooldown: Duration,
 }
 
 /// What every reconcile shares.
@@ -87,6 +91,23 @@ struct BindingState {
     failures: u32,
     /// Rollout targets found missing when last looked up.
     rollout_missing: Option<Vec<String>>,
+    /// When a force-sync last bypassed the caches (they are shared, so a
+    /// binding may not force reads for everyone more than once a while).
+    last_forced: Option<Instant>,
+    /// Consecutive failed rollout patches (for their backoff).
+    rollout_failures: u32,
+}
+
+/// What to do about a force-sync annotation now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Force {
+    /// None pending.
+    No,
+    /// Read everything anew now.
+    Now,
+    /// Pending, but the binding forced a read less than
+    /// `Settings::force_sync_cooldown` ago: honoured after this long.
+    After(Duration),
 }
 
 impl Context {
@@ -163,6 +184,23 @@ impl Context {
     /// Bindings the operator holds state for.
     pub fn known_bindings(&self) -> usize {
         self.bindings.lock().expect("binding state").len()
+    }
+
+    /// Whether a pending force-sync of `b` may bypass the caches now.
+    fn force(&self, key: &BindingKey, b: &VaultSecretBinding, now: Instant) -> Force {
+        if !force_pending(b) {
+            return Force::No;
+        }
+        let cooldown = self.settings.force_sync_cooldown;
+        self.state(key, |s| match s.last_forced {
+            Some(at) if now.duration_since(at) < cooldown => {
+                Force::After(cooldown - now.duration_since(at))
+            }
+            _ => {
+                s.last_forced = Some(now);
+                Force::Now
+            }
+        })
     }
 
     fn failure_count(&self, key: &BindingKey, failed: bool) -> u32 {
@@ -312,7 +350,13 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
     let prev = b.status.as_ref();
     let generation = b.meta().generation;
     let started = Instant::now();
-    let result = sync(&b, &ctx, interval).await;
+    let force = ctx.force(&key, &b, started);
+    // Recorded as handled only once acted upon: a deferred value stays due.
+    let handled = match force {
+        Force::Now => force_sync_token(&b),
+        _ => prev.and_then(|p| p.force_sync_handled.clone()),
+    };
+    let result = sync(&b, &ctx, interval, force == Force::Now, handled.clone()).await;
     match result {
         Ok(done) => {
             ctx.failure_count(&key, false);
@@ -376,6 +420,9 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
             if let Some(r) = done.requeue {
                 next = next.min(r);
             }
+            if let Force::After(wait) = force {
+                next = next.min(wait);
+            }
             Ok(Action::requeue(next))
         }
         Err(SyncError::User(f)) => {
@@ -387,17 +434,20 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
                 generation,
                 f.reason,
                 &f.message,
-                force_sync_token(&b),
+                handled,
                 status::now(),
             );
             if status::needs_write(prev, &new_status, interval) && ctx.may_write() {
                 status::write(&bindings, &name, &new_status).await?;
             }
-            let wait = if f.transient {
+            let mut wait = if f.transient {
                 backoff(failures, interval)
             } else {
                 backoff(failures.max(3), interval)
             };
+            if let Force::After(w) = force {
+                wait = wait.min(w);
+            }
             Ok(Action::requeue(
                 wait + jitter(&b.uid().unwrap_or_default(), wait),
             ))
@@ -509,6 +559,8 @@ async fn sync(
     b: &VaultSecretBinding,
     ctx: &Context,
     interval: Duration,
+    force: bool,
+    force_sync_handled: Option<String>,
 ) -> Result<Synced, SyncError> {
     let user = |reason: Reason, message: String, transient: bool| {
         SyncError::User(Failure {
@@ -541,7 +593,6 @@ async fn sync(
         });
     let objref = ObjectRef::from_obj(b);
     ctx.pollers.forget_elsewhere(&objref, &poller);
-    let force = force_pending(b);
     if force {
         tracing::info!(binding = %display_key(b), "force-sync: checking the vault now");
     }
@@ -636,14 +687,22 @@ async fn sync(
                         Err(e) => failed = Some(format!("{:?}/{}: {e}", t.kind, t.name)),
                     }
                 }
+                let key = key_of(b);
                 if failed.is_some() {
-                    // Kept pending: the next reconcile tries again.
-                    requeue = Some(Duration::from_secs(5));
+                    // Kept pending: a later reconcile tries again, backing
+                    // off (5 s doubling) so a patch that can never succeed
+                    // (RBAC, a webhook) is not hammered.
+                    let n = ctx.state(&key, |s| {
+                        s.rollout_failures = s.rollout_failures.saturating_add(1);
+                        s.rollout_failures
+                    });
+                    requeue = Some(backoff(n, interval));
                     rollout_error = failed;
                 } else {
+                    ctx.state(&key, |s| s.rollout_failures = 0);
                     pending = None;
                 }
-                ctx.state(&key_of(b), |s| s.rollout_missing = Some(missing.clone()));
+                ctx.state(&key, |s| s.rollout_missing = Some(missing.clone()));
             }
             RolloutDue::After(d) => {
                 requeue = Some(d);
@@ -667,7 +726,7 @@ async fn sync(
             optional_failures: &read.optional_failures,
             rollout_pending_since: pending,
             rollout_error: rollout_error.as_deref(),
-            force_sync_handled: force_sync_token(b),
+            force_sync_handled,
         },
         now,
     );

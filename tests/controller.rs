@@ -309,6 +309,7 @@ fn operator_as(f: &support::Fixture, fake: Fake, replica: kvsync::controller::Re
             default_refresh: Duration::from_secs(300),
             rollout_window: Duration::from_millis(300),
             hash_key: kvsync::hashkey::HashKey::new(b"test-key"),
+            force_sync_cooldown: Duration::ZERO,
         },
         metrics.clone(),
         &health,

@@ -321,8 +321,8 @@ async fn refused_optional_pick_keeps_its_value_across_force_sync_and_restart() {
         }
         if status == 404 {
             // What a proxy in front of the vault may answer: not Azure's
-            // SecretNotFound, so the secret is not known to be gone.
-            env.vault.clear_faults().await;
+            // SecretNotFound, so the secret is not known to be gone. The
+            // newest fault wins: no moment without one.
             env.vault
                 .fault(json!({"op": "get_secret", "secret": "db-password", "status": 404,
                               "code": "NotFound", "message": "The requested resource was not found."}))
@@ -735,7 +735,7 @@ async fn spec_change_during_a_vault_outage_is_applied_once_it_is_back() {
         .await;
     env.vault
         .fault(
-            json!({"op": "*", "status": 503, "code": "ServiceUnavailable",
+            json!({"op": "get_secret", "status": 503, "code": "ServiceUnavailable",
                       "message": "The service is temporarily unavailable."}),
         )
         .await;

@@ -929,6 +929,25 @@ async fn token_sources_go_with_their_last_client() {
 }
 
 #[tokio::test]
+async fn a_vault_nobody_reads_keeps_no_request_budget() {
+    let f = start(SP_SEED).await;
+    let access = f.access(f.env("unused", "unused"));
+    let endpoint = access.endpoint(&f.vault.url()).unwrap();
+    let mi = || Credential::ManagedIdentity { client_id: None };
+    let a = access.client(endpoint.clone(), mi());
+    let b = access.client(endpoint.clone(), mi());
+    assert_eq!(access.vaults(), 1, "one budget per vault, shared");
+    drop(a);
+    assert_eq!(access.vaults(), 1);
+    drop(b);
+    assert_eq!(
+        access.vaults(),
+        0,
+        "a vault no client reads leaves nothing behind"
+    );
+}
+
+#[tokio::test]
 async fn responses_carry_the_vaults_date() {
     let f = start(&seed_of(30)).await;
     let (kv, _) = f.client("reader");

@@ -22,6 +22,10 @@ struct Scenario {
 }
 
 fn scenario(f: &Fixture) -> Scenario {
+    scenario_with_cooldown(f, Duration::ZERO)
+}
+
+fn scenario_with_cooldown(f: &Fixture, force_sync_cooldown: Duration) -> Scenario {
     let (client, handle) = support::mock::client();
     let access = Arc::new(AzureAccess::new(
         f.http.clone(),
@@ -45,6 +49,7 @@ fn scenario(f: &Fixture) -> Scenario {
             default_refresh: Duration::from_secs(300),
             rollout_window: Duration::from_secs(30),
             hash_key: kvsync::hashkey::HashKey::new(b"test-key"),
+            force_sync_cooldown,
         },
         Arc::new(kvsync::metrics::Metrics::default()),
     ));
@@ -681,5 +686,62 @@ async fn a_failed_rollout_patch_stays_pending_in_status() {
         action,
         kube::runtime::controller::Action::requeue(Duration::from_secs(5))
     );
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn force_sync_storms_are_held_to_one_vault_read_per_cooldown() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let status = synced_status(&f, "v").await;
+    let mut s = scenario_with_cooldown(&f, Duration::from_secs(30));
+    let forced = |value: &str, handled: Option<&str>| {
+        let mut b = binding(&f, status.clone());
+        b.metadata.annotations =
+            Some([("kvsync.io/force-sync".to_string(), value.to_string())].into());
+        b.status.as_mut().unwrap().force_sync_handled = handled.map(str::to_string);
+        Arc::new(b)
+    };
+    // The first value: read now, and recorded as handled.
+    f.reset_stats().await;
+    let run = tokio::spawn(reconcile(forced("1", None), s.ctx.clone()));
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    let (_, written) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    assert_eq!(written["status"]["forceSyncHandled"], "1");
+    run.await.unwrap().unwrap();
+    assert_eq!(f.stats().await.total("get_secret"), 1, "the forced read");
+
+    // A new value at once: no forced read, not recorded, retried when the
+    // cooldown ends.
+    let action = tokio::spawn(reconcile(forced("2", Some("1")), s.ctx.clone()));
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    let action = action.await.unwrap().unwrap();
+    assert_eq!(
+        f.stats().await.total("get_secret"),
+        1,
+        "served from the cache"
+    );
+    // Action keeps its delay private: its Debug shows it.
+    let shown = format!("{action:?}");
+    let secs: f64 = shown
+        .split("Some(")
+        .nth(1)
+        .and_then(|r| r.split("s)").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a requeue, not {shown}"));
+    assert!(secs <= 30.0, "retried when the cooldown ends: {shown}");
     no_more_requests(s).await;
 }

@@ -9,7 +9,7 @@ pub mod keyvault;
 pub mod ratelimit;
 pub mod retry;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use hosts::{HostError, VaultEndpoint, VaultHostPolicy};
 use identity::{AzureEnvironment, Credential, TokenSource, TokenSources};
@@ -29,7 +29,10 @@ pub struct AzureAccess {
     pub retry: RetryPolicy,
     tokens: TokenSources,
     observer: Option<keyvault::RequestObserver>,
-    limiters: std::sync::Mutex<std::collections::HashMap<String, Arc<ratelimit::RateLimiter>>>,
+    /// One request budget per vault host, alive while a client uses it: a
+    /// vault nobody reads any more (a typo'd or abandoned `vaultUrl`) leaves
+    /// nothing behind.
+    limiters: std::sync::Mutex<std::collections::HashMap<String, Weak<ratelimit::RateLimiter>>>,
 }
 
 impl AzureAccess {
@@ -73,13 +76,19 @@ impl AzureAccess {
     /// one vault shares that vault's request budget, whatever its identity,
     /// and reports its requests to the observer (metrics).
     pub fn client(&self, endpoint: VaultEndpoint, credential: Credential) -> KeyVaultClient {
-        let limiter = self
-            .limiters
-            .lock()
-            .expect("limiters")
-            .entry(endpoint.authority())
-            .or_default()
-            .clone();
+        let limiter = {
+            let mut limiters = self.limiters.lock().expect("limiters");
+            limiters.retain(|_, l| l.strong_count() > 0);
+            let key = endpoint.authority();
+            match limiters.get(&key).and_then(Weak::upgrade) {
+                Some(l) => l,
+                None => {
+                    let l = Arc::new(ratelimit::RateLimiter::default());
+                    limiters.insert(key, Arc::downgrade(&l));
+                    l
+                }
+            }
+        };
         KeyVaultClient::new(
             self.http.clone(),
             endpoint,
@@ -93,5 +102,11 @@ impl AzureAccess {
     /// Number of identities with a token source.
     pub fn identities(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Number of vaults with a live request budget.
+    pub fn vaults(&self) -> usize {
+        let limiters = self.limiters.lock().expect("limiters");
+        limiters.values().filter(|l| l.strong_count() > 0).count()
     }
 }

@@ -399,7 +399,9 @@ impl VaultState {
         let now = Instant::now();
         self.faults
             .retain(|f| f.remaining != Some(0) && f.until.is_none_or(|u| u > now));
-        let fault = self.faults.iter_mut().find(|f| {
+        // The newest matching fault wins: adding one overrides what was
+        // injected before, with no gap in between.
+        let fault = self.faults.iter_mut().rev().find(|f| {
             (f.spec.op == "*" || f.spec.op == op)
                 && f.spec
                     .secret

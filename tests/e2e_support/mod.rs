@@ -458,17 +458,20 @@ impl Scope {
     }
 
     /// Annotates `kvsync.io/force-sync` with a value never used before.
-    pub async fn force_sync(&self, name: &str) {
+    /// Sets a new force-sync value on binding `name`; returns it.
+    pub async fn force_sync(&self, name: &str) -> String {
+        let value = random_suffix();
         self.bindings()
             .patch(
                 name,
                 &PatchParams::default(),
                 &Patch::Merge(
-                    json!({"metadata": {"annotations": {"kvsync.io/force-sync": random_suffix()}}}),
+                    json!({"metadata": {"annotations": {"kvsync.io/force-sync": value}}}),
                 ),
             )
             .await
             .unwrap_or_else(|e| panic!("annotate {}/{name} force-sync: {e}", self.ns));
+        value
     }
 
     /// The Secret's data as strings; `None` when it does not exist.
@@ -927,6 +930,8 @@ impl Env {
             .args(["--metrics-addr", metrics_addr])
             .args(["--rollout-window", self.rollout_window])
             .args(["--default-refresh-interval", "30s"])
+            // Tests force-sync one binding many times in a row (barriers).
+            .args(["--force-sync-cooldown", "0s"])
             .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("POD_NAMESPACE", &self.op_ns)
@@ -1107,27 +1112,25 @@ impl Env {
         name
     }
 
-    /// Forces a check of binding `name` and waits until it reaches the vault.
-    ///
-    /// Reconciles of one object never overlap, so once the forced check's
-    /// read reaches the vault, every earlier reconcile of that binding has
-    /// finished: what it was going to write is written. Needs a binding whose
-    /// periodic check is far away (`refreshInterval: 1h`), so that the read
-    /// seen is the forced one.
+    /// Forces a check of binding `name` and waits until the operator has
+    /// finished it: `status.forceSyncHandled` names the value just set, and
+    /// that status is written at the end of the forced reconcile, after its
+    /// vault reads and its Secret write. Reconciles of one object never
+    /// overlap, so every earlier reconcile of it has finished too.
     pub async fn barrier(&self, on: &Scope, name: &str) {
-        let before = self.vault.reads().await;
-        on.force_sync(name).await;
+        let value = on.force_sync(name).await;
         eventually(
             on,
-            &format!("a forced check of {}/{name} to reach the vault", on.ns),
+            &format!("the forced check {value} of {}/{name} to finish", on.ns),
             SYNC_DEADLINE,
             || async {
-                let now = self.vault.reads().await;
-                if now > before {
+                let b = on.binding(name).await;
+                let handled = b.status.as_ref().and_then(|s| s.force_sync_handled.clone());
+                if handled.as_deref() == Some(value.as_str()) {
                     Ok(())
                 } else {
                     Err(format!(
-                        "{now} vault reads, as before the force-sync; {}",
+                        "status.forceSyncHandled is {handled:?}; {}",
                         on.describe_bindings().await
                     ))
                 }
