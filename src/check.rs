@@ -138,7 +138,7 @@ pub async fn check(
                 let now = k8s_openapi::jiff::Timestamp::now().as_second();
                 let state = match expires {
                     Some(e) if *e <= now => "expired",
-                    Some(e) if *e - now <= crate::render::EXPIRY_WARNING_SECS => {
+                    Some(e) if e.saturating_sub(now) <= crate::render::EXPIRY_WARNING_SECS => {
                         "expires within 7 days"
                     }
                     _ => "ok",

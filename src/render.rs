@@ -167,7 +167,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
                     continue;
                 }
                 if let Some(e) = expires
-                    && *e - input.now <= EXPIRY_WARNING_SECS
+                    && e.saturating_sub(input.now) <= EXPIRY_WARNING_SECS
                 {
                     expiring.push(Expiry {
                         name: planned.secret.clone(),
@@ -535,6 +535,21 @@ mod tests {
             }]
         );
         assert!(r.synced[1].expires.is_some());
+    }
+
+    #[test]
+    fn absurd_expiry_dates_from_the_vault_never_panic() {
+        for exp in [i64::MIN, i64::MAX, 0] {
+            let r = run(
+                &plan(&[("a", false)]),
+                &[("a", value("x", Some(exp)))],
+                None,
+                OnDisabled::KeepLast,
+                OnExpired::Sync,
+            )
+            .unwrap();
+            assert_eq!(r.data["a"].expose(), "x", "exp {exp}");
+        }
     }
 
     #[test]

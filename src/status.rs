@@ -275,8 +275,10 @@ pub fn needs_write(
     }
     match (ta, tb) {
         (Some(old), Some(new)) => {
-            let age = new.0.as_second() - old.0.as_second();
-            age as u64 >= (refresh / 2).as_secs().max(1)
+            // A clock behind the previous writer's (after a failover) gives a
+            // negative age: that is "not yet", not "long ago".
+            let age = new.0.as_second().saturating_sub(old.0.as_second());
+            age >= 0 && age as u64 >= (refresh / 2).as_secs().max(1)
         }
         (None, None) => false,
         _ => true,
@@ -387,6 +389,17 @@ mod tests {
         assert_eq!(s.last_sync_time, Some(t(100)));
         assert_eq!(s.conditions[0].reason, "VaultUnreachable");
         assert_eq!(s.conditions[0].status, "False");
+    }
+
+    #[test]
+    fn a_last_sync_time_ahead_of_our_clock_is_not_rewritten_every_time() {
+        let a = VaultSecretBindingStatus {
+            last_sync_time: Some(t(2000)),
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        b.last_sync_time = Some(t(1990));
+        assert!(!needs_write(Some(&a), &b, Duration::from_secs(300)));
     }
 
     #[test]

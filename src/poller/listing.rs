@@ -55,7 +55,7 @@ pub fn cmp_name(a: &str, b: &str) -> std::cmp::Ordering {
 /// `read_at` is the vault's clock when it served that read.
 pub fn ambiguous(updated: Option<i64>, read_at: Option<i64>) -> bool {
     match (updated, read_at) {
-        (Some(u), Some(r)) => u + 1 >= r,
+        (Some(u), Some(r)) => u.saturating_add(1) >= r,
         _ => true,
     }
 }
@@ -116,4 +116,18 @@ pub fn select_diff(old: &[SecretItem], new: &[SecretItem], tags: bool) -> Vec<Se
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_one_second_rule_survives_absurd_timestamps() {
+        assert!(ambiguous(Some(100), Some(101)), "same second as the read");
+        assert!(!ambiguous(Some(100), Some(102)));
+        assert!(ambiguous(Some(i64::MAX), Some(0)), "no overflow");
+        assert!(!ambiguous(Some(i64::MIN), Some(0)));
+        assert!(ambiguous(None, Some(0)) && ambiguous(Some(0), None));
+    }
 }

@@ -74,9 +74,18 @@ pub struct ReadResult {
     pub optional_failures: Vec<(String, String)>,
 }
 
-/// The vault's clock at the answer (its `Date` header), for the one-second rule.
-fn served_at(bundle: &SecretBundle) -> Option<i64> {
-    bundle.served_at
+/// How far the vault's `Date` may be from our clock and still be believed.
+const DATE_SKEW: i64 = 120;
+
+/// The vault's clock at the answer (its `Date` header), for the one-second
+/// rule; `asked_at` (our clock before the request) when there is none or it
+/// is absurd (a date far in the future would hide changes, one far in the
+/// past would make every cycle read everything).
+fn served_at(bundle: &SecretBundle, asked_at: i64) -> i64 {
+    bundle
+        .served_at
+        .filter(|d| d.saturating_sub(asked_at).abs() <= DATE_SKEW)
+        .unwrap_or(asked_at)
 }
 
 type InFlight = Shared<BoxFuture<'static, ()>>;
@@ -171,7 +180,10 @@ impl Inner {
                 };
                 let result = self.client.get_secret(name, version).await;
                 drop(permit);
-                let read_at = result.as_ref().ok().and_then(served_at).unwrap_or(asked_at);
+                let read_at = result
+                    .as_ref()
+                    .map(|b| served_at(b, asked_at))
+                    .unwrap_or(asked_at);
                 let result = result
                     .map(|b| Got {
                         version: b.version().to_ascii_lowercase(),
