@@ -82,14 +82,27 @@ pub fn check_ownership(
     };
     let writer = current.annotations().get(BINDING_ANNOTATION).cloned();
     let managed = current.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some("kvsync");
+    // Our owner reference (the binding's uid) proves the Secret ours even
+    // when someone removed the label or annotation: put them back.
+    let owned_by_us = binding
+        .uid()
+        .is_some_and(|uid| current.owner_references().iter().any(|o| o.uid == uid));
     match (policy, writer) {
-        (_, Some(other)) if managed && other != binding.name_any() => {
+        (_, Some(other)) if managed && other != binding.name_any() && !owned_by_us => {
             Err(ApplyError::OwnedByOtherBinding { name, other })
         }
         (TargetPolicy::Merge, _) => Ok(()),
         (_, Some(_)) if managed => check_type(binding, current, name),
+        _ if owned_by_us => check_type(binding, current, name),
         _ => Err(ApplyError::NotManaged { name }),
     }
+}
+
+/// Whether `current` was written by `binding` under policy Owner or Orphan
+/// (kvsync's label, and the binding named in the annotation).
+pub fn written_as_owner(binding: &VaultSecretBinding, current: &Secret) -> bool {
+    current.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some("kvsync")
+        && current.annotations().get(BINDING_ANNOTATION) == Some(&binding.name_any())
 }
 
 fn check_type(
@@ -505,6 +518,26 @@ mod tests {
         assert_eq!(
             check_ownership(&merge, Some(&others)).unwrap_err().reason(),
             "SecretOwnedByOtherBinding"
+        );
+    }
+
+    #[test]
+    fn our_owner_reference_keeps_a_relabelled_secret_ours() {
+        let owner = binding("");
+        let mut stripped = secret(&[], &[], &[("a", "1")]);
+        stripped.metadata.owner_references = desired(&owner, &rendered(&[("a", "1")]))
+            .metadata
+            .owner_references;
+        assert_eq!(
+            check_ownership(&owner, Some(&stripped)),
+            Ok(()),
+            "label and annotation removed by hand: still ours, and put back"
+        );
+        let mut other = stripped.clone();
+        other.metadata.owner_references.as_mut().unwrap()[0].uid = "someone-else".into();
+        assert_eq!(
+            check_ownership(&owner, Some(&other)).unwrap_err().reason(),
+            "SecretNotManaged"
         );
     }
 

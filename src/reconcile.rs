@@ -603,9 +603,24 @@ async fn sync(
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let target = spec.target_name(&name).to_string();
-    let current = secrets.get_opt(&target).await?;
+    let mut current = secrets.get_opt(&target).await?;
     apply::check_ownership(b, current.as_ref())
         .map_err(|e| user(e.reason(), e.to_string(), false))?;
+    if spec.policy() == TargetPolicy::Merge
+        && current
+            .as_ref()
+            .is_some_and(|c| apply::written_as_owner(b, c))
+    {
+        // Owner/Orphan -> Merge: give up what kvsync wrote as the Secret's
+        // owner (its owner reference above all, or deleting the binding
+        // would garbage-collect a Secret others now share); Merge then adds
+        // its keys under its own field manager.
+        if !ctx.may_write() {
+            return Err(SyncError::Standby);
+        }
+        apply::release_merged(&secrets, &target, apply::FIELD_MANAGER).await?;
+        current = secrets.get_opt(&target).await?;
+    }
 
     let prev = b.status.clone().unwrap_or_default();
     let current_data: Option<std::collections::BTreeMap<String, Vec<u8>>> = current

@@ -745,3 +745,65 @@ async fn force_sync_storms_are_held_to_one_vault_read_per_cooldown() {
     assert!(secs <= 30.0, "retried when the cooldown ends: {shown}");
     no_more_requests(s).await;
 }
+
+#[tokio::test]
+async fn owner_to_merge_gives_up_the_owner_reference_before_sharing() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let mut s = scenario(&f);
+    let run = tokio::spawn(reconcile(Arc::new(merge_binding(&f)), s.ctx.clone()));
+    // The Secret as the binding wrote it under policy Owner.
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    let (query, released) = expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        foreign_secret(json!({})),
+    )
+    .await;
+    assert!(
+        query.contains("fieldManager=kvsync&") || query.ends_with("fieldManager=kvsync"),
+        "released as the Owner-policy manager: {query}"
+    );
+    assert!(
+        released.get("data").is_none() && released["metadata"].get("ownerReferences").is_none(),
+        "applying nothing as kvsync drops its owner reference, label and keys: {released}"
+    );
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        foreign_secret(json!({})),
+    )
+    .await;
+    let (query, merged) = expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        foreign_secret(json!({"DB_PASSWORD": b64("v")})),
+    )
+    .await;
+    assert!(query.contains("fieldManager=kvsync-merge-uid-1") && !query.contains("force=true"));
+    assert!(merged["metadata"].get("ownerReferences").is_none());
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
