@@ -594,10 +594,29 @@ async fn retain_forgets_bindings_the_store_no_longer_has() {
     );
     pollers.retain(|_| false);
     assert_eq!(p.interested(), 0);
+    // Held by a reconcile (this test): kept, so that one vault never gets
+    // two pollers. Once nobody holds it, it goes.
+    let held = std::sync::Arc::downgrade(&p);
+    drop(p);
+    pollers.retain(|_| false);
+    assert!(held.upgrade().is_none(), "a poller nobody needs is dropped");
     let again = pollers.get("v", "reader", make);
+    assert_eq!(again.interested(), 0, "a new one");
+}
+
+#[tokio::test]
+async fn a_poller_just_made_survives_another_bindings_forget() {
+    let f = start(&seed_of(2)).await;
+    let pollers = Pollers::new(None);
+    let make = || f.client("reader").0;
+    // A reconcile made the poller and has not read (registered) yet...
+    let p = pollers.get("v", "reader", make);
+    // ...when another binding is forgotten.
+    pollers.forget(&kube::runtime::reflector::ObjectRef::new("other").within("ns"));
+    let same = pollers.get("v", "reader", make);
     assert!(
-        !std::sync::Arc::ptr_eq(&p, &again),
-        "a poller nobody needs is dropped"
+        std::sync::Arc::ptr_eq(&p, &same),
+        "one poller per vault and identity"
     );
 }
 

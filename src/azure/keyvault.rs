@@ -23,6 +23,10 @@ pub const API_VERSION: &str = "2025-07-01";
 /// Items per list page (Key Vault's maximum and default).
 pub const PAGE_SIZE: usize = 25;
 const MAX_PAGES: usize = 10_000;
+/// A listing larger than this (items, or bytes over all pages) is not the
+/// Key Vault API: a vault answering it is refused rather than held in memory.
+const MAX_LISTING_ITEMS: usize = 250_000;
+const MAX_LISTING_BYTES: usize = 256 * 1024 * 1024;
 
 /// A Key Vault operation, for messages and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -525,6 +529,7 @@ impl KeyVaultClient {
         let mut next = Some(first);
         let mut pages = 0;
         let mut first_served = None;
+        let mut bytes = 0usize;
         while let Some(url) = next.take() {
             pages += 1;
             if pages > MAX_PAGES {
@@ -534,8 +539,18 @@ impl KeyVaultClient {
             if pages == 1 {
                 first_served = served.served_at;
             }
+            bytes = bytes.saturating_add(served.body.len());
+            if bytes > MAX_LISTING_BYTES {
+                return Err(self.invalid(format!(
+                    "a listing of more than {} MiB",
+                    MAX_LISTING_BYTES / (1024 * 1024)
+                )));
+            }
             let page: SecretListResult = self.parse(&served.body, "secret list")?;
             items.extend(page.value);
+            if items.len() > MAX_LISTING_ITEMS {
+                return Err(self.invalid(format!("more than {MAX_LISTING_ITEMS} secrets listed")));
+            }
             if let Some(link) = page.next_link.filter(|l| !l.is_empty()) {
                 next = Some(self.checked_next_link(&link)?);
             }

@@ -489,7 +489,7 @@ impl Pollers {
                 p.forget(who);
             }
         }
-        map.retain(|_, p| Arc::ptr_eq(p, keep) || p.interested() > 0);
+        map.retain(|_, p| Arc::ptr_eq(p, keep) || needed(p));
     }
 
     /// Removes `who` from every poller, and pollers nobody needs.
@@ -498,7 +498,7 @@ impl Pollers {
         for p in map.values() {
             p.forget(who);
         }
-        map.retain(|_, p| p.interested() > 0);
+        map.retain(|_, p| needed(p));
     }
 
     /// Forgets every binding for which `keep` is false, in every poller, and
@@ -509,8 +509,15 @@ impl Pollers {
         for p in map.values() {
             p.retain(&keep);
         }
-        map.retain(|_, p| p.interested() > 0);
+        map.retain(|_, p| needed(p));
     }
+}
+
+/// Whether a poller must stay in the map: a binding needs it, or a reconcile
+/// holds it right now (it was just made and its binding has not registered
+/// yet; dropping it would split one vault into two pollers).
+fn needed(p: &Arc<Poller>) -> bool {
+    p.interested() > 0 || Arc::strong_count(p) > 1
 }
 
 async fn run_cycles(poller: Weak<Poller>) {

@@ -1345,6 +1345,32 @@ async fn install_crd(client: &kube::Client) {
     .await
     .expect("the CRD becomes established")
     .expect("watching the CRD");
+    // On a cluster that had an older CRD, the new schema is served a moment
+    // after the apply: wait until it refuses what only it refuses (a tenant
+    // id that is not a GUID or DNS name), with a server-side dry run.
+    let probe: Api<VaultSecretBinding> = Api::namespaced(client.clone(), "default");
+    let bad: VaultSecretBinding = serde_json::from_value(json!({
+        "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
+        "metadata": {"name": "kvsync-e2e-schema-probe"},
+        "spec": {"vaultUrl": "https://probe.vault.azure.net", "secrets": [{"name": "a"}],
+                 "identity": {"tenantId": "//127.0.0.1:1/evil"}},
+    }))
+    .unwrap();
+    let started = Instant::now();
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    loop {
+        match probe.create(&dry, &bad).await {
+            Err(e) if api_code(&e) == Some(422) => return,
+            other => assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the API server still serves an old VaultSecretBinding schema: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The status of a kube API error, when it is one.

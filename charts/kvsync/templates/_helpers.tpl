@@ -84,7 +84,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   verbs: ["get"]
 {{- if .Values.rbac.serviceAccountTokenCreate }}
 # identity.serviceAccountName: a TokenRequest (audience api://AzureADTokenExchange)
-# to exchange at Entra ID for that ServiceAccount.
+# to exchange at Entra ID for that ServiceAccount. RBAC cannot narrow the
+# audience: whoever controls the operator can mint tokens for any
+# ServiceAccount in the watched namespaces. Turn it off
+# (rbac.serviceAccountTokenCreate=false) if no binding uses ServiceAccounts,
+# or narrow it with watchNamespaces.
 - apiGroups: [""]
   resources: ["serviceaccounts/token"]
   verbs: ["create"]
