@@ -98,6 +98,43 @@ pub fn check_ownership(
     }
 }
 
+/// Cleans up the Secret a binding wrote before its `target.name` changed:
+/// deletes it when the binding owns it (policy Owner: its owner reference),
+/// removes the binding's keys when it merged into it, leaves an Orphan.
+pub async fn retire_target(
+    api: &Api<Secret>,
+    binding: &VaultSecretBinding,
+    old: &str,
+) -> Result<(), kube::Error> {
+    let Some(secret) = api.get_opt(old).await? else {
+        return Ok(());
+    };
+    let uid = binding.uid().unwrap_or_default();
+    let owned = secret
+        .owner_references()
+        .iter()
+        .any(|o| o.uid == uid && o.controller == Some(true));
+    if owned && written_as_owner(binding, &secret) {
+        let precondition = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: secret.uid(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        return match api.delete(old, &precondition).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        };
+    }
+    if written_as_owner(binding, &secret) {
+        return Ok(()); // Orphan: left behind, as the policy says.
+    }
+    let manager = format!("kvsync-merge-{uid}");
+    release_merged(api, old, &manager).await
+}
+
 /// Whether `current` was written by `binding` under policy Owner or Orphan
 /// (kvsync's label, and the binding named in the annotation).
 pub fn written_as_owner(binding: &VaultSecretBinding, current: &Secret) -> bool {

@@ -603,6 +603,15 @@ async fn sync(
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let target = spec.target_name(&name).to_string();
+    if let Some(old) = b.status.as_ref().and_then(|s| s.target_name.as_deref())
+        && old != target
+    {
+        // target.name changed: what was written under the old name goes.
+        if !ctx.may_write() {
+            return Err(SyncError::Standby);
+        }
+        apply::retire_target(&secrets, b, old).await?;
+    }
     let mut current = secrets.get_opt(&target).await?;
     apply::check_ownership(b, current.as_ref())
         .map_err(|e| user(e.reason(), e.to_string(), false))?;

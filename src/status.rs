@@ -225,6 +225,7 @@ pub fn synced(
         data_hash: Some(r.hash.clone()),
         rollout_pending_since: report.rollout_pending_since.clone(),
         force_sync_handled: report.force_sync_handled.clone(),
+        target_name: Some(report.target.to_string()),
     }
 }
 

@@ -205,6 +205,22 @@ async fn retry_after_is_honoured_on_429() {
 }
 
 #[tokio::test]
+async fn a_retry_after_longer_than_we_wait_ends_the_retries() {
+    let f = start("secrets:\n  - {name: db, value: one}\n").await;
+    let (kv, _) = f.client("reader");
+    kv.get_secret("db", None).await.unwrap(); // warm the token
+    f.fault(json!({"op": "get_secret", "status": 429, "retryAfter": 3600}))
+        .await;
+    let err = kv.get_secret("db", None).await.unwrap_err();
+    assert_eq!(err.reason(), "VaultThrottled");
+    assert_eq!(
+        f.stats().await.count("get_secret", 429),
+        1,
+        "asked once: asking sooner than an hour is what the vault refused"
+    );
+}
+
+#[tokio::test]
 async fn server_errors_are_retried_until_success() {
     let f = start("secrets:\n  - {name: db, value: one}\n").await;
     let (kv, _) = f.client("reader");

@@ -807,3 +807,79 @@ async fn owner_to_merge_gives_up_the_owner_reference_before_sharing() {
     run.await.unwrap().unwrap();
     no_more_requests(s).await;
 }
+
+#[tokio::test]
+async fn a_renamed_target_deletes_the_secret_the_binding_owned() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let mut status = synced_status(&f, "v").await;
+    status["targetName"] = json!("old-name");
+    let mut s = scenario(&f);
+    let run = tokio::spawn(reconcile(Arc::new(binding(&f, status)), s.ctx.clone()));
+    let old_path = "/api/v1/namespaces/ci/secrets/old-name";
+    let mut owned = managed_secret(&b64("v"));
+    owned["metadata"]["name"] = json!("old-name");
+    owned["metadata"]["uid"] = json!("secret-uid-7");
+    expect(&mut s.handle, "GET", old_path, 200, owned).await;
+    let (_, delete) = expect(
+        &mut s.handle,
+        "DELETE",
+        old_path,
+        200,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+    )
+    .await;
+    assert_eq!(
+        delete["preconditions"]["uid"], "secret-uid-7",
+        "only the Secret that was read is deleted"
+    );
+    expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
+    expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    let (_, written) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    assert_eq!(written["status"]["targetName"], "agent");
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn a_renamed_orphan_target_is_left_behind() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let mut status = synced_status(&f, "v").await;
+    status["targetName"] = json!("old-name");
+    let mut s = scenario(&f);
+    let mut b = binding(&f, status);
+    b.spec.target = Some(serde_json::from_value(json!({"policy": "Orphan"})).unwrap());
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    let mut orphan = managed_secret(&b64("v"));
+    orphan["metadata"]["name"] = json!("old-name");
+    orphan["metadata"]["ownerReferences"] = json!(null);
+    expect(
+        &mut s.handle,
+        "GET",
+        "/api/v1/namespaces/ci/secrets/old-name",
+        200,
+        orphan,
+    )
+    .await;
+    // No DELETE: straight on to the new target.
+    expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
+    expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}

@@ -710,10 +710,10 @@ impl KeyVaultClient {
                         detail: first_line(&error.message),
                     });
                 }
-                429 if !last => {
-                    let delay = wait
-                        .filter(|d| *d <= self.retry.max_retry_after)
-                        .unwrap_or_else(|| self.retry.backoff(attempt));
+                // A Retry-After longer than we would wait ends the retries:
+                // asking again sooner is what the vault just refused.
+                429 if !last && wait.is_none_or(|d| d <= self.retry.max_retry_after) => {
+                    let delay = wait.unwrap_or_else(|| self.retry.backoff(attempt));
                     tracing::debug!(vault = %vault, op = op.label(), ?delay, "vault throttled the request; waiting");
                     tokio::time::sleep(delay).await;
                     continue;

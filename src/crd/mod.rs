@@ -455,6 +455,12 @@ pub struct VaultSecretBindingStatus {
     /// different value triggers one immediate check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_sync_handled: Option<String>,
+
+    /// The Secret last written. When `target.name` changes, kvsync cleans up
+    /// the old one: an owned Secret is deleted, Merge keys are removed, an
+    /// Orphan Secret stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_name: Option<String>,
 }
 
 /// One vault secret synced into the target Secret.

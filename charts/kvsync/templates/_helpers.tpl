@@ -74,10 +74,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   verbs: ["update"]
 # Target Secrets: get (current data for KeepLast and drift), server-side apply
 # (patch; create because apply creates a missing Secret), list/watch of the
-# managed ones' metadata for drift repair; get of clientSecretRef Secrets.
+# managed ones' metadata for drift repair; get of clientSecretRef Secrets;
+# delete of the Secret a binding owned before its target.name changed.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # identity.serviceAccountName: read the ServiceAccount's workload-identity annotations.
 - apiGroups: [""]
   resources: ["serviceaccounts"]
