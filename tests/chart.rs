@@ -406,6 +406,12 @@ const CALLS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "",
+        "secrets",
+        "delete",
+        "apply::retire_target: the owned Secret of an old target.name",
+    ),
+    (
+        "",
         "serviceaccounts",
         "get",
         "identity: ServiceAccount annotations",
