@@ -393,6 +393,57 @@ async fn a_full_sync_logged_at_trace_never_shows_a_value() {
     );
 }
 
+const BINDING_PATH: &str = "/apis/kvsync.io/v1alpha1/namespaces/ci/vaultsecretbindings/agent";
+const DEPLOYMENT_PATH: &str = "/apis/apps/v1/namespaces/ci/deployments/agent";
+
+/// The Secret is read holding `value`, as kvsync wrote it.
+async fn expect_secret(handle: &mut Handle, value: &str) {
+    expect(handle, "GET", SECRET_PATH, 200, managed_secret(&b64(value))).await;
+}
+
+/// The finalizer is patched away; returns the patch.
+async fn expect_finalizer_released(handle: &mut Handle) -> Value {
+    expect(handle, "PATCH", BINDING_PATH, 200, reply()).await.1
+}
+
+/// The reconcile ends with `Ok` and nothing more is asked of the API server.
+async fn finish(
+    run: tokio::task::JoinHandle<
+        Result<kube::runtime::controller::Action, kvsync::reconcile::Error>,
+    >,
+    s: Scenario,
+) -> kube::runtime::controller::Action {
+    let action = run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+    action
+}
+
+/// `b` as `kubectl delete` leaves it for its finalizer.
+fn deleted(mut b: VaultSecretBinding) -> VaultSecretBinding {
+    b.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+    ));
+    b
+}
+
+/// A synced binding with a Deployment to restart and a restart due since
+/// long ago (recorded by an earlier operator).
+async fn rollout_due(f: &Fixture) -> VaultSecretBinding {
+    let mut status = synced_status(f, "v").await;
+    status["rolloutPendingSince"] = json!("2026-01-01T00:00:00Z");
+    let mut b = binding(f, status);
+    b.spec.rollout =
+        serde_json::from_value(json!([{"kind": "Deployment", "name": "agent"}])).unwrap();
+    b
+}
+
+/// A synced binding whose last Secret was `old-name` (target.name changed).
+async fn renamed(f: &Fixture) -> VaultSecretBinding {
+    let mut status = synced_status(f, "v").await;
+    status["targetName"] = json!("old-name");
+    binding(f, status)
+}
+
 fn status_error(code: u16, reason: &str, message: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": reason, "code": code, "message": message})
 }
@@ -449,8 +500,7 @@ async fn merge_never_takes_a_key_another_manager_owns() {
         message.contains("DB_PASSWORD") && message.contains("kubectl-create"),
         "{message}"
     );
-    run.await.unwrap().unwrap();
-    no_more_requests(s).await;
+    finish(run, s).await;
 }
 
 #[tokio::test]
@@ -490,8 +540,7 @@ async fn a_secret_the_api_server_rejects_shows_on_the_binding() {
         status["status"].get("observedGeneration").is_none(),
         "a generation that was not applied is not observed"
     );
-    run.await.unwrap().unwrap();
-    no_more_requests(s).await;
+    finish(run, s).await;
 }
 
 #[tokio::test]
@@ -506,14 +555,7 @@ async fn a_generation_changed_after_a_failure_is_still_applied() {
     b.metadata.generation = Some(2);
     b.spec.target = Some(serde_json::from_value(json!({"policy": "Orphan"})).unwrap());
     let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
-    expect(
-        &mut s.handle,
-        "GET",
-        SECRET_PATH,
-        200,
-        managed_secret(&b64("v")),
-    )
-    .await;
+    expect_secret(&mut s.handle, "v").await;
     let (_, applied) = expect(
         &mut s.handle,
         "PATCH",
@@ -531,43 +573,32 @@ async fn a_generation_changed_after_a_failure_is_still_applied() {
     let (_, status) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
     assert_eq!(status["status"]["observedGeneration"], 2);
     assert_eq!(status["status"]["conditions"][0]["reason"], "Synced");
-    run.await.unwrap().unwrap();
-    no_more_requests(s).await;
+    finish(run, s).await;
 }
 
 #[tokio::test]
 async fn deleting_a_merge_binding_never_creates_the_secret() {
     let f = start("secrets: []\n").await;
     let mut s = scenario(&f);
-    let mut b = merge_binding(&f);
-    b.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+    let run = tokio::spawn(reconcile(
+        Arc::new(deleted(merge_binding(&f))),
+        s.ctx.clone(),
     ));
-    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
     // The user deleted the Secret first: nothing to release, no apply.
     expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
-    let (_, patch) = expect(
-        &mut s.handle,
-        "PATCH",
-        "/apis/kvsync.io/v1alpha1/namespaces/ci/vaultsecretbindings/agent",
-        200,
-        reply(),
-    )
-    .await;
+    let patch = expect_finalizer_released(&mut s.handle).await;
     assert_eq!(patch["metadata"]["finalizers"], json!([]));
-    run.await.unwrap().unwrap();
-    no_more_requests(s).await;
+    finish(run, s).await;
 }
 
 #[tokio::test]
 async fn a_terminating_namespace_does_not_hold_the_merge_finalizer() {
     let f = start("secrets: []\n").await;
     let mut s = scenario(&f);
-    let mut b = merge_binding(&f);
-    b.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+    let run = tokio::spawn(reconcile(
+        Arc::new(deleted(merge_binding(&f))),
+        s.ctx.clone(),
     ));
-    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
     expect(
         &mut s.handle,
         "GET",
@@ -593,41 +624,22 @@ async fn a_terminating_namespace_does_not_hold_the_merge_finalizer() {
         body["metadata"]["resourceVersion"], "5",
         "the release carries the resourceVersion read, so it can never create"
     );
-    expect(
-        &mut s.handle,
-        "PATCH",
-        "/apis/kvsync.io/v1alpha1/namespaces/ci/vaultsecretbindings/agent",
-        200,
-        reply(),
-    )
-    .await;
-    run.await.unwrap().unwrap();
-    no_more_requests(s).await;
+    expect_finalizer_released(&mut s.handle).await;
+    finish(run, s).await;
 }
 
 #[tokio::test]
 async fn a_rollout_due_before_a_restart_is_done_by_the_next_operator() {
     let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
-    let mut status = synced_status(&f, "v").await;
     // The previous operator recorded the change and stopped inside the window.
-    status["rolloutPendingSince"] = json!("2026-01-01T00:00:00Z");
+    let b = rollout_due(&f).await;
     let mut s = scenario(&f);
-    let mut b = binding(&f, status);
-    b.spec.rollout =
-        serde_json::from_value(json!([{"kind": "Deployment", "name": "agent"}])).unwrap();
     let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
-    expect(
-        &mut s.handle,
-        "GET",
-        SECRET_PATH,
-        200,
-        managed_secret(&b64("v")),
-    )
-    .await;
+    expect_secret(&mut s.handle, "v").await;
     let (_, patch) = expect(
         &mut s.handle,
         "PATCH",
-        "/apis/apps/v1/namespaces/ci/deployments/agent",
+        DEPLOYMENT_PATH,
         200,
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "agent", "namespace": "ci"}}),
     )
@@ -640,32 +652,20 @@ async fn a_rollout_due_before_a_restart_is_done_by_the_next_operator() {
         written["status"].get("rolloutPendingSince").is_none(),
         "done: no longer pending: {written}"
     );
-    run.await.unwrap().unwrap();
-    no_more_requests(s).await;
+    finish(run, s).await;
 }
 
 #[tokio::test]
 async fn a_failed_rollout_patch_stays_pending_in_status() {
     let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
-    let mut status = synced_status(&f, "v").await;
-    status["rolloutPendingSince"] = json!("2026-01-01T00:00:00Z");
+    let b = rollout_due(&f).await;
     let mut s = scenario(&f);
-    let mut b = binding(&f, status);
-    b.spec.rollout =
-        serde_json::from_value(json!([{"kind": "Deployment", "name": "agent"}])).unwrap();
     let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
-    expect(
-        &mut s.handle,
-        "GET",
-        SECRET_PATH,
-        200,
-        managed_secret(&b64("v")),
-    )
-    .await;
+    expect_secret(&mut s.handle, "v").await;
     expect(
         &mut s.handle,
         "PATCH",
-        "/apis/apps/v1/namespaces/ci/deployments/agent",
+        DEPLOYMENT_PATH,
         500,
         status_error(500, "InternalError", "etcdserver: request timed out"),
     )
@@ -704,14 +704,7 @@ async fn force_sync_storms_are_held_to_one_vault_read_per_cooldown() {
     // The first value: read now, and recorded as handled.
     f.reset_stats().await;
     let run = tokio::spawn(reconcile(forced("1", None), s.ctx.clone()));
-    expect(
-        &mut s.handle,
-        "GET",
-        SECRET_PATH,
-        200,
-        managed_secret(&b64("v")),
-    )
-    .await;
+    expect_secret(&mut s.handle, "v").await;
     let (_, written) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
     assert_eq!(written["status"]["forceSyncHandled"], "1");
     run.await.unwrap().unwrap();
@@ -720,14 +713,7 @@ async fn force_sync_storms_are_held_to_one_vault_read_per_cooldown() {
     // A new value at once: no forced read, not recorded, retried when the
     // cooldown ends.
     let action = tokio::spawn(reconcile(forced("2", Some("1")), s.ctx.clone()));
-    expect(
-        &mut s.handle,
-        "GET",
-        SECRET_PATH,
-        200,
-        managed_secret(&b64("v")),
-    )
-    .await;
+    expect_secret(&mut s.handle, "v").await;
     let action = action.await.unwrap().unwrap();
     assert_eq!(
         f.stats().await.total("get_secret"),
@@ -752,22 +738,8 @@ async fn owner_to_merge_gives_up_the_owner_reference_before_sharing() {
     let mut s = scenario(&f);
     let run = tokio::spawn(reconcile(Arc::new(merge_binding(&f)), s.ctx.clone()));
     // The Secret as the binding wrote it under policy Owner.
-    expect(
-        &mut s.handle,
-        "GET",
-        SECRET_PATH,
-        200,
-        managed_secret(&b64("v")),
-    )
-    .await;
-    expect(
-        &mut s.handle,
-        "GET",
-        SECRET_PATH,
-        200,
-        managed_secret(&b64("v")),
-    )
-    .await;
+    expect_secret(&mut s.handle, "v").await;
+    expect_secret(&mut s.handle, "v").await;
     let (query, released) = expect(
         &mut s.handle,
         "PATCH",
@@ -804,17 +776,15 @@ async fn owner_to_merge_gives_up_the_owner_reference_before_sharing() {
     assert!(merged["metadata"].get("ownerReferences").is_none());
     expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
     expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
-    run.await.unwrap().unwrap();
-    no_more_requests(s).await;
+    finish(run, s).await;
 }
 
 #[tokio::test]
 async fn a_renamed_target_deletes_the_secret_the_binding_owned() {
     let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
-    let mut status = synced_status(&f, "v").await;
-    status["targetName"] = json!("old-name");
+    let b = renamed(&f).await;
     let mut s = scenario(&f);
-    let run = tokio::spawn(reconcile(Arc::new(binding(&f, status)), s.ctx.clone()));
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
     let old_path = "/api/v1/namespaces/ci/secrets/old-name";
     let mut owned = managed_secret(&b64("v"));
     owned["metadata"]["name"] = json!("old-name");
@@ -844,17 +814,14 @@ async fn a_renamed_target_deletes_the_secret_the_binding_owned() {
     expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
     let (_, written) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
     assert_eq!(written["status"]["targetName"], "agent");
-    run.await.unwrap().unwrap();
-    no_more_requests(s).await;
+    finish(run, s).await;
 }
 
 #[tokio::test]
 async fn a_renamed_orphan_target_is_left_behind() {
     let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
-    let mut status = synced_status(&f, "v").await;
-    status["targetName"] = json!("old-name");
+    let mut b = renamed(&f).await;
     let mut s = scenario(&f);
-    let mut b = binding(&f, status);
     b.spec.target = Some(serde_json::from_value(json!({"policy": "Orphan"})).unwrap());
     let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
     let mut orphan = managed_secret(&b64("v"));
@@ -880,6 +847,5 @@ async fn a_renamed_orphan_target_is_left_behind() {
     .await;
     expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
     expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
-    run.await.unwrap().unwrap();
-    no_more_requests(s).await;
+    finish(run, s).await;
 }
