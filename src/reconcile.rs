@@ -96,6 +96,12 @@ struct BindingState {
     last_forced: Option<Instant>,
     /// Consecutive failed rollout patches (for their backoff).
     rollout_failures: u32,
+    /// The status this process last wrote, with the binding's uid. The
+    /// watch delivers our own writes a moment later; a reconcile triggered
+    /// in between (by the Secret write, say) must not act on the older
+    /// status it still sees — it would drop a due rollout or a handled
+    /// force-sync. Only kvsync writes status, so ours is the newest.
+    written: Option<(String, VaultSecretBindingStatus)>,
 }
 
 /// What to do about a force-sync annotation now.
@@ -201,6 +207,30 @@ impl Context {
                 Force::Now
             }
         })
+    }
+
+    /// `b` with the newest status: the one this process last wrote for it,
+    /// when the watch has not delivered it yet.
+    fn with_newest_status(&self, b: Arc<VaultSecretBinding>) -> Arc<VaultSecretBinding> {
+        let uid = b.uid().unwrap_or_default();
+        let written = self.state(&key_of(&b), |s| match &s.written {
+            Some((u, st)) if *u == uid => Some(st.clone()),
+            _ => None,
+        });
+        match written {
+            Some(st) if b.status.as_ref() != Some(&st) => {
+                let mut newer = (*b).clone();
+                newer.status = Some(st);
+                Arc::new(newer)
+            }
+            _ => b,
+        }
+    }
+
+    /// Records the status just written for `b`.
+    fn wrote_status(&self, b: &VaultSecretBinding, status: &VaultSecretBindingStatus) {
+        let uid = b.uid().unwrap_or_default();
+        self.state(&key_of(b), |s| s.written = Some((uid, status.clone())));
     }
 
     fn failure_count(&self, key: &BindingKey, failed: bool) -> u32 {
@@ -346,6 +376,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
         _ => {}
     }
 
+    let b = ctx.with_newest_status(b);
     let interval = b.spec.refresh_interval_or(ctx.settings.default_refresh);
     let prev = b.status.as_ref();
     let generation = b.meta().generation;
@@ -415,6 +446,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
             }
             if status::needs_write(prev, &done.status, interval) && ctx.may_write() {
                 status::write(&bindings, &name, &done.status).await?;
+                ctx.wrote_status(&b, &done.status);
             }
             let mut next = interval + jitter(&b.uid().unwrap_or_default(), interval);
             if let Some(r) = done.requeue {
@@ -439,6 +471,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
             );
             if status::needs_write(prev, &new_status, interval) && ctx.may_write() {
                 status::write(&bindings, &name, &new_status).await?;
+                ctx.wrote_status(&b, &new_status);
             }
             let mut wait = if f.transient {
                 backoff(failures, interval)
@@ -679,6 +712,7 @@ async fn sync(
         intent.rollout_pending_since = pending.clone();
         let bindings: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);
         status::write(&bindings, &name, &intent).await?;
+        ctx.wrote_status(b, &intent);
     }
     if write {
         let force_apply = spec.policy() != TargetPolicy::Merge;

@@ -849,3 +849,50 @@ async fn a_renamed_orphan_target_is_left_behind() {
     expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
     finish(run, s).await;
 }
+
+#[tokio::test]
+async fn a_reconcile_that_sees_a_stale_status_keeps_the_due_rollout() {
+    let f = start("secrets:\n  - {name: db-password, value: old-value}\n").await;
+    let status = synced_status(&f, "old-value").await;
+    f.put_secret("db-password", "new-value").await;
+    let mut s = scenario(&f);
+    let mut b = binding(&f, status);
+    b.spec.rollout =
+        serde_json::from_value(json!([{"kind": "Deployment", "name": "agent"}])).unwrap();
+    // The change: the intent is written before the Secret, then the status.
+    let run = tokio::spawn(reconcile(Arc::new(b.clone()), s.ctx.clone()));
+    expect_secret(&mut s.handle, "old-value").await;
+    let (_, intent) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    assert!(
+        intent["status"]["rolloutPendingSince"].is_string(),
+        "{intent}"
+    );
+    expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("new-value")),
+    )
+    .await;
+    expect(
+        &mut s.handle,
+        "GET",
+        DEPLOYMENT_PATH,
+        200,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "agent"}}),
+    )
+    .await;
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    let (_, after) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    let pending = after["status"]["rolloutPendingSince"].clone();
+    assert!(pending.is_string());
+    run.await.unwrap().unwrap();
+
+    // The Secret write wakes the binding before the watch delivered either
+    // status write: the object still carries the old status. The due
+    // restart must survive (nothing to write: the status is the same).
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    expect_secret(&mut s.handle, "new-value").await;
+    finish(run, s).await;
+}
