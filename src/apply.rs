@@ -61,9 +61,14 @@ impl ApplyError {
 /// binding applies as its own manager and never removes another's keys.
 pub fn field_manager(binding: &VaultSecretBinding) -> String {
     match binding.spec.policy() {
-        TargetPolicy::Merge => format!("kvsync-merge-{}", binding.uid().unwrap_or_default()),
+        TargetPolicy::Merge => merge_field_manager(binding),
         _ => FIELD_MANAGER.to_string(),
     }
+}
+
+/// The field manager `binding` uses (or used) for policy Merge.
+pub fn merge_field_manager(binding: &VaultSecretBinding) -> String {
+    format!("kvsync-merge-{}", binding.uid().unwrap_or_default())
 }
 
 /// Checks that the binding may write `current` (the Secret as it is now).
@@ -131,8 +136,7 @@ pub async fn retire_target(
     if written_as_owner(binding, &secret) {
         return Ok(()); // Orphan: left behind, as the policy says.
     }
-    let manager = format!("kvsync-merge-{uid}");
-    release_merged(api, old, &manager).await
+    release_fields(api, old, &merge_field_manager(binding)).await
 }
 
 /// Whether `current` was written by `binding` under policy Owner or Orphan
@@ -373,13 +377,14 @@ pub async fn apply(
         .map_err(|e| classify(name, force, e))
 }
 
-/// Removes the keys a Merge binding added: applying an empty object as its
-/// field manager releases every field it owned (a field another manager
+/// Releases what field manager `manager` wrote (a Merge binding's keys, or
+/// kvsync's owner fields before Owner -> Merge): applying an empty object as
+/// that manager releases every field it owned (a field another manager
 /// also set keeps its value). Never creates the Secret: server-side apply
 /// would, so the apply carries the resourceVersion just read, and a Secret
 /// that is gone (or a namespace being deleted) means there is nothing to
 /// release.
-pub async fn release_merged(
+pub async fn release_fields(
     api: &Api<Secret>,
     name: &str,
     manager: &str,

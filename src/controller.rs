@@ -171,11 +171,6 @@ impl SweepGate {
     }
 }
 
-/// Forgets what is held for bindings the store no longer has.
-fn forget_absent(ctx: &Context, present: impl Fn(&ObjectRef<VaultSecretBinding>) -> bool) {
-    ctx.forget_absent(present);
-}
-
 /// Runs the sweep until dropped: after each complete listing of the
 /// bindings (`listed`) and every `every`.
 async fn sweep(
@@ -196,7 +191,8 @@ async fn sweep(
     let mut gate = SweepGate::default();
     while let Some(trigger) = triggers.next().await {
         if gate.admit(trigger) {
-            forget_absent(&ctx, |r| store.get(r).is_some());
+            // Forgets what is held for bindings the store no longer has.
+            ctx.forget_absent(|r| store.get(r).is_some());
         }
     }
 }

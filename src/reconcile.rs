@@ -187,11 +187,6 @@ impl Context {
         self.pollers.retain(&present);
     }
 
-    /// Bindings the operator holds state for.
-    pub fn known_bindings(&self) -> usize {
-        self.bindings.lock().expect("binding state").len()
-    }
-
     /// Whether a pending force-sync of `b` may bypass the caches now.
     fn force(&self, key: &BindingKey, b: &VaultSecretBinding, now: Instant) -> Force {
         if !force_pending(b) {
@@ -547,8 +542,8 @@ async fn release_merged(b: &VaultSecretBinding, ctx: &Context) -> Result<(), Err
     let ns = b.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let target = b.spec.target_name(&b.name_any()).to_string();
-    let manager = format!("kvsync-merge-{}", b.uid().unwrap_or_default());
-    apply::release_merged(&secrets, &target, &manager).await?;
+    let manager = apply::merge_field_manager(b);
+    apply::release_fields(&secrets, &target, &manager).await?;
     Ok(())
 }
 
@@ -660,7 +655,7 @@ async fn sync(
         if !ctx.may_write() {
             return Err(SyncError::Standby);
         }
-        apply::release_merged(&secrets, &target, apply::FIELD_MANAGER).await?;
+        apply::release_fields(&secrets, &target, apply::FIELD_MANAGER).await?;
         current = secrets.get_opt(&target).await?;
     }
 

@@ -396,7 +396,7 @@ const CALLS: &[(&str, &str, &str, &str)] = &[
         "",
         "secrets",
         "patch",
-        "apply::apply, apply::release_merged (server-side apply)",
+        "apply::apply, apply::release_fields (server-side apply)",
     ),
     (
         "",

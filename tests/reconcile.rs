@@ -401,6 +401,18 @@ async fn expect_secret(handle: &mut Handle, value: &str) {
     expect(handle, "GET", SECRET_PATH, 200, managed_secret(&b64(value))).await;
 }
 
+/// The Deployment's pod template is patched (a rollout restart), answered
+/// with `status`/`answer`; returns the patch.
+async fn expect_restart(handle: &mut Handle, status: u16, answer: Value) -> Value {
+    expect(handle, "PATCH", DEPLOYMENT_PATH, status, answer)
+        .await
+        .1
+}
+
+fn deployment() -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "agent", "namespace": "ci"}})
+}
+
 /// The finalizer is patched away; returns the patch.
 async fn expect_finalizer_released(handle: &mut Handle) -> Value {
     expect(handle, "PATCH", BINDING_PATH, 200, reply()).await.1
@@ -636,14 +648,7 @@ async fn a_rollout_due_before_a_restart_is_done_by_the_next_operator() {
     let mut s = scenario(&f);
     let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
     expect_secret(&mut s.handle, "v").await;
-    let (_, patch) = expect(
-        &mut s.handle,
-        "PATCH",
-        DEPLOYMENT_PATH,
-        200,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "agent", "namespace": "ci"}}),
-    )
-    .await;
+    let patch = expect_restart(&mut s.handle, 200, deployment()).await;
     assert!(
         patch["spec"]["template"]["metadata"]["annotations"]["kvsync.io/restartedAt"].is_string()
     );
@@ -662,10 +667,8 @@ async fn a_failed_rollout_patch_stays_pending_in_status() {
     let mut s = scenario(&f);
     let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
     expect_secret(&mut s.handle, "v").await;
-    expect(
+    expect_restart(
         &mut s.handle,
-        "PATCH",
-        DEPLOYMENT_PATH,
         500,
         status_error(500, "InternalError", "etcdserver: request timed out"),
     )
