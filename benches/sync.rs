@@ -154,25 +154,30 @@ async fn first_sync_latency(n: usize) {
         f.env("bench", "sub"),
         support::fast_retry(),
     ));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        access,
-        kvsync::poller::Pollers::new(None),
-        Recorder::new(
-            client,
-            Reporter {
-                controller: "kvsync".into(),
-                instance: None,
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            access,
+            kvsync::poller::Pollers::new(None),
+            Recorder::new(
+                client,
+                Reporter {
+                    controller: "kvsync".into(),
+                    instance: None,
+                },
+            ),
+            Settings {
+                default_refresh: REFRESH,
+                rollout_window: Duration::from_secs(30),
+                hash_key: kvsync::hashkey::HashKey::new(b"test-key"),
+                force_sync_cooldown: Duration::ZERO,
+                status_heartbeat: Duration::from_secs(900),
+                concurrency: 32,
             },
-        ),
-        Settings {
-            default_refresh: REFRESH,
-            rollout_window: Duration::from_secs(30),
-            hash_key: kvsync::hashkey::HashKey::new(b"test-key"),
-            force_sync_cooldown: Duration::ZERO,
-        },
-        Arc::new(kvsync::metrics::Metrics::default()),
-    ));
+            Arc::new(kvsync::metrics::Metrics::default()),
+        )
+        .without_start_spread(),
+    );
     let mut times = Vec::with_capacity(n);
     for i in 0..n {
         let b: VaultSecretBinding = serde_json::from_value(json!({

@@ -72,6 +72,16 @@ pub struct RunArgs {
     /// binding of that vault shares) at most once per this long.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub force_sync_cooldown: std::time::Duration,
+    /// With nothing changed, `status.lastSyncTime` is written at most once
+    /// per this long (0: after every check). Every other status field is
+    /// written when it changes.
+    #[arg(long, default_value = "15m", value_parser = parse_duration_or_zero)]
+    pub status_heartbeat: std::time::Duration,
+    /// Reconciles running at once (per watched namespace). Reconciles wait on
+    /// the vault and the API server, not the CPU; the per-vault request
+    /// budget holds whatever this is.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
     /// Elect one writer among the replicas with a Lease in POD_NAMESPACE
     /// (identity POD_NAME); standbys keep their caches warm and write nothing.
     #[arg(long)]
@@ -126,4 +136,12 @@ pub struct DevVaultArgs {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     crate::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// A duration, or a bare `0` (as Go's durations allow).
+fn parse_duration_or_zero(s: &str) -> Result<std::time::Duration, String> {
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    parse_duration(s)
 }

@@ -7,8 +7,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::Controller;
@@ -39,6 +41,8 @@ pub enum WatchedKind {
     Bindings,
     /// The Secrets kvsync manages (metadata only).
     Secrets,
+    /// ServiceAccounts, for the identities of bindings (metadata only).
+    ServiceAccounts,
 }
 
 /// The metric kind of a watch failure, or `None` for the one failure that is
@@ -56,6 +60,9 @@ pub fn classify(watched: WatchedKind, e: &watcher::Error) -> Option<ReconcileErr
         (WatchedKind::Bindings, Some(404)) => ReconcileErrorKind::WatchBindingsNotFound,
         (WatchedKind::Bindings, Some(403)) => ReconcileErrorKind::WatchBindingsForbidden,
         (WatchedKind::Secrets, Some(403)) => ReconcileErrorKind::WatchSecretsForbidden,
+        (WatchedKind::ServiceAccounts, Some(403)) => {
+            ReconcileErrorKind::WatchServiceAccountsForbidden
+        }
         _ => ReconcileErrorKind::WatchOther,
     })
 }
@@ -77,11 +84,16 @@ fn advice(kind: ReconcileErrorKind, watched: WatchedKind, scope: &str) -> String
             "kvsync may not list secrets {scope}: grant list/watch on secrets to its \
              ServiceAccount (see README RBAC)"
         ),
+        ReconcileErrorKind::WatchServiceAccountsForbidden => format!(
+            "kvsync may not list serviceaccounts {scope}: grant list/watch on \
+             serviceaccounts to its ServiceAccount (see README RBAC)"
+        ),
         _ => format!(
             "the watch of {} {scope} failed; retrying with backoff",
             match watched {
                 WatchedKind::Bindings => "vaultsecretbindings",
                 WatchedKind::Secrets => "secrets",
+                WatchedKind::ServiceAccounts => "serviceaccounts",
             }
         ),
     }
@@ -103,6 +115,7 @@ impl WatchMonitor {
         let what = match watched {
             WatchedKind::Bindings => "vaultsecretbindings",
             WatchedKind::Secrets => "managed secrets",
+            WatchedKind::ServiceAccounts => "serviceaccounts",
         };
         Self {
             watched,
@@ -259,10 +272,101 @@ fn on_becoming_leader(
     })
 }
 
+/// What the controllers of one process share: one poller per (vault,
+/// identity) whichever namespace's bindings read it — so `--namespace a
+/// --namespace b` costs the vault what one namespace does —, and the routing
+/// of the pollers' wake-ups to the controller of the binding's namespace.
+#[derive(Clone)]
+pub struct Shared {
+    pollers: Pollers,
+    routes: Arc<std::sync::Mutex<Vec<(Option<String>, UnboundedSender<BindingRef>)>>>,
+}
+
+type BindingRef = ObjectRef<VaultSecretBinding>;
+
+impl Shared {
+    /// Shared state, and a task routing wake-ups that ends with the last
+    /// clone of it. Needs a Tokio runtime.
+    pub fn start() -> Self {
+        let (tx, mut rx) = futures::channel::mpsc::unbounded::<BindingRef>();
+        let shared = Self {
+            pollers: Pollers::new(Some(tx)),
+            routes: Default::default(),
+        };
+        let routes = shared.routes.clone();
+        tokio::spawn(async move {
+            while let Some(who) = rx.next().await {
+                let routes = routes.lock().expect("wake routes");
+                // The namespace's own controller, else the one of all.
+                let to = routes
+                    .iter()
+                    .find(|(ns, _)| ns.is_some() && ns.as_deref() == who.namespace.as_deref())
+                    .or_else(|| routes.iter().find(|(ns, _)| ns.is_none()));
+                if let Some((_, tx)) = to {
+                    let _ = tx.unbounded_send(who);
+                }
+            }
+        });
+        shared
+    }
+
+    /// The wake-ups of bindings in `namespace` (`None`: any other).
+    fn route(&self, namespace: Option<String>) -> UnboundedReceiver<BindingRef> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        self.routes
+            .lock()
+            .expect("wake routes")
+            .push((namespace, tx));
+        rx
+    }
+}
+
+/// kubectl's copy of the whole object as last applied: never read by kvsync.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what kvsync never reads before an object enters a store: the
+/// managed fields (often larger than the rest of the object) and kubectl's
+/// last-applied copy of it. At 10,000 bindings this is most of the memory.
+pub fn trim_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+/// The bindings to reconcile for events of the managed Secrets' watch:
+/// every change and deletion — but not the first listing, when every binding
+/// is reconciled anyway (a start with 10,000 Secrets would otherwise queue
+/// 10,000 reconciles at once, ahead of the bindings' jitter). Later
+/// re-listings do count: changes may hide in them.
+fn secret_triggers<S>(
+    events: S,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>>
+where
+    S: futures::Stream<Item = Result<watcher::Event<PartialObjectMeta<Secret>>, watcher::Error>>,
+{
+    events
+        .scan(false, |listed, event| {
+            let out = match event {
+                Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => Some(Ok(s)),
+                Ok(watcher::Event::InitApply(s)) if *listed => Some(Ok(s)),
+                Ok(watcher::Event::InitDone) => {
+                    *listed = true;
+                    None
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            };
+            std::future::ready(Some(out))
+        })
+        .filter_map(std::future::ready)
+}
+
 /// The controller of `replica`'s namespace (`None`: all), until `shutdown`
-/// completes. Its two watches are registered with `health` when this is
+/// completes. Its watches are registered with `health` when this is
 /// called, not when the future first runs, so that several controllers
 /// started together are all counted before any can report ready.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     client: kube::Client,
     access: Arc<AzureAccess>,
@@ -270,6 +374,7 @@ pub fn run(
     metrics: Arc<Metrics>,
     health: &Health,
     replica: Replica,
+    shared: &Shared,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Future<Output = ()> + Send + 'static {
     let namespace = replica.namespace.clone();
@@ -281,36 +386,54 @@ pub fn run(
         WatchMonitor::new(WatchedKind::Bindings, &scope, health, metrics.clone());
     let mut secrets_watch =
         WatchMonitor::new(WatchedKind::Secrets, &scope, health, metrics.clone());
+    let mut accounts_watch = WatchMonitor::new(
+        WatchedKind::ServiceAccounts,
+        &scope,
+        health,
+        metrics.clone(),
+    );
+    let wake_rx = shared.route(namespace.clone());
+    let pollers = shared.pollers.clone();
     async move {
         let shutdown = shutdown.shared();
-        let (wake_tx, wake_rx) =
-            futures::channel::mpsc::unbounded::<ObjectRef<VaultSecretBinding>>();
         let reporter = Reporter {
             controller: "kvsync".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let (bindings, secrets, accounts): (
+            Api<VaultSecretBinding>,
+            Api<PartialObjectMeta<Secret>>,
+            Api<PartialObjectMeta<ServiceAccount>>,
+        ) = match &namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+        let (secret_reader, secret_writer) = reflector::store();
+        let (account_reader, account_writer) = reflector::store();
+        let concurrency = settings.concurrency;
         let mut ctx = Context::new(
             client.clone(),
             access,
-            Pollers::new(Some(wake_tx)),
+            pollers,
             Recorder::new(client.clone(), reporter),
             settings,
             metrics,
-        );
+        )
+        .with_caches(secret_reader, account_reader)
+        .within(namespace.clone());
         if let Some(leader) = replica.leader.clone() {
             ctx = ctx.with_leader(leader);
         }
         let ctx = Arc::new(ctx);
         let shard = replica.shard;
-
-        let (bindings, secrets): (Api<VaultSecretBinding>, Api<PartialObjectMeta<Secret>>) =
-            match &namespace {
-                Some(ns) => (
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                ),
-                None => (Api::all(client.clone()), Api::all(client.clone())),
-            };
 
         let (reader, writer) = reflector::store();
         let (listed_tx, listed_rx) = futures::channel::mpsc::unbounded::<()>();
@@ -321,6 +444,7 @@ pub fn run(
         let binding_stream = watcher(bindings, watcher::Config::default().any_semantic())
             .default_backoff()
             .try_filter(move |event| std::future::ready(in_shard(shard, event)))
+            .modify(|b| trim_meta(b.meta_mut()))
             .reflect(writer)
             .inspect(move |event| {
                 if bindings_watch.observe(event) {
@@ -334,14 +458,27 @@ pub fn run(
             .predicate_filter(binding_predicate, Default::default());
 
         let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}=kvsync"));
-        let secret_stream = watcher(secrets, managed)
+        let secret_stream = secret_triggers(
+            watcher(secrets, managed)
+                .default_backoff()
+                .modify(|s| trim_meta(&mut s.metadata))
+                .reflect(secret_writer)
+                .inspect(move |event| {
+                    secrets_watch.observe(event);
+                }),
+        );
+        // Identities' annotations, read from memory instead of a GET per check.
+        let account_stream = watcher(accounts, watcher::Config::default().any_semantic())
             .default_backoff()
-            .inspect(move |event| {
-                secrets_watch.observe(event);
-            })
-            .touched_objects();
+            .modify(|a| trim_meta(&mut a.metadata))
+            .reflect(account_writer)
+            .for_each(move |event| {
+                accounts_watch.observe(&event);
+                std::future::ready(())
+            });
 
         let controller = Controller::for_stream(binding_stream, reader.clone())
+            .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
             .watches_stream(secret_stream, |s| {
                 let ns = s.namespace()?;
                 let binding = s.annotations().get(BINDING_ANNOTATION)?.clone();
@@ -371,11 +508,13 @@ pub fn run(
                 tracing::info!("shutting down before the bindings were ever listed");
             }
         };
-        // The sweep never ends by itself; the controller ends on shutdown.
+        // The sweep and the ServiceAccount watch never end by themselves;
+        // the controller ends on shutdown.
         tokio::select! {
             () = controller => {}
             () = never_listed => {}
             () = sweep(ctx, reader, listed_rx, SWEEP_EVERY) => {}
+            () = account_stream => {}
         }
     }
 }

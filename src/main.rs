@@ -102,6 +102,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
         default_refresh: args.vault.default_refresh_interval,
         rollout_window: args.rollout_window,
         force_sync_cooldown: args.force_sync_cooldown,
+        status_heartbeat: args.status_heartbeat,
+        concurrency: args.concurrency,
         hash_key: kvsync::hashkey::load_or_create(&client, &hash_key_namespace)
             .await
             .map_err(|e| e.to_string())?,
@@ -161,7 +163,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
         args.namespaces.iter().cloned().map(Some).collect()
     };
     // Every controller registers its watches with `health` here, before any
-    // runs: /readyz waits for all of them.
+    // runs: /readyz waits for all of them. They share one poller per
+    // (vault, identity).
+    let shared = kvsync::controller::Shared::start();
     let controllers: Vec<_> = namespaces
         .into_iter()
         .map(|ns| {
@@ -179,6 +183,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
                     namespace: ns,
                     ..replica.clone()
                 },
+                &shared,
                 shutdown,
             )
         })

@@ -61,6 +61,8 @@ pub enum ReconcileErrorKind {
     WatchBindingsForbidden,
     /// Listing or watching the managed Secrets answered 403: RBAC lacks list/watch.
     WatchSecretsForbidden,
+    /// Listing or watching ServiceAccounts (identities) answered 403: RBAC lacks list/watch.
+    WatchServiceAccountsForbidden,
     /// Any other watch failure (connection, timeout, 5xx, an expired resourceVersion).
     WatchOther,
     /// A Kubernetes API call of a reconcile failed (the controller retries with backoff).
@@ -73,6 +75,7 @@ impl ReconcileErrorKind {
         Self::WatchBindingsNotFound,
         Self::WatchBindingsForbidden,
         Self::WatchSecretsForbidden,
+        Self::WatchServiceAccountsForbidden,
         Self::WatchOther,
         Self::Kube,
     ];
@@ -83,6 +86,7 @@ impl ReconcileErrorKind {
             Self::WatchBindingsNotFound => "watch_bindings_not_found",
             Self::WatchBindingsForbidden => "watch_bindings_forbidden",
             Self::WatchSecretsForbidden => "watch_secrets_forbidden",
+            Self::WatchServiceAccountsForbidden => "watch_serviceaccounts_forbidden",
             Self::WatchOther => "watch_other",
             Self::Kube => "kube",
         }

@@ -7,11 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::{Api, Resource, ResourceExt};
 
 use crate::apply;
@@ -57,7 +59,15 @@ pub struct Settings {
     /// binding of its vault and identity) at most once per this long; a
     /// newer value waits for the rest of it, then is honoured.
     pub force_sync_cooldown: Duration,
+    /// With nothing changed, `lastSyncTime` is written at most this often
+    /// (zero: after every check).
+    pub status_heartbeat: Duration,
+    /// Reconciles running at once, per controller (`--concurrency`).
+    pub concurrency: u16,
 }
+
+/// Metadata of the Secrets kvsync manages, kept by its watch.
+pub type SecretCache = reflector::Store<PartialObjectMeta<Secret>>;
 
 /// What every reconcile shares.
 pub struct Context {
@@ -79,6 +89,15 @@ pub struct Context {
     bindings: Mutex<HashMap<BindingKey, BindingState>>,
     /// With leader election: whether this replica may write now.
     leader: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The managed Secrets' metadata; without it every check reads the Secret.
+    secrets: Option<SecretCache>,
+    /// ServiceAccounts' metadata, for identities; without it they are read.
+    service_accounts: Option<crate::azure::identity::ServiceAccountCache>,
+    /// The namespace this context serves (`None`: all). The pollers are
+    /// shared with the contexts of other namespaces: it forgets only its own.
+    namespace: Option<String>,
+    /// Whether settled bindings wait their jitter before the first check.
+    spread_start: bool,
 }
 
 /// A binding's namespace and name.
@@ -102,6 +121,9 @@ struct BindingState {
     /// status it still sees — it would drop a due rollout or a handled
     /// force-sync. Only kvsync writes status, so ours is the newest.
     written: Option<(String, VaultSecretBindingStatus)>,
+    /// Reconciled at least once by this process (or since it became the
+    /// leader).
+    seen: bool,
 }
 
 /// What to do about a force-sync annotation now.
@@ -135,7 +157,56 @@ impl Context {
             settings,
             bindings: Mutex::new(HashMap::new()),
             leader: None,
+            secrets: None,
+            service_accounts: None,
+            namespace: None,
+            spread_start: true,
         }
+    }
+
+    /// Checks every binding at its first reconcile, settled or not: for
+    /// callers that drive reconciles themselves (tests, benches), where a
+    /// first reconcile is not a restart.
+    pub fn without_start_spread(mut self) -> Self {
+        self.spread_start = false;
+        self
+    }
+
+    /// Decides "in sync" from the managed Secrets' metadata watch (`secrets`)
+    /// and looks ServiceAccounts up in `service_accounts`, falling back to a
+    /// read only for what they do not hold.
+    pub fn with_caches(
+        mut self,
+        secrets: SecretCache,
+        service_accounts: crate::azure::identity::ServiceAccountCache,
+    ) -> Self {
+        self.secrets = Some(secrets);
+        self.service_accounts = Some(service_accounts);
+        self
+    }
+
+    /// Serves only `namespace` (`None`: all); see [`Context::forget_absent`].
+    pub fn within(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// The resourceVersion of managed Secret `ns/name` as the watch last saw
+    /// it; `None` when there is no complete listing yet, or no such Secret.
+    fn secret_version(&self, ns: &str, name: &str) -> Option<String> {
+        let store = self.secrets.as_ref()?;
+        store.wait_until_ready().now_or_never()?.ok()?;
+        store
+            .get(&ObjectRef::new(name).within(ns))?
+            .metadata
+            .resource_version
+            .clone()
+    }
+
+    /// True the first time it is asked about `key` (since the start, or
+    /// since this replica became the leader).
+    fn first_look(&self, key: &BindingKey) -> bool {
+        self.state(key, |s| !std::mem::replace(&mut s.seen, true)) && self.spread_start
     }
 
     /// Writes only while `leader` says this replica holds the Lease.
@@ -171,6 +242,12 @@ impl Context {
     /// Forgets every binding for which `present` is false: bindings deleted
     /// while the watch was down never send a delete event.
     pub fn forget_absent(&self, present: impl Fn(&ObjectRef<VaultSecretBinding>) -> bool) {
+        // The pollers are shared with other namespaces' contexts: what is
+        // outside this one's is theirs to judge.
+        let mine = |ns: Option<&str>| match &self.namespace {
+            Some(own) => ns == Some(own.as_str()),
+            None => true,
+        };
         let absent: Vec<BindingKey> = self
             .bindings
             .lock()
@@ -184,7 +261,8 @@ impl Context {
         }
         // Pollers may know bindings this context never recorded (a read
         // that failed before its state was kept): ask them too.
-        self.pollers.retain(&present);
+        self.pollers
+            .retain(|r| !mine(r.namespace.as_deref()) || present(r));
     }
 
     /// Whether a pending force-sync of `b` may bypass the caches now.
@@ -267,6 +345,21 @@ fn force_pending(b: &VaultSecretBinding) -> bool {
         .as_ref()
         .and_then(|s| s.force_sync_handled.as_deref());
     force_sync_token(b).is_some_and(|t| Some(t.as_str()) != handled)
+}
+
+/// Whether `b`'s status says its current generation is in its Secret with
+/// nothing due: no pending force-sync or rollout, the same target.
+fn settled(b: &VaultSecretBinding) -> bool {
+    let Some(s) = &b.status else { return false };
+    let ready = s
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.status == "True");
+    ready
+        && s.observed_generation == b.meta().generation
+        && s.rollout_pending_since.is_none()
+        && s.target_name.as_deref() == Some(b.spec.target_name(&b.name_any()))
+        && !force_pending(b)
 }
 
 /// A deterministic spread in [0, interval/10) from the binding's uid, so that
@@ -373,6 +466,16 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
 
     let b = ctx.with_newest_status(b);
     let interval = b.spec.refresh_interval_or(ctx.settings.default_refresh);
+    // After a start (or a takeover) a binding whose status says it is in
+    // sync waits its uid jitter before the first check, so ten thousand of
+    // them do not reach the vaults and the API server at once. A new,
+    // changed, failing or force-synced binding goes at once.
+    if ctx.first_look(&key) && settled(&b) {
+        return Ok(Action::requeue(jitter(
+            &b.uid().unwrap_or_default(),
+            interval,
+        )));
+    }
     let prev = b.status.as_ref();
     let generation = b.meta().generation;
     let started = Instant::now();
@@ -439,7 +542,9 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
                 )
                 .await;
             }
-            if status::needs_write(prev, &done.status, interval) && ctx.may_write() {
+            if status::needs_write(prev, &done.status, ctx.settings.status_heartbeat)
+                && ctx.may_write()
+            {
                 status::write(&bindings, &name, &done.status).await?;
                 ctx.wrote_status(&b, &done.status);
             }
@@ -464,7 +569,9 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
                 handled,
                 status::now(),
             );
-            if status::needs_write(prev, &new_status, interval) && ctx.may_write() {
+            if status::needs_write(prev, &new_status, ctx.settings.status_heartbeat)
+                && ctx.may_write()
+            {
                 status::write(&bindings, &name, &new_status).await?;
                 ctx.wrote_status(&b, &new_status);
             }
@@ -611,7 +718,12 @@ async fn sync(
     let credential = ctx
         .access
         .env
-        .resolve(spec.identity.as_ref(), &ns, &ctx.client)
+        .resolve_cached(
+            spec.identity.as_ref(),
+            &ns,
+            &ctx.client,
+            ctx.service_accounts.as_ref(),
+        )
         .await
         .map_err(|e| user(e.reason(), e.to_string(), e.is_transient()))?;
     let poller = ctx
@@ -640,55 +752,95 @@ async fn sync(
         }
         apply::retire_target(&secrets, b, old).await?;
     }
-    let mut current = secrets.get_opt(&target).await?;
-    apply::check_ownership(b, current.as_ref())
-        .map_err(|e| user(e.reason(), e.to_string(), false))?;
-    if spec.policy() == TargetPolicy::Merge
-        && current
-            .as_ref()
-            .is_some_and(|c| apply::written_as_owner(b, c))
-    {
-        // Owner/Orphan -> Merge: give up what kvsync wrote as the Secret's
-        // owner (its owner reference above all, or deleting the binding
-        // would garbage-collect a Secret others now share); Merge then adds
-        // its keys under its own field manager.
-        if !ctx.may_write() {
-            return Err(SyncError::Standby);
-        }
-        apply::release_fields(&secrets, &target, apply::FIELD_MANAGER).await?;
-        current = secrets.get_opt(&target).await?;
-    }
 
     let prev = b.status.clone().unwrap_or_default();
-    let current_data: Option<std::collections::BTreeMap<String, Vec<u8>>> = current
-        .as_ref()
-        .and_then(|s| s.data.as_ref())
-        .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect());
-    let rendered = render(&RenderInput {
-        plan: &read.plan,
-        fetched: &read.fetched,
-        current: current_data.as_ref(),
-        previous: &prev.secrets,
-        on_disabled: spec.on_disabled,
-        on_expired: spec.on_expired,
-        now: k8s_openapi::jiff::Timestamp::now().as_second(),
-        hash_key: &ctx.settings.hash_key,
-    })
-    .map_err(|e| user(e.reason(), e.to_string(), false))?;
-
-    let desired = apply::desired(b, &rendered);
     let previous_keys: Vec<String> = prev.secrets.iter().map(|s| s.key.clone()).collect();
     // Not yet applied: a generation is observed only once a sync of it
     // succeeded, so a change after a failed sync is still applied.
     let spec_changed = prev.observed_generation != b.meta().generation;
-    let write = !apply::in_sync(&desired, current.as_ref())
-        || apply::has_stale_keys(&previous_keys, &desired, current.as_ref())
-        || spec_changed;
-    let first = prev.data_hash.is_none();
-    // A different hash alone is not a change: the hash key (or its scheme)
-    // may have changed. The data must also differ from what the Secret holds.
-    let data_changed = prev.data_hash.as_deref() != Some(rendered.hash.as_str())
-        && data_differs(&rendered.data, current_data.as_ref(), &previous_keys);
+    let render_over = |current: Option<&std::collections::BTreeMap<String, Vec<u8>>>| {
+        render(&RenderInput {
+            plan: &read.plan,
+            fetched: &read.fetched,
+            current,
+            previous: &prev.secrets,
+            on_disabled: spec.on_disabled,
+            on_expired: spec.on_expired,
+            now: k8s_openapi::jiff::Timestamp::now().as_second(),
+            hash_key: &ctx.settings.hash_key,
+        })
+        .map_err(|e| user(e.reason(), e.to_string(), false))
+    };
+
+    // Steady state: the metadata watch says the Secret is still the version
+    // this binding last wrote or found in sync, and the vault data renders
+    // to the same hash — nothing to read, nothing to write.
+    let untouched = !spec_changed
+        && prev.target_name.as_deref() == Some(target.as_str())
+        && prev.secret_resource_version.is_some()
+        && ctx.secret_version(&ns, &target) == prev.secret_resource_version
+        && !crate::render::uses_current(&read.fetched);
+    let unchanged = if untouched {
+        let rendered = render_over(None)?;
+        (prev.data_hash.as_deref() == Some(rendered.hash.as_str())).then_some(rendered)
+    } else {
+        None
+    };
+    // `desired` is what to write; none when the Secret is as it should be.
+    let (rendered, desired, first, data_changed, secret_version) = match unchanged {
+        Some(rendered) => (
+            rendered,
+            None,
+            false,
+            false,
+            prev.secret_resource_version.clone(),
+        ),
+        None => {
+            let mut current = secrets.get_opt(&target).await?;
+            apply::check_ownership(b, current.as_ref())
+                .map_err(|e| user(e.reason(), e.to_string(), false))?;
+            if spec.policy() == TargetPolicy::Merge
+                && current
+                    .as_ref()
+                    .is_some_and(|c| apply::written_as_owner(b, c))
+            {
+                // Owner/Orphan -> Merge: give up what kvsync wrote as the
+                // Secret's owner (its owner reference above all, or deleting
+                // the binding would garbage-collect a Secret others now
+                // share); Merge then adds its keys under its own manager.
+                if !ctx.may_write() {
+                    return Err(SyncError::Standby);
+                }
+                apply::release_fields(&secrets, &target, apply::FIELD_MANAGER).await?;
+                current = secrets.get_opt(&target).await?;
+            }
+            let current_data: Option<std::collections::BTreeMap<String, Vec<u8>>> = current
+                .as_ref()
+                .and_then(|s| s.data.as_ref())
+                .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect());
+            let rendered = render_over(current_data.as_ref())?;
+            let desired = apply::desired(b, &rendered);
+            let write = !apply::in_sync(&desired, current.as_ref())
+                || apply::has_stale_keys(&previous_keys, &desired, current.as_ref())
+                || spec_changed;
+            let first = prev.data_hash.is_none();
+            // A different hash alone is not a change: the hash key (or its
+            // scheme) may have changed. The data must also differ from what
+            // the Secret holds.
+            let data_changed = prev.data_hash.as_deref() != Some(rendered.hash.as_str())
+                && data_differs(&rendered.data, current_data.as_ref(), &previous_keys);
+            let version = current.and_then(|c| c.metadata.resource_version);
+            (
+                rendered,
+                write.then_some(desired),
+                first,
+                data_changed,
+                version,
+            )
+        }
+    };
+    let write = desired.is_some();
+    let mut secret_version = secret_version;
 
     // Rollout: only for changes after the first sync. What is due is kept in
     // status until every target was patched — and recorded BEFORE the Secret
@@ -709,9 +861,9 @@ async fn sync(
         status::write(&bindings, &name, &intent).await?;
         ctx.wrote_status(b, &intent);
     }
-    if write {
+    if let Some(desired) = &desired {
         let force_apply = spec.policy() != TargetPolicy::Merge;
-        apply::apply(&secrets, &desired, &apply::field_manager(b), force_apply)
+        let written = apply::apply(&secrets, desired, &apply::field_manager(b), force_apply)
             .await
             .map_err(|e| match e.reason() {
                 Some(reason) => user(reason, e.to_string(), false),
@@ -720,6 +872,7 @@ async fn sync(
                     other => user(Reason::SecretRejected, other.to_string(), false),
                 },
             })?;
+        secret_version = written.metadata.resource_version;
     }
 
     let mut requeue = None;
@@ -780,6 +933,7 @@ async fn sync(
             rollout_pending_since: pending,
             rollout_error: rollout_error.as_deref(),
             force_sync_handled,
+            secret_resource_version: secret_version,
         },
         now,
     );

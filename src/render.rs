@@ -139,6 +139,16 @@ fn last_value(input: &RenderInput<'_>, key: &str) -> Option<SecretValue> {
         .map(SecretValue::new)
 }
 
+/// Whether rendering `fetched` consults the Secret's current data: only a
+/// disabled or unreadable pick keeps its last value from there. Otherwise
+/// the rendering (and its hash) is the same without the Secret, which is
+/// what lets an unchanged binding skip reading it.
+pub fn uses_current(fetched: &BTreeMap<String, Fetched>) -> bool {
+    fetched
+        .values()
+        .any(|f| matches!(f, Fetched::Disabled | Fetched::Unavailable { .. }))
+}
+
 /// Renders the Secret's data.
 pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     let mut data = BTreeMap::new();

@@ -66,6 +66,8 @@ pub struct SyncReport<'a> {
     pub rollout_error: Option<&'a str>,
     /// The force-sync annotation value acted upon.
     pub force_sync_handled: Option<String>,
+    /// The Secret's resourceVersion as written or found in sync.
+    pub secret_resource_version: Option<String>,
 }
 
 /// Status after a successful sync.
@@ -226,6 +228,7 @@ pub fn synced(
         rollout_pending_since: report.rollout_pending_since.clone(),
         force_sync_handled: report.force_sync_handled.clone(),
         target_name: Some(report.target.to_string()),
+        secret_resource_version: report.secret_resource_version.clone(),
     }
 }
 
@@ -261,11 +264,13 @@ pub fn failed(
 }
 
 /// Whether `new` must be written: anything but `lastSyncTime` differs, or
-/// `lastSyncTime` is older than half the refresh interval.
+/// the written `lastSyncTime` is `heartbeat` old (`--status-heartbeat`;
+/// zero: after every check). An unchanged binding thus costs the API server
+/// one status write per heartbeat, not one per refresh.
 pub fn needs_write(
     prev: Option<&VaultSecretBindingStatus>,
     new: &VaultSecretBindingStatus,
-    refresh: Duration,
+    heartbeat: Duration,
 ) -> bool {
     let Some(prev) = prev else { return true };
     let mut a = prev.clone();
@@ -279,7 +284,7 @@ pub fn needs_write(
             // A clock behind the previous writer's (after a failover) gives a
             // negative age: that is "not yet", not "long ago".
             let age = new.0.as_second().saturating_sub(old.0.as_second());
-            age >= 0 && age as u64 >= (refresh / 2).as_secs().max(1)
+            age >= 0 && age as u64 >= heartbeat.as_secs().max(1)
         }
         (None, None) => false,
         _ => true,
@@ -404,19 +409,33 @@ mod tests {
     }
 
     #[test]
-    fn only_last_sync_time_changing_is_written_at_most_every_half_interval() {
+    fn only_last_sync_time_changing_is_written_once_per_heartbeat() {
+        let heartbeat = Duration::from_secs(900);
         let a = VaultSecretBindingStatus {
             last_sync_time: Some(t(1000)),
             data_hash: Some("h".into()),
             ..Default::default()
         };
         let mut b = a.clone();
-        b.last_sync_time = Some(t(1060));
-        assert!(!needs_write(Some(&a), &b, Duration::from_secs(300)));
-        b.last_sync_time = Some(t(1150));
-        assert!(needs_write(Some(&a), &b, Duration::from_secs(300)));
+        b.last_sync_time = Some(t(1000 + 600));
+        assert!(!needs_write(Some(&a), &b, heartbeat), "two 5m checks later");
+        b.last_sync_time = Some(t(1000 + 900));
+        assert!(needs_write(Some(&a), &b, heartbeat), "a heartbeat later");
         b.last_sync_time = Some(t(1060));
         b.data_hash = Some("other".into());
-        assert!(needs_write(Some(&a), &b, Duration::from_secs(300)));
+        assert!(
+            needs_write(Some(&a), &b, heartbeat),
+            "any other change at once"
+        );
+        b.data_hash = a.data_hash.clone();
+        assert!(
+            needs_write(Some(&a), &b, Duration::ZERO),
+            "heartbeat 0: every check"
+        );
+        b.last_sync_time = a.last_sync_time.clone();
+        assert!(
+            !needs_write(Some(&a), &b, Duration::ZERO),
+            "nothing changed at all"
+        );
     }
 }

@@ -239,7 +239,9 @@ fn every_optional_feature_renders() {
             a.contains(&"--allowed-vault-hosts=.vault.example.cloud,vault.local:8443".to_string())
         );
         assert!(a.contains(&"--ca-file=/etc/kvsync/ca/bundle.pem".to_string()));
-        assert!(a.contains(&"--status-heartbeat=30m".to_string()));
+        assert!(a.contains(&"--status-heartbeat=0".to_string()));
+        assert!(a.contains(&"--concurrency=64".to_string()));
+        assert!(a.contains(&"--force-sync-cooldown=1m".to_string()));
         assert!(a.contains(&"--log-format=text".to_string()));
         assert_eq!(d["metadata"]["labels"]["team"], "platform");
         assert_eq!(
@@ -312,6 +314,8 @@ fn bad_values_fail_at_install() {
         ("log.format=xml", "format"),
         ("azureWorkloadIdentity.clientId=not-a-guid", "clientId"),
         ("sharding.shards=0", "shards"),
+        ("concurrency=0", "concurrency"),
+        ("statusHeartbeat=often", "statusHeartbeat"),
         ("no.suchValue=1", "no"),
     ] {
         let flag = if set.starts_with("replicaCount") {
@@ -414,7 +418,19 @@ const CALLS: &[(&str, &str, &str, &str)] = &[
         "",
         "serviceaccounts",
         "get",
-        "identity: ServiceAccount annotations",
+        "identity: ServiceAccount annotations (not yet in the cache)",
+    ),
+    (
+        "",
+        "serviceaccounts",
+        "list",
+        "controller: ServiceAccounts metadata watch (identity cache)",
+    ),
+    (
+        "",
+        "serviceaccounts",
+        "watch",
+        "controller: ServiceAccounts metadata watch (identity cache)",
     ),
     (
         "",

@@ -32,7 +32,25 @@ fn full(status: u16, v: Value) -> Response<RespBody> {
 }
 
 /// A watch response that stays open and carries what is sent on the channel.
+#[derive(Clone, Copy)]
+enum Watched {
+    Bindings,
+    Secrets,
+    ServiceAccounts,
+}
+
 fn stream(state: &Mutex<Fake>, secrets: bool) -> Response<RespBody> {
+    stream_of(
+        state,
+        if secrets {
+            Watched::Secrets
+        } else {
+            Watched::Bindings
+        },
+    )
+}
+
+fn stream_of(state: &Mutex<Fake>, which: Watched) -> Response<RespBody> {
     let (tx, rx) = unbounded::<Value>();
     let body = BodyExt::boxed(StreamBody::new(rx.map(|ev| {
         let mut line = serde_json::to_vec(&ev).unwrap();
@@ -40,10 +58,11 @@ fn stream(state: &Mutex<Fake>, secrets: bool) -> Response<RespBody> {
         Ok::<_, std::io::Error>(Frame::data(Bytes::from(line)))
     })));
     let mut s = state.lock().unwrap();
-    if secrets {
-        s.secret_watches.push(tx);
-    } else {
-        s.other_watches.push(tx);
+    match which {
+        Watched::Secrets => s.secret_watches.push(tx),
+        Watched::Bindings => s.other_watches.push(tx),
+        // Nothing is sent on it: the ServiceAccounts never change here.
+        Watched::ServiceAccounts => s.account_watches.push(tx),
     }
     Response::builder().status(200).body(body).unwrap()
 }
@@ -56,6 +75,7 @@ struct Fake {
     status: Option<Value>,
     secret_watches: Vec<UnboundedSender<Value>>,
     other_watches: Vec<UnboundedSender<Value>>,
+    account_watches: Vec<UnboundedSender<Value>>,
     applies: usize,
     /// (query, body) of every apply of the Secret.
     applied: Vec<(String, Value)>,
@@ -127,6 +147,13 @@ async fn serve(
                     json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBindingList", "metadata": {"resourceVersion": "1"}, "items": [b]}),
                 )
             }
+            ("GET", "/api/v1/namespaces/ci/serviceaccounts") if watch => {
+                stream_of(&state, Watched::ServiceAccounts)
+            }
+            ("GET", "/api/v1/namespaces/ci/serviceaccounts") => full(
+                200,
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": "1"}, "items": []}),
+            ),
             ("GET", "/api/v1/namespaces/ci/secrets") if watch => stream(&state, true),
             ("GET", "/api/v1/namespaces/ci/secrets") => {
                 let items: Vec<Value> = state.lock().unwrap().secret.iter().map(meta_of).collect();
@@ -310,6 +337,8 @@ fn operator_as(f: &support::Fixture, fake: Fake, replica: kvsync::controller::Re
             rollout_window: Duration::from_millis(300),
             hash_key: kvsync::hashkey::HashKey::new(b"test-key"),
             force_sync_cooldown: Duration::ZERO,
+            status_heartbeat: Duration::from_secs(900),
+            concurrency: 8,
         },
         metrics.clone(),
         &health,
@@ -317,6 +346,7 @@ fn operator_as(f: &support::Fixture, fake: Fake, replica: kvsync::controller::Re
             namespace: Some("ci".into()),
             ..replica
         },
+        &kvsync::controller::Shared::start(),
         async move {
             let _ = stopped.await;
         },

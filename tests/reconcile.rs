@@ -7,7 +7,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{reflector, watcher};
 use kvsync::azure::AzureAccess;
 use kvsync::crd::VaultSecretBinding;
 use kvsync::poller::Pollers;
@@ -26,6 +30,15 @@ fn scenario(f: &Fixture) -> Scenario {
 }
 
 fn scenario_with_cooldown(f: &Fixture, force_sync_cooldown: Duration) -> Scenario {
+    scenario_as(f, force_sync_cooldown, |ctx| ctx.without_start_spread())
+}
+
+/// A scenario whose context is finished by `build` (caches, start spread).
+fn scenario_as(
+    f: &Fixture,
+    force_sync_cooldown: Duration,
+    build: impl FnOnce(Context) -> Context,
+) -> Scenario {
     let (client, handle) = support::mock::client();
     let access = Arc::new(AzureAccess::new(
         f.http.clone(),
@@ -40,7 +53,7 @@ fn scenario_with_cooldown(f: &Fixture, force_sync_cooldown: Duration) -> Scenari
             instance: None,
         },
     );
-    let ctx = Arc::new(Context::new(
+    let ctx = Arc::new(build(Context::new(
         client,
         access,
         Pollers::new(None),
@@ -50,9 +63,11 @@ fn scenario_with_cooldown(f: &Fixture, force_sync_cooldown: Duration) -> Scenari
             rollout_window: Duration::from_secs(30),
             hash_key: kvsync::hashkey::HashKey::new(b"test-key"),
             force_sync_cooldown,
+            status_heartbeat: Duration::from_secs(900),
+            concurrency: 8,
         },
         Arc::new(kvsync::metrics::Metrics::default()),
-    ));
+    )));
     Scenario { ctx, handle }
 }
 
@@ -221,6 +236,154 @@ async fn unchanged_vault_and_secret_make_no_write() {
     .await;
     run.await.unwrap().unwrap();
     no_more_requests(s).await;
+}
+
+/// What kvsync's metadata watch of the managed Secrets would hold: Secret
+/// `agent` at `rv`, listed. The writer updates it like later watch events.
+fn secret_cache(
+    rv: &str,
+) -> (
+    kvsync::reconcile::SecretCache,
+    reflector::store::Writer<PartialObjectMeta<Secret>>,
+) {
+    let (reader, mut writer) = reflector::store::<PartialObjectMeta<Secret>>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitApply(secret_meta(rv)));
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    (reader, writer)
+}
+
+fn secret_meta(rv: &str) -> PartialObjectMeta<Secret> {
+    let mut meta: PartialObjectMeta<Secret> = serde_json::from_value(json!({
+        "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+        "metadata": managed_secret("")["metadata"].clone(),
+    }))
+    .unwrap();
+    meta.metadata.resource_version = Some(rv.to_string());
+    meta
+}
+
+/// An empty, listed cache of ServiceAccounts.
+fn no_service_accounts() -> kvsync::azure::identity::ServiceAccountCache {
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    reader
+}
+
+#[tokio::test]
+async fn a_secret_still_at_the_version_kvsync_wrote_is_not_read() {
+    let f = start("secrets:\n  - {name: db-password, value: same-value}\n").await;
+    let status = synced_status(&f, "same-value").await;
+    assert_eq!(
+        status["secretResourceVersion"], "5",
+        "what the apply answered"
+    );
+    let (cache, mut watch) = secret_cache("5");
+    let mut s = scenario_as(&f, Duration::ZERO, |ctx| {
+        ctx.without_start_spread()
+            .with_caches(cache, no_service_accounts())
+    });
+    let b = Arc::new(binding(&f, status));
+    // Unchanged vault, Secret untouched since: no request at all (the mock
+    // answers none, so one would hang here).
+    reconcile(b.clone(), s.ctx.clone()).await.unwrap();
+
+    // Someone edits the Secret: the watch shows a new version, so the next
+    // check reads it and puts the value back.
+    watch.apply_watcher_event(&watcher::Event::Apply(secret_meta("6")));
+    let run = tokio::spawn(reconcile(b, s.ctx.clone()));
+    let mut edited = managed_secret(&b64("edited-by-hand"));
+    edited["metadata"]["resourceVersion"] = json!("6");
+    expect(&mut s.handle, "GET", SECRET_PATH, 200, edited).await;
+    let mut repaired = managed_secret(&b64("same-value"));
+    repaired["metadata"]["resourceVersion"] = json!("7");
+    let (_, applied) = expect(&mut s.handle, "PATCH", SECRET_PATH, 200, repaired).await;
+    assert_eq!(applied["data"]["DB_PASSWORD"], b64("same-value"));
+    let (_, event) = expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    assert_eq!(event["reason"], "Repaired");
+    let (_, patched) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    assert_eq!(
+        patched["status"]["secretResourceVersion"], "7",
+        "the version the repair wrote"
+    );
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn a_secret_another_writer_touched_is_read_and_its_version_recorded() {
+    let f = start("secrets:\n  - {name: db-password, value: same-value}\n").await;
+    let status = synced_status(&f, "same-value").await;
+    // Someone relabelled it, say: a new version with our data in it.
+    let (cache, _watch) = secret_cache("9");
+    let mut s = scenario_as(&f, Duration::ZERO, |ctx| {
+        ctx.without_start_spread()
+            .with_caches(cache, no_service_accounts())
+    });
+    let run = tokio::spawn(reconcile(Arc::new(binding(&f, status)), s.ctx.clone()));
+    let mut current = managed_secret(&b64("same-value"));
+    current["metadata"]["resourceVersion"] = json!("9");
+    expect(&mut s.handle, "GET", SECRET_PATH, 200, current).await;
+    // In sync: nothing written but the version found, so the next check
+    // need not read it again.
+    let (_, patched) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    assert_eq!(patched["status"]["secretResourceVersion"], "9");
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn after_a_start_a_settled_binding_waits_its_jitter_and_a_new_one_does_not() {
+    let f = start("secrets:\n  - {name: db-password, value: same-value}\n").await;
+    let status = synced_status(&f, "same-value").await;
+    let mut s = scenario_as(&f, Duration::ZERO, |ctx| ctx);
+    let settled = Arc::new(binding(&f, status));
+    let first = reconcile(settled.clone(), s.ctx.clone()).await.unwrap();
+    assert_eq!(
+        first,
+        Action::requeue(kvsync::reconcile::jitter("uid-1", Duration::from_secs(300))),
+        "no request before its jitter"
+    );
+    // Its next reconcile checks.
+    let run = tokio::spawn(reconcile(settled, s.ctx.clone()));
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("same-value")),
+    )
+    .await;
+    run.await.unwrap().unwrap();
+
+    // A binding never synced goes at once, start or not.
+    let mut new = binding(&f, json!(null));
+    new.metadata.name = Some("other".into());
+    new.metadata.uid = Some("uid-2".into());
+    let run = tokio::spawn(reconcile(Arc::new(new), s.ctx.clone()));
+    let (method, path) = s
+        .handle
+        .next_request()
+        .await
+        .map(|(req, send)| {
+            let seen = (req.method().to_string(), req.uri().path().to_string());
+            send.send_response(
+                http::Response::builder()
+                    .status(404)
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&not_found()).unwrap(),
+                    ))
+                    .unwrap(),
+            );
+            seen
+        })
+        .unwrap();
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        ("GET", "/api/v1/namespaces/ci/secrets/other")
+    );
+    run.abort();
 }
 
 #[tokio::test]

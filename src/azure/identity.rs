@@ -546,6 +546,19 @@ impl AzureEnvironment {
         namespace: &str,
         kube: &kube::Client,
     ) -> Result<Credential, IdentityError> {
+        self.resolve_cached(identity, namespace, kube, None).await
+    }
+
+    /// [`Self::resolve`], taking a ServiceAccount's annotations from `cache`
+    /// when it holds the ServiceAccount; one it does not hold (not listed
+    /// yet, just created, or absent) is read.
+    pub async fn resolve_cached(
+        &self,
+        identity: Option<&VaultIdentity>,
+        namespace: &str,
+        kube: &kube::Client,
+        cache: Option<&ServiceAccountCache>,
+    ) -> Result<Credential, IdentityError> {
         let Some(id) = identity else {
             return self.operator_credential(None, None);
         };
@@ -564,19 +577,25 @@ impl AzureEnvironment {
             return Ok(Credential::ManagedIdentity { client_id });
         }
         if let Some(sa_name) = &id.service_account_name {
-            let api: Api<ServiceAccount> = Api::namespaced(kube.clone(), namespace);
-            let sa = api
-                .get_opt(sa_name)
-                .await
-                .map_err(|e| IdentityError::Kubernetes {
-                    action: format!("cannot read ServiceAccount {namespace}/{sa_name}"),
-                    detail: e.to_string(),
-                })?
-                .ok_or_else(|| IdentityError::ServiceAccountNotFound {
-                    namespace: namespace.into(),
-                    name: sa_name.clone(),
-                })?;
-            let annotations = sa.metadata.annotations.unwrap_or_default();
+            let annotations = match cached_annotations(cache, namespace, sa_name) {
+                Some(annotations) => annotations,
+                None => {
+                    let api: Api<ServiceAccount> = Api::namespaced(kube.clone(), namespace);
+                    api.get_metadata_opt(sa_name)
+                        .await
+                        .map_err(|e| IdentityError::Kubernetes {
+                            action: format!("cannot read ServiceAccount {namespace}/{sa_name}"),
+                            detail: e.to_string(),
+                        })?
+                        .ok_or_else(|| IdentityError::ServiceAccountNotFound {
+                            namespace: namespace.into(),
+                            name: sa_name.clone(),
+                        })?
+                        .metadata
+                        .annotations
+                        .unwrap_or_default()
+                }
+            };
             let annotation = |a| annotations.get(a).map(String::as_str);
             let client_id = first_id(
                 IdKind::Client,
@@ -676,6 +695,25 @@ impl AzureEnvironment {
         }
         self.operator_credential(id.client_id.as_deref(), id.tenant_id.as_deref())
     }
+}
+
+/// ServiceAccounts' metadata, kept by a watch: their annotations are all
+/// kvsync reads of them.
+pub type ServiceAccountCache =
+    kube::runtime::reflector::Store<kube::core::PartialObjectMeta<ServiceAccount>>;
+
+/// The annotations of `namespace/name` when `cache` has a complete listing
+/// that holds it.
+fn cached_annotations(
+    cache: Option<&ServiceAccountCache>,
+    namespace: &str,
+    name: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    use futures::FutureExt;
+    let cache = cache?;
+    cache.wait_until_ready().now_or_never()?.ok()?;
+    let sa = cache.get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))?;
+    Some(sa.metadata.annotations.clone().unwrap_or_default())
 }
 
 /// An access token and when to stop using it.

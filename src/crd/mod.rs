@@ -461,6 +461,13 @@ pub struct VaultSecretBindingStatus {
     /// Orphan Secret stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_name: Option<String>,
+
+    /// The target Secret's `metadata.resourceVersion` when kvsync last wrote
+    /// it or found it as the binding wants it. While the Secret still has
+    /// this version (seen by kvsync's metadata watch) and the vault data is
+    /// unchanged, kvsync does not read the Secret at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_resource_version: Option<String>,
 }
 
 /// One vault secret synced into the target Secret.

@@ -431,9 +431,10 @@ impl Poller {
     }
 }
 
-/// The pollers of the operator, one per (vault, identity).
+/// The pollers of the operator, one per (vault, identity). Clones share them.
+#[derive(Clone)]
 pub struct Pollers {
-    map: Mutex<HashMap<(String, String), Arc<Poller>>>,
+    map: Arc<Mutex<HashMap<(String, String), Arc<Poller>>>>,
     wake: Option<UnboundedSender<BindingRef>>,
     read_timeout: Duration,
 }
@@ -442,7 +443,7 @@ impl Pollers {
     /// An empty set; `wake` receives bindings to reconcile.
     pub fn new(wake: Option<UnboundedSender<BindingRef>>) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Arc::new(Mutex::new(HashMap::new())),
             wake,
             read_timeout: DEFAULT_READ_TIMEOUT,
         }

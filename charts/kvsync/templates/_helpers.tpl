@@ -79,10 +79,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# identity.serviceAccountName: read the ServiceAccount's workload-identity annotations.
+# identity.serviceAccountName: the ServiceAccounts' workload-identity
+# annotations, from a metadata watch (a GET only for one not yet seen).
 - apiGroups: [""]
   resources: ["serviceaccounts"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 {{- if .Values.rbac.serviceAccountTokenCreate }}
 # identity.serviceAccountName: a TokenRequest (audience api://AzureADTokenExchange)
 # to exchange at Entra ID for that ServiceAccount. RBAC cannot narrow the
