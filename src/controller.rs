@@ -676,6 +676,62 @@ mod tests {
     }
 
     #[test]
+    fn what_kvsync_never_reads_is_dropped_before_the_store() {
+        let mut meta: ObjectMeta = serde_json::from_value(serde_json::json!({
+            "name": "agent",
+            "annotations": {LAST_APPLIED: "{\"data\": \"...\"}", "kvsync.io/binding": "agent"},
+            "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+        }))
+        .unwrap();
+        trim_meta(&mut meta);
+        assert!(meta.managed_fields.is_none());
+        let annotations = meta.annotations.unwrap();
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert_eq!(annotations["kvsync.io/binding"], "agent");
+    }
+
+    fn meta(name: &str) -> PartialObjectMeta<Secret> {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": name, "namespace": "ci"},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_first_listing_of_secrets_triggers_nothing_later_ones_do() {
+        use watcher::Event::*;
+        let events = futures::stream::iter(vec![
+            Ok(Init),
+            Ok(InitApply(meta("a"))),
+            Ok(InitDone),
+            Ok(Apply(meta("b"))),
+            Ok(Delete(meta("c"))),
+            Ok(Init),
+            Ok(InitApply(meta("d"))),
+            Ok(InitDone),
+        ]);
+        let names: Vec<String> = secret_triggers(events)
+            .map(|r| r.unwrap().name_any())
+            .collect()
+            .await;
+        assert_eq!(names, ["b", "c", "d"]);
+    }
+
+    #[tokio::test]
+    async fn wake_ups_go_to_the_controller_of_the_bindings_namespace() {
+        let shared = Shared::start();
+        let mut ci = shared.route(Some("ci".into()));
+        let mut rest = shared.route(None);
+        let tx = shared.pollers.wake_sender().expect("a wake channel");
+        tx.unbounded_send(ObjectRef::new("a").within("ci")).unwrap();
+        tx.unbounded_send(ObjectRef::new("b").within("build"))
+            .unwrap();
+        assert_eq!(ci.next().await.unwrap().name, "a");
+        assert_eq!(rest.next().await.unwrap().name, "b");
+    }
+
+    #[test]
     fn the_sweep_waits_for_a_complete_listing_then_runs_on_every_trigger() {
         let mut gate = SweepGate::default();
         assert!(

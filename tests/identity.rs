@@ -537,3 +537,69 @@ async fn managed_identity_client_id_must_be_a_guid_or_dns_name() {
         "{err}"
     );
 }
+
+/// A listed ServiceAccount cache holding `build-agent` with `annotations`.
+fn cached_accounts(annotations: Value) -> kvsync::azure::identity::ServiceAccountCache {
+    use kube::runtime::{reflector, watcher};
+    let (reader, mut writer) = reflector::store();
+    let mut meta: kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::ServiceAccount> =
+        serde_json::from_value(
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                   "metadata": sa(annotations)["metadata"].clone()}),
+        )
+        .unwrap();
+    meta.metadata.resource_version = Some("1".into());
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitApply(meta));
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    reader
+}
+
+#[tokio::test]
+async fn a_cached_service_account_is_not_read_and_a_missing_one_is() {
+    let f = start("secrets:\n  - {name: db, value: one}\n").await;
+    let env = f.env("operator-app", "system:serviceaccount:kvsync:kvsync");
+    let cache = cached_accounts(json!({"azure.workload.identity/client-id": "sa-app"}));
+    let (client, mut handle) = mock_client();
+    let client_id_of = |cred: Credential| match cred {
+        Credential::ClientAssertion { client_id, .. } => client_id,
+        other => panic!("a client assertion, not {other:?}"),
+    };
+    let cred = env
+        .resolve_cached(Some(&sa_identity()), "ci", &client, Some(&cache))
+        .await
+        .unwrap();
+    assert_eq!(
+        client_id_of(cred),
+        "sa-app",
+        "from the cache, without a request"
+    );
+
+    // One the cache does not hold (created a moment ago) is read.
+    let other = VaultIdentity {
+        service_account_name: Some("new-agent".into()),
+        ..Default::default()
+    };
+    let server = tokio::spawn(async move {
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/ci/serviceaccounts/new-agent",
+            200,
+            sa(json!({"azure.workload.identity/client-id": "new-app"})),
+        )
+        .await;
+        handle
+    });
+    let cred = env
+        .resolve_cached(Some(&other), "ci", &client, Some(&cache))
+        .await
+        .unwrap();
+    assert_eq!(client_id_of(cred), "new-app");
+    let mut handle = server.await.unwrap();
+    drop(client);
+    assert!(
+        handle.next_request().await.is_none(),
+        "nothing else was read"
+    );
+}

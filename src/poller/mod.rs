@@ -449,6 +449,11 @@ impl Pollers {
         }
     }
 
+    /// Where wake-ups go (tests of their routing send on it).
+    pub fn wake_sender(&self) -> Option<UnboundedSender<BindingRef>> {
+        self.wake.clone()
+    }
+
     /// How long a read waits for a vault (see [`Poller::with_read_timeout`]).
     pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout;
