@@ -279,10 +279,12 @@ fn on_becoming_leader(
 #[derive(Clone)]
 pub struct Shared {
     pollers: Pollers,
-    routes: Arc<std::sync::Mutex<Vec<(Option<String>, UnboundedSender<BindingRef>)>>>,
+    routes: Arc<std::sync::Mutex<Vec<Route>>>,
 }
 
 type BindingRef = ObjectRef<VaultSecretBinding>;
+/// A controller's namespace (`None`: all the others) and its wake-ups.
+type Route = (Option<String>, UnboundedSender<BindingRef>);
 
 impl Shared {
     /// Shared state, and a task routing wake-ups that ends with the last

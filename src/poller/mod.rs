@@ -431,10 +431,13 @@ impl Poller {
     }
 }
 
+/// (vault, identity key) → its poller.
+type PollerMap = HashMap<(String, String), Arc<Poller>>;
+
 /// The pollers of the operator, one per (vault, identity). Clones share them.
 #[derive(Clone)]
 pub struct Pollers {
-    map: Arc<Mutex<HashMap<(String, String), Arc<Poller>>>>,
+    map: Arc<Mutex<PollerMap>>,
     wake: Option<UnboundedSender<BindingRef>>,
     read_timeout: Duration,
 }
@@ -460,7 +463,7 @@ impl Pollers {
         self
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<Poller>>> {
+    fn lock(&self) -> MutexGuard<'_, PollerMap> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
