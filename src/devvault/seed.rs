@@ -17,6 +17,30 @@ pub struct Seed {
     /// Who may read what. Absent: every client reads everything.
     #[serde(default)]
     pub access: Option<Vec<AccessEntry>>,
+    /// Key Vault's service limit, opt-in (absent: no limit). Azure answers
+    /// the transactions beyond its limit (4,000 GET/LIST per 10 s per vault
+    /// for secrets) with 429 and `Retry-After`; a bench or test that must
+    /// prove an operator stays under that budget injects it here.
+    #[serde(default)]
+    pub throttle: Option<Throttle>,
+}
+
+/// A service limit: at most `transactions` Key Vault requests in any
+/// `windowSeconds` (a sliding window, as Azure counts). Token requests are
+/// Entra ID's, not the vault's, and are never throttled; 429 answers do not
+/// count towards the limit (Azure's throttling guidance says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Throttle {
+    /// Requests admitted per window, e.g. 4000.
+    pub transactions: u32,
+    /// The window, in seconds (Key Vault's is 10).
+    #[serde(default = "ten_seconds")]
+    pub window_seconds: u64,
+}
+
+fn ten_seconds() -> u64 {
+    10
 }
 
 /// One version of a secret.
@@ -86,6 +110,14 @@ impl Seed {
     pub fn from_yaml(text: &str) -> Result<Self, String> {
         let seed: Seed =
             serde_yaml::from_str(text).map_err(|e| format!("invalid seed file: {e}"))?;
+        if let Some(t) = &seed.throttle
+            && (t.transactions == 0 || t.window_seconds == 0)
+        {
+            return Err(format!(
+                "throttle: {} transactions per {} s admits nothing: both must be at least 1 (Key Vault's limit is 4000 per 10)",
+                t.transactions, t.window_seconds
+            ));
+        }
         for s in &seed.secrets {
             if !crate::crd::is_vault_secret_name(&s.name) {
                 return Err(format!(
@@ -150,6 +182,29 @@ access:
         assert!(Seed::from_yaml("secrets: [{name: bad_name, value: x}]").is_err());
         assert!(Seed::from_yaml("secrets: [{name: a, value: x, colour: red}]").is_err());
         assert!(Seed::from_yaml("secrets: [{name: a, value: x, expires: soon}]").is_err());
+    }
+
+    #[test]
+    fn a_throttle_is_opt_in_with_key_vaults_window_by_default() {
+        assert_eq!(Seed::from_yaml("secrets: []").unwrap().throttle, None);
+        let seed = Seed::from_yaml("throttle: {transactions: 4000}").unwrap();
+        assert_eq!(
+            seed.throttle,
+            Some(Throttle {
+                transactions: 4000,
+                window_seconds: 10
+            })
+        );
+        let seed = Seed::from_yaml("throttle: {transactions: 5, windowSeconds: 1}").unwrap();
+        assert_eq!(seed.throttle.unwrap().window_seconds, 1);
+    }
+
+    #[test]
+    fn a_throttle_that_admits_nothing_is_refused() {
+        let e = Seed::from_yaml("throttle: {transactions: 0}").unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
+        assert!(Seed::from_yaml("throttle: {transactions: 1, windowSeconds: 0}").is_err());
+        assert!(Seed::from_yaml("throttle: {transactions: 1, per: 10}").is_err());
     }
 
     #[test]

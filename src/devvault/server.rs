@@ -213,6 +213,16 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp,
         }
     }
 
+    // Key Vault's service limit covers the vault's own operations; token
+    // requests go to Entra ID, which Key Vault does not count.
+    if let Some(op) = op.filter(|op| *op != "token") {
+        let mut state = shared.state.lock().expect("state");
+        if let Err(retry_after) = state.admit(std::time::Instant::now()) {
+            state.count(op, 429);
+            return Ok(throttled(retry_after));
+        }
+    }
+
     let resp = match route {
         Route::Stats if req.method == Method::GET => respond(
             200,
@@ -254,6 +264,20 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp,
     Ok(resp)
 }
 
+/// Key Vault's answer beyond its service limit (the throttling guidance):
+/// 429, `Retry-After` in seconds, error code `Throttled`.
+pub(super) fn throttled(retry_after: u64) -> Resp {
+    let mut resp = kv_error(429, "Throttled", THROTTLED_MESSAGE, None);
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        retry_after.to_string().parse().expect("a number"),
+    );
+    resp
+}
+
+/// The message of Key Vault's 429.
+const THROTTLED_MESSAGE: &str = "Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached";
+
 fn fault_response(op: &str, status: u16, f: &FaultSpec) -> Resp {
     let default_code = match status {
         429 => "Throttled",
@@ -265,7 +289,7 @@ fn fault_response(op: &str, status: u16, f: &FaultSpec) -> Resp {
     };
     let code = f.code.as_deref().unwrap_or(default_code);
     let message = f.message.clone().unwrap_or_else(|| match status {
-        429 => "Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached".into(),
+        429 => THROTTLED_MESSAGE.into(),
         _ => format!("Injected fault: HTTP {status}"),
     });
     if op == "token" {
@@ -286,4 +310,27 @@ fn post_fault(shared: &Shared, req: &Req) -> Resp {
     let echo = serde_json::to_value(&spec).expect("json");
     shared.state.lock().expect("state").add_fault(spec);
     respond(201, echo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttled_answer_is_key_vaults_429() {
+        let resp = throttled(3);
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
+        let body = futures::executor::block_on(resp.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "Throttled");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("too many requests")
+        );
+    }
 }

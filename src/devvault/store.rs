@@ -1,12 +1,12 @@
 //! The dev vault's state: secrets with versions, access rules, request
 //! counts and injected faults. Pure data; the HTTP layer sits in `server`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::seed::{AccessEntry, Seed, pattern_matches};
+use super::seed::{AccessEntry, Seed, Throttle, pattern_matches};
 use crate::value::SecretValue;
 
 /// One version of a secret.
@@ -133,6 +133,42 @@ impl FaultSpec {
     }
 }
 
+/// Key Vault's service limit over a sliding window: the instants of the
+/// requests admitted within the last window.
+#[derive(Debug)]
+struct Limiter {
+    limit: usize,
+    window: Duration,
+    admitted: VecDeque<Instant>,
+}
+
+impl Limiter {
+    fn new(t: Throttle) -> Self {
+        Self {
+            limit: t.transactions as usize,
+            window: Duration::from_secs(t.window_seconds),
+            admitted: VecDeque::new(),
+        }
+    }
+
+    /// Admits a request at `now`, or says how long until one would be.
+    fn admit(&mut self, now: Instant) -> Result<(), Duration> {
+        while self
+            .admitted
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)
+        {
+            self.admitted.pop_front();
+        }
+        if self.admitted.len() < self.limit {
+            self.admitted.push_back(now);
+            return Ok(());
+        }
+        let oldest = *self.admitted.front().expect("a full window holds a request");
+        Err((oldest + self.window).saturating_duration_since(now))
+    }
+}
+
 struct ActiveFault {
     spec: FaultSpec,
     remaining: Option<u32>,
@@ -146,6 +182,7 @@ pub struct VaultState {
     stats: BTreeMap<String, BTreeMap<String, u64>>,
     faults: Vec<ActiveFault>,
     assertion_subjects: BTreeMap<String, Vec<String>>,
+    limiter: Option<Limiter>,
 }
 
 /// Stats as served by `GET /_dev/stats`.
@@ -191,6 +228,7 @@ impl VaultState {
             stats: BTreeMap::new(),
             faults: Vec::new(),
             assertion_subjects: BTreeMap::new(),
+            limiter: seed.throttle.map(Limiter::new),
         };
         for s in &seed.secrets {
             state.set(
@@ -394,6 +432,18 @@ impl VaultState {
         self.faults.clear();
     }
 
+    /// Admits one Key Vault request at `now` under the seed's service limit
+    /// (always, without one), or gives the `Retry-After` seconds of the 429:
+    /// until the oldest request of the window leaves it, at least 1 — the
+    /// header has whole seconds, and 0 would invite an immediate retry that
+    /// is refused again. A refused request does not count.
+    pub fn admit(&mut self, now: Instant) -> Result<(), u64> {
+        match self.limiter.as_mut().map(|l| l.admit(now)) {
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(wait)) => Err(wait.as_secs_f64().ceil().max(1.0) as u64),
+        }
+    }
+
     /// The fault that applies to this request, if any (consuming one use).
     pub fn take_fault(&mut self, op: &str, secret: Option<&str>) -> Option<FaultSpec> {
         let now = Instant::now();
@@ -472,6 +522,54 @@ access:
         assert!(s.take_fault("get_secret", Some("a")).is_some());
         assert!(s.take_fault("get_secret", Some("a")).is_some());
         assert!(s.take_fault("get_secret", Some("a")).is_none());
+    }
+
+    fn throttled(transactions: u32, window_seconds: u64) -> VaultState {
+        let seed = Seed {
+            throttle: Some(Throttle {
+                transactions,
+                window_seconds,
+            }),
+            ..Seed::default()
+        };
+        VaultState::from_seed(&seed, 1000)
+    }
+
+    #[test]
+    fn without_a_throttle_every_request_is_admitted() {
+        let mut s = seeded();
+        let now = Instant::now();
+        assert!((0..10_000).all(|_| s.admit(now).is_ok()));
+    }
+
+    #[test]
+    fn a_throttle_refuses_beyond_its_limit_until_the_oldest_request_leaves_the_window() {
+        let mut s = throttled(3, 10);
+        let t0 = Instant::now();
+        assert_eq!(s.admit(t0), Ok(()));
+        assert_eq!(s.admit(t0 + Duration::from_secs(4)), Ok(()));
+        assert_eq!(s.admit(t0 + Duration::from_millis(4500)), Ok(()));
+        // Full: the first leaves the window at t0 + 10 s.
+        assert_eq!(s.admit(t0 + Duration::from_secs(6)), Err(4));
+        assert_eq!(s.admit(t0 + Duration::from_millis(9100)), Err(1));
+        assert_eq!(s.admit(t0 + Duration::from_secs(10)), Ok(()));
+        // Now the second is the oldest: it leaves at t0 + 14 s.
+        assert_eq!(s.admit(t0 + Duration::from_millis(10_500)), Err(4));
+    }
+
+    #[test]
+    fn refused_requests_do_not_count_towards_the_limit() {
+        let mut s = throttled(1, 10);
+        let t0 = Instant::now();
+        assert_eq!(s.admit(t0), Ok(()));
+        for ms in (1000..9000).step_by(500) {
+            assert!(s.admit(t0 + Duration::from_millis(ms)).is_err());
+        }
+        assert_eq!(
+            s.admit(t0 + Duration::from_secs(10)),
+            Ok(()),
+            "the refusals did not extend the window"
+        );
     }
 
     #[test]
