@@ -74,7 +74,10 @@ impl Scale {
             (1..=s.secrets).contains(&s.picks),
             "picks must be 1..=secrets per vault"
         );
-        assert!(s.refresh >= Duration::from_secs(30), "refreshInterval >= 30s");
+        assert!(
+            s.refresh >= Duration::from_secs(30),
+            "refreshInterval >= 30s"
+        );
         s
     }
 
@@ -115,7 +118,10 @@ fn seed(scale: &Scale) -> String {
     }
     s.push_str("secrets:\n");
     for n in 0..scale.secrets {
-        s.push_str(&format!("  - {{name: {}, value: value-{n}}}\n", secret_name(n)));
+        s.push_str(&format!(
+            "  - {{name: {}, value: value-{n}}}\n",
+            secret_name(n)
+        ));
     }
     s
 }
@@ -308,7 +314,10 @@ async fn kv_stats(vaults: &[support::Fixture]) -> BTreeMap<String, BTreeMap<Stri
     for v in vaults {
         for (op, by_status) in v.stats().await.requests {
             for (status, n) in by_status {
-                *all.entry(op.clone()).or_default().entry(status).or_default() += n;
+                *all.entry(op.clone())
+                    .or_default()
+                    .entry(status)
+                    .or_default() += n;
             }
         }
     }
@@ -335,14 +344,20 @@ fn api_summary(api: &ApiServer) -> Value {
     let (mut get, mut write, mut status, mut other) = (0, 0, 0, 0);
     let mut others = BTreeMap::new();
     for ((verb, res, sub), n) in api.counts() {
-        let is_write = matches!(verb.as_str(), "create" | "update" | "patch" | "apply" | "delete");
+        let is_write = matches!(
+            verb.as_str(),
+            "create" | "update" | "patch" | "apply" | "delete"
+        );
         match (res.as_str(), sub.as_str()) {
             ("secrets", "") if verb == "get" => get += n,
             ("secrets", "") if is_write => write += n,
             ("vaultsecretbindings", "status") if is_write => status += n,
             _ => {
                 other += n;
-                others.insert(format!("{verb} {res}{}{sub}", if sub.is_empty() { "" } else { "/" }), n);
+                others.insert(
+                    format!("{verb} {res}{}{sub}", if sub.is_empty() { "" } else { "/" }),
+                    n,
+                );
             }
         }
     }
@@ -386,7 +401,11 @@ async fn main() {
     let ca = dir.path("vault-cas.pem");
     std::fs::write(
         &ca,
-        vaults.iter().map(|v| v.vault.ca_pem()).collect::<Vec<_>>().join("\n"),
+        vaults
+            .iter()
+            .map(|v| v.vault.ca_pem())
+            .collect::<Vec<_>>()
+            .join("\n"),
     )
     .unwrap();
     let token = dir.path("federated-token");
@@ -458,12 +477,9 @@ async fn main() {
         tokio::task::yield_now().await;
     }
     eprintln!("created {n} bindings in {:?}", created_at.elapsed());
-    wait_for(
-        "every binding Ready",
-        Duration::from_secs(900),
-        &op,
-        || track.lock().unwrap().ready.len() == n,
-    )
+    wait_for("every binding Ready", Duration::from_secs(900), &op, || {
+        track.lock().unwrap().ready.len() == n
+    })
     .await;
     let all_ready = created_at.elapsed();
     let mut ready: Vec<Duration> = track.lock().unwrap().ready.values().copied().collect();

@@ -10,7 +10,9 @@ use std::time::Duration;
 use apiserver::ApiServer;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -232,11 +234,17 @@ async fn label_selectors_filter_lists_and_watches_see_objects_leave_the_selectio
     let (_api, client) = server().await;
     let secrets: Api<Secret> = Api::namespaced(client, NS);
     secrets
-        .create(&PostParams::default(), &secret("in", json!({"managed": "yes"})))
+        .create(
+            &PostParams::default(),
+            &secret("in", json!({"managed": "yes"})),
+        )
         .await
         .unwrap();
     secrets
-        .create(&PostParams::default(), &secret("out", json!({"managed": "no"})))
+        .create(
+            &PostParams::default(),
+            &secret("out", json!({"managed": "no"})),
+        )
         .await
         .unwrap();
     let selected = secrets
@@ -264,7 +272,10 @@ async fn label_selectors_filter_lists_and_watches_see_objects_leave_the_selectio
     }
     let rv = selected.metadata.resource_version.unwrap();
     let mut stream = secrets
-        .watch(&WatchParams::default().labels("managed=yes").timeout(30), &rv)
+        .watch(
+            &WatchParams::default().labels("managed=yes").timeout(30),
+            &rv,
+        )
         .await
         .unwrap()
         .boxed();
@@ -312,8 +323,14 @@ async fn server_side_apply_creates_then_merges_and_a_no_op_keeps_the_resource_ve
         .unwrap();
     assert!(created.uid().is_some());
     assert!(created.creation_timestamp().is_some());
-    assert_eq!(created.managed_fields()[0].manager.as_deref(), Some("kvsync"));
-    assert_eq!(created.managed_fields()[0].operation.as_deref(), Some("Apply"));
+    assert_eq!(
+        created.managed_fields()[0].manager.as_deref(),
+        Some("kvsync")
+    );
+    assert_eq!(
+        created.managed_fields()[0].operation.as_deref(),
+        Some("Apply")
+    );
     let updated = secrets
         .patch("ssa", &params, &apply(json!({"b": "Mg=="})))
         .await
@@ -382,7 +399,10 @@ async fn the_status_subresource_writes_only_status_and_spec_changes_bump_generat
         .unwrap();
     assert_eq!(patched.spec.vault_url, "https://a.vault.azure.net");
     assert_eq!(patched.metadata.generation, Some(1));
-    assert_eq!(patched.status.as_ref().unwrap().data_hash.as_deref(), Some("h"));
+    assert_eq!(
+        patched.status.as_ref().unwrap().data_hash.as_deref(),
+        Some("h")
+    );
     assert_ne!(patched.resource_version(), created.resource_version());
     let stored = api.get("vaultsecretbindings", NS, "b").unwrap();
     assert!(
@@ -415,7 +435,11 @@ async fn the_status_subresource_writes_only_status_and_spec_changes_bump_generat
         )
         .await
         .unwrap();
-    assert_eq!(labelled.metadata.generation, Some(2), "metadata is not spec");
+    assert_eq!(
+        labelled.metadata.generation,
+        Some(2),
+        "metadata is not spec"
+    );
 }
 
 #[tokio::test]
@@ -457,7 +481,11 @@ async fn a_merge_patch_with_a_stale_resource_version_is_a_conflict() {
         .replace("c", &PostParams::default(), &stale)
         .await
         .unwrap_err();
-    assert_eq!(api_error(err).code, 409, "a PUT with a stale resourceVersion");
+    assert_eq!(
+        api_error(err).code,
+        409,
+        "a PUT with a stale resourceVersion"
+    );
 }
 
 #[tokio::test]
@@ -484,7 +512,10 @@ async fn errors_are_status_bodies_like_the_real_servers() {
     assert_eq!(dup.message, r#"secrets "twice" already exists"#);
     let bindings: Api<VaultSecretBinding> = Api::namespaced(client.clone(), NS);
     let b = api_error(bindings.get("nope").await.unwrap_err());
-    assert_eq!(b.message, r#"vaultsecretbindings.kvsync.io "nope" not found"#);
+    assert_eq!(
+        b.message,
+        r#"vaultsecretbindings.kvsync.io "nope" not found"#
+    );
     let elsewhere: Api<Secret> = Api::namespaced(client, "no-such-namespace");
     let ns = api_error(
         elsewhere
@@ -503,7 +534,10 @@ async fn a_finalizer_holds_a_deletion_until_it_is_removed() {
     let mut b = binding("f");
     b.metadata.finalizers = Some(vec!["kvsync.io/merge".into()]);
     bindings.create(&PostParams::default(), &b).await.unwrap();
-    bindings.delete("f", &DeleteParams::default()).await.unwrap();
+    bindings
+        .delete("f", &DeleteParams::default())
+        .await
+        .unwrap();
     let deleting = bindings.get("f").await.unwrap();
     assert!(deleting.metadata.deletion_timestamp.is_some());
     let rv = deleting.resource_version().unwrap();
@@ -565,7 +599,11 @@ async fn requests_are_counted_by_verb_resource_and_subresource() {
     secrets.get_metadata("n").await.unwrap();
     secrets.list(&ListParams::default()).await.unwrap();
     secrets
-        .patch("n", &PatchParams::apply("m"), &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret"})))
+        .patch(
+            "n",
+            &PatchParams::apply("m"),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret"})),
+        )
         .await
         .unwrap();
     bindings
@@ -573,7 +611,11 @@ async fn requests_are_counted_by_verb_resource_and_subresource() {
         .await
         .unwrap();
     bindings
-        .patch_status("b", &PatchParams::default(), &Patch::Merge(json!({"status": {"dataHash": "h"}})))
+        .patch_status(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"dataHash": "h"}})),
+        )
         .await
         .unwrap();
     secrets.delete("n", &DeleteParams::default()).await.unwrap();
@@ -594,10 +636,10 @@ async fn in_process_creates_are_watched_like_any_other_and_observed() {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let record = seen.clone();
     api.observe(move |w| {
-        record
-            .lock()
-            .unwrap()
-            .push(format!("{} {}/{} {}", w.verb, w.resource, w.subresource, w.name))
+        record.lock().unwrap().push(format!(
+            "{} {}/{} {}",
+            w.verb, w.resource, w.subresource, w.name
+        ))
     });
     let bindings: Api<VaultSecretBinding> = Api::namespaced(client, NS);
     let mut events = watcher::watcher(bindings.clone(), watcher::Config::default()).boxed();
@@ -618,7 +660,11 @@ async fn in_process_creates_are_watched_like_any_other_and_observed() {
         other => panic!("{other:?}"),
     }
     bindings
-        .patch_status("direct", &PatchParams::apply("kvsync"), &Patch::Apply(json!({"status": {"dataHash": "z"}})))
+        .patch_status(
+            "direct",
+            &PatchParams::apply("kvsync"),
+            &Patch::Apply(json!({"status": {"dataHash": "z"}})),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -628,5 +674,9 @@ async fn in_process_creates_are_watched_like_any_other_and_observed() {
             "apply vaultsecretbindings/status direct"
         ]
     );
-    assert_eq!(api.count("create", "vaultsecretbindings", ""), 0, "not a request");
+    assert_eq!(
+        api.count("create", "vaultsecretbindings", ""),
+        0,
+        "not a request"
+    );
 }

@@ -164,7 +164,10 @@ impl Limiter {
             self.admitted.push_back(now);
             return Ok(());
         }
-        let oldest = *self.admitted.front().expect("a full window holds a request");
+        let oldest = *self
+            .admitted
+            .front()
+            .expect("a full window holds a request");
         Err((oldest + self.window).saturating_duration_since(now))
     }
 }

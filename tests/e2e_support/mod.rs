@@ -765,7 +765,7 @@ impl DevVault {
     }
 }
 
-fn count_in(stats: &Value, op: &str, status: Option<u16>) -> u64 {
+pub fn count_in(stats: &Value, op: &str, status: Option<u16>) -> u64 {
     let Some(m) = stats["requests"][op].as_object() else {
         return 0;
     };
@@ -1214,6 +1214,11 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// The `/readyz` answer when ready (e.g. `ready (leader)`); `Err` says
     /// what it answered instead.
     pub async fn readyz(&self) -> Result<String, String> {

@@ -103,10 +103,26 @@ const fn resource(
 pub static RESOURCES: &[ResourceType] = &[
     resource("", "v1", "namespaces", "Namespace", false, false, false),
     resource("", "v1", "secrets", "Secret", true, false, false),
-    resource("", "v1", "serviceaccounts", "ServiceAccount", true, false, false),
+    resource(
+        "",
+        "v1",
+        "serviceaccounts",
+        "ServiceAccount",
+        true,
+        false,
+        false,
+    ),
     resource("", "v1", "configmaps", "ConfigMap", true, false, false),
     resource("events.k8s.io", "v1", "events", "Event", true, false, false),
-    resource("coordination.k8s.io", "v1", "leases", "Lease", true, false, false),
+    resource(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "Lease",
+        true,
+        false,
+        false,
+    ),
     resource(
         "kvsync.io",
         "v1alpha1",
@@ -117,7 +133,15 @@ pub static RESOURCES: &[ResourceType] = &[
         true,
     ),
     resource("apps", "v1", "deployments", "Deployment", true, true, true),
-    resource("apps", "v1", "statefulsets", "StatefulSet", true, true, true),
+    resource(
+        "apps",
+        "v1",
+        "statefulsets",
+        "StatefulSet",
+        true,
+        true,
+        true,
+    ),
     resource("apps", "v1", "daemonsets", "DaemonSet", true, true, true),
 ];
 
@@ -483,7 +507,10 @@ impl Selector {
                 Requirement::NotIn(k.trim().into(), set(rest)?)
             } else if let Some((k, rest)) = p.split_once(" in ") {
                 Requirement::In(k.trim().into(), set(rest)?)
-            } else if p.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+            } else if p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            {
                 Requirement::Exists(p.to_string())
             } else {
                 return Err(bad());
@@ -527,9 +554,7 @@ impl FieldSelector {
                 "metadata.name" => true,
                 "metadata.namespace" => false,
                 other => {
-                    return Err(format!(
-                        "field label not supported: {other}"
-                    ));
+                    return Err(format!("field label not supported: {other}"));
                 }
             };
             reqs.push((is_name, equal, value.trim().to_string()));
@@ -562,13 +587,7 @@ impl Filter {
 impl Store {
     /// Records a change: a new resourceVersion, the stored bytes, an event.
     /// `obj` None deletes (`last` is the state it is deleted in).
-    fn commit(
-        &mut self,
-        res: usize,
-        key: Key,
-        mut obj: Value,
-        ty: ChangeType,
-    ) -> (Value, u64) {
+    fn commit(&mut self, res: usize, key: Key, mut obj: Value, ty: ChangeType) -> (Value, u64) {
         self.rv += 1;
         let rv = self.rv;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(rv.to_string()));
@@ -623,7 +642,9 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let rt = &RESOURCES[res];
         if !obj.is_object() {
-            return Err(ApiError::bad_request("the body is not a JSON object".into()));
+            return Err(ApiError::bad_request(
+                "the body is not a JSON object".into(),
+            ));
         }
         let body_ns = meta(&obj)["namespace"].as_str().unwrap_or("").to_string();
         if rt.namespaced && !body_ns.is_empty() && body_ns != ns {
@@ -650,15 +671,29 @@ impl Store {
                 }
             }
         }
-        if over_http && meta(&obj)["resourceVersion"].as_str().is_some_and(|v| !v.is_empty()) {
+        if over_http
+            && meta(&obj)["resourceVersion"]
+                .as_str()
+                .is_some_and(|v| !v.is_empty())
+        {
             return Err(ApiError::bad_request(
                 "resourceVersion should not be set on objects to be created".into(),
             ));
         }
         if rt.namespaced && !self.namespace_exists(ns) {
-            return Err(ApiError::not_found(&RESOURCES[resource_index("namespaces")], ns));
+            return Err(ApiError::not_found(
+                &RESOURCES[resource_index("namespaces")],
+                ns,
+            ));
         }
-        let key = (if rt.namespaced { ns.to_string() } else { String::new() }, name.clone());
+        let key = (
+            if rt.namespaced {
+                ns.to_string()
+            } else {
+                String::new()
+            },
+            name.clone(),
+        );
         if self.objects[res].contains_key(&key) {
             return Err(ApiError::already_exists(rt, &name));
         }
@@ -688,7 +723,11 @@ impl Store {
         let verb = match manager {
             Some((manager, operation)) => {
                 record_manager(&mut obj, manager, operation, &rt.api_version(), "");
-                if operation == "Apply" { "apply" } else { "create" }
+                if operation == "Apply" {
+                    "apply"
+                } else {
+                    "create"
+                }
             }
             None => "create",
         };
@@ -724,7 +763,9 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let rt = &RESOURCES[res];
         if !new.is_object() {
-            return Err(ApiError::bad_request("the body is not a JSON object".into()));
+            return Err(ApiError::bad_request(
+                "the body is not a JSON object".into(),
+            ));
         }
         if sub == "status" {
             let mut kept = old.clone();
@@ -745,7 +786,13 @@ impl Store {
         new["kind"] = json!(rt.kind);
         let old_meta = meta(old).clone();
         let m = meta_mut(&mut new);
-        for field in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp"] {
+        for field in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+        ] {
             match old_meta.get(field) {
                 Some(v) => m.insert(field.into(), v.clone()),
                 None => m.remove(field),
@@ -787,12 +834,7 @@ impl Store {
         Ok(new)
     }
 
-    fn delete(
-        &mut self,
-        res: usize,
-        key: &Key,
-        options: &Value,
-    ) -> Result<Value, ApiError> {
+    fn delete(&mut self, res: usize, key: &Key, options: &Value) -> Result<Value, ApiError> {
         let rt = &RESOURCES[res];
         let Some(old) = self.get_value(res, key) else {
             return Err(ApiError::not_found(rt, &key.1));
@@ -804,7 +846,9 @@ impl Store {
                 return Err(ApiError::conflict(
                     rt,
                     &key.1,
-                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"),
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
+                    ),
                 ));
             }
         }
@@ -814,7 +858,9 @@ impl Store {
                 return Err(ApiError::conflict(
                     rt,
                     &key.1,
-                    &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}"),
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}"
+                    ),
                 ));
             }
         }
@@ -876,7 +922,9 @@ fn route(path: &str) -> Option<Route> {
             .position(|r| r.group == group && r.version == version && r.plural == plural)
     };
     let (namespace, rest) = match rest {
-        ["namespaces", ns, plural, tail @ ..] if find(plural).is_some_and(|i| RESOURCES[i].namespaced) => {
+        ["namespaces", ns, plural, tail @ ..]
+            if find(plural).is_some_and(|i| RESOURCES[i].namespaced) =>
+        {
             (Some(ns.to_string()), {
                 let mut v = vec![*plural];
                 v.extend_from_slice(tail);
@@ -909,7 +957,9 @@ fn route(path: &str) -> Option<Route> {
 
 fn metadata_view(obj: &Obj) -> Vec<u8> {
     let mut out = Vec::with_capacity(obj.meta.len() + 80);
-    out.extend_from_slice(br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":"#);
+    out.extend_from_slice(
+        br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":"#,
+    );
     out.extend_from_slice(&obj.meta);
     out.push(b'}');
     out
@@ -987,19 +1037,24 @@ impl Inner {
         }
         // The token names the last item served: the next page starts after it.
         let token = match (more, last) {
-            (true, Some(k)) => Some(URL_SAFE_NO_PAD.encode(
-                serde_json::to_vec(&Continue {
-                    rv,
-                    ns: k.0.clone(),
-                    name: k.1.clone(),
-                })
-                .expect("json"),
-            )),
+            (true, Some(k)) => Some(
+                URL_SAFE_NO_PAD.encode(
+                    serde_json::to_vec(&Continue {
+                        rv,
+                        ns: k.0.clone(),
+                        name: k.1.clone(),
+                    })
+                    .expect("json"),
+                ),
+            ),
             _ => None,
         };
         drop(store);
         let (kind, api_version) = if metadata_only {
-            ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1".to_string())
+            (
+                "PartialObjectMetadataList".to_string(),
+                "meta.k8s.io/v1".to_string(),
+            )
         } else {
             (format!("{}List", rt.kind), rt.api_version())
         };
@@ -1009,8 +1064,10 @@ impl Inner {
         }
         let mut out = Vec::with_capacity(items.len() + 200);
         out.extend_from_slice(
-            format!(r#"{{"kind":"{kind}","apiVersion":"{api_version}","metadata":{list_meta},"items":["#)
-                .as_bytes(),
+            format!(
+                r#"{{"kind":"{kind}","apiVersion":"{api_version}","metadata":{list_meta},"items":["#
+            )
+            .as_bytes(),
         );
         out.extend_from_slice(&items);
         out.extend_from_slice(b"]}");
@@ -1102,7 +1159,10 @@ impl Inner {
     fn bookmark(&self, res: usize, rv: u64, metadata_only: bool, initial_end: bool) -> Bytes {
         let rt = &RESOURCES[res];
         let (kind, api_version) = if metadata_only {
-            ("PartialObjectMetadata".to_string(), "meta.k8s.io/v1".to_string())
+            (
+                "PartialObjectMetadata".to_string(),
+                "meta.k8s.io/v1".to_string(),
+            )
         } else {
             (rt.kind.to_string(), rt.api_version())
         };
@@ -1161,7 +1221,9 @@ async fn run_watch(
                 cursor = upto;
             }
             Err(e) => {
-                let _ = tx.send(event_line("ERROR", e.body.to_string().as_bytes())).await;
+                let _ = tx
+                    .send(event_line("ERROR", e.body.to_string().as_bytes()))
+                    .await;
                 return;
             }
         }
@@ -1186,9 +1248,8 @@ fn query_map(uri: &http::Uri) -> BTreeMap<String, String> {
 
 fn parse_body(bytes: &[u8], yaml: bool) -> Result<Value, ApiError> {
     let parsed = if yaml {
-        serde_json::from_slice(bytes).or_else(|_| {
-            serde_yaml::from_slice::<Value>(bytes).map_err(|e| e.to_string())
-        })
+        serde_json::from_slice(bytes)
+            .or_else(|_| serde_yaml::from_slice::<Value>(bytes).map_err(|e| e.to_string()))
     } else {
         serde_json::from_slice(bytes).map_err(|e| e.to_string())
     };
@@ -1196,10 +1257,17 @@ fn parse_body(bytes: &[u8], yaml: bool) -> Result<Value, ApiError> {
 }
 
 /// The verb of `apiserver_request_total`.
-fn verb_of(method: &Method, named: bool, query: &BTreeMap<String, String>, content_type: &str) -> &'static str {
+fn verb_of(
+    method: &Method,
+    named: bool,
+    query: &BTreeMap<String, String>,
+    content_type: &str,
+) -> &'static str {
     match *method {
         Method::GET if named => "get",
-        Method::GET if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) => "watch",
+        Method::GET if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) => {
+            "watch"
+        }
         Method::GET => "list",
         Method::POST => "create",
         Method::PUT => "update",
@@ -1218,7 +1286,11 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let bytes = match body.collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(error_response(ApiError::bad_request("unreadable body".into()))),
+        Err(_) => {
+            return Ok(error_response(ApiError::bad_request(
+                "unreadable body".into(),
+            )));
+        }
     };
     let Some(route) = route(parts.uri.path()) else {
         return Ok(error_response(ApiError::new(
@@ -1266,13 +1338,26 @@ async fn handle(
             Ok(Filter {
                 res: route.res,
                 namespace: route.namespace.clone(),
-                labels: Selector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
-                    .map_err(ApiError::bad_request)?,
-                fields: FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))
-                    .map_err(ApiError::bad_request)?,
+                labels: Selector::parse(
+                    query.get("labelSelector").map(String::as_str).unwrap_or(""),
+                )
+                .map_err(ApiError::bad_request)?,
+                fields: FieldSelector::parse(
+                    query.get("fieldSelector").map(String::as_str).unwrap_or(""),
+                )
+                .map_err(ApiError::bad_request)?,
             })
         };
-        let key = || (if rt.namespaced { ns.clone() } else { String::new() }, route.name.clone().unwrap_or_default());
+        let key = || {
+            (
+                if rt.namespaced {
+                    ns.clone()
+                } else {
+                    String::new()
+                },
+                route.name.clone().unwrap_or_default(),
+            )
+        };
         match verb {
             "get" => {
                 let store = inner.store.lock().expect("store");
@@ -1293,7 +1378,12 @@ async fn handle(
                     .get("limit")
                     .and_then(|l| l.parse::<usize>().ok())
                     .filter(|l| *l > 0);
-                let body = inner.list(&filter()?, limit, query.get("continue").map(String::as_str), metadata_only)?;
+                let body = inner.list(
+                    &filter()?,
+                    limit,
+                    query.get("continue").map(String::as_str),
+                    metadata_only,
+                )?;
                 Ok(full(200, body))
             }
             "watch" => {
@@ -1308,13 +1398,15 @@ async fn handle(
                     .transpose()?;
                 let start = WatchStart {
                     from,
-                    initial_events: query.get("sendInitialEvents").map(String::as_str) == Some("true"),
+                    initial_events: query.get("sendInitialEvents").map(String::as_str)
+                        == Some("true"),
                 };
                 let timeout = query
                     .get("timeoutSeconds")
                     .and_then(|t| t.parse::<u64>().ok())
                     .unwrap_or(1800);
-                let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+                let bookmarks =
+                    query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
                 let (tx, rx) = mpsc::channel::<Bytes>(64);
                 tokio::spawn(run_watch(
                     inner.clone(),
@@ -1340,7 +1432,8 @@ async fn handle(
             "create" => {
                 let obj = parse_body(&bytes, false)?;
                 let mut store = inner.store.lock().expect("store");
-                let created = store.create(route.res, &ns, obj, Some((&manager, "Update")), true)?;
+                let created =
+                    store.create(route.res, &ns, obj, Some((&manager, "Update")), true)?;
                 Ok(full(201, created.to_string()))
             }
             "update" => {
@@ -1363,7 +1456,9 @@ async fn handle(
                     }
                     _ => {}
                 }
-                let written = store.write("update", route.res, &k, &old, new, &route.sub, &manager, "Update")?;
+                let written = store.write(
+                    "update", route.res, &k, &old, new, &route.sub, &manager, "Update",
+                )?;
                 Ok(full(200, written.to_string()))
             }
             "patch" | "apply" => {
@@ -1386,7 +1481,9 @@ async fn handle(
                 }
                 let patch = parse_body(&bytes, apply)?;
                 if !patch.is_object() {
-                    return Err(ApiError::bad_request("the patch is not a JSON object".into()));
+                    return Err(ApiError::bad_request(
+                        "the patch is not a JSON object".into(),
+                    ));
                 }
                 let mut store = inner.store.lock().expect("store");
                 let k = key();
@@ -1413,7 +1510,9 @@ async fn handle(
                 let mut new = old.clone();
                 merge(&mut new, &patch);
                 let operation = if apply { "Apply" } else { "Update" };
-                let written = store.write(verb, route.res, &k, &old, new, &route.sub, &manager, operation)?;
+                let written = store.write(
+                    verb, route.res, &k, &old, new, &route.sub, &manager, operation,
+                )?;
                 Ok(full(200, written.to_string()))
             }
             "delete" => {
@@ -1547,7 +1646,10 @@ impl ApiServer {
             .iter()
             .position(|r| r.kind == kind)
             .unwrap_or_else(|| panic!("the API stand-in serves no kind {kind:?}"));
-        let ns = meta(&obj)["namespace"].as_str().unwrap_or_default().to_string();
+        let ns = meta(&obj)["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let created = self
             .inner
             .store
@@ -1568,7 +1670,10 @@ impl ApiServer {
                 .iter()
                 .position(|r| r.kind == kind)
                 .unwrap_or_else(|| panic!("the API stand-in serves no kind {kind:?}"));
-            let ns = meta(&obj)["namespace"].as_str().unwrap_or_default().to_string();
+            let ns = meta(&obj)["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let created = store.create(res, &ns, obj, None, false).expect("created");
             each(&created);
         }
@@ -1579,7 +1684,11 @@ impl ApiServer {
     /// The object `plural` `namespace`/`name`, as a GET would answer.
     pub fn get(&self, plural: &str, namespace: &str, name: &str) -> Option<Value> {
         let res = resource_index(plural);
-        let ns = if RESOURCES[res].namespaced { namespace } else { "" };
+        let ns = if RESOURCES[res].namespaced {
+            namespace
+        } else {
+            ""
+        };
         self.inner
             .store
             .lock()
@@ -1618,7 +1727,11 @@ impl ApiServer {
             .lock()
             .expect("store")
             .counts
-            .get(&(verb.to_string(), resource.to_string(), subresource.to_string()))
+            .get(&(
+                verb.to_string(),
+                resource.to_string(),
+                subresource.to_string(),
+            ))
             .copied()
             .unwrap_or(0)
     }
