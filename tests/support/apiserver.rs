@@ -944,7 +944,7 @@ fn route(path: &str) -> Option<Route> {
     if rt.namespaced && name.is_some() && namespace.is_none() {
         return None;
     }
-    if !sub.is_empty() && !(sub == "status" && rt.status) {
+    if !(sub.is_empty() || sub == "status" && rt.status) {
         return None;
     }
     Some(Route {
@@ -1528,7 +1528,7 @@ async fn handle(
             _ => Err(ApiError::new(
                 405,
                 "MethodNotAllowed",
-                format!("the server does not allow this method on the requested resource"),
+                "the server does not allow this method on the requested resource".to_string(),
                 None,
             )),
         }
