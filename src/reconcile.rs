@@ -91,6 +91,10 @@ pub struct Context {
     leader: Option<tokio::sync::watch::Receiver<bool>>,
     /// The managed Secrets' metadata; without it every check reads the Secret.
     secrets: Option<SecretCache>,
+    /// Whether that watch is current: false from a watch error or the start
+    /// of a re-list until the listing completes. A store that stopped
+    /// updating must not vouch for a Secret (drift would go unrepaired).
+    secrets_current: Arc<std::sync::atomic::AtomicBool>,
     /// ServiceAccounts' metadata, for identities; without it they are read.
     service_accounts: Option<crate::azure::identity::ServiceAccountCache>,
     /// The namespace this context serves (`None`: all). The pollers are
@@ -158,6 +162,7 @@ impl Context {
             bindings: Mutex::new(HashMap::new()),
             leader: None,
             secrets: None,
+            secrets_current: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             service_accounts: None,
             namespace: None,
             spread_start: true,
@@ -185,6 +190,12 @@ impl Context {
         self
     }
 
+    /// Set by the managed Secrets' watch: whether its store is current (see
+    /// [`Context::with_caches`]).
+    pub fn secrets_watch_current(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.secrets_current.clone()
+    }
+
     /// Serves only `namespace` (`None`: all); see [`Context::forget_absent`].
     pub fn within(mut self, namespace: Option<String>) -> Self {
         self.namespace = namespace;
@@ -195,12 +206,37 @@ impl Context {
     /// it; `None` when there is no complete listing yet, or no such Secret.
     fn secret_version(&self, ns: &str, name: &str) -> Option<String> {
         let store = self.secrets.as_ref()?;
+        if !self
+            .secrets_current
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return None;
+        }
         store.wait_until_ready().now_or_never()?.ok()?;
         store
             .get(&ObjectRef::new(name).within(ns))?
             .metadata
             .resource_version
             .clone()
+    }
+
+    /// Whether nothing says `b`'s Secret changed since its status was
+    /// written: the watch shows the recorded version (a Secret deleted or
+    /// edited while kvsync was down is repaired at once, not after the
+    /// jitter). Without the watch there is nothing to say otherwise.
+    fn secret_untouched(&self, b: &VaultSecretBinding) -> bool {
+        if self.secrets.is_none() {
+            return true;
+        }
+        let recorded = b
+            .status
+            .as_ref()
+            .and_then(|s| s.secret_resource_version.clone());
+        recorded.is_some()
+            && self.secret_version(
+                &b.namespace().unwrap_or_default(),
+                b.spec.target_name(&b.name_any()),
+            ) == recorded
     }
 
     /// True the first time it is asked about `key` (since the start, or
@@ -476,7 +512,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
     // sync waits its uid jitter before the first check, so ten thousand of
     // them do not reach the vaults and the API server at once. A new,
     // changed, failing or force-synced binding goes at once.
-    if ctx.first_look(&key) && settled(&b) {
+    if ctx.first_look(&key) && settled(&b) && ctx.secret_untouched(&b) {
         return Ok(Action::requeue(jitter(
             &b.uid().unwrap_or_default(),
             interval,

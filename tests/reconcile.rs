@@ -312,6 +312,57 @@ async fn a_secret_still_at_the_version_kvsync_wrote_is_not_read() {
 }
 
 #[tokio::test]
+async fn a_watch_that_stopped_does_not_vouch_for_the_secret() {
+    let f = start("secrets:\n  - {name: db-password, value: same-value}\n").await;
+    let status = synced_status(&f, "same-value").await;
+    let (cache, _watch) = secret_cache("5");
+    let mut s = scenario_as(&f, Duration::ZERO, |ctx| {
+        ctx.without_start_spread()
+            .with_caches(cache, no_service_accounts())
+    });
+    // The watch failed (or is re-listing): its store may be old.
+    s.ctx
+        .secrets_watch_current()
+        .store(false, std::sync::atomic::Ordering::Release);
+    let run = tokio::spawn(reconcile(Arc::new(binding(&f, status)), s.ctx.clone()));
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("same-value")),
+    )
+    .await;
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn a_secret_changed_while_kvsync_was_down_is_checked_at_once_after_a_start() {
+    let f = start("secrets:\n  - {name: db-password, value: same-value}\n").await;
+    let status = synced_status(&f, "same-value").await;
+    // The watch lists the Secret at a version the status does not know.
+    let (cache, _watch) = secret_cache("8");
+    let mut s = scenario_as(&f, Duration::ZERO, |ctx| {
+        ctx.with_caches(cache, no_service_accounts())
+    });
+    let run = tokio::spawn(reconcile(Arc::new(binding(&f, status)), s.ctx.clone()));
+    let mut current = managed_secret(&b64("edited"));
+    current["metadata"]["resourceVersion"] = json!("8");
+    expect(&mut s.handle, "GET", SECRET_PATH, 200, current).await;
+    let (_, applied) = expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("same-value")),
+    )
+    .await;
+    assert_eq!(applied["data"]["DB_PASSWORD"], b64("same-value"));
+    run.abort();
+}
+
+#[tokio::test]
 async fn a_secret_another_writer_touched_is_read_and_its_version_recorded() {
     let f = start("secrets:\n  - {name: db-password, value: same-value}\n").await;
     let status = synced_status(&f, "same-value").await;
