@@ -322,18 +322,16 @@ impl Context {
     /// when the watch has not delivered it yet.
     fn with_newest_status(&self, b: Arc<VaultSecretBinding>) -> Arc<VaultSecretBinding> {
         let uid = b.uid().unwrap_or_default();
+        // Kept even once the watch delivered it: a re-list served from the
+        // API server's watch cache (any_semantic) may bring an older status
+        // back, and acting on that would repeat a handled force-sync or a
+        // rollout already done.
         let written = self.state(&key_of(&b), |s| match &s.written {
-            // The watch has delivered it: the store's copy is enough (at
-            // 10,000 bindings a second copy of every status is megabytes).
-            Some((u, st)) if *u == uid && b.status.as_ref() == Some(st) => {
-                s.written = None;
-                None
-            }
             Some((u, st)) if *u == uid => Some(st.clone()),
             _ => None,
         });
         match written {
-            Some(st) => {
+            Some(st) if b.status.as_ref() != Some(&st) => {
                 let mut newer = (*b).clone();
                 newer.status = Some(st);
                 Arc::new(newer)
