@@ -24,7 +24,8 @@
 //! `cargo test --test e2e --test e2e_trust --test e2e_ha -- --test-threads 16`.
 //!
 //! Everything a test starts is cleaned up by `Drop`, also when it panics:
-//! children (every replica too) are killed, finalizers of bindings are
+//! children (every replica too) are killed and, for the operators, waited
+//! for until they have exited (bounded), then finalizers of bindings are
 //! stripped (the operator is gone by then, so nobody else will) and the
 //! namespaces are deleted, with the Leases in the operator's.
 #![allow(dead_code)]
@@ -1140,16 +1141,40 @@ impl Env {
     }
 }
 
+/// How long `Drop` waits for a SIGKILLed operator to be gone.
+const EXIT_DEADLINE: Duration = Duration::from_secs(10);
+
 impl Drop for Env {
     fn drop(&mut self) {
-        // Stop the operator first: nobody may re-add a finalizer once they
-        // are stripped below.
-        if let Some(mut op) = self.operator.take() {
-            let _ = op.start_kill();
+        // Stop every operator and wait until it is gone before cleaning up:
+        // one still running could re-add a finalizer stripped below, or
+        // write into a namespace being deleted. SIGKILL, then reap: once
+        // `try_wait` has an exit status the process no longer exists. Drop
+        // cannot await (and the test's runtime is blocked while it runs), so
+        // the exit is polled, bounded by EXIT_DEADLINE.
+        let mut children: Vec<Child> = self.operator.take().into_iter().collect();
+        children.extend(self.replicas.iter_mut().filter_map(|r| r.child.take()));
+        for child in &mut children {
+            let _ = child.start_kill();
         }
-        for r in &mut self.replicas {
-            if let Some(mut op) = r.child.take() {
-                let _ = op.start_kill();
+        let killed = Instant::now();
+        for child in &mut children {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Err(e) => {
+                        eprintln!("cleanup: waiting for operator {:?}: {e}", child.id());
+                        break;
+                    }
+                    Ok(None) if killed.elapsed() > EXIT_DEADLINE => {
+                        eprintln!(
+                            "cleanup: operator {:?} still runs {EXIT_DEADLINE:?} after SIGKILL; cleaning up anyway",
+                            child.id()
+                        );
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
             }
         }
         let failed = std::thread::panicking();
