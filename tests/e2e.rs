@@ -145,10 +145,25 @@ async fn unchanged_vault_writes_nothing() {
         )
         .await
         .resource_version();
-    // A forced check of the unchanged vault; the second forced check reaches
-    // the vault only after the reconcile of the first one has finished.
+    // Once this forced check has finished, so has every earlier reconcile
+    // (the first sync's write included): the counter read next is settled.
+    env.barrier(&env, "app").await;
+    let writes = env.operator_metric("kvsync_secret_writes_total", &[]).await;
+    assert!(
+        writes >= 1.0,
+        "the first sync counted its Secret write (kvsync_secret_writes_total {writes}): the metric read is this operator's\n{}",
+        env.logs.operator_tail()
+    );
+    // Two forced checks of the unchanged vault, each waited for until the
+    // operator has finished it (status.forceSyncHandled).
     env.barrier(&env, "app").await;
     env.barrier(&env, "app").await;
+    assert_eq!(
+        env.operator_metric("kvsync_secret_writes_total", &[]).await,
+        writes,
+        "the operator wrote no Secret during two forced checks of an unchanged vault (kvsync_secret_writes_total)\n{}",
+        env.logs.operator_tail()
+    );
     assert_eq!(
         env.secrets().get("app").await.unwrap().resource_version(),
         before,

@@ -5,8 +5,8 @@
 //! cluster-admin, and are skipped (saying so) otherwise. Each test gets its own
 //! world ([`Env`]): one or more fresh namespaces, a namespace for the operator
 //! (`POD_NAMESPACE`, where it keeps its dataHash key), a `kvsync dev-vault`
-//! child and a `kvsync run` child watching only that test's namespaces. Tests
-//! run in parallel; nothing is shared but the CRD, which every test applies
+//! child and a `kvsync run` child watching only that test's namespaces (its
+//! `/metrics` read with [`Env::operator_metric`]). Tests run in parallel; nothing is shared but the CRD, which every test applies
 //! (idempotently) itself. Tests of high availability start no default
 //! operator (`Options::operator`) but several side by side
 //! ([`Env::start_replica`]), each with its own POD_NAME and metrics port,
@@ -807,6 +807,8 @@ pub struct Env {
     pub op_ns: String,
     pub vault: DevVault,
     operator: Option<Child>,
+    /// Where the running operator (not a replica) serves /metrics.
+    operator_metrics: Option<SocketAddr>,
     operator_starts: usize,
     rollout_window: &'static str,
     kubeconfig: PathBuf,
@@ -876,6 +878,7 @@ impl Env {
             op_ns: op_ns.clone(),
             vault,
             operator: None,
+            operator_metrics: None,
             operator_starts: 0,
             rollout_window: opts.rollout_window,
             kubeconfig,
@@ -888,7 +891,7 @@ impl Env {
             create_namespace(&client, ns).await;
         }
         if opts.operator {
-            env.start_operator();
+            env.start_operator().await;
         }
         env
     }
@@ -898,17 +901,89 @@ impl Env {
         &self.scopes[i]
     }
 
-    /// Starts `kvsync run` for this test's namespaces; its stderr goes to a
-    /// log file of its own (one per start, so a restart keeps the old one).
-    fn start_operator(&mut self) {
+    /// Starts `kvsync run` for this test's namespaces, with /metrics on a
+    /// port of its own ([`Env::operator_metric`]); its stderr goes to a log
+    /// file of its own (one per start, so a restart keeps the old one).
+    /// Returns once that port answers `/healthz`.
+    async fn start_operator(&mut self) {
         self.operator_starts += 1;
-        let log = self
-            .dir
-            .join(format!("operator-{}.log", self.operator_starts));
-        self.all_logs.operators.lock().unwrap().push(log.clone());
-        let pod_name = format!("kvsync-e2e-{}", self.operator_starts);
-        let mut cmd = self.operator_command(&pod_name, "127.0.0.1:0", &[], &log);
-        self.operator = Some(cmd.spawn().expect("start kvsync run"));
+        let n = self.operator_starts;
+        let pod_name = format!("kvsync-e2e-{n}");
+        let (child, metrics, _) = self
+            .spawn_operator(&pod_name, &[], |attempt| match attempt {
+                1 => format!("operator-{n}.log"),
+                a => format!("operator-{n}-attempt-{a}.log"),
+            })
+            .await;
+        self.operator = Some(child);
+        self.operator_metrics = Some(metrics);
+    }
+
+    /// Spawns `kvsync run` as `pod_name` with `extra` flags and /metrics on
+    /// a free local port, its stderr to the file `log_name(attempt)` names;
+    /// returns once that port answers `/healthz`: the child, the port and
+    /// the log.
+    ///
+    /// The port is one the OS just handed out and gave back; should another
+    /// process take it in between, the operator exits ("cannot listen") and
+    /// is started again on a new one.
+    async fn spawn_operator(
+        &self,
+        pod_name: &str,
+        extra: &[String],
+        log_name: impl Fn(u32) -> String,
+    ) -> (Child, SocketAddr, PathBuf) {
+        for attempt in 1..=3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free local port")
+                .port();
+            let metrics: SocketAddr = ([127, 0, 0, 1], port).into();
+            let log = self.dir.join(log_name(attempt));
+            self.all_logs.operators.lock().unwrap().push(log.clone());
+            let mut child = self
+                .operator_command(pod_name, &metrics.to_string(), extra, &log)
+                .spawn()
+                .expect("start kvsync run");
+            let started = Instant::now();
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    if text.contains("cannot listen on --metrics-addr") && attempt < 3 {
+                        break;
+                    }
+                    panic!(
+                        "operator {pod_name} exited ({status}) before /healthz answered\n{}",
+                        tail(&log, 60)
+                    );
+                }
+                if matches!(http_get(metrics, "/healthz").await, Ok((200, _))) {
+                    return (child, metrics, log);
+                }
+                if started.elapsed() > Duration::from_secs(20) {
+                    panic!(
+                        "operator {pod_name}: /healthz on {metrics} did not answer within 20 s\n{}",
+                        tail(&log, 60)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        unreachable!("the last attempt panics rather than retrying");
+    }
+
+    /// The sum of every series of metric `name` whose labels contain each of
+    /// `labels`, on the running operator's `/metrics` (see
+    /// [`Replica::metric`]); 0 when there is none. Counters start at 0 with
+    /// each operator start.
+    pub async fn operator_metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let addr = self
+            .operator_metrics
+            .expect("the operator runs (Options::operator, not killed)");
+        let text = metrics_text_at(addr, "the operator")
+            .await
+            .unwrap_or_else(|e| panic!("reading metrics: {e}"));
+        metric_sum(&text, name, labels)
     }
 
     /// `kvsync run` for this test's namespaces as `pod_name` (POD_NAME), with
@@ -955,59 +1030,23 @@ impl Env {
     /// POD_NAME: leader-election identity and Events' reportingInstance),
     /// with `extra` flags (e.g. `--leader-elect`, `--shard 0/2`) and /metrics
     /// on a port of its own; returns once that port answers `/healthz`.
-    ///
-    /// The port is one the OS just handed out and gave back; should another
-    /// process take it in between, the operator exits ("cannot listen") and
-    /// is started again on a new one.
     pub async fn start_replica(&mut self, name: &str, extra: &[String]) {
         assert!(
             self.replicas.iter().all(|r| r.name != name),
             "replica {name} started twice"
         );
         self.all_logs.several.store(true, Ordering::Relaxed);
-        for attempt in 1..=3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free local port")
-                .port();
-            let metrics: SocketAddr = ([127, 0, 0, 1], port).into();
-            let log = self.dir.join(format!("replica-{name}-{attempt}.log"));
-            self.all_logs.operators.lock().unwrap().push(log.clone());
-            let mut child = self
-                .operator_command(name, &metrics.to_string(), extra, &log)
-                .spawn()
-                .expect("start kvsync run");
-            let started = Instant::now();
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    if text.contains("cannot listen on --metrics-addr") && attempt < 3 {
-                        break;
-                    }
-                    panic!(
-                        "replica {name} exited ({status}) before /healthz answered\n{}",
-                        tail(&log, 60)
-                    );
-                }
-                if matches!(http_get(metrics, "/healthz").await, Ok((200, _))) {
-                    self.replicas.push(Replica {
-                        name: name.to_string(),
-                        metrics,
-                        log,
-                        child: Some(child),
-                    });
-                    return;
-                }
-                if started.elapsed() > Duration::from_secs(20) {
-                    panic!(
-                        "replica {name}: /healthz on {metrics} did not answer within 20 s\n{}",
-                        tail(&log, 60)
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        unreachable!("the last attempt panics rather than retrying");
+        let (child, metrics, log) = self
+            .spawn_operator(name, extra, |attempt| {
+                format!("replica-{name}-{attempt}.log")
+            })
+            .await;
+        self.replicas.push(Replica {
+            name: name.to_string(),
+            metrics,
+            log,
+            child: Some(child),
+        });
     }
 
     /// The replica started as `name`.
@@ -1089,6 +1128,7 @@ impl Env {
     /// Kills the operator (SIGKILL: no chance to finish anything) and waits
     /// for it to be gone.
     pub async fn kill_operator(&mut self) {
+        self.operator_metrics = None;
         if let Some(mut op) = self.operator.take() {
             let _ = op.kill().await;
         }
@@ -1097,7 +1137,7 @@ impl Env {
     /// Kills the operator and starts a new one against the same cluster.
     pub async fn restart_operator(&mut self) {
         self.kill_operator().await;
-        self.start_operator();
+        self.start_operator().await;
     }
 
     /// A second dev vault (e.g. standing in for an attacker's host); killed on drop.
@@ -1153,6 +1193,7 @@ impl Drop for Env {
         // cannot await (and the test's runtime is blocked while it runs), so
         // the exit is polled, bounded by EXIT_DEADLINE.
         let mut children: Vec<Child> = self.operator.take().into_iter().collect();
+        self.operator_metrics = None;
         children.extend(self.replicas.iter_mut().filter_map(|r| r.child.take()));
         for child in &mut children {
             let _ = child.start_kill();
@@ -1256,11 +1297,7 @@ impl Replica {
 
     /// Its `/metrics` text.
     pub async fn metrics_text(&self) -> Result<String, String> {
-        match http_get(self.metrics, "/metrics").await {
-            Ok((200, body)) => Ok(body),
-            Ok((status, body)) => Err(format!("{}: /metrics {status} {body:?}", self.name)),
-            Err(e) => Err(format!("{}: {e}", self.name)),
-        }
+        metrics_text_at(self.metrics, &self.name).await
     }
 
     /// The sum of every series of metric `name` (e.g.
@@ -1272,6 +1309,15 @@ impl Replica {
             .await
             .unwrap_or_else(|e| panic!("reading metrics: {e}"));
         metric_sum(&text, name, labels)
+    }
+}
+
+/// The `/metrics` text served on `addr` (by `who`, for messages).
+pub async fn metrics_text_at(addr: SocketAddr, who: &str) -> Result<String, String> {
+    match http_get(addr, "/metrics").await {
+        Ok((200, body)) => Ok(body),
+        Ok((status, body)) => Err(format!("{who}: /metrics {status} {body:?}")),
+        Err(e) => Err(format!("{who}: {e}")),
     }
 }
 
