@@ -484,15 +484,24 @@ async fn force_sync_annotation_checks_the_vault_now() {
     )
     .await;
     env.vault.put_secret("db-password", "forced-value").await;
+    // With refreshInterval 1h only the forced check can bring the value, and
+    // it does so at once: a deadline of its own, far below any other path.
+    let forced = Duration::from_secs(10);
+    let started = Instant::now();
     env.force_sync("app").await;
     env.wait_for_value(
         "app",
         "db-password",
         "forced-value",
         "the forced sync to bring the new value",
-        SYNC_DEADLINE,
+        forced.saturating_sub(started.elapsed()),
     )
     .await;
+    assert!(
+        started.elapsed() <= forced,
+        "the forced check brought the new value within {forced:?}: took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
