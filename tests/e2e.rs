@@ -397,11 +397,21 @@ async fn edited_or_deleted_secret_is_repaired() {
 #[tokio::test]
 async fn rollout_target_is_restarted_once_per_change() {
     let kc = e2e!();
-    let env = Env::start(kc, SEED).await;
+    // The CRD has no per-binding rollout window: the operator's
+    // --rollout-window is 10 s here, room for two changes, each brought by a
+    // forced check of its own.
+    let window = Duration::from_secs(10);
+    let env = Env::start_with(
+        kc,
+        Options {
+            rollout_window: "10s",
+            ..Options::new(SEED)
+        },
+    )
+    .await;
     env.create_deployment("agent").await;
     let deployments = env.deployments();
-    // 1h: the change is found by a forced check, so both versions below are
-    // seen by one check.
+    // 1h: every change below is found by a forced check, not a periodic one.
     env.bind_and_wait(
         "app",
         json!({"secrets": [{"name": "db-password"}], "refreshInterval": "1h",
@@ -423,22 +433,42 @@ async fn rollout_target_is_restarted_once_per_change() {
         "no restart on the first sync"
     );
 
-    // Two changes in quick succession: one restart.
-    env.vault.put_secret("db-password", "second").await;
-    env.vault.put_secret("db-password", "third").await;
-    env.force_sync("app").await;
-    env.wait_for_value(
-        "app",
-        "db-password",
-        "third",
-        "the forced check to bring the last version",
-        SYNC_DEADLINE,
-    )
-    .await;
+    // Two changes inside one window, each in the Secret before the next is
+    // made: one restart, at the end of the window the first one opened.
+    // Measured from before the first change, so the window (which starts at
+    // the check that finds it) ends no earlier than `window` after this.
+    let first_change = Instant::now();
+    for value in ["second", "third"] {
+        env.vault.put_secret("db-password", value).await;
+        env.force_sync("app").await;
+        env.wait_for_value(
+            "app",
+            "db-password",
+            value,
+            "a forced check to bring the change",
+            SYNC_DEADLINE,
+        )
+        .await;
+    }
+    let d = deployments.get("agent").await.unwrap();
+    let both = first_change.elapsed();
+    // rolloutPendingSince has whole seconds: the restart may come up to 1 s
+    // before `window` has passed.
+    let sure = window - Duration::from_secs(1);
+    assert!(
+        both < sure,
+        "both changes were in the Secret within {sure:?} of the first one, inside the {window:?} rollout window: took {both:?} (the cluster was too slow for this test to show coalescing)"
+    );
+    assert_eq!(
+        restarted_at(&d),
+        None,
+        "no restart before the rollout window ended ({both:?} after the first change): {}",
+        env.describe_bindings().await
+    );
     let restarted = eventually(
         &env,
-        "the Deployment's pod template to get kvsync.io/restartedAt",
-        SYNC_DEADLINE,
+        "the Deployment's pod template to get kvsync.io/restartedAt at the end of the window",
+        window + SYNC_DEADLINE,
         || async {
             let d = deployments.get("agent").await.map_err(|e| e.to_string())?;
             restarted_at(&d)
@@ -452,18 +482,33 @@ async fn rollout_target_is_restarted_once_per_change() {
         },
     )
     .await;
-    assert_eq!(
-        restarted.1,
-        start_generation.map(|g| g + 1),
-        "one template change"
-    );
-
-    // A later check of an unchanged vault restarts nothing.
+    eventually(
+        &env,
+        "status.rolloutPendingSince to be cleared once the restart is done",
+        SYNC_DEADLINE,
+        || async {
+            let s = env.seen("app").await?.ok_or("the binding is gone")?;
+            if s.json["status"]["rolloutPendingSince"].is_null() {
+                Ok(())
+            } else {
+                Err(s.describe())
+            }
+        },
+    )
+    .await;
+    // Later checks of an unchanged vault restart nothing; read after them,
+    // the Deployment shows every restart the two changes caused.
     env.barrier(&env, "app").await;
     env.barrier(&env, "app").await;
     let d = deployments.get("agent").await.unwrap();
+    assert_eq!(
+        d.metadata.generation,
+        start_generation.map(|g| g + 1),
+        "exactly one template change for the two changes (generation {:?} before them)",
+        start_generation
+    );
     assert_eq!(restarted_at(&d), Some(restarted.0));
-    assert_eq!(d.metadata.generation, restarted.1);
+    assert_eq!(restarted.1, d.metadata.generation);
 }
 
 #[tokio::test]
