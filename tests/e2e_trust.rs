@@ -280,6 +280,9 @@ async fn list_forbidden_serves_picks_and_refuses_only_the_select() {
         .ready_reason("everything", "False", "ListForbidden", SYNC_DEADLINE)
         .await;
     assert!(message.to_lowercase().contains("list"), "{message}");
+    // A forced check of picks that has finished: by then the operator has
+    // reconciled picks after the refused listing, and written what it would.
+    env.barrier(&env, "picks").await;
     let (_, c) = env
         .until("picks", "still Ready=True", true, SYNC_DEADLINE, |c| {
             c.status == "True"
