@@ -954,6 +954,11 @@ async fn data_hash_is_keyed_and_its_key_lives_in_the_operator_namespace() {
         key.data.as_ref().is_some_and(|d| !d.is_empty()),
         "the key Secret holds a key"
     );
+    assert_eq!(
+        key.immutable,
+        Some(true),
+        "the key Secret is immutable: nobody can swap the key under the operator"
+    );
 
     // The next operator uses the same key: the hash, and so the Secret, stay.
     let rv = env.secrets().get("app").await.unwrap().resource_version();
@@ -970,6 +975,17 @@ async fn data_hash_is_keyed_and_its_key_lives_in_the_operator_namespace() {
     assert_eq!(
         env.secrets().get("app").await.unwrap().resource_version(),
         rv
+    );
+    // The key Secret is the same object, still immutable.
+    let again = keys.get("kvsync-hash-key").await.unwrap();
+    assert_eq!(
+        (again.uid(), again.immutable),
+        (key.uid(), Some(true)),
+        "the next operator kept the immutable key Secret"
+    );
+    assert!(
+        again.data == key.data,
+        "the next operator kept the key (its data unchanged)"
     );
 }
 
