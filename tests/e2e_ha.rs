@@ -137,20 +137,12 @@ async fn wait_holder(env: &Env, lease: &str, holder: &str, since: Instant) -> Du
     .await
 }
 
-/// Waits until replica `name` says `ready (leader)`; returns how long after `since`.
+/// Waits (with [`one_leader`]) until replica `name`, the only one running,
+/// says `ready (leader)`; returns how long after `since`.
 async fn wait_leader(env: &Env, name: &str, since: Instant) -> Duration {
-    eventually(
-        env,
-        &format!("replica {name} to answer /readyz \"ready (leader)\""),
-        Duration::from_secs(40),
-        || async {
-            match env.replica(name).readyz().await? {
-                r if r == "ready (leader)" => Ok(since.elapsed()),
-                r => Err(format!("/readyz 200 {r:?}")),
-            }
-        },
-    )
-    .await
+    let (leader, _) = one_leader(env, &[name]).await;
+    assert_eq!(leader, name);
+    since.elapsed()
 }
 
 /// The Lease's spec, which must exist.
@@ -320,9 +312,12 @@ async fn two_leader_elect_replicas_have_exactly_one_writer() {
         "only the leader reported Events about the binding: {events:?}"
     );
     // Still one writer, the same one.
+    let (still, _) = one_leader(&env, &names).await;
     assert_eq!(
-        roles(&env, &[&leader, &standby]).await.unwrap(),
-        ["ready (leader)", "ready (standby)"]
+        still,
+        leader,
+        "the leader stayed the leader\n{}",
+        env.logs.operator_tail()
     );
     assert_eq!(
         env.lease_holder(LEASE_NAME).await.unwrap().as_deref(),
