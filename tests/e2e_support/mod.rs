@@ -6,12 +6,12 @@
 //! world ([`Env`]): one or more fresh namespaces, a namespace for the operator
 //! (`POD_NAMESPACE`, where it keeps its dataHash key), a `kvsync dev-vault`
 //! child and a `kvsync run` child watching only that test's namespaces (its
-//! `/metrics` read with [`Env::operator_metric`]). Tests run in parallel; nothing is shared but the CRD, which every test applies
-//! (idempotently) itself. Tests of high availability start no default
-//! operator (`Options::operator`) but several side by side
-//! ([`Env::start_replica`]), each with its own POD_NAME and metrics port,
-//! and read their `/readyz` and `/metrics`, the Leases, and stop them with
-//! SIGTERM or SIGKILL.
+//! `/metrics` read with [`Env::operator_metric`]). Tests run in parallel;
+//! nothing is shared but the CRD, which every test applies (idempotently)
+//! itself. Tests of high availability start no default operator
+//! (`Options::operator`) but several side by side ([`Env::start_replica`]),
+//! each with its own POD_NAME and metrics port, and read their `/readyz` and
+//! `/metrics`, the Leases, and stop them with SIGTERM or SIGKILL.
 //!
 //! The cluster may have an API server and a controller manager and no nodes:
 //! nothing here waits for a pod. Every wait polls the API (or the dev vault)
