@@ -10,7 +10,11 @@
 //! KVSYNC_BENCH_NAMESPACES, KVSYNC_BENCH_REFRESH_SECS,
 //! KVSYNC_BENCH_THROTTLE (transactions per 10 s, 0 = none),
 //! KVSYNC_BENCH_CONCURRENCY (passed as `--concurrency` when set),
-//! KVSYNC_BENCH_RUST_LOG (the operator's RUST_LOG, default `warn`).
+//! KVSYNC_BENCH_RUST_LOG (the operator's RUST_LOG, default `warn`),
+//! KVSYNC_BENCH_BIN (another `kvsync` binary, e.g. one built with
+//! `--profile profiling`), KVSYNC_BENCH_PROFILE_ENV (space-separated
+//! `K=V` pairs set on the first operator only, e.g. heaptrack's
+//! `LD_PRELOAD=... DUMP_HEAPTRACK_OUTPUT=...`).
 //! `--status-heartbeat 15m` and `--concurrency` are passed only when the
 //! binary's `run --help` lists them.
 //!
@@ -36,7 +40,26 @@ use apiserver::ApiServer;
 use base64::Engine;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kvsync");
+const BUILT: &str = env!("CARGO_BIN_EXE_kvsync");
+
+/// The operator binary: KVSYNC_BENCH_BIN, or the one cargo built.
+fn bin() -> String {
+    std::env::var("KVSYNC_BENCH_BIN").unwrap_or_else(|_| BUILT.to_string())
+}
+
+/// KVSYNC_BENCH_PROFILE_ENV as pairs.
+fn profile_env() -> Vec<(String, String)> {
+    std::env::var("KVSYNC_BENCH_PROFILE_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .unwrap_or_else(|| panic!("KVSYNC_BENCH_PROFILE_ENV: {kv:?} is not K=V"));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
 const OPERATOR_NS: &str = "kvsync";
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -188,7 +211,7 @@ fn tail(path: &Path, lines: usize) -> String {
 
 /// The flags of `run` this binary knows (the new ones may not be there yet).
 fn supported_flags() -> String {
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(bin())
         .args(["run", "--help"])
         .output()
         .expect("kvsync run --help");
@@ -218,7 +241,12 @@ async fn http_get(http: &reqwest::Client, addr: SocketAddr, path: &str) -> Optio
 
 impl Operator {
     /// Starts one; returns once `/readyz` answers 200 (its watches listed).
-    async fn start(setup: &Setup, http: &reqwest::Client, label: &str) -> Operator {
+    async fn start(
+        setup: &Setup,
+        http: &reqwest::Client,
+        label: &str,
+        extra_env: &[(String, String)],
+    ) -> Operator {
         for attempt in 1..=3 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -226,7 +254,7 @@ impl Operator {
                 .port();
             let metrics: SocketAddr = ([127, 0, 0, 1], port).into();
             let log = setup.dir.join(format!("operator-{label}-{attempt}.log"));
-            let mut child = tokio::process::Command::new(BIN)
+            let mut child = tokio::process::Command::new(bin())
                 .arg("run")
                 .args(["--allowed-vault-hosts", &setup.hosts])
                 .arg("--ca-file")
@@ -245,6 +273,7 @@ impl Operator {
                 .env("AZURE_TENANT_ID", kvsync::devvault::DEV_TENANT_ID)
                 .env("AZURE_CLIENT_ID", kvsync::devvault::DEV_CLIENT_ID)
                 .env("AZURE_FEDERATED_TOKEN_FILE", &setup.token)
+                .envs(extra_env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).expect("log file"))
                 .kill_on_drop(true)
@@ -449,7 +478,7 @@ async fn main() {
     };
 
     // 1. First sync: every binding created at once, straight into the store.
-    let op = Operator::start(&setup, &http, "a").await;
+    let op = Operator::start(&setup, &http, "a", &profile_env()).await;
     let urls: Vec<String> = vaults.iter().map(|v| v.vault.url()).collect();
     let refresh_text = format!("{}s", refresh.as_secs());
     let created_at = Instant::now();
@@ -544,7 +573,7 @@ async fn main() {
     op.kill().await;
     reset_all(&vaults, &api).await;
     let restarted_at = Instant::now();
-    let op = Operator::start(&setup, &http, "b").await;
+    let op = Operator::start(&setup, &http, "b", &[]).await;
     let started_in = restarted_at.elapsed();
     let mut synced = 0;
     loop {

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kvsync::azure::AzureAccess;
 use kvsync::crd::{VaultSecretBinding, VaultSecretBindingSpec};
@@ -159,13 +158,7 @@ async fn first_sync_latency(n: usize) {
             client.clone(),
             access,
             kvsync::poller::Pollers::new(None),
-            Recorder::new(
-                client,
-                Reporter {
-                    controller: "kvsync".into(),
-                    instance: None,
-                },
-            ),
+            kvsync::events::Events::new(client, "kvsync", None),
             Settings {
                 default_refresh: REFRESH,
                 rollout_window: Duration::from_secs(30),

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::events::Events;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -14,7 +15,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
@@ -263,7 +263,7 @@ fn on_becoming_leader(
                 if !now && was {
                     // Lost the Lease: stop polling vaults for bindings that
                     // the new leader now serves.
-                    ctx.forget_absent(|_| false);
+                    ctx.stand_down();
                 }
                 was = now;
                 rx.changed().await.ok()?;
@@ -334,6 +334,28 @@ pub fn trim_meta(meta: &mut ObjectMeta) {
     if let Some(a) = meta.annotations.as_mut() {
         a.remove(LAST_APPLIED);
     }
+}
+
+/// Keeps of an object's metadata only what identifies it (name, namespace,
+/// uid, resourceVersion, generation), its deletion state and finalizers, and
+/// the annotations named in `keep`: for the stores of objects kvsync reads
+/// nothing else of (bindings, its own Secrets).
+pub fn keep_only(meta: &mut ObjectMeta, keep: &[&str]) {
+    let annotations = meta.annotations.take().map(|mut a| {
+        a.retain(|k, _| keep.contains(&k.as_str()));
+        a
+    });
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        generation: meta.generation.take(),
+        deletion_timestamp: meta.deletion_timestamp.take(),
+        finalizers: meta.finalizers.take(),
+        annotations: annotations.filter(|a| !a.is_empty()),
+        ..Default::default()
+    };
 }
 
 /// The bindings to reconcile for events of the managed Secrets' watch:
@@ -409,10 +431,6 @@ pub fn run(
     let pollers = shared.pollers.clone();
     async move {
         let shutdown = shutdown.shared();
-        let reporter = Reporter {
-            controller: "kvsync".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         let (bindings, secrets, accounts): (
             Api<VaultSecretBinding>,
             Api<PartialObjectMeta<Secret>>,
@@ -436,7 +454,7 @@ pub fn run(
             client.clone(),
             access,
             pollers,
-            Recorder::new(client.clone(), reporter),
+            Events::new(client.clone(), "kvsync", std::env::var("POD_NAME").ok()),
             settings,
             metrics,
         )
@@ -453,11 +471,16 @@ pub fn run(
         // A binding deleted without a finalizer is never reconciled again: drop
         // what is held for it when the watch reports the deletion.
         let on_delete = ctx.clone();
+        let statuses = ctx.clone();
         // Other shards' bindings never enter the store (nor memory).
         let binding_stream = watcher(bindings, watcher::Config::default().any_semantic())
             .default_backoff()
             .try_filter(move |event| std::future::ready(in_shard(shard, event)))
-            .modify(|b| trim_meta(b.meta_mut()))
+            .modify(move |b| {
+                keep_only(b.meta_mut(), &[FORCE_SYNC_ANNOTATION]);
+                // The status moves to the context: one copy per binding.
+                statuses.observe_status(b);
+            })
             .reflect(writer)
             .inspect(move |event| {
                 if bindings_watch.observe(event) {
@@ -475,7 +498,7 @@ pub fn run(
         let secret_stream = secret_triggers(
             watcher(secrets, managed)
                 .default_backoff()
-                .modify(|s| trim_meta(&mut s.metadata))
+                .modify(|s| keep_only(&mut s.metadata, &[BINDING_ANNOTATION]))
                 .reflect(secret_writer)
                 .inspect(move |event| {
                     secrets_watch.observe(event);
@@ -705,6 +728,37 @@ mod tests {
         let annotations = meta.annotations.unwrap();
         assert!(!annotations.contains_key(LAST_APPLIED));
         assert_eq!(annotations["kvsync.io/binding"], "agent");
+    }
+
+    #[test]
+    fn stores_of_bindings_and_secrets_keep_only_what_kvsync_reads() {
+        let mut meta: ObjectMeta = serde_json::from_value(serde_json::json!({
+            "name": "agent", "namespace": "ci", "uid": "u-1", "resourceVersion": "7",
+            "generation": 3, "finalizers": ["kvsync.io/merge"],
+            "deletionTimestamp": "2026-12-03T10:00:00Z",
+            "creationTimestamp": "2026-12-01T10:00:00Z",
+            "labels": {"team": "build"},
+            "annotations": {LAST_APPLIED: "{}", "kvsync.io/binding": "agent", "other": "x"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "x", "uid": "u-2"}],
+            "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+        }))
+        .unwrap();
+        keep_only(&mut meta, &["kvsync.io/binding"]);
+        assert_eq!(
+            serde_json::to_value(&meta).unwrap(),
+            serde_json::json!({
+                "name": "agent", "namespace": "ci", "uid": "u-1", "resourceVersion": "7",
+                "generation": 3, "finalizers": ["kvsync.io/merge"],
+                "deletionTimestamp": "2026-12-03T10:00:00Z",
+                "annotations": {"kvsync.io/binding": "agent"},
+            })
+        );
+        let mut bare: ObjectMeta = serde_json::from_value(serde_json::json!({
+            "name": "agent", "annotations": {"other": "x"}
+        }))
+        .unwrap();
+        keep_only(&mut bare, &[FORCE_SYNC_ANNOTATION]);
+        assert_eq!(bare.annotations, None);
     }
 
     fn meta(name: &str) -> PartialObjectMeta<Secret> {

@@ -32,6 +32,7 @@ pub mod controller;
 pub mod crd;
 pub mod devvault;
 pub mod duration;
+pub mod events;
 pub mod hashkey;
 pub mod leader;
 pub mod metrics;

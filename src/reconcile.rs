@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::events::{EventType, Events};
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::{Api, Resource, ResourceExt};
 
@@ -77,8 +77,8 @@ pub struct Context {
     pub access: Arc<AzureAccess>,
     /// One poller per (vault, identity).
     pub pollers: Pollers,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Events about bindings.
+    pub events: Events,
     /// Settings.
     pub settings: Settings,
     /// Metrics.
@@ -119,12 +119,16 @@ struct BindingState {
     last_forced: Option<Instant>,
     /// Consecutive failed rollout patches (for their backoff).
     rollout_failures: u32,
-    /// The status this process last wrote, with the binding's uid. The
-    /// watch delivers our own writes a moment later; a reconcile triggered
-    /// in between (by the Secret write, say) must not act on the older
-    /// status it still sees — it would drop a due rollout or a handled
-    /// force-sync. Only kvsync writes status, so ours is the newest.
-    written: Option<(String, VaultSecretBindingStatus)>,
+    /// The binding's status, with its uid: the only copy kept (the
+    /// bindings' store holds none, see [`Context::observe_status`]).
+    status: Option<(String, VaultSecretBindingStatus)>,
+    /// `status` is the one this process last wrote. The watch delivers our
+    /// own writes a moment later, and a re-list served from the API
+    /// server's watch cache may bring an older status back; a reconcile
+    /// must not act on one of those — it would drop a due rollout or repeat
+    /// a handled force-sync. Only the leader writes status, so while it
+    /// leads, ours is the newest.
+    ours: bool,
     /// Reconciled at least once by this process (or since it became the
     /// leader).
     seen: bool,
@@ -148,7 +152,7 @@ impl Context {
         client: kube::Client,
         access: Arc<AzureAccess>,
         pollers: Pollers,
-        recorder: Recorder,
+        events: Events,
         settings: Settings,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
@@ -157,7 +161,7 @@ impl Context {
             client,
             access,
             pollers,
-            recorder,
+            events,
             settings,
             bindings: Mutex::new(HashMap::new()),
             leader: None,
@@ -318,32 +322,68 @@ impl Context {
         })
     }
 
-    /// `b` with the newest status: the one this process last wrote for it,
-    /// when the watch has not delivered it yet.
+    /// Takes the status out of a binding the watch delivered and keeps it
+    /// here (unless this process wrote a newer one): the bindings' store
+    /// then holds no status, so there is one copy of each in memory.
+    pub fn observe_status(&self, b: &mut VaultSecretBinding) {
+        let seen = b.status.take();
+        let uid = b.uid().unwrap_or_default();
+        self.state(&key_of(b), |s| match &s.status {
+            Some((u, _)) if s.ours && *u == uid => {}
+            _ => {
+                s.status = seen.map(|st| (uid, st));
+                s.ours = false;
+            }
+        });
+    }
+
+    /// `b` with its newest status: the one this process last wrote, else
+    /// the one the watch last delivered. A `b` that still carries a status
+    /// (a caller that did not come through the watch) is observed first.
     fn with_newest_status(&self, b: Arc<VaultSecretBinding>) -> Arc<VaultSecretBinding> {
         let uid = b.uid().unwrap_or_default();
-        // Kept even once the watch delivered it: a re-list served from the
-        // API server's watch cache (any_semantic) may bring an older status
-        // back, and acting on that would repeat a handled force-sync or a
-        // rollout already done.
-        let written = self.state(&key_of(&b), |s| match &s.written {
+        let mut b = Arc::unwrap_or_clone(b);
+        if b.status.is_some() {
+            self.observe_status(&mut b);
+        }
+        b.status = self.state(&key_of(&b), |s| match &s.status {
             Some((u, st)) if *u == uid => Some(st.clone()),
             _ => None,
         });
-        match written {
-            Some(st) if b.status.as_ref() != Some(&st) => {
-                let mut newer = (*b).clone();
-                newer.status = Some(st);
-                Arc::new(newer)
-            }
-            _ => b,
-        }
+        Arc::new(b)
     }
 
     /// Records the status just written for `b`.
     fn wrote_status(&self, b: &VaultSecretBinding, status: &VaultSecretBindingStatus) {
         let uid = b.uid().unwrap_or_default();
-        self.state(&key_of(b), |s| s.written = Some((uid, status.clone())));
+        self.state(&key_of(b), |s| {
+            s.status = Some((uid, status.clone()));
+            s.ours = true;
+        });
+    }
+
+    /// This replica lost the Lease: forgets everything held per binding
+    /// but the statuses (the store has none), which stop being "ours" —
+    /// the next leader writes newer ones, and the watch must bring them.
+    pub fn stand_down(&self) {
+        let keys: Vec<BindingKey> = {
+            let mut map = self.bindings.lock().expect("binding state");
+            for s in map.values_mut() {
+                *s = BindingState {
+                    status: s.status.take(),
+                    ..Default::default()
+                };
+            }
+            map.keys().cloned().collect()
+        };
+        for (ns, name) in &keys {
+            self.metrics.forget_binding(ns, name, &[]);
+        }
+        let mine = |ns: Option<&str>| match &self.namespace {
+            Some(own) => ns == Some(own.as_str()),
+            None => true,
+        };
+        self.pollers.retain(|r| !mine(r.namespace.as_deref()));
     }
 
     fn failure_count(&self, key: &BindingKey, failed: bool) -> u32 {
@@ -673,14 +713,12 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Sync".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &b.object_ref(&())).await {
+    let regarding = b.object_ref(&());
+    if let Err(e) = ctx
+        .events
+        .publish(regarding, type_, reason, "Sync", &note)
+        .await
+    {
         tracing::debug!(error = %e, "could not publish an event");
     }
 }
@@ -771,7 +809,9 @@ async fn sync(
         .get(endpoint.base.as_str(), &credential.key(), || {
             ctx.access.client(endpoint.clone(), credential.clone())
         });
-    let objref = ObjectRef::from_obj(b);
+    // Name and namespace only: the pollers keep a copy per secret used, and
+    // a resourceVersion or uid in each would be dead weight.
+    let objref = ObjectRef::new(&name).within(&ns);
     ctx.pollers.forget_elsewhere(&objref, &poller);
     if force {
         tracing::info!(binding = %display_key(b), "force-sync: checking the vault now");

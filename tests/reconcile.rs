@@ -10,7 +10,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{reflector, watcher};
 use kvsync::azure::AzureAccess;
 use kvsync::crd::VaultSecretBinding;
@@ -46,13 +45,7 @@ fn scenario_as(
         f.env("operator-app", "system:serviceaccount:kvsync:kvsync"),
         fast_retry(),
     ));
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "kvsync".into(),
-            instance: None,
-        },
-    );
+    let recorder = kvsync::events::Events::new(client.clone(), "kvsync", None);
     let ctx = Arc::new(build(Context::new(
         client,
         access,
