@@ -13,8 +13,9 @@
 //! KVSYNC_BENCH_RUST_LOG (the operator's RUST_LOG, default `warn`),
 //! KVSYNC_BENCH_BIN (another `kvsync` binary, e.g. one built with
 //! `--profile profiling`), KVSYNC_BENCH_PROFILE_ENV (space-separated
-//! `K=V` pairs set on the first operator only, e.g. heaptrack's
-//! `LD_PRELOAD=... DUMP_HEAPTRACK_OUTPUT=...`).
+//! `K=V` pairs set on both operators, `{label}` replaced by `a` for the
+//! first and `b` for the restarted one, e.g. heaptrack's
+//! `LD_PRELOAD=... DUMP_HEAPTRACK_OUTPUT=/tmp/ht-{label}.raw`).
 //! `--status-heartbeat 15m` and `--concurrency` are passed only when the
 //! binary's `run --help` lists them.
 //!
@@ -47,8 +48,8 @@ fn bin() -> String {
     std::env::var("KVSYNC_BENCH_BIN").unwrap_or_else(|_| BUILT.to_string())
 }
 
-/// KVSYNC_BENCH_PROFILE_ENV as pairs.
-fn profile_env() -> Vec<(String, String)> {
+/// KVSYNC_BENCH_PROFILE_ENV as pairs, for the operator `label`.
+fn profile_env(label: &str) -> Vec<(String, String)> {
     std::env::var("KVSYNC_BENCH_PROFILE_ENV")
         .unwrap_or_default()
         .split_whitespace()
@@ -56,7 +57,7 @@ fn profile_env() -> Vec<(String, String)> {
             let (k, v) = kv
                 .split_once('=')
                 .unwrap_or_else(|| panic!("KVSYNC_BENCH_PROFILE_ENV: {kv:?} is not K=V"));
-            (k.to_string(), v.to_string())
+            (k.to_string(), v.replace("{label}", label))
         })
         .collect()
 }
@@ -478,7 +479,7 @@ async fn main() {
     };
 
     // 1. First sync: every binding created at once, straight into the store.
-    let op = Operator::start(&setup, &http, "a", &profile_env()).await;
+    let op = Operator::start(&setup, &http, "a", &profile_env("a")).await;
     let urls: Vec<String> = vaults.iter().map(|v| v.vault.url()).collect();
     let refresh_text = format!("{}s", refresh.as_secs());
     let created_at = Instant::now();
@@ -573,7 +574,7 @@ async fn main() {
     op.kill().await;
     reset_all(&vaults, &api).await;
     let restarted_at = Instant::now();
-    let op = Operator::start(&setup, &http, "b", &[]).await;
+    let op = Operator::start(&setup, &http, "b", &profile_env("b")).await;
     let started_in = restarted_at.elapsed();
     let mut synced = 0;
     loop {

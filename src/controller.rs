@@ -386,17 +386,6 @@ where
         .filter_map(std::future::ready)
 }
 
-/// Whether a store fed by a watch is current after `event`: not from a
-/// failure (the watcher backs off, the store keeps what it had) or the
-/// start of a re-list, until the listing completes; `None`: unchanged.
-fn store_current_after<K>(event: &Result<watcher::Event<K>, watcher::Error>) -> Option<bool> {
-    match event {
-        Err(_) | Ok(watcher::Event::Init) => Some(false),
-        Ok(watcher::Event::InitDone) => Some(true),
-        Ok(_) => None,
-    }
-}
-
 /// The controller of `replica`'s namespace (`None`: all), until `shutdown`
 /// completes. Its watches are registered with `health` when this is
 /// called, not when the future first runs, so that several controllers
@@ -447,7 +436,7 @@ pub fn run(
                 Api::all(client.clone()),
             ),
         };
-        let (secret_reader, secret_writer) = reflector::store();
+        let secret_versions = crate::versions::SecretVersions::new();
         let (account_reader, account_writer) = reflector::store();
         let concurrency = settings.concurrency;
         let mut ctx = Context::new(
@@ -458,7 +447,7 @@ pub fn run(
             settings,
             metrics,
         )
-        .with_caches(secret_reader, account_reader)
+        .with_caches(secret_versions.clone(), account_reader)
         .within(namespace.clone());
         if let Some(leader) = replica.leader.clone() {
             ctx = ctx.with_leader(leader);
@@ -494,17 +483,13 @@ pub fn run(
             .predicate_filter(binding_predicate, Default::default());
 
         let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}=kvsync"));
-        let current = ctx.secrets_watch_current();
         let secret_stream = secret_triggers(
             watcher(secrets, managed)
                 .default_backoff()
                 .modify(|s| keep_only(&mut s.metadata, &[BINDING_ANNOTATION]))
-                .reflect(secret_writer)
                 .inspect(move |event| {
                     secrets_watch.observe(event);
-                    if let Some(now) = store_current_after(event) {
-                        current.store(now, std::sync::atomic::Ordering::Release);
-                    }
+                    secret_versions.observe(event);
                 }),
         );
         // Identities' annotations, read from memory instead of a GET per check.
@@ -787,22 +772,6 @@ mod tests {
             .collect()
             .await;
         assert_eq!(names, ["b", "c", "d"]);
-    }
-
-    #[test]
-    fn a_failing_or_relisting_watch_does_not_vouch_for_its_store() {
-        use watcher::Event::*;
-        let e = |ev| store_current_after::<PartialObjectMeta<Secret>>(&Ok(ev));
-        assert_eq!(e(Init), Some(false));
-        assert_eq!(e(InitApply(meta("a"))), None);
-        assert_eq!(e(InitDone), Some(true));
-        assert_eq!(e(Apply(meta("a"))), None);
-        assert_eq!(
-            store_current_after::<PartialObjectMeta<Secret>>(&Err(
-                watcher::Error::NoResourceVersion
-            )),
-            Some(false)
-        );
     }
 
     #[tokio::test]

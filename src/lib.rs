@@ -46,3 +46,4 @@ pub mod server;
 pub mod shard;
 pub mod status;
 pub mod value;
+pub mod versions;

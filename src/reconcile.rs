@@ -8,12 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::events::{EventType, Events};
-use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::apply;
@@ -66,8 +64,8 @@ pub struct Settings {
     pub concurrency: u16,
 }
 
-/// Metadata of the Secrets kvsync manages, kept by its watch.
-pub type SecretCache = reflector::Store<PartialObjectMeta<Secret>>;
+/// The resourceVersions of the Secrets kvsync manages, kept by their watch.
+pub type SecretCache = crate::versions::SecretVersions;
 
 /// What every reconcile shares.
 pub struct Context {
@@ -89,12 +87,8 @@ pub struct Context {
     bindings: Mutex<HashMap<BindingKey, BindingState>>,
     /// With leader election: whether this replica may write now.
     leader: Option<tokio::sync::watch::Receiver<bool>>,
-    /// The managed Secrets' metadata; without it every check reads the Secret.
+    /// The managed Secrets' resourceVersions; without them every check reads the Secret.
     secrets: Option<SecretCache>,
-    /// Whether that watch is current: false from a watch error or the start
-    /// of a re-list until the listing completes. A store that stopped
-    /// updating must not vouch for a Secret (drift would go unrepaired).
-    secrets_current: Arc<std::sync::atomic::AtomicBool>,
     /// ServiceAccounts' metadata, for identities; without it they are read.
     service_accounts: Option<crate::azure::identity::ServiceAccountCache>,
     /// The namespace this context serves (`None`: all). The pollers are
@@ -120,8 +114,10 @@ struct BindingState {
     /// Consecutive failed rollout patches (for their backoff).
     rollout_failures: u32,
     /// The binding's status, with its uid: the only copy kept (the
-    /// bindings' store holds none, see [`Context::observe_status`]).
-    status: Option<(String, VaultSecretBindingStatus)>,
+    /// bindings' store holds none, see [`Context::observe_status`]), as
+    /// JSON — one allocation of ~1 KiB instead of some forty small ones
+    /// (~2.4 KiB at five secrets); it is read once per check.
+    status: Option<(String, PackedStatus)>,
     /// `status` is the one this process last wrote. The watch delivers our
     /// own writes a moment later, and a re-list served from the API
     /// server's watch cache may bring an older status back; a reconcile
@@ -132,6 +128,31 @@ struct BindingState {
     /// Reconciled at least once by this process (or since it became the
     /// leader).
     seen: bool,
+}
+
+/// A status kept as its JSON (see `BindingState::status`).
+#[derive(Default)]
+struct PackedStatus(Box<[u8]>);
+
+impl PackedStatus {
+    fn pack(status: &VaultSecretBindingStatus) -> Self {
+        Self(
+            serde_json::to_vec(status)
+                .expect("a status serializes")
+                .into_boxed_slice(),
+        )
+    }
+
+    fn unpack(&self) -> VaultSecretBindingStatus {
+        // It was made by `pack` from the same type.
+        serde_json::from_slice(&self.0).expect("a packed status deserializes")
+    }
+}
+
+impl std::fmt::Debug for PackedStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedStatus({} bytes)", self.0.len())
+    }
 }
 
 /// What to do about a force-sync annotation now.
@@ -166,7 +187,6 @@ impl Context {
             bindings: Mutex::new(HashMap::new()),
             leader: None,
             secrets: None,
-            secrets_current: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             service_accounts: None,
             namespace: None,
             spread_start: true,
@@ -194,12 +214,6 @@ impl Context {
         self
     }
 
-    /// Set by the managed Secrets' watch: whether its store is current (see
-    /// [`Context::with_caches`]).
-    pub fn secrets_watch_current(&self) -> Arc<std::sync::atomic::AtomicBool> {
-        self.secrets_current.clone()
-    }
-
     /// Serves only `namespace` (`None`: all); see [`Context::forget_absent`].
     pub fn within(mut self, namespace: Option<String>) -> Self {
         self.namespace = namespace;
@@ -209,19 +223,7 @@ impl Context {
     /// The resourceVersion of managed Secret `ns/name` as the watch last saw
     /// it; `None` when there is no complete listing yet, or no such Secret.
     fn secret_version(&self, ns: &str, name: &str) -> Option<String> {
-        let store = self.secrets.as_ref()?;
-        if !self
-            .secrets_current
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            return None;
-        }
-        store.wait_until_ready().now_or_never()?.ok()?;
-        store
-            .get(&ObjectRef::new(name).within(ns))?
-            .metadata
-            .resource_version
-            .clone()
+        self.secrets.as_ref()?.version(ns, name)
     }
 
     /// Whether nothing says `b`'s Secret changed since its status was
@@ -331,7 +333,7 @@ impl Context {
         self.state(&key_of(b), |s| match &s.status {
             Some((u, _)) if s.ours && *u == uid => {}
             _ => {
-                s.status = seen.map(|st| (uid, st));
+                s.status = seen.map(|st| (uid, PackedStatus::pack(&st)));
                 s.ours = false;
             }
         });
@@ -347,7 +349,7 @@ impl Context {
             self.observe_status(&mut b);
         }
         b.status = self.state(&key_of(&b), |s| match &s.status {
-            Some((u, st)) if *u == uid => Some(st.clone()),
+            Some((u, st)) if *u == uid => Some(st.unpack()),
             _ => None,
         });
         Arc::new(b)
@@ -357,7 +359,7 @@ impl Context {
     fn wrote_status(&self, b: &VaultSecretBinding, status: &VaultSecretBindingStatus) {
         let uid = b.uid().unwrap_or_default();
         self.state(&key_of(b), |s| {
-            s.status = Some((uid, status.clone()));
+            s.status = Some((uid, PackedStatus::pack(status)));
             s.ours = true;
         });
     }

@@ -232,18 +232,18 @@ async fn unchanged_vault_and_secret_make_no_write() {
 }
 
 /// What kvsync's metadata watch of the managed Secrets would hold: Secret
-/// `agent` at `rv`, listed. The writer updates it like later watch events.
+/// `agent` at `rv`, listed. Later watch events go to the same value.
 fn secret_cache(
     rv: &str,
 ) -> (
     kvsync::reconcile::SecretCache,
-    reflector::store::Writer<PartialObjectMeta<Secret>>,
+    kvsync::reconcile::SecretCache,
 ) {
-    let (reader, mut writer) = reflector::store::<PartialObjectMeta<Secret>>();
-    writer.apply_watcher_event(&watcher::Event::Init);
-    writer.apply_watcher_event(&watcher::Event::InitApply(secret_meta(rv)));
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    (reader, writer)
+    let versions = kvsync::reconcile::SecretCache::new();
+    versions.observe(&Ok(watcher::Event::Init));
+    versions.observe(&Ok(watcher::Event::InitApply(secret_meta(rv))));
+    versions.observe(&Ok(watcher::Event::InitDone));
+    (versions.clone(), versions)
 }
 
 fn secret_meta(rv: &str) -> PartialObjectMeta<Secret> {
@@ -272,7 +272,7 @@ async fn a_secret_still_at_the_version_kvsync_wrote_is_not_read() {
         status["secretResourceVersion"], "5",
         "what the apply answered"
     );
-    let (cache, mut watch) = secret_cache("5");
+    let (cache, watch) = secret_cache("5");
     let mut s = scenario_as(&f, Duration::ZERO, |ctx| {
         ctx.without_start_spread()
             .with_caches(cache, no_service_accounts())
@@ -284,7 +284,7 @@ async fn a_secret_still_at_the_version_kvsync_wrote_is_not_read() {
 
     // Someone edits the Secret: the watch shows a new version, so the next
     // check reads it and puts the value back.
-    watch.apply_watcher_event(&watcher::Event::Apply(secret_meta("6")));
+    watch.observe(&Ok(watcher::Event::Apply(secret_meta("6"))));
     let run = tokio::spawn(reconcile(b, s.ctx.clone()));
     let mut edited = managed_secret(&b64("edited-by-hand"));
     edited["metadata"]["resourceVersion"] = json!("6");
@@ -308,15 +308,13 @@ async fn a_secret_still_at_the_version_kvsync_wrote_is_not_read() {
 async fn a_watch_that_stopped_does_not_vouch_for_the_secret() {
     let f = start("secrets:\n  - {name: db-password, value: same-value}\n").await;
     let status = synced_status(&f, "same-value").await;
-    let (cache, _watch) = secret_cache("5");
+    let (cache, watch) = secret_cache("5");
     let mut s = scenario_as(&f, Duration::ZERO, |ctx| {
         ctx.without_start_spread()
             .with_caches(cache, no_service_accounts())
     });
-    // The watch failed (or is re-listing): its store may be old.
-    s.ctx
-        .secrets_watch_current()
-        .store(false, std::sync::atomic::Ordering::Release);
+    // The watch is re-listing (or failed): what it holds may be old.
+    watch.observe(&Ok(watcher::Event::Init));
     let run = tokio::spawn(reconcile(Arc::new(binding(&f, status)), s.ctx.clone()));
     expect(
         &mut s.handle,
