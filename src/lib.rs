@@ -37,6 +37,7 @@ pub mod hashkey;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod policy;
 pub mod poller;
 pub mod reason;
 pub mod reconcile;

@@ -6,6 +6,7 @@
 // clippy reads the repeated `printcolumn(type_ = ...)` as duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod policy;
 mod validate;
 
 pub use validate::{MANAGED_BY_LABEL, is_dns1123_subdomain, is_secret_key, is_vault_secret_name};
