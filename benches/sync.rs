@@ -166,6 +166,7 @@ async fn first_sync_latency(n: usize) {
                 force_sync_cooldown: Duration::ZERO,
                 status_heartbeat: Duration::from_secs(900),
                 concurrency: 32,
+                access_policy: kvsync::policy::Mode::Open,
             },
             Arc::new(kvsync::metrics::Metrics::default()),
         )

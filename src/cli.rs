@@ -82,6 +82,11 @@ pub struct RunArgs {
     /// budget holds whatever this is.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// VaultAccessPolicies: `open` lets a namespace no policy selects use
+    /// any vault, name and identity (policies only restrict the namespaces
+    /// they select); `enforce` lets it use nothing.
+    #[arg(long, value_enum, default_value_t = crate::policy::Mode::Open)]
+    pub access_policy: crate::policy::Mode,
     /// Elect one writer among the replicas with a Lease in POD_NAMESPACE
     /// (identity POD_NAME); standbys keep their caches warm and write nothing.
     #[arg(long)]

@@ -461,6 +461,7 @@ pub fn run(
         // what is held for it when the watch reports the deletion.
         let on_delete = ctx.clone();
         let statuses = ctx.clone();
+        let listing = ctx.clone();
         // Other shards' bindings never enter the store (nor memory).
         let binding_stream = watcher(bindings, watcher::Config::default().any_semantic())
             .default_backoff()
@@ -472,6 +473,12 @@ pub fn run(
             })
             .reflect(writer)
             .inspect(move |event| {
+                if let Ok(watcher::Event::Init) = event {
+                    listing.set_bindings_listing(true);
+                }
+                if let Ok(watcher::Event::InitDone) = event {
+                    listing.set_bindings_listing(false);
+                }
                 if bindings_watch.observe(event) {
                     let _ = listed_tx.unbounded_send(());
                 }

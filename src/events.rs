@@ -16,6 +16,8 @@ use kube::api::{Api, PostParams};
 
 /// The `note` field's limit (the API server refuses longer ones).
 const NOTE_MAX: usize = 1024;
+/// The part of an event's name taken from its object's name.
+const NAME_PREFIX_MAX: usize = 200;
 /// The `reportingInstance` field's limit.
 const INSTANCE_MAX: usize = 128;
 
@@ -84,9 +86,13 @@ impl Events {
         note: &str,
         now: Timestamp,
     ) -> Event {
+        // Within the 253 characters of a name, whatever the object's.
         let name = format!(
             "{}.{:x}",
-            regarding.name.as_deref().unwrap_or("kvsync"),
+            truncate(
+                regarding.name.as_deref().unwrap_or("kvsync"),
+                NAME_PREFIX_MAX
+            ),
             now.as_nanosecond()
         );
         Event {
@@ -180,5 +186,20 @@ mod tests {
             Some("x".repeat(300)),
         );
         assert_eq!(events.instance.len(), INSTANCE_MAX);
+        let mut long = regarding();
+        long.name = Some("b".repeat(253));
+        let name = events
+            .event(
+                long,
+                EventType::Normal,
+                "Synced",
+                "Sync",
+                "n",
+                Timestamp::now(),
+            )
+            .metadata
+            .name
+            .unwrap();
+        assert!(name.len() <= 253, "{}", name.len());
     }
 }

@@ -104,6 +104,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         force_sync_cooldown: args.force_sync_cooldown,
         status_heartbeat: args.status_heartbeat,
         concurrency: args.concurrency,
+        access_policy: args.access_policy,
         hash_key: kvsync::hashkey::load_or_create(&client, &hash_key_namespace)
             .await
             .map_err(|e| e.to_string())?,

@@ -33,6 +33,9 @@ reasons! {
     InvalidSpec,
     /// `vaultUrl` is not https or not a Key Vault host.
     VaultHostNotAllowed,
+    /// A VaultAccessPolicy does not allow the vault, a secret or the
+    /// identity (or, under `--access-policy enforce`, none selects the namespace).
+    PolicyDenied,
     /// The identity is not configured (annotation, tenant, ServiceAccount, client secret).
     IdentityMisconfigured,
     /// Entra ID refused the identity, or the vault refused its token.

@@ -62,6 +62,8 @@ pub struct Settings {
     pub status_heartbeat: Duration,
     /// Reconciles running at once, per controller (`--concurrency`).
     pub concurrency: u16,
+    /// `--access-policy`.
+    pub access_policy: crate::policy::Mode,
 }
 
 /// The resourceVersions of the Secrets kvsync manages, kept by their watch.
@@ -96,6 +98,13 @@ pub struct Context {
     namespace: Option<String>,
     /// Whether settled bindings wait their jitter before the first check.
     spread_start: bool,
+    /// Bumped (under the `bindings` lock) each time this replica stands
+    /// down: a status write that straddles it is not "ours".
+    epoch: std::sync::atomic::AtomicU64,
+    /// The bindings' watch is listing: the store still holds the previous
+    /// listing while the context already knows the new one's bindings, so
+    /// a sweep must wait (it would forget their statuses).
+    bindings_listing: std::sync::atomic::AtomicBool,
 }
 
 /// A binding's namespace and name.
@@ -128,6 +137,11 @@ struct BindingState {
     /// Reconciled at least once by this process (or since it became the
     /// leader).
     seen: bool,
+    /// The last event sent about it (a digest of type, reason and note) and
+    /// when: the same one is not sent again within `EVENT_REPEAT` (a status
+    /// write that keeps failing would otherwise repeat its warning on every
+    /// retry, and a Secret edited in a loop its repair).
+    last_event: Option<(u64, Instant)>,
 }
 
 /// A status kept as its JSON (see `BindingState::status`).
@@ -143,9 +157,13 @@ impl PackedStatus {
         )
     }
 
-    fn unpack(&self) -> VaultSecretBindingStatus {
-        // It was made by `pack` from the same type.
-        serde_json::from_slice(&self.0).expect("a packed status deserializes")
+    /// `None` (and a log line) if it does not read back (a time outside
+    /// what RFC 3339 can say, from an odd vault): the binding is then
+    /// checked as if new.
+    fn unpack(&self) -> Option<VaultSecretBindingStatus> {
+        serde_json::from_slice(&self.0)
+            .inspect_err(|e| tracing::warn!(error = %e, "a kept status does not read back"))
+            .ok()
     }
 }
 
@@ -190,6 +208,8 @@ impl Context {
             service_accounts: None,
             namespace: None,
             spread_start: true,
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            bindings_listing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -290,14 +310,22 @@ impl Context {
             Some(own) => ns == Some(own.as_str()),
             None => true,
         };
-        let absent: Vec<BindingKey> = self
-            .bindings
-            .lock()
-            .expect("binding state")
-            .keys()
-            .filter(|(ns, name)| !present(&ObjectRef::new(name).within(ns)))
-            .cloned()
-            .collect();
+        let absent: Vec<BindingKey> = {
+            let map = self.bindings.lock().expect("binding state");
+            // Checked under the lock the watch's `observe_status` takes: a
+            // listing that began after this check adds its bindings after
+            // the list below is made.
+            if self
+                .bindings_listing
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return;
+            }
+            map.keys()
+                .filter(|(ns, name)| !present(&ObjectRef::new(name).within(ns)))
+                .cloned()
+                .collect()
+        };
         for key in &absent {
             self.forget_key(key);
         }
@@ -322,6 +350,23 @@ impl Context {
                 Force::Now
             }
         })
+    }
+
+    /// The status a reconcile of `b` would act on (what the watch brought,
+    /// or this process wrote), without `b`'s own.
+    pub fn kept_status(&self, b: &VaultSecretBinding) -> Option<VaultSecretBindingStatus> {
+        let mut bare = b.clone();
+        bare.status = None;
+        Arc::unwrap_or_clone(self.with_newest_status(Arc::new(bare))).status
+    }
+
+    /// Set by the bindings' watch: a listing began (`true`) or completed.
+    pub fn set_bindings_listing(&self, listing: bool) {
+        // Under the lock, so that `forget_absent` sees it in order with
+        // the statuses the listing brings.
+        let _map = self.bindings.lock().expect("binding state");
+        self.bindings_listing
+            .store(listing, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Takes the status out of a binding the watch delivered and keeps it
@@ -349,19 +394,35 @@ impl Context {
             self.observe_status(&mut b);
         }
         b.status = self.state(&key_of(&b), |s| match &s.status {
-            Some((u, st)) if *u == uid => Some(st.unpack()),
+            Some((u, st)) if *u == uid => st.unpack(),
             _ => None,
         });
         Arc::new(b)
     }
 
-    /// Records the status just written for `b`.
-    fn wrote_status(&self, b: &VaultSecretBinding, status: &VaultSecretBindingStatus) {
+    /// Writes `status` for `b` and keeps it as "ours" — unless this replica
+    /// stood down while the write was out (the next leader's statuses must
+    /// then win), or the write failed (it may still have landed: the
+    /// watch's copy must win).
+    async fn write_status(
+        &self,
+        api: &Api<VaultSecretBinding>,
+        b: &VaultSecretBinding,
+        status: &VaultSecretBindingStatus,
+    ) -> Result<(), kube::Error> {
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
+        let written = status::write(api, &b.name_any(), status).await;
         let uid = b.uid().unwrap_or_default();
-        self.state(&key_of(b), |s| {
-            s.status = Some((uid, PackedStatus::pack(status)));
-            s.ours = true;
-        });
+        let mut map = self.bindings.lock().expect("binding state");
+        let s = map.entry(key_of(b)).or_default();
+        match &written {
+            Ok(()) => {
+                s.status = Some((uid, PackedStatus::pack(status)));
+                s.ours = self.epoch.load(std::sync::atomic::Ordering::SeqCst) == epoch;
+            }
+            Err(_) => s.ours = false,
+        }
+        written
     }
 
     /// This replica lost the Lease: forgets everything held per binding
@@ -370,6 +431,7 @@ impl Context {
     pub fn stand_down(&self) {
         let keys: Vec<BindingKey> = {
             let mut map = self.bindings.lock().expect("binding state");
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             for s in map.values_mut() {
                 *s = BindingState {
                     status: s.status.take(),
@@ -627,8 +689,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
             if status::needs_write(prev, &done.status, ctx.settings.status_heartbeat)
                 && ctx.may_write()
             {
-                status::write(&bindings, &name, &done.status).await?;
-                ctx.wrote_status(&b, &done.status);
+                ctx.write_status(&bindings, &b, &done.status).await?;
             }
             let mut next = interval + jitter(&b.uid().unwrap_or_default(), interval);
             if let Some(r) = done.requeue {
@@ -654,8 +715,7 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
             if status::needs_write(prev, &new_status, ctx.settings.status_heartbeat)
                 && ctx.may_write()
             {
-                status::write(&bindings, &name, &new_status).await?;
-                ctx.wrote_status(&b, &new_status);
+                ctx.write_status(&bindings, &b, &new_status).await?;
             }
             let mut wait = if f.transient {
                 backoff(failures, interval)
@@ -708,6 +768,9 @@ fn vault_name(url: &str) -> String {
         .unwrap_or_else(|| url.to_string())
 }
 
+/// See `BindingState::last_event`.
+const EVENT_REPEAT: Duration = Duration::from_secs(600);
+
 async fn publish(
     ctx: &Context,
     b: &VaultSecretBinding,
@@ -715,6 +778,25 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (type_ == EventType::Warning, reason, &note).hash(&mut h);
+        h.finish()
+    };
+    let now = Instant::now();
+    let repeat = ctx.state(&key_of(b), |s| {
+        let repeat = s
+            .last_event
+            .is_some_and(|(d, at)| d == digest && now.duration_since(at) < EVENT_REPEAT);
+        if !repeat {
+            s.last_event = Some((digest, now));
+        }
+        repeat
+    });
+    if repeat {
+        return;
+    }
     let regarding = b.object_ref(&());
     if let Err(e) = ctx
         .events
@@ -940,8 +1022,7 @@ async fn sync(
         let mut intent = prev.clone();
         intent.rollout_pending_since = pending.clone();
         let bindings: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);
-        status::write(&bindings, &name, &intent).await?;
-        ctx.wrote_status(b, &intent);
+        ctx.write_status(&bindings, b, &intent).await?;
     }
     if let Some(desired) = &desired {
         let force_apply = spec.policy() != TargetPolicy::Merge;

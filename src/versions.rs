@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -15,13 +16,22 @@ use kube::runtime::watcher;
 
 type Key = (String, String);
 
+/// How long after a watch error the map does not vouch. The watcher
+/// retries a failed watch at least every 30 s (kube's default backoff) and
+/// reports each failure, so a watch that keeps failing keeps this closed;
+/// one that resumed replays what it missed (or re-lists), after which the
+/// map is as current as the watch.
+const DISTRUST_AFTER_ERROR: Duration = Duration::from_secs(60);
+
 #[derive(Default)]
 struct Inner {
     versions: HashMap<Key, String>,
     /// A listing in progress: what it has brought so far.
     listing: Option<HashMap<Key, String>>,
-    /// A listing completed and no failure or re-list since.
+    /// A listing completed and no re-list began since.
     current: bool,
+    /// The last watch failure since that listing.
+    failed_at: Option<Instant>,
 }
 
 /// Shared by the watch (which feeds it) and the reconciles (which ask it).
@@ -39,16 +49,25 @@ impl SecretVersions {
         Self::default()
     }
 
-    /// Applies what the watch reported. A failure, or the start of a
-    /// re-list, makes it stop vouching until the next listing completes:
-    /// a map that stopped updating must not hide an edited Secret.
+    /// Applies what the watch reported. The start of a re-list makes it
+    /// stop vouching until the listing completes, a failure for a while
+    /// after it (see `DISTRUST_AFTER_ERROR`): a map that stopped updating
+    /// must not hide an edited Secret.
     pub fn observe(
         &self,
         event: &Result<watcher::Event<PartialObjectMeta<Secret>>, watcher::Error>,
     ) {
+        self.observe_at(event, Instant::now());
+    }
+
+    fn observe_at(
+        &self,
+        event: &Result<watcher::Event<PartialObjectMeta<Secret>>, watcher::Error>,
+        now: Instant,
+    ) {
         let mut inner = self.0.lock().expect("secret versions");
         match event {
-            Err(_) => inner.current = false,
+            Err(_) => inner.failed_at = Some(now),
             Ok(watcher::Event::Init) => {
                 inner.current = false;
                 inner.listing = Some(HashMap::new());
@@ -63,6 +82,7 @@ impl SecretVersions {
                     inner.versions = listing;
                 }
                 inner.current = true;
+                inner.failed_at = None;
             }
             Ok(watcher::Event::Apply(s)) => {
                 if let Some((k, rv)) = key(s) {
@@ -80,8 +100,15 @@ impl SecretVersions {
     /// The resourceVersion of Secret `ns/name` as the watch last saw it;
     /// `None` when the watch is not current or has no such Secret.
     pub fn version(&self, ns: &str, name: &str) -> Option<String> {
+        self.version_at(ns, name, Instant::now())
+    }
+
+    fn version_at(&self, ns: &str, name: &str, now: Instant) -> Option<String> {
         let inner = self.0.lock().expect("secret versions");
-        if !inner.current {
+        let failing = inner
+            .failed_at
+            .is_some_and(|at| now.saturating_duration_since(at) < DISTRUST_AFTER_ERROR);
+        if !inner.current || failing {
             return None;
         }
         inner
@@ -143,8 +170,25 @@ mod tests {
         v.observe(&ok(watcher::Event::InitApply(meta("a", "1"))));
         v.observe(&ok(watcher::Event::InitApply(meta("b", "1"))));
         v.observe(&ok(watcher::Event::InitDone));
-        v.observe(&Err(watcher::Error::NoResourceVersion));
-        assert_eq!(v.version("ci", "a"), None, "after a failure");
+        let failed = Instant::now();
+        v.observe_at(&Err(watcher::Error::NoResourceVersion), failed);
+        assert_eq!(v.version_at("ci", "a", failed), None, "after a failure");
+        assert_eq!(
+            v.version_at(
+                "ci",
+                "a",
+                failed + DISTRUST_AFTER_ERROR - Duration::from_secs(1)
+            ),
+            None,
+            "while failures may still come"
+        );
+        assert_eq!(
+            v.version_at("ci", "a", failed + DISTRUST_AFTER_ERROR)
+                .as_deref(),
+            Some("1"),
+            "a watch that resumed (no failure for a minute) is as current as it is"
+        );
+        v.observe_at(&Err(watcher::Error::NoResourceVersion), failed);
         v.observe(&ok(watcher::Event::Init));
         v.observe(&ok(watcher::Event::InitApply(meta("a", "5"))));
         assert_eq!(v.version("ci", "a"), None, "during a re-list");

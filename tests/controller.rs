@@ -339,6 +339,7 @@ fn operator_as(f: &support::Fixture, fake: Fake, replica: kvsync::controller::Re
             force_sync_cooldown: Duration::ZERO,
             status_heartbeat: Duration::from_secs(900),
             concurrency: 8,
+            access_policy: kvsync::policy::Mode::Open,
         },
         metrics.clone(),
         &health,

@@ -58,6 +58,7 @@ fn scenario_as(
             force_sync_cooldown,
             status_heartbeat: Duration::from_secs(900),
             concurrency: 8,
+            access_policy: kvsync::policy::Mode::Open,
         },
         Arc::new(kvsync::metrics::Metrics::default()),
     )));
@@ -1103,4 +1104,52 @@ async fn a_reconcile_that_sees_a_stale_status_keeps_the_due_rollout() {
     let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
     expect_secret(&mut s.handle, "new-value").await;
     finish(run, s).await;
+}
+
+#[tokio::test]
+async fn statuses_survive_a_sweep_during_a_listing_and_go_with_the_binding() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let status = synced_status(&f, "v").await;
+    let s = scenario(&f);
+    let mut b = binding(&f, status.clone());
+    // The watch takes the status out of the object into the context.
+    s.ctx.observe_status(&mut b);
+    assert!(b.status.is_none(), "the store gets no status");
+    let kept = s.ctx.kept_status(&b).expect("kept");
+    assert_eq!(serde_json::to_value(&kept).unwrap(), status);
+    // A re-list is under way: the store does not have the binding yet, and
+    // a sweep now must not forget what the listing already brought.
+    s.ctx.set_bindings_listing(true);
+    s.ctx.forget_absent(|_| false);
+    assert!(s.ctx.kept_status(&b).is_some(), "kept during the listing");
+    // Once listed, a binding the store does not have is gone, status too.
+    s.ctx.set_bindings_listing(false);
+    s.ctx.forget_absent(|_| false);
+    assert!(
+        s.ctx.kept_status(&b).is_none(),
+        "forgotten with the binding"
+    );
+}
+
+#[tokio::test]
+async fn after_standing_down_the_watch_brings_the_next_leaders_status() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let status = synced_status(&f, "v").await;
+    let s = scenario(&f);
+    let mut b = binding(&f, status.clone());
+    s.ctx.observe_status(&mut b);
+    s.ctx.stand_down();
+    assert!(s.ctx.kept_status(&b).is_some(), "a standby keeps statuses");
+    let mut newer = status.clone();
+    newer["forceSyncHandled"] = json!("by-the-new-leader");
+    let mut from_watch = binding(&f, newer.clone());
+    s.ctx.observe_status(&mut from_watch);
+    assert_eq!(
+        serde_json::to_value(s.ctx.kept_status(&b).unwrap()).unwrap(),
+        newer
+    );
+    // A recreated binding (another uid) never gets the old one's status.
+    let mut recreated = binding(&f, json!(null));
+    recreated.metadata.uid = Some("uid-2".into());
+    assert!(s.ctx.kept_status(&recreated).is_none());
 }
