@@ -26,11 +26,25 @@ pub enum LogFormat {
     Text,
 }
 
+/// The CRDs kvsync defines, by plural name.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CrdKind {
+    /// `VaultSecretBinding` (namespaced).
+    Vaultsecretbindings,
+    /// `VaultAccessPolicy` (cluster-scoped).
+    Vaultaccesspolicies,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the VaultSecretBinding CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML (VaultSecretBinding unless
+    /// another kind is named).
+    Crd {
+        /// Which CRD.
+        #[arg(value_enum, default_value_t = CrdKind::Vaultsecretbindings)]
+        kind: CrdKind,
+    },
     /// Run the controller: keep every VaultSecretBinding's Secret in step with its vault.
     Run(RunArgs),
     /// Check one binding against its vault: which key gets which secret version, and every problem.

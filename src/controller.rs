@@ -336,6 +336,17 @@ pub fn trim_meta(meta: &mut ObjectMeta) {
     }
 }
 
+/// Keeps of a namespace's metadata its name and labels (what policies
+/// select by).
+pub fn keep_labels_only(meta: &mut ObjectMeta) {
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        resource_version: meta.resource_version.take(),
+        labels: meta.labels.take(),
+        ..Default::default()
+    };
+}
+
 /// Keeps of an object's metadata only what identifies it (name, namespace,
 /// uid, resourceVersion, generation), its deletion state and finalizers, and
 /// the annotations named in `keep`: for the stores of objects kvsync reads
@@ -363,11 +374,9 @@ pub fn keep_only(meta: &mut ObjectMeta, keep: &[&str]) {
 /// is reconciled anyway (a start with 10,000 Secrets would otherwise queue
 /// 10,000 reconciles at once, ahead of the bindings' jitter). Later
 /// re-listings do count: changes may hide in them.
-fn secret_triggers<S>(
-    events: S,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>>
+fn secret_triggers<S, K>(events: S) -> impl futures::Stream<Item = Result<K, watcher::Error>>
 where
-    S: futures::Stream<Item = Result<watcher::Event<PartialObjectMeta<Secret>>, watcher::Error>>,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     events
         .scan(false, |listed, event| {
@@ -439,6 +448,7 @@ pub fn run(
         let secret_versions = crate::versions::SecretVersions::new();
         let (account_reader, account_writer) = reflector::store();
         let concurrency = settings.concurrency;
+        let settings_policy = settings.access_policy;
         let mut ctx = Context::new(
             client.clone(),
             access,
@@ -452,6 +462,15 @@ pub fn run(
         if let Some(leader) = replica.leader.clone() {
             ctx = ctx.with_leader(leader);
         }
+        // VaultAccessPolicies and the namespaces' labels they select by.
+        let (policy_reader, policy_writer) = reflector::store();
+        let (namespace_reader, namespace_writer) = reflector::store();
+        ctx = ctx.with_policies(crate::policy::view::PolicyView::new(
+            settings_policy,
+            policy_reader,
+            namespace_reader,
+            client.clone(),
+        ));
         let ctx = Arc::new(ctx);
         let shard = replica.shard;
 
@@ -509,6 +528,51 @@ pub fn run(
                 std::future::ready(())
             });
 
+        // A policy created, changed or deleted re-decides every binding at
+        // once; a namespace's labels, the bindings in it.
+        let (policy_tx, policy_rx) = futures::channel::mpsc::unbounded::<()>();
+        let policy_stream = secret_triggers(
+            watcher(
+                Api::<crate::crd::policy::VaultAccessPolicy>::all(client.clone()),
+                watcher::Config::default().any_semantic(),
+            )
+            .default_backoff()
+            .modify(|p| trim_meta(p.meta_mut()))
+            .reflect(policy_writer),
+        )
+        .for_each(move |event| {
+            match event {
+                Ok(_) => {
+                    let _ = policy_tx.unbounded_send(());
+                }
+                Err(e) => tracing::warn!(error = %e, "watching VaultAccessPolicies failed (bindings are not decided until it works)"),
+            }
+            std::future::ready(())
+        });
+        let namespaces_api =
+            Api::<PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>::all(client.clone());
+        let namespaces_config = match &namespace {
+            Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+            None => watcher::Config::default(),
+        }
+        .any_semantic();
+        let namespace_stream = secret_triggers(
+            watcher(namespaces_api, namespaces_config)
+                .default_backoff()
+                .modify(|n| keep_labels_only(&mut n.metadata))
+                .reflect(namespace_writer),
+        )
+        .filter_map(|event| {
+            std::future::ready(match event {
+                Ok(n) => Some(Ok(n)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching namespaces failed (bindings are not decided until it works)");
+                    None
+                }
+            })
+        });
+        let in_namespace = reader.clone();
+
         let controller = Controller::for_stream(binding_stream, reader.clone())
             .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
             .watches_stream(secret_stream, |s| {
@@ -516,6 +580,16 @@ pub fn run(
                 let binding = s.annotations().get(BINDING_ANNOTATION)?.clone();
                 Some(ObjectRef::new(&binding).within(&ns))
             })
+            .watches_stream(namespace_stream, move |n| {
+                let ns = n.name_any();
+                in_namespace
+                    .state()
+                    .into_iter()
+                    .filter(|b| b.namespace().as_deref() == Some(ns.as_str()))
+                    .map(|b| ObjectRef::from_obj(&*b))
+                    .collect::<Vec<_>>()
+            })
+            .reconcile_all_on(policy_rx)
             .reconcile_on(wake_rx)
             .reconcile_all_on(on_becoming_leader(replica.leader, ctx.clone()))
             .graceful_shutdown_on(shutdown.clone())
@@ -547,6 +621,7 @@ pub fn run(
             () = never_listed => {}
             () = sweep(ctx, reader, listed_rx, SWEEP_EVERY) => {}
             () = account_stream => {}
+            () = policy_stream => {}
         }
     }
 }

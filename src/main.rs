@@ -22,8 +22,13 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {
-        Command::Crd => {
-            print!("{}", kvsync::crd::crd_yaml());
+        Command::Crd { kind } => {
+            match kind {
+                kvsync::cli::CrdKind::Vaultsecretbindings => print!("{}", kvsync::crd::crd_yaml()),
+                kvsync::cli::CrdKind::Vaultaccesspolicies => {
+                    print!("{}", kvsync::crd::policy::crd_yaml())
+                }
+            }
             ExitCode::SUCCESS
         }
         Command::Run(args) => match run(args).await {

@@ -87,7 +87,10 @@ pub fn selects(spec: &VaultSecretBindingSpec, item: &SecretItem) -> bool {
     {
         return false;
     }
-    sel.tags.iter().all(|(k, v)| item.tags.get(k) == Some(v))
+    sel.allowed_names
+        .as_ref()
+        .is_none_or(|patterns| patterns.iter().any(|p| crate::policy::glob(p, name)))
+        && sel.tags.iter().all(|(k, v)| item.tags.get(k) == Some(v))
 }
 
 /// Plans the keys of a binding. `listing` is the vault's secret items; it is

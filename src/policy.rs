@@ -106,6 +106,11 @@ impl NameFilter {
         Self(None)
     }
 
+    /// The patterns (`None`: any name).
+    pub fn patterns(self) -> Option<Vec<String>> {
+        self.0
+    }
+
     /// Whether `name` may be taken.
     pub fn allows(&self, name: &str) -> bool {
         self.0
@@ -256,3 +261,4 @@ impl Policies {
 
 #[cfg(test)]
 mod tests;
+pub mod view;

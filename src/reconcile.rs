@@ -98,6 +98,8 @@ pub struct Context {
     namespace: Option<String>,
     /// Whether settled bindings wait their jitter before the first check.
     spread_start: bool,
+    /// The VaultAccessPolicies (see [`Context::with_policies`]).
+    policies: Option<crate::policy::view::PolicyView>,
     /// Bumped (under the `bindings` lock) each time this replica stands
     /// down: a status write that straddles it is not "ours".
     epoch: std::sync::atomic::AtomicU64,
@@ -208,6 +210,7 @@ impl Context {
             service_accounts: None,
             namespace: None,
             spread_start: true,
+            policies: None,
             epoch: std::sync::atomic::AtomicU64::new(0),
             bindings_listing: std::sync::atomic::AtomicBool::new(false),
         }
@@ -269,6 +272,13 @@ impl Context {
     /// since this replica became the leader).
     fn first_look(&self, key: &BindingKey) -> bool {
         self.state(key, |s| !std::mem::replace(&mut s.seen, true)) && self.spread_start
+    }
+
+    /// Decides every binding by the VaultAccessPolicies `view` holds;
+    /// without one (tests, benches) every binding is allowed.
+    pub fn with_policies(mut self, view: crate::policy::view::PolicyView) -> Self {
+        self.policies = Some(view);
+        self
     }
 
     /// Writes only while `leader` says this replica holds the Lease.
@@ -877,6 +887,38 @@ async fn sync(
         .access
         .endpoint(&spec.vault_url)
         .map_err(|e| user(Reason::VaultHostNotAllowed, e.to_string(), false))?;
+    // Policies decide before any identity is resolved or request made; a
+    // `select` then takes only names the allowing policies allow.
+    let allowed_spec;
+    let spec = match &ctx.policies {
+        None => spec,
+        Some(view) => {
+            let host = {
+                let h = endpoint.base.host_str().unwrap_or_default();
+                match endpoint.base.port() {
+                    Some(port) => format!("{h}:{port}"),
+                    None => h.to_string(),
+                }
+                .to_ascii_lowercase()
+            };
+            let decided = view
+                .decide(&ns, &host, spec)
+                .await
+                .map_err(|e| user(Reason::PolicyDenied, e.to_string(), true))?;
+            let filter = decided.map_err(|d| user(Reason::PolicyDenied, d.message, false))?;
+            match (filter.patterns(), &spec.select) {
+                (Some(patterns), Some(_)) => {
+                    let mut narrowed = spec.clone();
+                    if let Some(sel) = narrowed.select.as_mut() {
+                        sel.allowed_names = Some(patterns);
+                    }
+                    allowed_spec = narrowed;
+                    &allowed_spec
+                }
+                _ => spec,
+            }
+        }
+    };
     let credential = ctx
         .access
         .env

@@ -24,20 +24,28 @@ fn chart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/kvsync")
 }
 
-const CRD_TEMPLATE: &str = "templates/crds/vaultsecretbindings.yaml";
-
 #[test]
-fn chart_crd_template_matches_the_rust_types() {
-    let path = chart_dir().join(CRD_TEMPLATE);
-    let want = kvsync::crd::crd_chart_template();
-    if std::env::var_os("KVSYNC_BLESS").is_some() {
-        std::fs::write(&path, &want).unwrap();
+fn chart_crd_templates_match_the_rust_types() {
+    for (template, want) in [
+        (
+            "templates/crds/vaultsecretbindings.yaml",
+            kvsync::crd::crd_chart_template(),
+        ),
+        (
+            "templates/crds/vaultaccesspolicies.yaml",
+            kvsync::crd::policy::crd_chart_template(),
+        ),
+    ] {
+        let path = chart_dir().join(template);
+        if std::env::var_os("KVSYNC_BLESS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "{template} is stale: run `KVSYNC_BLESS=1 cargo test --test chart`"
+        );
     }
-    let have = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        have == want,
-        "{CRD_TEMPLATE} is stale: run `KVSYNC_BLESS=1 cargo test --test chart`"
-    );
 }
 
 #[test]

@@ -147,6 +147,21 @@ async fn serve(
                     json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBindingList", "metadata": {"resourceVersion": "1"}, "items": [b]}),
                 )
             }
+            // No VaultAccessPolicy; namespace ci without labels; neither changes.
+            ("GET", "/apis/kvsync.io/v1alpha1/vaultaccesspolicies" | "/api/v1/namespaces")
+                if watch =>
+            {
+                stream_of(&state, Watched::ServiceAccounts)
+            }
+            ("GET", "/apis/kvsync.io/v1alpha1/vaultaccesspolicies") => full(
+                200,
+                json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "VaultAccessPolicyList", "metadata": {"resourceVersion": "1"}, "items": []}),
+            ),
+            ("GET", "/api/v1/namespaces") => full(
+                200,
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": "1"},
+                    "items": [{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": "ci", "resourceVersion": "1"}}]}),
+            ),
             ("GET", "/api/v1/namespaces/ci/serviceaccounts") if watch => {
                 stream_of(&state, Watched::ServiceAccounts)
             }

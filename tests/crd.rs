@@ -23,6 +23,41 @@ fn checked_in_crd_matches_generated() {
 }
 
 #[test]
+fn checked_in_policy_crd_matches_generated() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/kvsync.io_vaultaccesspolicies.yaml"
+    );
+    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        on_disk == kvsync::crd::policy::crd_yaml(),
+        "crds/kvsync.io_vaultaccesspolicies.yaml is stale: regenerate it with \
+         `cargo run -- crd vaultaccesspolicies > crds/kvsync.io_vaultaccesspolicies.yaml`"
+    );
+}
+
+#[test]
+fn policy_crd_is_cluster_scoped_with_its_names() {
+    let crd = kvsync::crd::policy::VaultAccessPolicy::crd();
+    assert_eq!(crd.spec.scope, "Cluster");
+    assert_eq!(crd.spec.names.plural, "vaultaccesspolicies");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["vap".to_string()]));
+    let mut violations = Vec::new();
+    let schema = serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    structural_violations(&schema, "", &mut violations);
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
 fn crd_names_and_printer_columns() {
     let crd = VaultSecretBinding::crd();
     assert_eq!(crd.spec.group, "kvsync.io");

@@ -300,6 +300,12 @@ pub struct SecretSelector {
     /// Only secrets carrying all of these tags with these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+
+    /// Set by the operator, never read from the API: the name patterns a
+    /// VaultAccessPolicy lets this `select` take (`None`: any).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub allowed_names: Option<Vec<String>>,
 }
 
 /// How a vault secret name becomes a Secret key.
@@ -531,7 +537,12 @@ pub fn crd_yaml() -> String {
 /// kept on `helm uninstall` so users' bindings survive it.
 pub fn crd_chart_template() -> String {
     use kube::CustomResourceExt;
-    let mut crd = VaultSecretBinding::crd();
+    chart_template(VaultSecretBinding::crd())
+}
+
+fn chart_template(
+    mut crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> String {
     crd.metadata.annotations =
         Some([("helm.sh/resource-policy".to_string(), "keep".to_string())].into());
     let yaml = serde_yaml::to_string(&crd).expect("the CRD serializes to YAML");

@@ -109,3 +109,15 @@ pub struct IdentityRules {
     #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
     pub client_ids: Vec<String>,
 }
+
+/// The CRD as YAML (`crds/kvsync.io_vaultaccesspolicies.yaml`).
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&VaultAccessPolicy::crd()).expect("the CRD serializes to YAML")
+}
+
+/// The CRD as the Helm chart's template (see [`super::crd_chart_template`]).
+pub fn crd_chart_template() -> String {
+    use kube::CustomResourceExt;
+    super::chart_template(VaultAccessPolicy::crd())
+}

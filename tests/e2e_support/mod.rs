@@ -1404,23 +1404,27 @@ fn tls_config(ca_pem: &[u8]) -> rustls::ClientConfig {
 
 async fn install_crd(client: &kube::Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = VaultSecretBinding::crd();
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("the API server accepts the CRD");
-    let established = kube::runtime::wait::conditions::is_crd_established();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        kube::runtime::wait::await_condition(crds, &name, established),
-    )
-    .await
-    .expect("the CRD becomes established")
-    .expect("watching the CRD");
+    for crd in [
+        VaultSecretBinding::crd(),
+        kvsync::crd::policy::VaultAccessPolicy::crd(),
+    ] {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("the API server accepts the CRD");
+        let established = kube::runtime::wait::conditions::is_crd_established();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            kube::runtime::wait::await_condition(crds.clone(), &name, established),
+        )
+        .await
+        .expect("the CRD becomes established")
+        .expect("watching the CRD");
+    }
     // On a cluster that had an older CRD, the new schema is served a moment
     // after the apply: wait until it refuses what only it refuses (a tenant
     // id that is not a GUID or DNS name), with a server-side dry run.

@@ -132,6 +132,15 @@ pub static RESOURCES: &[ResourceType] = &[
         true,
         true,
     ),
+    resource(
+        "kvsync.io",
+        "v1alpha1",
+        "vaultaccesspolicies",
+        "VaultAccessPolicy",
+        false,
+        true,
+        false,
+    ),
     resource("apps", "v1", "deployments", "Deployment", true, true, true),
     resource(
         "apps",
