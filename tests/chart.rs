@@ -249,6 +249,7 @@ fn every_optional_feature_renders() {
         assert!(a.contains(&"--ca-file=/etc/kvsync/ca/bundle.pem".to_string()));
         assert!(a.contains(&"--status-heartbeat=0".to_string()));
         assert!(a.contains(&"--concurrency=64".to_string()));
+        assert!(a.contains(&"--access-policy=enforce".to_string()));
         assert!(a.contains(&"--force-sync-cooldown=1m".to_string()));
         assert!(a.contains(&"--log-format=text".to_string()));
         assert_eq!(d["metadata"]["labels"]["team"], "platform");
@@ -289,7 +290,15 @@ fn watch_namespaces_render_roles_not_a_cluster_role() {
     let Some(helm) = helm() else { return };
     let docs = render(&helm, &["--set", "watchNamespaces={ci,build}"]).unwrap();
     let kinds = check_types(&docs);
-    assert!(!kinds.contains_key("ClusterRole") && !kinds.contains_key("ClusterRoleBinding"));
+    // Only the cluster-scoped, read-only one for VaultAccessPolicies.
+    let names = |kind: &str| -> Vec<String> {
+        kinds[kind]
+            .iter()
+            .map(|r| r["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names("ClusterRole"), ["kvsync-policies"]);
+    assert_eq!(names("ClusterRoleBinding"), ["kvsync-policies"]);
     let roles: BTreeSet<String> = kinds["Role"]
         .iter()
         .map(|r| {
@@ -323,6 +332,7 @@ fn bad_values_fail_at_install() {
         ("azureWorkloadIdentity.clientId=not-a-guid", "clientId"),
         ("sharding.shards=0", "shards"),
         ("concurrency=0", "concurrency"),
+        ("accessPolicy=strict", "accessPolicy"),
         ("statusHeartbeat=often", "statusHeartbeat"),
         ("no.suchValue=1", "no"),
     ] {
@@ -462,6 +472,21 @@ const CALLS: &[(&str, &str, &str, &str)] = &[
 ];
 
 /// Calls in the operator's own namespace (leader election, hash key).
+/// The calls of `kvsync run` for VaultAccessPolicies (a ClusterRole of its
+/// own, also with watchNamespaces).
+const POLICY_CALLS: &[(&str, &str, &str, &str)] = &[
+    ("kvsync.io", "vaultaccesspolicies", "list", "policy watch"),
+    ("kvsync.io", "vaultaccesspolicies", "watch", "policy watch"),
+    (
+        "",
+        "namespaces",
+        "get",
+        "a namespace the watch has not brought yet",
+    ),
+    ("", "namespaces", "list", "namespace labels watch"),
+    ("", "namespaces", "watch", "namespace labels watch"),
+];
+
 const SELF_CALLS: &[(&str, &str, &str, &str)] = &[
     ("coordination.k8s.io", "leases", "get", "leader election"),
     ("coordination.k8s.io", "leases", "create", "leader election"),
@@ -523,6 +548,18 @@ fn rbac_grants_exactly_the_calls_kvsync_makes() {
     )
     .unwrap();
     assert_eq!(grants(&own.rules.unwrap_or_default()), needed(SELF_CALLS));
+    let policies: ClusterRole = serde_json::from_value(
+        kinds["ClusterRole"]
+            .iter()
+            .find(|r| r["metadata"]["name"] == "kvsync-policies")
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        grants(&policies.rules.unwrap_or_default()),
+        needed(POLICY_CALLS)
+    );
 
     // Optional rules go away with their feature.
     let docs = render(
