@@ -66,13 +66,27 @@ impl CheckReport {
     }
 }
 
+/// What the VaultAccessPolicies would decide from: the policies, the
+/// namespace's labels and the operator's mode.
+pub struct PolicyInput {
+    /// The policies.
+    pub policies: crate::policy::Policies,
+    /// The binding's namespace's labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `--access-policy`.
+    pub mode: crate::policy::Mode,
+}
+
 /// Runs the check. `kube` is needed only for ServiceAccount and client-secret
-/// identities; without it they are reported as problems.
+/// identities; without it they are reported as problems. With `policies`,
+/// the binding is first decided as the operator would (nothing is read
+/// when denied).
 pub async fn check(
     binding: &VaultSecretBinding,
     access: &AzureAccess,
     kube: Option<&kube::Client>,
     default_refresh: Duration,
+    policies: Option<&PolicyInput>,
 ) -> CheckReport {
     let mut report = CheckReport::default();
     let spec = &binding.spec;
@@ -92,6 +106,31 @@ pub async fn check(
         }
     };
     let ns = binding.namespace().unwrap_or_else(|| "default".into());
+    let narrowed;
+    let spec = match policies {
+        None => spec,
+        Some(p) => match p.policies.decide(
+            p.mode,
+            &ns,
+            &p.labels,
+            &crate::policy::host_of(&endpoint.base),
+            spec,
+        ) {
+            Err(denial) => {
+                report
+                    .problems
+                    .push(format!("PolicyDenied: {}", denial.message));
+                return report;
+            }
+            Ok(filter) => match crate::policy::narrowed(spec, filter) {
+                Some(n) => {
+                    narrowed = n;
+                    &narrowed
+                }
+                None => spec,
+            },
+        },
+    };
     let needs_kube = spec
         .identity
         .as_ref()

@@ -128,6 +128,20 @@ pub struct CheckArgs {
     /// The binding's YAML.
     #[arg(short = 'f', long = "filename")]
     pub file: PathBuf,
+    /// The binding's namespace (default: its metadata.namespace, else
+    /// `default`). With a cluster, VaultAccessPolicies are decided for it.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// VaultAccessPolicies from this YAML file (one or more documents)
+    /// instead of the cluster's.
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
+    /// Namespace labels to decide with (`k=v,k=v`) instead of the cluster's.
+    #[arg(long)]
+    pub namespace_labels: Option<String>,
+    /// The mode to decide in, as the operator's `--access-policy`.
+    #[arg(long, value_enum, default_value_t = crate::policy::Mode::Open)]
+    pub access_policy: crate::policy::Mode,
     #[command(flatten)]
     pub vault: VaultArgs,
 }

@@ -218,19 +218,117 @@ async fn run(args: RunArgs) -> Result<(), String> {
 async fn check(args: CheckArgs) -> Result<bool, String> {
     let text = std::fs::read_to_string(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
-    let binding: kvsync::crd::VaultSecretBinding = serde_yaml::from_str(&text)
+    let mut binding: kvsync::crd::VaultSecretBinding = serde_yaml::from_str(&text)
         .map_err(|e| format!("{} is not a VaultSecretBinding: {e}", args.file.display()))?;
+    if let Some(ns) = &args.namespace {
+        binding.metadata.namespace = Some(ns.clone());
+    }
     let access = azure_access(&args.vault)?;
     let kube = kube::Client::try_default().await.ok();
+    let policies = check_policies(&args, &binding, kube.as_ref()).await?;
     let report = kvsync::check::check(
         &binding,
         &access,
         kube.as_ref(),
         args.vault.default_refresh_interval,
+        policies.as_ref(),
     )
     .await;
     print!("{}", report.to_text());
     Ok(report.ok())
+}
+
+/// The VaultAccessPolicies and namespace labels `check` decides with: from
+/// `--policies`/`--namespace-labels`, else from the cluster; `None` when
+/// neither is there (no decision is made, and `check` says so).
+async fn check_policies(
+    args: &CheckArgs,
+    binding: &kvsync::crd::VaultSecretBinding,
+    kube: Option<&kube::Client>,
+) -> Result<Option<kvsync::check::PolicyInput>, String> {
+    use kube::ResourceExt;
+    use kvsync::crd::policy::VaultAccessPolicy;
+    use kvsync::policy::{Policies, Policy};
+    let ns = binding.namespace().unwrap_or_else(|| "default".into());
+    let from_file = match &args.policies {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let mut all = Vec::new();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let p =
+                    <VaultAccessPolicy as serde::Deserialize>::deserialize(doc).map_err(|e| {
+                        format!(
+                            "{} holds something that is not a VaultAccessPolicy: {e}",
+                            path.display()
+                        )
+                    })?;
+                all.push(p);
+            }
+            Some(all)
+        }
+        None => None,
+    };
+    let labels: Option<std::collections::BTreeMap<String, String>> = match &args.namespace_labels {
+        Some(text) => Some(
+            text.split(',')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| format!("--namespace-labels: {kv:?} is not k=v"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        None => None,
+    };
+    let (found, labels) = match (from_file, labels, kube) {
+        (Some(p), Some(l), _) => (p, l),
+        (p, l, Some(client)) => {
+            let found = match p {
+                Some(p) => p,
+                None => {
+                    kube::Api::<VaultAccessPolicy>::all(client.clone())
+                        .list(&Default::default())
+                        .await
+                        .map_err(|e| {
+                            format!("cannot list VaultAccessPolicies: {e} (or give --policies)")
+                        })?
+                        .items
+                }
+            };
+            let labels = match l {
+                Some(l) => l,
+                None => kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+                    .get_metadata(&ns)
+                    .await
+                    .map_err(|e| {
+                        format!("cannot read namespace {ns}: {e} (or give --namespace-labels)")
+                    })?
+                    .labels()
+                    .clone(),
+            };
+            (found, labels)
+        }
+        (Some(p), None, None) => (p, Default::default()),
+        (None, _, None) => {
+            println!("no cluster and no --policies: VaultAccessPolicies are not checked");
+            return Ok(None);
+        }
+    };
+    Ok(Some(kvsync::check::PolicyInput {
+        policies: Policies::new(
+            found
+                .into_iter()
+                .map(|p| Policy {
+                    name: p.name_any(),
+                    spec: p.spec,
+                })
+                .collect(),
+        ),
+        labels,
+        mode: args.access_policy,
+    }))
 }
 
 async fn dev_vault(args: DevVaultArgs) -> Result<(), String> {

@@ -79,6 +79,31 @@ pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, Strin
     by_labels && by_expressions
 }
 
+/// `host[:port]` of a vault URL, lower case: what `vaults` patterns match.
+pub fn host_of(url: &reqwest::Url) -> String {
+    let h = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{h}:{port}"),
+        None => h.to_string(),
+    }
+    .to_ascii_lowercase()
+}
+
+/// `spec` with its `select` narrowed to what `filter` allows; `None` when
+/// nothing needs narrowing (no `select`, or any name allowed).
+pub fn narrowed(
+    spec: &VaultSecretBindingSpec,
+    filter: NameFilter,
+) -> Option<VaultSecretBindingSpec> {
+    let patterns = filter.patterns()?;
+    spec.select.as_ref()?;
+    let mut narrowed = spec.clone();
+    if let Some(sel) = narrowed.select.as_mut() {
+        sel.allowed_names = Some(patterns);
+    }
+    Some(narrowed)
+}
+
 /// One policy, by name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {

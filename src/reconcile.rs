@@ -893,29 +893,17 @@ async fn sync(
     let spec = match &ctx.policies {
         None => spec,
         Some(view) => {
-            let host = {
-                let h = endpoint.base.host_str().unwrap_or_default();
-                match endpoint.base.port() {
-                    Some(port) => format!("{h}:{port}"),
-                    None => h.to_string(),
-                }
-                .to_ascii_lowercase()
-            };
             let decided = view
-                .decide(&ns, &host, spec)
+                .decide(&ns, &crate::policy::host_of(&endpoint.base), spec)
                 .await
                 .map_err(|e| user(Reason::PolicyDenied, e.to_string(), true))?;
             let filter = decided.map_err(|d| user(Reason::PolicyDenied, d.message, false))?;
-            match (filter.patterns(), &spec.select) {
-                (Some(patterns), Some(_)) => {
-                    let mut narrowed = spec.clone();
-                    if let Some(sel) = narrowed.select.as_mut() {
-                        sel.allowed_names = Some(patterns);
-                    }
-                    allowed_spec = narrowed;
+            match crate::policy::narrowed(spec, filter) {
+                Some(n) => {
+                    allowed_spec = n;
                     &allowed_spec
                 }
-                _ => spec,
+                None => spec,
             }
         }
     };

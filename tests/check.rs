@@ -30,7 +30,7 @@ const SEED: &str = "secrets:\n  - {name: db-password, value: hunter2}\n  - {name
 async fn a_good_binding_prints_versions_and_no_values() {
     let f = start(SEED).await;
     let b = binding(&f, "  secrets: [{name: db-password, key: DB}]");
-    let report = kvsync::check::check(&b, &access(&f), None, Duration::from_secs(300)).await;
+    let report = kvsync::check::check(&b, &access(&f), None, Duration::from_secs(300), None).await;
     assert!(report.ok(), "{report:?}");
     let text = report.to_text();
     assert!(
@@ -49,7 +49,7 @@ async fn missing_and_disabled_secrets_are_problems_unless_optional() {
         &f,
         "  secrets: [{name: nope}, {name: off}]\n  onDisabled: Fail",
     );
-    let report = kvsync::check::check(&b, &access(&f), None, Duration::from_secs(300)).await;
+    let report = kvsync::check::check(&b, &access(&f), None, Duration::from_secs(300), None).await;
     assert!(!report.ok());
     assert!(
         report.problems[0].starts_with("SecretNotFound:"),
@@ -60,7 +60,7 @@ async fn missing_and_disabled_secrets_are_problems_unless_optional() {
         &f,
         "  secrets: [{name: nope, optional: true}, {name: db-password}]",
     );
-    let report = kvsync::check::check(&b, &access(&f), None, Duration::from_secs(300)).await;
+    let report = kvsync::check::check(&b, &access(&f), None, Duration::from_secs(300), None).await;
     assert!(report.ok(), "{:?}", report.problems);
     assert!(report.to_text().contains("missing (optional)"));
 }
@@ -70,14 +70,14 @@ async fn refused_host_and_invalid_spec_are_reported_without_a_token_request() {
     let f = start(SEED).await;
     let mut b = binding(&f, "  secrets: [{name: db-password}]");
     b.spec.vault_url = "https://exfil.example.com".into();
-    let report = kvsync::check::check(&b, &access(&f), None, Duration::from_secs(300)).await;
+    let report = kvsync::check::check(&b, &access(&f), None, Duration::from_secs(300), None).await;
     assert!(
         report.problems[0].starts_with("VaultHostNotAllowed:"),
         "{:?}",
         report.problems
     );
     let b = binding(&f, "  secrets: [{name: bad_name}]");
-    let report = kvsync::check::check(&b, &access(&f), None, Duration::from_secs(300)).await;
+    let report = kvsync::check::check(&b, &access(&f), None, Duration::from_secs(300), None).await;
     assert!(
         report.problems[0].contains("spec.secrets[0].name"),
         "{:?}",
@@ -93,7 +93,7 @@ async fn service_account_identity_needs_the_cluster() {
         &f,
         "  identity: {serviceAccountName: builder}\n  secrets: [{name: db-password}]",
     );
-    let report = kvsync::check::check(&b, &access(&f), None, Duration::from_secs(300)).await;
+    let report = kvsync::check::check(&b, &access(&f), None, Duration::from_secs(300), None).await;
     assert!(
         report.problems[0].contains("no kubeconfig"),
         "{:?}",
@@ -122,4 +122,70 @@ fn the_binary_exits_nonzero_for_a_binding_that_would_not_sync() {
         stdout.contains("VaultHostNotAllowed") && stdout.contains("would NOT sync"),
         "{stdout}"
     );
+}
+
+fn policy_input(f: &Fixture, secrets: &str) -> kvsync::check::PolicyInput {
+    let p: kvsync::crd::policy::VaultAccessPolicy = serde_yaml::from_str(&format!(
+        "apiVersion: kvsync.io/v1alpha1\nkind: VaultAccessPolicy\nmetadata: {{name: ci-public}}\nspec:\n  namespaceSelector: {{matchLabels: {{team: ci}}}}\n  vaults: [\"{}\"]\n  secrets: {secrets}\n",
+        f.vault.addr()
+    ))
+    .unwrap();
+    kvsync::check::PolicyInput {
+        policies: kvsync::policy::Policies::new(vec![kvsync::policy::Policy {
+            name: "ci-public".into(),
+            spec: p.spec,
+        }]),
+        labels: [("team".to_string(), "ci".to_string())].into(),
+        mode: kvsync::policy::Mode::Open,
+    }
+}
+
+const POLICY_SEED: &str =
+    "secrets:\n  - {name: public-api, value: p}\n  - {name: payroll-db, value: s3cret}\n";
+
+#[tokio::test]
+async fn a_policy_denial_is_reported_and_nothing_is_read() {
+    let f = start(POLICY_SEED).await;
+    let b = binding(&f, "  secrets: [{name: payroll-db}]");
+    let policies = policy_input(&f, "[public-*]");
+    let report = kvsync::check::check(
+        &b,
+        &access(&f),
+        None,
+        Duration::from_secs(300),
+        Some(&policies),
+    )
+    .await;
+    assert_eq!(
+        report.problems,
+        [
+            "PolicyDenied: VaultAccessPolicy ci-public: secret payroll-db is not among secrets [public-*]"
+        ]
+    );
+    let stats = f.stats().await;
+    assert!(
+        stats.requests.is_empty(),
+        "no token, no read: {:?}",
+        stats.requests
+    );
+}
+
+#[tokio::test]
+async fn a_select_takes_only_what_the_policy_allows() {
+    let f = start(POLICY_SEED).await;
+    let b = binding(&f, "  select: {all: true}");
+    let policies = policy_input(&f, "[public-*]");
+    let report = kvsync::check::check(
+        &b,
+        &access(&f),
+        None,
+        Duration::from_secs(300),
+        Some(&policies),
+    )
+    .await;
+    assert!(report.ok(), "{report:?}");
+    let secrets: Vec<&str> = report.rows.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(secrets, ["public-api"]);
+    let stats = f.stats().await;
+    assert_eq!(stats.count("get_secret", 200), 1, "{:?}", stats.requests);
 }
