@@ -471,3 +471,18 @@ fn identity_ids_are_constrained_in_the_schema_like_validate() {
         assert!(!ok(bad), "{bad}");
     }
 }
+
+#[test]
+fn the_readme_policy_example_is_a_valid_policy() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("kind: VaultAccessPolicy"))
+        .expect("the README shows a VaultAccessPolicy");
+    let p: kvsync::crd::policy::VaultAccessPolicy = serde_yaml::from_str(block).unwrap();
+    assert!(!p.spec.vaults.is_empty());
+    let ids = p.spec.identities.expect("the example sets identities");
+    assert!(ids.operator && !ids.service_accounts);
+}
