@@ -26,7 +26,8 @@
 //! Everything a test starts is cleaned up by `Drop`, also when it panics:
 //! children (every replica too) are killed and, for the operators, waited
 //! for until they have exited (bounded), then finalizers of bindings are
-//! stripped (the operator is gone by then, so nobody else will) and the
+//! stripped (the operator is gone by then, so nobody else will), the
+//! VaultAccessPolicies it applied (cluster-scoped) are deleted, and the
 //! namespaces are deleted, with the Leases in the operator's.
 #![allow(dead_code)]
 
@@ -47,6 +48,7 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Po
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, CustomResourceExt, ResourceExt};
 use kvsync::crd::VaultSecretBinding;
+use kvsync::crd::policy::VaultAccessPolicy;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -524,6 +526,20 @@ impl Scope {
             .collect()
     }
 
+    /// Sets label `key`=`value` on this namespace (merge patch), e.g. for a
+    /// VaultAccessPolicy's `namespaceSelector` to select it.
+    pub async fn label_namespace(&self, key: &str, value: &str) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        namespaces
+            .patch(
+                &self.ns,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {key: value}}})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("label namespace {} {key}={value}: {e}", self.ns));
+    }
+
     /// Creates a Deployment that never gets pods (the cluster has no nodes).
     pub async fn create_deployment(&self, name: &str) {
         self.deployments()
@@ -787,6 +803,9 @@ pub struct Options {
     /// Whether `Env::start_with` starts the operator. Tests of several
     /// replicas say false and start each with [`Env::start_replica`].
     pub operator: bool,
+    /// Further flags of the operator `Env` starts (and restarts), e.g.
+    /// `--access-policy enforce`; not of replicas, which get their own.
+    pub operator_args: Vec<String>,
 }
 
 impl Options {
@@ -796,6 +815,7 @@ impl Options {
             namespaces: 1,
             rollout_window: "2s",
             operator: true,
+            operator_args: Vec::new(),
         }
     }
 }
@@ -811,6 +831,8 @@ pub struct Env {
     operator_metrics: Option<SocketAddr>,
     operator_starts: usize,
     rollout_window: &'static str,
+    /// `Options::operator_args`.
+    operator_args: Vec<String>,
     kubeconfig: PathBuf,
     dir: PathBuf,
     all_logs: Arc<Logs>,
@@ -818,6 +840,9 @@ pub struct Env {
     extra_namespaces: Mutex<Vec<String>>,
     /// Operators started side by side with [`Env::start_replica`].
     replicas: Vec<Replica>,
+    /// VaultAccessPolicies a test applied ([`Env::apply_policy`]): cluster
+    /// scoped, so deleted by name on drop.
+    policies: Mutex<Vec<String>>,
 }
 
 impl Deref for Env {
@@ -881,11 +906,13 @@ impl Env {
             operator_metrics: None,
             operator_starts: 0,
             rollout_window: opts.rollout_window,
+            operator_args: opts.operator_args,
             kubeconfig,
             dir,
             all_logs: logs,
             extra_namespaces: Mutex::new(Vec::new()),
             replicas: Vec::new(),
+            policies: Mutex::new(Vec::new()),
         };
         for ns in names.iter().chain([&op_ns]) {
             create_namespace(&client, ns).await;
@@ -910,7 +937,7 @@ impl Env {
         let n = self.operator_starts;
         let pod_name = format!("kvsync-e2e-{n}");
         let (child, metrics, _) = self
-            .spawn_operator(&pod_name, &[], |attempt| match attempt {
+            .spawn_operator(&pod_name, &self.operator_args, |attempt| match attempt {
                 1 => format!("operator-{n}.log"),
                 a => format!("operator-{n}-attempt-{a}.log"),
             })
@@ -1153,6 +1180,52 @@ impl Env {
         name
     }
 
+    /// Applies (server-side, creating or replacing its spec) the
+    /// cluster-scoped VaultAccessPolicy `name` with `spec`; it is deleted
+    /// when the `Env` drops. A policy is seen by every operator on the
+    /// cluster, those of tests running in parallel too: `spec` must have a
+    /// `namespaceSelector` (one that selects this test's namespaces only,
+    /// by a label unique to the test), and `name` should be unique to the
+    /// test (e.g. start with [`Scope::ns`]).
+    pub async fn apply_policy(&self, name: &str, spec: Value) -> VaultAccessPolicy {
+        assert!(
+            spec["namespaceSelector"]
+                .as_object()
+                .is_some_and(|s| !s.is_empty()),
+            "policy {name} must select this test's namespaces only: {spec}"
+        );
+        {
+            // Registered before it exists: a failure half-way still deletes it.
+            let mut policies = self.policies.lock().unwrap();
+            if !policies.iter().any(|p| p == name) {
+                policies.push(name.to_string());
+            }
+        }
+        let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "VaultAccessPolicy",
+                          "metadata": {"name": name}, "spec": spec});
+        Api::<VaultAccessPolicy>::all(self.client.clone())
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply VaultAccessPolicy {name}: {e}"))
+    }
+
+    /// Deletes VaultAccessPolicy `name` (one [`Env::apply_policy`] applied).
+    pub async fn delete_policy(&self, name: &str) {
+        match Api::<VaultAccessPolicy>::all(self.client.clone())
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if api_code(&e) == Some(404) => {}
+            Err(e) => panic!("delete VaultAccessPolicy {name}: {e}"),
+        }
+        self.policies.lock().unwrap().retain(|p| p != name);
+    }
+
     /// Forces a check of binding `name` and waits until the operator has
     /// finished it: `status.forceSyncHandled` names the value just set, and
     /// that status is written at the end of the forced reconcile, after its
@@ -1230,6 +1303,7 @@ impl Drop for Env {
         let mut namespaces: Vec<String> = self.scopes.iter().map(|s| s.ns.clone()).collect();
         namespaces.extend(self.extra_namespaces.lock().unwrap().iter().cloned());
         let op_ns = self.op_ns.clone();
+        let policies = std::mem::take(&mut *self.policies.lock().unwrap());
         let dir = self.all_logs.dir.clone();
         // A runtime and client of their own: Drop cannot await, and the
         // test's runtime (whose pooled connections the test client holds) is
@@ -1241,6 +1315,16 @@ impl Drop for Env {
                 .unwrap();
             rt.block_on(async move {
                 let client = client_for(&kubeconfig).await;
+                // Cluster-scoped: left behind, they would govern other
+                // tests' namespaces' bindings (and outlive the run).
+                let policy_api: Api<VaultAccessPolicy> = Api::all(client.clone());
+                for p in &policies {
+                    if let Err(e) = policy_api.delete(p, &DeleteParams::default()).await
+                        && api_code(&e) != Some(404)
+                    {
+                        eprintln!("cleanup: deleting VaultAccessPolicy {p}: {e}");
+                    }
+                }
                 let ns_api: Api<Namespace> = Api::all(client.clone());
                 for ns in &namespaces {
                     // Merge bindings carry a finalizer; with the operator gone, drop it.
