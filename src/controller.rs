@@ -531,21 +531,30 @@ pub fn run(
         // A policy created, changed or deleted re-decides every binding at
         // once; a namespace's labels, the bindings in it.
         let (policy_tx, policy_rx) = futures::channel::mpsc::unbounded::<()>();
-        let policy_stream = secret_triggers(
-            watcher(
-                Api::<crate::crd::policy::VaultAccessPolicy>::all(client.clone()),
-                watcher::Config::default().any_semantic(),
-            )
-            .default_backoff()
-            .modify(|p| trim_meta(p.meta_mut()))
-            .reflect(policy_writer),
+        // Every change after the first listing, and a re-list's end (a
+        // policy deleted while the watch was down shows only as its absence).
+        let policy_stream = watcher(
+            Api::<crate::crd::policy::VaultAccessPolicy>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
         )
-        .for_each(move |event| {
-            match event {
-                Ok(_) => {
-                    let _ = policy_tx.unbounded_send(());
+        .default_backoff()
+        .modify(|p| trim_meta(p.meta_mut()))
+        .reflect(policy_writer)
+        .scan(false, |listed, event| {
+            let trigger = match &event {
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => true,
+                Ok(watcher::Event::InitDone) => std::mem::replace(listed, true),
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching VaultAccessPolicies failed: bindings are decided by the policies last listed, or wait for a first listing");
+                    false
                 }
-                Err(e) => tracing::warn!(error = %e, "watching VaultAccessPolicies failed (bindings are not decided until it works)"),
+            };
+            std::future::ready(Some(trigger))
+        })
+        .for_each(move |trigger| {
+            if trigger {
+                let _ = policy_tx.unbounded_send(());
             }
             std::future::ready(())
         });
@@ -566,7 +575,7 @@ pub fn run(
             std::future::ready(match event {
                 Ok(n) => Some(Ok(n)),
                 Err(e) => {
-                    tracing::warn!(error = %e, "watching namespaces failed (bindings are not decided until it works)");
+                    tracing::warn!(error = %e, "watching namespaces failed: bindings are decided by the labels last listed, or wait for a first listing");
                     None
                 }
             })

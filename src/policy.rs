@@ -57,7 +57,10 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 }
 
 /// Whether `selector` selects an object with `labels` (an empty or absent
-/// selector selects everything; an unknown operator selects nothing).
+/// selector selects everything). An expression that cannot be evaluated
+/// (an unknown operator, `In`/`NotIn` without values — the CRD refuses
+/// both) selects everything: a policy that fails must restrict more, not
+/// less.
 pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
     let Some(sel) = selector else { return true };
     let by_labels = sel
@@ -69,11 +72,12 @@ pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, Strin
         let values = e.values.as_deref().unwrap_or(&[]);
         let value = labels.get(&e.key);
         match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => true,
             "In" => value.is_some_and(|v| values.contains(v)),
             "NotIn" => value.is_none_or(|v| !values.contains(v)),
             "Exists" => value.is_some(),
             "DoesNotExist" => value.is_none(),
-            _ => false,
+            _ => true,
         }
     });
     by_labels && by_expressions
@@ -159,11 +163,12 @@ fn identity_denial(rules: &IdentityRules, identity: Option<&VaultIdentity>) -> O
             ));
         }
         None
-    } else if id.client_secret_ref.is_some() {
-        (!rules.client_secret).then(|| "identities.clientSecret is not true".to_string())
     } else if let Some(sa) = &id.service_account_name {
+        // The order in which azure::identity resolves them.
         (!rules.service_accounts)
             .then(|| format!("identities.serviceAccounts is not true (ServiceAccount {sa})"))
+    } else if id.client_secret_ref.is_some() {
+        (!rules.client_secret).then(|| "identities.clientSecret is not true".to_string())
     } else {
         (!rules.operator)
             .then(|| "identities.operator is not true (the operator's own identity)".to_string())
@@ -171,17 +176,22 @@ fn identity_denial(rules: &IdentityRules, identity: Option<&VaultIdentity>) -> O
     if kind.is_some() {
         return kind;
     }
-    match &id.client_id {
-        Some(c)
-            if !rules
-                .client_ids
-                .iter()
-                .any(|a| a == "*" || a.eq_ignore_ascii_case(c)) =>
-        {
-            Some(format!("identities.clientIds does not allow clientId {c}"))
-        }
-        _ => None,
+    let listed = |allowed: &[String], v: &str| {
+        allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(v))
+    };
+    if let Some(c) = &id.client_id
+        && !listed(&rules.client_ids, c)
+    {
+        return Some(format!("identities.clientIds does not allow clientId {c}"));
     }
+    if let Some(t) = &id.tenant_id
+        && !listed(&rules.tenant_ids, t)
+    {
+        return Some(format!("identities.tenantIds does not allow tenantId {t}"));
+    }
+    None
 }
 
 impl Policy {

@@ -532,6 +532,18 @@ pub fn backoff(failures: u32, interval: Duration) -> Duration {
     base.min(interval).min(Duration::from_secs(300))
 }
 
+/// Whether a failure means the binding may not (or cannot) read its vault
+/// now, so the pollers must drop what they fetch for it.
+fn stops_reading(f: &Failure) -> bool {
+    matches!(
+        f.reason,
+        Reason::PolicyDenied
+            | Reason::InvalidSpec
+            | Reason::VaultHostNotAllowed
+            | Reason::IdentityMisconfigured
+    )
+}
+
 /// A failure the user can fix (or wait out), as a condition.
 #[derive(Debug)]
 struct Failure {
@@ -711,6 +723,11 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
             Ok(Action::requeue(next))
         }
         Err(SyncError::User(f)) => {
+            if stops_reading(&f) {
+                // Its vault must not keep being read (nor its identity used)
+                // for it: a binding allowed before is denied now, say.
+                ctx.pollers.forget(&ObjectRef::new(&name).within(&ns));
+            }
             let failures = ctx.failure_count(&key, true);
             ctx.metrics.sync_failed(&shown, f.reason, started.elapsed());
             warn_once(&ctx, &b, prev, f.reason, &f.message).await;
@@ -1053,6 +1070,17 @@ async fn sync(
         intent.rollout_pending_since = pending.clone();
         let bindings: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);
         ctx.write_status(&bindings, b, &intent).await?;
+    }
+    if let (Some(_), Some(view)) = (&desired, &ctx.policies) {
+        // A policy may have changed while the vault was read: what it now
+        // forbids is not written.
+        let decided = view
+            .decide(&ns, &crate::policy::host_of(&endpoint.base), &b.spec)
+            .await
+            .map_err(|e| user(Reason::PolicyDenied, e.to_string(), true))?;
+        if let Err(d) = decided {
+            return Err(user(Reason::PolicyDenied, d.message, false));
+        }
     }
     if let Some(desired) = &desired {
         let force_apply = spec.policy() != TargetPolicy::Merge;

@@ -474,7 +474,8 @@ fn identity_ids_are_constrained_in_the_schema_like_validate() {
 
 #[test]
 fn the_readme_policy_example_is_a_valid_policy() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let block = readme
         .split("```yaml\n")
         .skip(1)

@@ -1153,3 +1153,93 @@ async fn after_standing_down_the_watch_brings_the_next_leaders_status() {
     recreated.metadata.uid = Some("uid-2".into());
     assert!(s.ctx.kept_status(&recreated).is_none());
 }
+
+/// A PolicyView over one policy (restricting namespace `ci`, labelled
+/// team=ci, to `allowed` names at the fixture's vault).
+fn policy_view(
+    f: &Fixture,
+    client: kube::Client,
+    allowed: &str,
+) -> kvsync::policy::view::PolicyView {
+    use kvsync::crd::policy::VaultAccessPolicy;
+    let (policies, mut pw) = reflector::store::<VaultAccessPolicy>();
+    let p: VaultAccessPolicy = serde_json::from_value(json!({
+        "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultAccessPolicy",
+        "metadata": {"name": "ci-public"},
+        "spec": {"namespaceSelector": {"matchLabels": {"team": "ci"}},
+                 "vaults": [f.vault.addr().to_string()], "secrets": [allowed]},
+    }))
+    .unwrap();
+    pw.apply_watcher_event(&watcher::Event::Init);
+    pw.apply_watcher_event(&watcher::Event::InitApply(p));
+    pw.apply_watcher_event(&watcher::Event::InitDone);
+    let (namespaces, mut nw) =
+        reflector::store::<PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>();
+    let ns: PartialObjectMeta<k8s_openapi::api::core::v1::Namespace> =
+        serde_json::from_value(json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "ci", "labels": {"team": "ci"}},
+        }))
+        .unwrap();
+    nw.apply_watcher_event(&watcher::Event::Init);
+    nw.apply_watcher_event(&watcher::Event::InitApply(ns));
+    nw.apply_watcher_event(&watcher::Event::InitDone);
+    kvsync::policy::view::PolicyView::new(kvsync::policy::Mode::Open, policies, namespaces, client)
+}
+
+#[tokio::test]
+async fn a_binding_a_policy_now_denies_stops_being_read() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let status = synced_status(&f, "v").await;
+    let b = Arc::new(binding(&f, status.clone()));
+    // Now a policy restricts namespace ci to public-* names.
+    // The view's client is for namespaces the watch has not brought: none.
+    let (client, _unused) = support::mock::client();
+    let denied = scenario_as(&f, Duration::ZERO, |ctx| {
+        ctx.without_start_spread()
+            .with_policies(policy_view(&f, client, "public-*"))
+    });
+    // Its interest, as an earlier, allowed read registered it.
+    denied
+        .ctx
+        .pollers
+        .get(&f.vault.url(), "operator", || {
+            let env = f.env("operator-app", "system:serviceaccount:kvsync:kvsync");
+            f.client_with(f.token_source(env.operator_credential(None, None).unwrap(), &env))
+        })
+        .read(
+            Some(&kube::runtime::reflector::ObjectRef::new("agent").within("ci")),
+            &b.spec,
+            Duration::from_secs(300),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(denied.ctx.pollers.interested(), 1);
+    let before = f.stats().await.count("get_secret", 200);
+    let run = tokio::spawn(reconcile(b.clone(), denied.ctx.clone()));
+    let mut denied = denied;
+    let (_, patched) = expect(&mut denied.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    assert_eq!(patched["reason"], "SyncFailed");
+    let (_, st) = expect(&mut denied.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    let ready = &st["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "PolicyDenied");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("secret db-password is not among secrets [public-*]"),
+        "{ready}"
+    );
+    run.await.unwrap().unwrap();
+    assert_eq!(
+        denied.ctx.pollers.interested(),
+        0,
+        "its poller no longer reads anything for it"
+    );
+    assert_eq!(
+        f.stats().await.count("get_secret", 200),
+        before,
+        "nothing read"
+    );
+}

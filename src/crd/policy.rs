@@ -47,6 +47,16 @@ pub struct VaultAccessPolicySpec {
     /// The namespaces this policy governs, by their labels. Omitted or
     /// empty: every namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",
+            "message": "namespaceSelector.matchExpressions[].operator must be In, NotIn, Exists or DoesNotExist"
+        },
+        {
+            "rule": "!has(self.matchExpressions) || self.matchExpressions.all(e, (e.operator in ['In', 'NotIn']) == (has(e.values) && size(e.values) > 0))",
+            "message": "namespaceSelector.matchExpressions[].values: required (non-empty) for In and NotIn, empty for Exists and DoesNotExist"
+        }
+    ]))]
     pub namespace_selector: Option<LabelSelector>,
 
     /// Vault hosts the bindings may read, such as `kv-ci.vault.azure.net`
@@ -104,10 +114,17 @@ pub struct IdentityRules {
 
     /// Application (client) ids bindings may name in
     /// `spec.identity.clientId` (with any kind above); `*` for any. Omitted:
-    /// no binding may set `clientId`.
+    /// no binding may set `clientId` (which `clientSecretRef` needs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
     pub client_ids: Vec<String>,
+
+    /// Tenant ids bindings may name in `spec.identity.tenantId`; `*` for
+    /// any. Omitted: no binding may set `tenantId` (the operator's tenant
+    /// is used).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub tenant_ids: Vec<String>,
 }
 
 /// The CRD as YAML (`crds/kvsync.io_vaultaccesspolicies.yaml`).

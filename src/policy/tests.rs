@@ -86,9 +86,14 @@ fn label_selectors_follow_kubernetes() {
             json!({"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}),
             false,
         ),
+        // What cannot be evaluated selects everything (restricts more).
         (
             json!({"matchExpressions": [{"key": "tier", "operator": "Bogus"}]}),
-            false,
+            true,
+        ),
+        (
+            json!({"matchExpressions": [{"key": "team", "operator": "In", "values": []}]}),
+            true,
         ),
         (
             json!({"matchLabels": {"team": "ci"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["run"]}]}),
@@ -284,6 +289,24 @@ fn decisions() {
                 json!({"identity": {"clientId": "11111111-1111-1111-1111-111111111111", "clientSecretRef": {"name": "sp", "key": "secret"}}}),
             ),
             Err("identities.clientSecret is not true"),
+        ),
+        (
+            "tenantId override needs tenantIds",
+            vec![ids(json!({"operator": true}))],
+            Mode::Open,
+            ci.clone(),
+            binding(json!({"identity": {"tenantId": "contoso.onmicrosoft.com"}})),
+            Err("identities.tenantIds does not allow tenantId contoso.onmicrosoft.com"),
+        ),
+        (
+            "tenantId override allowed",
+            vec![ids(
+                json!({"operator": true, "tenantIds": ["CONTOSO.onmicrosoft.com"]}),
+            )],
+            Mode::Open,
+            ci.clone(),
+            binding(json!({"identity": {"tenantId": "contoso.onmicrosoft.com"}})),
+            Ok((true, true)),
         ),
         (
             "select only: the filter keeps the policy's names",

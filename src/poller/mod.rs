@@ -452,6 +452,11 @@ impl Pollers {
         }
     }
 
+    /// Bindings registered, over all pollers.
+    pub fn interested(&self) -> usize {
+        self.lock().values().map(|p| p.interested()).sum()
+    }
+
     /// Where wake-ups go (tests of their routing send on it).
     pub fn wake_sender(&self) -> Option<UnboundedSender<BindingRef>> {
         self.wake.clone()
