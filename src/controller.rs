@@ -43,6 +43,22 @@ pub enum WatchedKind {
     Secrets,
     /// ServiceAccounts, for the identities of bindings (metadata only).
     ServiceAccounts,
+    /// VaultAccessPolicies (cluster-scoped).
+    Policies,
+    /// Namespaces, for the labels policies select by (metadata only).
+    Namespaces,
+}
+
+impl WatchedKind {
+    fn resource(self) -> &'static str {
+        match self {
+            WatchedKind::Bindings => "vaultsecretbindings",
+            WatchedKind::Secrets => "secrets",
+            WatchedKind::ServiceAccounts => "serviceaccounts",
+            WatchedKind::Policies => "vaultaccesspolicies",
+            WatchedKind::Namespaces => "namespaces",
+        }
+    }
 }
 
 /// The metric kind of a watch failure, or `None` for the one failure that is
@@ -62,6 +78,10 @@ pub fn classify(watched: WatchedKind, e: &watcher::Error) -> Option<ReconcileErr
         (WatchedKind::Secrets, Some(403)) => ReconcileErrorKind::WatchSecretsForbidden,
         (WatchedKind::ServiceAccounts, Some(403)) => {
             ReconcileErrorKind::WatchServiceAccountsForbidden
+        }
+        (WatchedKind::Policies, Some(404)) => ReconcileErrorKind::WatchPoliciesNotFound,
+        (WatchedKind::Policies | WatchedKind::Namespaces, Some(403)) => {
+            ReconcileErrorKind::WatchPoliciesForbidden
         }
         _ => ReconcileErrorKind::WatchOther,
     })
@@ -88,13 +108,21 @@ fn advice(kind: ReconcileErrorKind, watched: WatchedKind, scope: &str) -> String
             "kvsync may not list serviceaccounts {scope}: grant list/watch on \
              serviceaccounts to its ServiceAccount (see README RBAC)"
         ),
+        ReconcileErrorKind::WatchPoliciesNotFound => {
+            "the VaultAccessPolicy CRD is not installed: kubectl apply -f crds/ \
+             (or kvsync crd vaultaccesspolicies | kubectl apply -f -); until it is, \
+             no binding is synced"
+                .to_string()
+        }
+        ReconcileErrorKind::WatchPoliciesForbidden => format!(
+            "kvsync may not list {}: grant list/watch on vaultaccesspolicies.kvsync.io and \
+             namespaces to its ServiceAccount (the chart's -policies ClusterRole); until then \
+             no binding is synced",
+            watched.resource()
+        ),
         _ => format!(
             "the watch of {} {scope} failed; retrying with backoff",
-            match watched {
-                WatchedKind::Bindings => "vaultsecretbindings",
-                WatchedKind::Secrets => "secrets",
-                WatchedKind::ServiceAccounts => "serviceaccounts",
-            }
+            watched.resource()
         ),
     }
 }
@@ -113,9 +141,8 @@ struct WatchMonitor {
 impl WatchMonitor {
     fn new(watched: WatchedKind, scope: &str, health: &Health, metrics: Arc<Metrics>) -> Self {
         let what = match watched {
-            WatchedKind::Bindings => "vaultsecretbindings",
             WatchedKind::Secrets => "managed secrets",
-            WatchedKind::ServiceAccounts => "serviceaccounts",
+            other => other.resource(),
         };
         Self {
             watched,
@@ -425,6 +452,10 @@ pub fn run(
         health,
         metrics.clone(),
     );
+    let mut policies_watch =
+        WatchMonitor::new(WatchedKind::Policies, &scope, health, metrics.clone());
+    let mut namespaces_watch =
+        WatchMonitor::new(WatchedKind::Namespaces, &scope, health, metrics.clone());
     let wake_rx = shared.route(namespace.clone());
     let pollers = shared.pollers.clone();
     async move {
@@ -540,15 +571,12 @@ pub fn run(
         .default_backoff()
         .modify(|p| trim_meta(p.meta_mut()))
         .reflect(policy_writer)
-        .scan(false, |listed, event| {
+        .scan(false, move |listed, event| {
+            policies_watch.observe(&event);
             let trigger = match &event {
                 Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => true,
                 Ok(watcher::Event::InitDone) => std::mem::replace(listed, true),
-                Ok(_) => false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "watching VaultAccessPolicies failed: bindings are decided by the policies last listed, or wait for a first listing");
-                    false
-                }
+                _ => false,
             };
             std::future::ready(Some(trigger))
         })
@@ -569,17 +597,13 @@ pub fn run(
             watcher(namespaces_api, namespaces_config)
                 .default_backoff()
                 .modify(|n| keep_labels_only(&mut n.metadata))
-                .reflect(namespace_writer),
+                .reflect(namespace_writer)
+                .inspect(move |event| {
+                    namespaces_watch.observe(event);
+                }),
         )
-        .filter_map(|event| {
-            std::future::ready(match event {
-                Ok(n) => Some(Ok(n)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "watching namespaces failed: bindings are decided by the labels last listed, or wait for a first listing");
-                    None
-                }
-            })
-        });
+        // Failures are the monitor's to report; the controller sees changes.
+        .filter_map(|event| std::future::ready(event.ok().map(Ok)));
         let in_namespace = reader.clone();
 
         let controller = Controller::for_stream(binding_stream, reader.clone())
@@ -654,6 +678,13 @@ mod tests {
         assert_eq!(classify(Secrets, &list(403)), Some(WatchSecretsForbidden));
         assert_eq!(classify(Secrets, &list(404)), Some(WatchOther));
         assert_eq!(classify(Bindings, &list(500)), Some(WatchOther));
+        assert_eq!(classify(Policies, &list(404)), Some(WatchPoliciesNotFound));
+        assert_eq!(classify(Policies, &list(403)), Some(WatchPoliciesForbidden));
+        assert_eq!(
+            classify(Namespaces, &list(403)),
+            Some(WatchPoliciesForbidden)
+        );
+        assert_eq!(classify(Namespaces, &list(404)), Some(WatchOther));
         assert_eq!(
             classify(Bindings, &watcher::Error::WatchStartFailed(api(403))),
             Some(WatchBindingsForbidden)

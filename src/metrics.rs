@@ -63,6 +63,10 @@ pub enum ReconcileErrorKind {
     WatchSecretsForbidden,
     /// Listing or watching ServiceAccounts (identities) answered 403: RBAC lacks list/watch.
     WatchServiceAccountsForbidden,
+    /// Listing or watching VaultAccessPolicies answered 404: the CRD is not installed.
+    WatchPoliciesNotFound,
+    /// Listing or watching VaultAccessPolicies or Namespaces answered 403.
+    WatchPoliciesForbidden,
     /// Any other watch failure (connection, timeout, 5xx, an expired resourceVersion).
     WatchOther,
     /// A Kubernetes API call of a reconcile failed (the controller retries with backoff).
@@ -76,6 +80,8 @@ impl ReconcileErrorKind {
         Self::WatchBindingsForbidden,
         Self::WatchSecretsForbidden,
         Self::WatchServiceAccountsForbidden,
+        Self::WatchPoliciesNotFound,
+        Self::WatchPoliciesForbidden,
         Self::WatchOther,
         Self::Kube,
     ];
@@ -87,6 +93,8 @@ impl ReconcileErrorKind {
             Self::WatchBindingsForbidden => "watch_bindings_forbidden",
             Self::WatchSecretsForbidden => "watch_secrets_forbidden",
             Self::WatchServiceAccountsForbidden => "watch_serviceaccounts_forbidden",
+            Self::WatchPoliciesNotFound => "watch_policies_not_found",
+            Self::WatchPoliciesForbidden => "watch_policies_forbidden",
             Self::WatchOther => "watch_other",
             Self::Kube => "kube",
         }
