@@ -566,6 +566,11 @@ async fn a_full_sync_logged_at_trace_never_shows_a_value() {
         .await; // exercise the retry logs too
     let mut s = scenario(&f);
     let b = Arc::new(binding(&f, json!(null)));
+    // Other tests of this binary run at once, with no subscriber: a log
+    // call site they reach first, while this one's subscriber is being
+    // registered, can be cached as disabled everywhere. Ask every call
+    // site again now that this thread has one.
+    tracing::callsite::rebuild_interest_cache();
     let run = tokio::spawn(reconcile(b, s.ctx.clone()));
     expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
     let (_, applied) = expect(
