@@ -109,13 +109,10 @@ pub async fn check(
     let narrowed;
     let spec = match policies {
         None => spec,
-        Some(p) => match p.policies.decide(
-            p.mode,
-            &ns,
-            &p.labels,
-            &crate::policy::host_of(&endpoint.base),
-            spec,
-        ) {
+        Some(p) => match p
+            .policies
+            .decide(p.mode, &ns, &p.labels, &endpoint.authority(), spec)
+        {
             Err(denial) => {
                 report
                     .problems

@@ -396,12 +396,12 @@ pub fn keep_only(meta: &mut ObjectMeta, keep: &[&str]) {
     };
 }
 
-/// The bindings to reconcile for events of the managed Secrets' watch:
-/// every change and deletion — but not the first listing, when every binding
-/// is reconciled anyway (a start with 10,000 Secrets would otherwise queue
+/// The objects of a watch worth a reconcile (of the managed Secrets, of
+/// namespaces): every change and deletion — but not the first listing, when
+/// every binding is reconciled anyway (a start with 10,000 Secrets would otherwise queue
 /// 10,000 reconciles at once, ahead of the bindings' jitter). Later
 /// re-listings do count: changes may hide in them.
-fn secret_triggers<S, K>(events: S) -> impl futures::Stream<Item = Result<K, watcher::Error>>
+fn after_first_listing<S, K>(events: S) -> impl futures::Stream<Item = Result<K, watcher::Error>>
 where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
@@ -540,7 +540,7 @@ pub fn run(
             .predicate_filter(binding_predicate, Default::default());
 
         let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}=kvsync"));
-        let secret_stream = secret_triggers(
+        let secret_stream = after_first_listing(
             watcher(secrets, managed)
                 .default_backoff()
                 .modify(|s| keep_only(&mut s.metadata, &[BINDING_ANNOTATION]))
@@ -593,7 +593,7 @@ pub fn run(
             None => watcher::Config::default(),
         }
         .any_semantic();
-        let namespace_stream = secret_triggers(
+        let namespace_stream = after_first_listing(
             watcher(namespaces_api, namespaces_config)
                 .default_backoff()
                 .modify(|n| keep_labels_only(&mut n.metadata))
@@ -889,7 +889,7 @@ mod tests {
             Ok(InitApply(meta("d"))),
             Ok(InitDone),
         ]);
-        let names: Vec<String> = secret_triggers(events)
+        let names: Vec<String> = after_first_listing(events)
             .map(|r| r.unwrap().name_any())
             .collect()
             .await;

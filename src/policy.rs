@@ -83,16 +83,6 @@ pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, Strin
     by_labels && by_expressions
 }
 
-/// `host[:port]` of a vault URL, lower case: what `vaults` patterns match.
-pub fn host_of(url: &reqwest::Url) -> String {
-    let h = url.host_str().unwrap_or_default();
-    match url.port() {
-        Some(port) => format!("{h}:{port}"),
-        None => h.to_string(),
-    }
-    .to_ascii_lowercase()
-}
-
 /// `spec` with its `select` narrowed to what `filter` allows; `None` when
 /// nothing needs narrowing (no `select`, or any name allowed).
 pub fn narrowed(

@@ -147,7 +147,6 @@ struct BindingState {
 }
 
 /// A status kept as its JSON (see `BindingState::status`).
-#[derive(Default)]
 struct PackedStatus(Box<[u8]>);
 
 impl PackedStatus {
@@ -311,15 +310,18 @@ impl Context {
         self.metrics.forget_binding(ns, name, &[]);
     }
 
+    /// Whether this context serves namespace `ns` (the pollers are shared
+    /// with the contexts of other namespaces: what is theirs stays).
+    fn serves(&self, ns: Option<&str>) -> bool {
+        match &self.namespace {
+            Some(own) => ns == Some(own.as_str()),
+            None => true,
+        }
+    }
+
     /// Forgets every binding for which `present` is false: bindings deleted
     /// while the watch was down never send a delete event.
     pub fn forget_absent(&self, present: impl Fn(&ObjectRef<VaultSecretBinding>) -> bool) {
-        // The pollers are shared with other namespaces' contexts: what is
-        // outside this one's is theirs to judge.
-        let mine = |ns: Option<&str>| match &self.namespace {
-            Some(own) => ns == Some(own.as_str()),
-            None => true,
-        };
         let absent: Vec<BindingKey> = {
             let map = self.bindings.lock().expect("binding state");
             // Checked under the lock the watch's `observe_status` takes: a
@@ -342,7 +344,7 @@ impl Context {
         // Pollers may know bindings this context never recorded (a read
         // that failed before its state was kept): ask them too.
         self.pollers
-            .retain(|r| !mine(r.namespace.as_deref()) || present(r));
+            .retain(|r| !self.serves(r.namespace.as_deref()) || present(r));
     }
 
     /// Whether a pending force-sync of `b` may bypass the caches now.
@@ -453,11 +455,8 @@ impl Context {
         for (ns, name) in &keys {
             self.metrics.forget_binding(ns, name, &[]);
         }
-        let mine = |ns: Option<&str>| match &self.namespace {
-            Some(own) => ns == Some(own.as_str()),
-            None => true,
-        };
-        self.pollers.retain(|r| !mine(r.namespace.as_deref()));
+        self.pollers
+            .retain(|r| !self.serves(r.namespace.as_deref()));
     }
 
     fn failure_count(&self, key: &BindingKey, failed: bool) -> u32 {
@@ -911,7 +910,7 @@ async fn sync(
         None => spec,
         Some(view) => {
             let decided = view
-                .decide(&ns, &crate::policy::host_of(&endpoint.base), spec)
+                .decide(&ns, &endpoint.authority(), spec)
                 .await
                 .map_err(|e| user(Reason::PolicyDenied, e.to_string(), true))?;
             let filter = decided.map_err(|d| user(Reason::PolicyDenied, d.message, false))?;
@@ -1075,7 +1074,7 @@ async fn sync(
         // A policy may have changed while the vault was read: what it now
         // forbids is not written.
         let decided = view
-            .decide(&ns, &crate::policy::host_of(&endpoint.base), &b.spec)
+            .decide(&ns, &endpoint.authority(), &b.spec)
             .await
             .map_err(|e| user(Reason::PolicyDenied, e.to_string(), true))?;
         if let Err(d) = decided {
