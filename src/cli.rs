@@ -33,6 +33,8 @@ pub enum CrdKind {
     Vaultsecretbindings,
     /// `VaultAccessPolicy` (cluster-scoped).
     Vaultaccesspolicies,
+    /// `ClusterVaultSecretBinding` (cluster-scoped).
+    Clustervaultsecretbindings,
 }
 
 /// The subcommands.

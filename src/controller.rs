@@ -21,6 +21,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use crate::apply::BINDING_ANNOTATION;
 use crate::azure::AzureAccess;
+use crate::crd::cluster::{ClusterVaultSecretBinding, PARENT_ANNOTATION};
 use crate::crd::{MANAGED_BY_LABEL, VaultSecretBinding};
 use crate::metrics::{Metrics, ReconcileErrorKind};
 use crate::poller::Pollers;
@@ -401,7 +402,9 @@ pub fn keep_only(meta: &mut ObjectMeta, keep: &[&str]) {
 /// every binding is reconciled anyway (a start with 10,000 Secrets would otherwise queue
 /// 10,000 reconciles at once, ahead of the bindings' jitter). Later
 /// re-listings do count: changes may hide in them.
-fn after_first_listing<S, K>(events: S) -> impl futures::Stream<Item = Result<K, watcher::Error>>
+pub fn after_first_listing<S, K>(
+    events: S,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>>
 where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
@@ -499,6 +502,14 @@ pub fn run(
         ctx = ctx.with_policies(crate::policy::view::PolicyView::new(
             settings_policy,
             policy_reader,
+            namespace_reader.clone(),
+            client.clone(),
+        ));
+        // ClusterVaultSecretBindings: the bindings kept for them sync their
+        // spec and identity.
+        let (cluster_reader, cluster_writer) = reflector::store();
+        ctx = ctx.with_clusters(crate::cluster::view::ClusterView::new(
+            cluster_reader,
             namespace_reader,
             client.clone(),
         ));
@@ -517,7 +528,7 @@ pub fn run(
             .default_backoff()
             .try_filter(move |event| std::future::ready(in_shard(shard, event)))
             .modify(move |b| {
-                keep_only(b.meta_mut(), &[FORCE_SYNC_ANNOTATION]);
+                keep_only(b.meta_mut(), &[FORCE_SYNC_ANNOTATION, PARENT_ANNOTATION]);
                 // The status moves to the context: one copy per binding.
                 statuses.observe_status(b);
             })
@@ -605,6 +616,19 @@ pub fn run(
         // Failures are the monitor's to report; the controller sees changes.
         .filter_map(|event| std::future::ready(event.ok().map(Ok)));
         let in_namespace = reader.clone();
+        // A cluster binding changed (its identity, say, which the kept
+        // bindings do not show): the bindings kept for it check again.
+        let cluster_stream = after_first_listing(
+            watcher(
+                Api::<ClusterVaultSecretBinding>::all(client.clone()),
+                watcher::Config::default().any_semantic(),
+            )
+            .default_backoff()
+            .modify(|c| trim_meta(c.meta_mut()))
+            .reflect(cluster_writer),
+        )
+        .filter_map(|event| std::future::ready(event.ok().map(Ok)));
+        let kept_for = reader.clone();
 
         let controller = Controller::for_stream(binding_stream, reader.clone())
             .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
@@ -619,6 +643,18 @@ pub fn run(
                     .state()
                     .into_iter()
                     .filter(|b| b.namespace().as_deref() == Some(ns.as_str()))
+                    .map(|b| ObjectRef::from_obj(&*b))
+                    .collect::<Vec<_>>()
+            })
+            .watches_stream(cluster_stream, move |c| {
+                let name = c.name_any();
+                kept_for
+                    .state()
+                    .into_iter()
+                    .filter(|b| {
+                        b.name_any() == name
+                            && b.annotations().get(PARENT_ANNOTATION) == Some(&name)
+                    })
                     .map(|b| ObjectRef::from_obj(&*b))
                     .collect::<Vec<_>>()
             })

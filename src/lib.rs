@@ -28,6 +28,7 @@ pub mod apply;
 pub mod azure;
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod controller;
 pub mod crd;
 pub mod devvault;

@@ -28,6 +28,9 @@ async fn main() -> ExitCode {
                 kvsync::cli::CrdKind::Vaultaccesspolicies => {
                     print!("{}", kvsync::crd::policy::crd_yaml())
                 }
+                kvsync::cli::CrdKind::Clustervaultsecretbindings => {
+                    print!("{}", kvsync::crd::cluster::crd_yaml())
+                }
             }
             ExitCode::SUCCESS
         }
@@ -194,6 +197,24 @@ async fn run(args: RunArgs) -> Result<(), String> {
             )
         })
         .collect();
+    // ClusterVaultSecretBindings are fanned out by one replica: the leader
+    // of shard 0 (the namespaces' bindings it writes are then sharded).
+    let mut controllers: Vec<_> = controllers
+        .into_iter()
+        .map(futures::FutureExt::boxed)
+        .collect();
+    if shard.index == 0 {
+        let mut rx = stop_rx.clone();
+        let scope = (!args.namespaces.is_empty()).then(|| args.namespaces.clone());
+        controllers.push(futures::FutureExt::boxed(kvsync::cluster::run(
+            client.clone(),
+            scope,
+            replica.leader.clone(),
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            },
+        )));
+    }
     tracing::info!(metrics_addr = %addr, "kvsync controller starting");
     let all = futures::future::join_all(controllers);
     tokio::pin!(all);

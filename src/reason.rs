@@ -92,6 +92,17 @@ reasons! {
     TargetMissing,
     /// RolloutTargetsFound=True.
     Found,
+    /// A ClusterVaultSecretBinding leaves a namespace alone: a binding of
+    /// the namespace's own writes the same Secret (or has the same name).
+    ClusterBindingConflict,
+    /// A binding claims to be kept for a ClusterVaultSecretBinding that does
+    /// not exist or does not select its namespace.
+    ClusterBindingMissing,
+    /// A ClusterVaultSecretBinding: some selected namespaces failed.
+    NamespacesFailed,
+    /// A ClusterVaultSecretBinding: some selected namespaces are not synced
+    /// with its current generation yet.
+    NamespacesPending,
 }
 
 impl Reason {

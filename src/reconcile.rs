@@ -100,6 +100,8 @@ pub struct Context {
     spread_start: bool,
     /// The VaultAccessPolicies (see [`Context::with_policies`]).
     policies: Option<crate::policy::view::PolicyView>,
+    /// The ClusterVaultSecretBindings (see [`Context::with_clusters`]).
+    clusters: Option<crate::cluster::view::ClusterView>,
     /// Bumped (under the `bindings` lock) each time this replica stands
     /// down: a status write that straddles it is not "ours".
     epoch: std::sync::atomic::AtomicU64,
@@ -210,6 +212,7 @@ impl Context {
             namespace: None,
             spread_start: true,
             policies: None,
+            clusters: None,
             epoch: std::sync::atomic::AtomicU64::new(0),
             bindings_listing: std::sync::atomic::AtomicBool::new(false),
         }
@@ -277,6 +280,15 @@ impl Context {
     /// without one (tests, benches) every binding is allowed.
     pub fn with_policies(mut self, view: crate::policy::view::PolicyView) -> Self {
         self.policies = Some(view);
+        self
+    }
+
+    /// Syncs the bindings kept for ClusterVaultSecretBindings with the
+    /// cluster binding's spec and identity (looked up in `view`); without
+    /// one (tests, benches) a binding claiming a cluster binding is synced
+    /// as its own.
+    pub fn with_clusters(mut self, view: crate::cluster::view::ClusterView) -> Self {
+        self.clusters = Some(view);
         self
     }
 
@@ -537,6 +549,7 @@ fn stops_reading(f: &Failure) -> bool {
     matches!(
         f.reason,
         Reason::PolicyDenied
+            | Reason::ClusterBindingMissing
             | Reason::InvalidSpec
             | Reason::VaultHostNotAllowed
             | Reason::IdentityMisconfigured
@@ -612,6 +625,20 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
         ctx.forget(&b);
         return Ok(Action::await_change());
     }
+    // A binding kept for a ClusterVaultSecretBinding syncs the cluster
+    // binding's spec and identity, whatever its own object says.
+    let parent = match &ctx.clusters {
+        Some(view) => view.parent_of(&b).await,
+        None => Ok(None),
+    };
+    let b = match &parent {
+        Ok(Some(p)) => {
+            let mut own = Arc::unwrap_or_clone(b);
+            own.spec = p.spec.clone();
+            Arc::new(own)
+        }
+        _ => b,
+    };
     match (b.spec.policy() == TargetPolicy::Merge, has_finalizer) {
         (true, false) => {
             let mut finalizers = b.finalizers().to_vec();
@@ -650,7 +677,15 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
         Force::Now => force_sync_token(&b),
         _ => prev.and_then(|p| p.force_sync_handled.clone()),
     };
-    let result = sync(&b, &ctx, interval, force == Force::Now, handled.clone()).await;
+    let result = sync(
+        &b,
+        &ctx,
+        &parent,
+        interval,
+        force == Force::Now,
+        handled.clone(),
+    )
+    .await;
     match result {
         Ok(done) => {
             ctx.failure_count(&key, false);
@@ -881,6 +916,7 @@ fn data_differs(
 async fn sync(
     b: &VaultSecretBinding,
     ctx: &Context,
+    parent: &Result<Option<crate::cluster::view::Parent>, crate::cluster::view::ParentError>,
     interval: Duration,
     force: bool,
     force_sync_handled: Option<String>,
@@ -896,8 +932,21 @@ async fn sync(
     let name = b.name_any();
     let spec = &b.spec;
 
+    let parent = parent
+        .as_ref()
+        .map_err(|e| user(e.reason(), e.to_string(), e.is_transient()))?;
     spec.validate()
         .map_err(|e| user(Reason::InvalidSpec, e.to_string(), false))?;
+    // VaultAccessPolicies govern what a namespace's own bindings may use;
+    // a cluster binding is the platform team's, and is not theirs to limit.
+    let policies = match parent {
+        Some(_) => None,
+        None => ctx.policies.as_ref(),
+    };
+    let identity_namespace = parent
+        .as_ref()
+        .and_then(|p| p.identity_namespace.as_deref())
+        .unwrap_or(&ns);
     // The host guard runs before any identity is resolved or token fetched.
     let endpoint = ctx
         .access
@@ -906,7 +955,7 @@ async fn sync(
     // Policies decide before any identity is resolved or request made; a
     // `select` then takes only names the allowing policies allow.
     let allowed_spec;
-    let spec = match &ctx.policies {
+    let spec = match policies {
         None => spec,
         Some(view) => {
             let decided = view
@@ -928,7 +977,7 @@ async fn sync(
         .env
         .resolve_cached(
             spec.identity.as_ref(),
-            &ns,
+            identity_namespace,
             &ctx.client,
             ctx.service_accounts.as_ref(),
         )
@@ -1070,7 +1119,7 @@ async fn sync(
         let bindings: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);
         ctx.write_status(&bindings, b, &intent).await?;
     }
-    if let (Some(_), Some(view)) = (&desired, &ctx.policies) {
+    if let (Some(_), Some(view)) = (&desired, policies) {
         // A policy may have changed while the vault was read: what it now
         // forbids is not written.
         let decided = view

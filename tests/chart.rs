@@ -35,6 +35,10 @@ fn chart_crd_templates_match_the_rust_types() {
             "templates/crds/vaultaccesspolicies.yaml",
             kvsync::crd::policy::crd_chart_template(),
         ),
+        (
+            "templates/crds/clustervaultsecretbindings.yaml",
+            kvsync::crd::cluster::crd_chart_template(),
+        ),
     ] {
         let path = chart_dir().join(template);
         if std::env::var_os("KVSYNC_BLESS").is_some() {

@@ -37,6 +37,80 @@ fn checked_in_policy_crd_matches_generated() {
 }
 
 #[test]
+fn checked_in_cluster_binding_crd_matches_generated() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/kvsync.io_clustervaultsecretbindings.yaml"
+    );
+    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        on_disk == kvsync::crd::cluster::crd_yaml(),
+        "crds/kvsync.io_clustervaultsecretbindings.yaml is stale: regenerate it with \
+         `cargo run -- crd clustervaultsecretbindings > crds/kvsync.io_clustervaultsecretbindings.yaml`"
+    );
+}
+
+#[test]
+fn cluster_binding_crd_is_cluster_scoped_structural_with_printer_columns() {
+    let crd = kvsync::crd::cluster::ClusterVaultSecretBinding::crd();
+    assert_eq!(crd.spec.scope, "Cluster");
+    assert_eq!(crd.spec.names.plural, "clustervaultsecretbindings");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["cvsb".to_string()]));
+    let version = &crd.spec.versions[0];
+    let columns: Vec<&str> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Ready",
+            "Namespaces",
+            "Synced",
+            "Failed",
+            "Last Sync",
+            "Age"
+        ]
+    );
+    let schema = serde_json::to_value(
+        version
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut violations = Vec::new();
+    structural_violations(&schema, "", &mut violations);
+    assert!(violations.is_empty(), "{violations:#?}");
+    let spec = &schema["properties"]["spec"]["properties"];
+    for field in [
+        "vaultUrl",
+        "secrets",
+        "select",
+        "target",
+        "namespaceSelector",
+        "namespaces",
+    ] {
+        assert!(spec.get(field).is_some(), "spec.{field} is in the schema");
+    }
+    let identity = &spec["identity"]["properties"];
+    assert!(identity.get("serviceAccountRef").is_some());
+    assert!(
+        identity.get("serviceAccountName").is_none(),
+        "a cluster object names ServiceAccounts with their namespace"
+    );
+    assert_eq!(
+        identity["clientSecretRef"]["required"],
+        serde_json::json!(["key", "name", "namespace"])
+    );
+}
+
+#[test]
 fn policy_crd_is_cluster_scoped_with_its_names() {
     let crd = kvsync::crd::policy::VaultAccessPolicy::crd();
     assert_eq!(crd.spec.scope, "Cluster");

@@ -6,6 +6,7 @@
 // clippy reads the repeated `printcolumn(type_ = ...)` as duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod cluster;
 pub mod policy;
 mod validate;
 
@@ -81,6 +82,35 @@ pub const MIN_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_
     }
 ]))]
 pub struct VaultSecretBindingSpec {
+    /// The Entra identity used to read the vault. Omit it to use the operator's
+    /// own workload identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<VaultIdentity>,
+
+    /// What to sync and where (the fields shared with
+    /// ClusterVaultSecretBinding).
+    #[serde(flatten)]
+    pub sync: SyncSpec,
+}
+
+impl std::ops::Deref for VaultSecretBindingSpec {
+    type Target = SyncSpec;
+    fn deref(&self) -> &SyncSpec {
+        &self.sync
+    }
+}
+
+impl std::ops::DerefMut for VaultSecretBindingSpec {
+    fn deref_mut(&mut self) -> &mut SyncSpec {
+        &mut self.sync
+    }
+}
+
+/// The vault, the secrets to take from it, the Secret to write and how to
+/// keep it: everything of a binding but the identity.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncSpec {
     /// URL of the Key Vault, e.g. `https://contoso-ci.vault.azure.net`. Must be
     /// https, and its host must end in a Key Vault DNS suffix
     /// (`.vault.azure.net`, `.vault.azure.cn`, `.vault.usgovcloudapi.net`,
@@ -88,11 +118,6 @@ pub struct VaultSecretBindingSpec {
     /// operator's `--allowed-vault-hosts`; bearer tokens go nowhere else.
     #[schemars(pattern(r"^https://[^/?#\s]+/?$"), length(max = 2048))]
     pub vault_url: String,
-
-    /// The Entra identity used to read the vault. Omit it to use the operator's
-    /// own workload identity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<VaultIdentity>,
 
     /// Secrets picked by name, like "+ Add" in an Azure Pipelines variable
     /// group linked to a Key Vault.
@@ -495,7 +520,7 @@ pub struct SyncedSecret {
     pub expires: Option<Time>,
 }
 
-impl VaultSecretBindingSpec {
+impl SyncSpec {
     /// The Secret's name: `target.name`, else the binding's name.
     pub fn target_name<'a>(&'a self, binding_name: &'a str) -> &'a str {
         self.target

@@ -91,22 +91,31 @@ impl PolicyView {
             .ok()
             .flatten()
             .ok_or(ViewError::NotListed)?;
-        let labels = match self.namespaces.get(&ObjectRef::new(namespace)) {
-            Some(ns) => ns.labels().clone(),
-            // Created a moment ago: the watch has not brought it yet. Its
-            // labels decide, so read them rather than assume none.
-            None => Api::<PartialObjectMeta<Namespace>>::all(self.client.clone())
-                .get_metadata(namespace)
-                .await
-                .map_err(|source| ViewError::Namespace {
-                    namespace: namespace.to_string(),
-                    source,
-                })?
-                .labels()
-                .clone(),
-        };
+        let labels = namespace_labels(&self.namespaces, &self.client, namespace).await?;
         Ok(self
             .policies()
             .decide(self.mode, namespace, &labels, host, spec))
     }
+}
+
+/// The labels of `namespace`, from `store` or, when the watch has not
+/// brought it yet (created a moment ago), read: its labels decide, so they
+/// are never assumed to be none.
+pub async fn namespace_labels(
+    store: &Store<PartialObjectMeta<Namespace>>,
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<std::collections::BTreeMap<String, String>, ViewError> {
+    Ok(match store.get(&ObjectRef::new(namespace)) {
+        Some(ns) => ns.labels().clone(),
+        None => Api::<PartialObjectMeta<Namespace>>::all(client.clone())
+            .get_metadata(namespace)
+            .await
+            .map_err(|source| ViewError::Namespace {
+                namespace: namespace.to_string(),
+                source,
+            })?
+            .labels()
+            .clone(),
+    })
 }

@@ -1,0 +1,315 @@
+//! ClusterVaultSecretBindings: one binding for many namespaces.
+//!
+//! The controller here keeps, in every namespace a cluster binding selects,
+//! a VaultSecretBinding of the same name, owned by it ([`fanout`] decides
+//! what to write and remove, pure); the namespaced controller syncs those
+//! like any other binding, but with the cluster binding's spec and identity
+//! ([`view`]). So every namespace has its own status, drift repair, rollout
+//! and Merge cleanup, while the pollers — one per (vault, identity) — read
+//! each secret version once for all of them. A namespace that stops being
+//! selected loses its binding, and Kubernetes' garbage collector (policy
+//! Owner) or kvsync's finalizer (Merge) removes what it wrote.
+
+pub mod fanout;
+pub mod index;
+pub mod view;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+
+use crate::crd::VaultSecretBinding;
+use crate::crd::cluster::{
+    ClusterVaultSecretBinding, ClusterVaultSecretBindingStatus, NamespaceFailure,
+};
+use crate::reason::Reason;
+use index::{BindingIndex, Concerns};
+
+/// The field manager of the bindings kept for cluster bindings.
+pub const FIELD_MANAGER: &str = "kvsync-cluster";
+/// A cluster binding is decided again at least this often.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Failures of the Kubernetes API (retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// What the cluster-binding reconciles share.
+pub struct Context {
+    client: kube::Client,
+    bindings: Arc<Mutex<BindingIndex>>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// `--namespace`: only these (`None`: every namespace).
+    scope: Option<Vec<String>>,
+    leader: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Context {
+    fn may_write(&self) -> bool {
+        self.leader.as_ref().is_none_or(|l| *l.borrow())
+    }
+}
+
+async fn reconcile(
+    cluster: Arc<ClusterVaultSecretBinding>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    if !ctx.may_write() || cluster.meta().deletion_timestamp.is_some() {
+        // Deleted: the garbage collector removes the bindings it owns.
+        return Ok(Action::await_change());
+    }
+    let listed = ctx.bindings.lock().expect("binding index").listed()
+        && ctx.namespaces.wait_until_ready().now_or_never().is_some();
+    if !listed {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let name = cluster.name_any();
+    let api: Api<ClusterVaultSecretBinding> = Api::all(ctx.client.clone());
+    if let Err(e) = cluster.spec.validate() {
+        let st = fanout::invalid(&cluster, e.to_string(), crate::status::now());
+        write_status(&api, &cluster, st).await?;
+        return Ok(Action::requeue(RESYNC));
+    }
+    let namespaces = ctx.namespaces.state();
+    let served = namespaces
+        .iter()
+        .filter(|n| n.metadata.deletion_timestamp.is_none())
+        .filter(|n| {
+            ctx.scope
+                .as_ref()
+                .is_none_or(|s| s.iter().any(|x| *x == n.name_any()))
+        })
+        .map(|n| (n.metadata.name.as_deref().unwrap_or_default(), n.labels()));
+    let (plan, children) = {
+        let index = ctx.bindings.lock().expect("binding index");
+        let children = index.children_of(&name);
+        (
+            fanout::plan(&cluster, served, &children, |ns| index.own_in(ns)),
+            children,
+        )
+    };
+    let mut failed_writes = Vec::new();
+    for ns in &plan.write {
+        let api: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), ns);
+        let mut patch = serde_json::to_value(fanout::child(&cluster, ns)).expect("serializes");
+        patch["apiVersion"] = VaultSecretBinding::api_version(&()).into();
+        patch["kind"] = VaultSecretBinding::kind(&()).into();
+        if let Some(o) = patch.as_object_mut() {
+            o.remove("status");
+        }
+        match api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(cluster_binding = %name, namespace = %ns, "wrote the namespace's binding")
+            }
+            Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => {
+                failed_writes.push(NamespaceFailure {
+                    namespace: ns.clone(),
+                    reason: Reason::ClusterBindingConflict.to_string(),
+                    message: format!(
+                        "the API server refused VaultSecretBinding {ns}/{name}: {} (may kvsync create vaultsecretbindings in {ns}? is the namespace being deleted?)",
+                        s.message
+                    ),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for (ns, uid) in &plan.remove {
+        let api: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), ns);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => {
+                tracing::info!(cluster_binding = %name, namespace = %ns, "removed the namespace's binding")
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let st = fanout::status(
+        &cluster,
+        &plan,
+        &children,
+        failed_writes,
+        crate::status::now(),
+    );
+    write_status(&api, &cluster, st).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Writes `status` unless the cluster binding already shows it.
+async fn write_status(
+    api: &Api<ClusterVaultSecretBinding>,
+    cluster: &ClusterVaultSecretBinding,
+    status: ClusterVaultSecretBindingStatus,
+) -> Result<(), kube::Error> {
+    if cluster.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": ClusterVaultSecretBinding::api_version(&()),
+        "kind": ClusterVaultSecretBinding::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &cluster.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+fn error_policy(cluster: Arc<ClusterVaultSecretBinding>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(cluster_binding = %cluster.name_any(), error = %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Yields once each time `leader` turns true.
+fn on_becoming_leader(
+    leader: Option<tokio::sync::watch::Receiver<bool>>,
+) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold((leader, false), |(leader, was)| async move {
+        let mut rx = leader?;
+        let mut was = was;
+        loop {
+            let now = *rx.borrow_and_update();
+            if now && !was {
+                return Some(((), (Some(rx), true)));
+            }
+            was = now;
+            rx.changed().await.ok()?;
+        }
+    })
+}
+
+/// The cluster-binding controller until `shutdown` completes. `scope`:
+/// the namespaces kvsync serves (`--namespace`; `None`: all). Watch
+/// failures are logged and retried; the namespaced controllers' watches
+/// are what `/readyz` reports.
+pub fn run(
+    client: kube::Client,
+    scope: Option<Vec<String>>,
+    leader: Option<tokio::sync::watch::Receiver<bool>>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let (namespace_reader, namespace_writer) = reflector::store();
+        let (cluster_reader, cluster_writer) = reflector::store::<ClusterVaultSecretBinding>();
+        let index = Arc::new(Mutex::new(BindingIndex::default()));
+
+        let clusters = watcher(
+            Api::<ClusterVaultSecretBinding>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(|c| crate::controller::trim_meta(c.meta_mut()))
+        .reflect(cluster_writer)
+        .inspect(|e| {
+            if let Err(e) = e {
+                tracing::warn!(error = %e, "watch of clustervaultsecretbindings failed; retrying");
+            }
+        })
+        .applied_objects();
+
+        let namespaces = crate::controller::after_first_listing(
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default().any_semantic(),
+            )
+            .default_backoff()
+            .modify(|n| {
+                let deleting = n.metadata.deletion_timestamp.take();
+                crate::controller::keep_labels_only(&mut n.metadata);
+                n.metadata.deletion_timestamp = deleting;
+            })
+            .reflect(namespace_writer),
+        )
+        .filter_map(|e| std::future::ready(e.ok().map(Ok)));
+
+        let fed = index.clone();
+        let bindings = watcher(
+            Api::<VaultSecretBinding>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .inspect(move |event| match event {
+            Ok(e) => fed.lock().expect("binding index").apply(e),
+            Err(e) => tracing::warn!(error = %e, "watch of vaultsecretbindings (for cluster bindings) failed; retrying"),
+        })
+        .touched_objects()
+        .filter_map(|e| std::future::ready(e.ok().map(Ok)));
+
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            bindings: index,
+            namespaces: namespace_reader,
+            scope,
+            leader: leader.clone(),
+        });
+        let all_clusters = cluster_reader.clone();
+        let same_target = cluster_reader.clone();
+        Controller::for_stream(clusters, cluster_reader)
+            .with_config(
+                kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
+            )
+            // A namespace created, labelled or unlabelled: every cluster
+            // binding decides again.
+            .watches_stream(namespaces, move |_| {
+                all_clusters
+                    .state()
+                    .iter()
+                    .map(|c| ObjectRef::from_obj(&**c))
+                    .collect::<Vec<_>>()
+            })
+            // A kept binding's status (its parent reports it), or a
+            // namespace's own binding that may take a Secret's name.
+            .watches_stream(bindings, move |b| match index::concerns(&b) {
+                Concerns::Child(parent) => vec![ObjectRef::new(&parent)],
+                Concerns::Own { name, target, .. } => same_target
+                    .state()
+                    .iter()
+                    .filter(|c| {
+                        let n = c.name_any();
+                        n == name || c.spec.sync.target_name(&n) == target
+                    })
+                    .map(|c| ObjectRef::from_obj(&**c))
+                    .collect(),
+            })
+            .reconcile_all_on(on_becoming_leader(leader))
+            .graceful_shutdown_on(shutdown)
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                match result {
+                    Ok((obj, _)) => tracing::debug!(cluster_binding = %obj, "reconciled"),
+                    Err(e) => tracing::debug!(error = %e, "cluster binding reconcile error"),
+                }
+            })
+            .await;
+    }
+}
