@@ -147,12 +147,18 @@ async fn serve(
                     json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBindingList", "metadata": {"resourceVersion": "1"}, "items": [b]}),
                 )
             }
-            // No VaultAccessPolicy; namespace ci without labels; neither changes.
-            ("GET", "/apis/kvsync.io/v1alpha1/vaultaccesspolicies" | "/api/v1/namespaces")
-                if watch =>
-            {
-                stream_of(&state, Watched::ServiceAccounts)
-            }
+            // No VaultAccessPolicy nor ClusterVaultSecretBinding; namespace
+            // ci without labels; none of them changes.
+            (
+                "GET",
+                "/apis/kvsync.io/v1alpha1/vaultaccesspolicies"
+                | "/apis/kvsync.io/v1alpha1/clustervaultsecretbindings"
+                | "/api/v1/namespaces",
+            ) if watch => stream_of(&state, Watched::ServiceAccounts),
+            ("GET", "/apis/kvsync.io/v1alpha1/clustervaultsecretbindings") => full(
+                200,
+                json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "ClusterVaultSecretBindingList", "metadata": {"resourceVersion": "1"}, "items": []}),
+            ),
             ("GET", "/apis/kvsync.io/v1alpha1/vaultaccesspolicies") => full(
                 200,
                 json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "VaultAccessPolicyList", "metadata": {"resourceVersion": "1"}, "items": []}),

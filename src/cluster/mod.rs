@@ -313,3 +313,6 @@ pub fn run(
             .await;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -141,6 +141,15 @@ pub static RESOURCES: &[ResourceType] = &[
         true,
         false,
     ),
+    resource(
+        "kvsync.io",
+        "v1alpha1",
+        "clustervaultsecretbindings",
+        "ClusterVaultSecretBinding",
+        false,
+        true,
+        true,
+    ),
     resource("apps", "v1", "deployments", "Deployment", true, true, true),
     resource(
         "apps",
