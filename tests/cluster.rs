@@ -1,0 +1,268 @@
+//! ClusterVaultSecretBinding end to end without a cluster: the real
+//! `kvsync run` against the API stand-in and a dev vault. (The stand-in has
+//! no garbage collector: that a Secret goes with its binding is the e2e
+//! suite's to show; here, that the binding goes.)
+
+#[path = "support/apiserver.rs"]
+mod apiserver;
+#[path = "support/operator.rs"]
+mod operator;
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine;
+use kube::api::{Api, Patch, PatchParams};
+use operator::Stack;
+use serde_json::{Value, json};
+
+const SEED: &str = "secrets:\n  - {name: registry-password, value: hunter2}\n  - {name: payroll-db, value: top-secret}\n  - {name: team-token, value: team-value}\n";
+const WITHIN: Duration = Duration::from_secs(15);
+
+fn namespace(api: &apiserver::ApiServer, name: &str, labels: Value) {
+    api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}))
+        .expect("namespace created");
+}
+
+fn cluster_binding(stack: &Stack, spec: Value) {
+    let mut spec = spec;
+    spec["vaultUrl"] = json!(stack.vault.vault.url());
+    stack
+        .api
+        .create(json!({
+            "apiVersion": "kvsync.io/v1alpha1", "kind": "ClusterVaultSecretBinding",
+            "metadata": {"name": "agents"}, "spec": spec,
+        }))
+        .expect("cluster binding created");
+}
+
+/// The value of `key` in Secret `ns/name`, decoded.
+fn secret_value(stack: &Stack, ns: &str, name: &str, key: &str) -> Option<String> {
+    let s = stack.api.get("secrets", ns, name)?;
+    let b64 = s["data"][key].as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The cluster binding's status once it describes its current generation
+/// and `pred` holds.
+async fn cluster_status(stack: &Stack, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    stack
+        .wait_for(what, WITHIN, || {
+            let c = stack.api.get("clustervaultsecretbindings", "", "agents")?;
+            let st = &c["status"];
+            (st["observedGeneration"] == c["metadata"]["generation"] && pred(st))
+                .then(|| st.clone())
+        })
+        .await
+}
+
+fn ready_reason(st: &Value) -> &str {
+    st["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["reason"].as_str())
+        .unwrap_or_default()
+}
+
+async fn label(stack: &Stack, ns: &str, labels: Value) {
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(stack.client.clone())
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": labels}})),
+        )
+        .await
+        .expect("namespace labelled");
+}
+
+#[tokio::test]
+async fn one_read_serves_every_selected_namespace_and_labels_move_the_secret() {
+    let stack = Stack::start(SEED, &[]).await;
+    for ns in ["a", "b", "c"] {
+        namespace(&stack.api, ns, json!({"kvsync.io/agents": "true"}));
+    }
+    namespace(&stack.api, "d", json!({}));
+    stack.vault.reset_stats().await;
+    cluster_binding(
+        &stack,
+        json!({
+            "namespaceSelector": {"matchLabels": {"kvsync.io/agents": "true"}},
+            "secrets": [{"name": "registry-password", "key": "REGISTRY_PASSWORD"}],
+        }),
+    );
+    let st = cluster_status(&stack, "3 namespaces synced", |st| {
+        st["namespacesSynced"] == 3
+    })
+    .await;
+    assert_eq!(ready_reason(&st), "Synced");
+    assert_eq!(st["namespacesSelected"], 3);
+    assert_eq!(st["namespacesFailed"], 0);
+    assert_eq!(st["secrets"][0]["name"], "registry-password");
+    for ns in ["a", "b", "c"] {
+        assert_eq!(
+            secret_value(&stack, ns, "agents", "REGISTRY_PASSWORD").as_deref(),
+            Some("hunter2"),
+            "Secret {ns}/agents"
+        );
+        let b = stack
+            .api
+            .get("vaultsecretbindings", ns, "agents")
+            .expect("the namespace's binding");
+        assert_eq!(
+            b["metadata"]["ownerReferences"][0]["kind"],
+            "ClusterVaultSecretBinding"
+        );
+    }
+    assert!(stack.api.get("secrets", "d", "agents").is_none());
+    let stats = stack.vault.stats().await;
+    let reads = stats.count("get_secret", 200) + stats.count("list_secrets", 200);
+    assert_eq!(
+        reads, 1,
+        "one read for three namespaces, as for one binding: {:?}",
+        stats.requests
+    );
+
+    // A namespace labelled to match gets its Secret.
+    label(&stack, "d", json!({"kvsync.io/agents": "true"})).await;
+    stack
+        .wait_for("Secret d/agents", WITHIN, || {
+            secret_value(&stack, "d", "agents", "REGISTRY_PASSWORD")
+        })
+        .await;
+    cluster_status(&stack, "4 namespaces synced", |st| {
+        st["namespacesSynced"] == 4
+    })
+    .await;
+
+    // One that stops matching loses its binding (and so, by garbage
+    // collection on a cluster, its Secret).
+    label(&stack, "b", json!({"kvsync.io/agents": null})).await;
+    stack
+        .wait_for("binding b/agents removed", WITHIN, || {
+            stack
+                .api
+                .get("vaultsecretbindings", "b", "agents")
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    let st = cluster_status(&stack, "3 selected", |st| {
+        st["namespacesSelected"] == 3 && st["namespacesSynced"] == 3
+    })
+    .await;
+    assert_eq!(ready_reason(&st), "Synced");
+}
+
+#[tokio::test]
+async fn a_namespaces_own_binding_of_the_same_secret_wins() {
+    let stack = Stack::start(SEED, &[]).await;
+    namespace(&stack.api, "a", json!({"agents": "yes"}));
+    namespace(&stack.api, "team", json!({"agents": "yes"}));
+    stack
+        .api
+        .create(json!({
+            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
+            "metadata": {"name": "team-secrets", "namespace": "team"},
+            "spec": {"vaultUrl": stack.vault.vault.url(), "secrets": [{"name": "team-token"}],
+                     "target": {"name": "agents"}},
+        }))
+        .unwrap();
+    cluster_binding(
+        &stack,
+        json!({
+            "namespaceSelector": {"matchLabels": {"agents": "yes"}},
+            "secrets": [{"name": "registry-password"}],
+        }),
+    );
+    let st = cluster_status(&stack, "a synced, team failed", |st| {
+        st["namespacesSynced"] == 1 && st["namespacesFailed"] == 1
+    })
+    .await;
+    assert_eq!(ready_reason(&st), "NamespacesFailed");
+    let failed = &st["failedNamespaces"][0];
+    assert_eq!(failed["namespace"], "team");
+    assert_eq!(failed["reason"], "ClusterBindingConflict");
+    assert!(
+        failed["message"].as_str().unwrap().contains("team-secrets"),
+        "{failed}"
+    );
+    assert!(
+        stack
+            .api
+            .get("vaultsecretbindings", "team", "agents")
+            .is_none(),
+        "no binding of the cluster's in the namespace it leaves alone"
+    );
+    let team = stack
+        .wait_for("team's own Secret", WITHIN, || {
+            secret_value(&stack, "team", "agents", "team-token")
+        })
+        .await;
+    assert_eq!(team, "team-value");
+    assert_eq!(
+        secret_value(&stack, "a", "agents", "registry-password").as_deref(),
+        Some("hunter2")
+    );
+}
+
+#[tokio::test]
+async fn a_forged_claim_reads_nothing_and_a_policy_does_not_limit_the_cluster_binding() {
+    let stack = Stack::start(SEED, &["--access-policy", "enforce"]).await;
+    namespace(&stack.api, "agents-ns", json!({"agents": "yes"}));
+    namespace(&stack.api, "intruder", json!({}));
+    cluster_binding(
+        &stack,
+        json!({
+            "namespaceSelector": {"matchLabels": {"agents": "yes"}},
+            "secrets": [{"name": "registry-password"}],
+        }),
+    );
+    // Under enforce, no policy selects agents-ns: a namespaced binding there
+    // would be denied, but the cluster binding is the platform team's.
+    cluster_status(&stack, "synced under enforce", |st| {
+        st["namespacesSynced"] == 1
+    })
+    .await;
+
+    stack.vault.reset_stats().await;
+    stack
+        .api
+        .create(json!({
+            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
+            "metadata": {"name": "agents", "namespace": "intruder",
+                         "annotations": {"kvsync.io/cluster-binding": "agents"}},
+            "spec": {"vaultUrl": stack.vault.vault.url(), "secrets": [{"name": "payroll-db"}]},
+        }))
+        .unwrap();
+    let condition = stack
+        .wait_for("the forged binding refused", WITHIN, || {
+            let b = stack.api.get("vaultsecretbindings", "intruder", "agents")?;
+            b["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready" && c["status"] == "False")
+                .cloned()
+        })
+        .await;
+    assert_eq!(condition["reason"], "ClusterBindingMissing");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not select namespace intruder"),
+        "{condition}"
+    );
+    let stats = stack.vault.stats().await;
+    assert_eq!(
+        stats.count("get_secret", 200)
+            + stats.count("list_secrets", 200)
+            + stats.count("token", 200),
+        0,
+        "nothing was read for the forged binding: {:?}",
+        stats.requests
+    );
+    assert!(stack.api.get("secrets", "intruder", "agents").is_none());
+}
