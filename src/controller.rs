@@ -627,6 +627,8 @@ pub fn run(
             .modify(|c| trim_meta(c.meta_mut()))
             .reflect(cluster_writer),
         )
+        // Spec changes only: its status changes with every kept binding's.
+        .predicate_filter(kube::runtime::predicates::generation, Default::default())
         .filter_map(|event| std::future::ready(event.ok().map(Ok)));
         let kept_for = reader.clone();
 

@@ -17,6 +17,11 @@ use crate::reason::Reason;
 use crate::reconcile::FORCE_SYNC_ANNOTATION;
 use crate::status::READY;
 
+/// How far the newest `lastSyncTime` of the namespaces may run ahead of the
+/// cluster binding's before it is written again.
+const LAST_SYNC_GRAIN: k8s_openapi::jiff::SignedDuration =
+    k8s_openapi::jiff::SignedDuration::from_secs(300);
+
 /// What to do for one cluster binding.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -240,6 +245,21 @@ pub fn status(
             p.last_transition_time.clone()
         }
         _ => now,
+    };
+    // Each namespace's binding writes its lastSyncTime as a heartbeat; the
+    // newest of them moves on at most every LAST_SYNC_GRAIN here, so that
+    // 500 namespaces do not mean 500 status writes per heartbeat.
+    let kept_sync = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.last_sync_time.clone());
+    let last_sync = match (kept_sync, last_sync) {
+        (Some(kept), Some(newest))
+            if newest.0 >= kept.0 && newest.0.duration_since(kept.0) < LAST_SYNC_GRAIN =>
+        {
+            Some(kept)
+        }
+        (_, newest) => newest,
     };
     let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
     ClusterVaultSecretBindingStatus {

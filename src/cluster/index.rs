@@ -18,16 +18,17 @@ type Targets = HashMap<String, HashMap<String, String>>;
 /// Cluster binding → namespace → the binding kept for it there.
 type Children = HashMap<String, BTreeMap<String, Arc<VaultSecretBinding>>>;
 
-/// What the watch of every VaultSecretBinding holds for the cluster
-/// bindings.
+/// What the watches of the VaultSecretBindings hold for the cluster
+/// bindings: one watch of every namespace, or (with `--namespace`) one per
+/// namespace served, each re-listing on its own.
 #[derive(Debug, Default)]
 pub struct BindingIndex {
     own: Targets,
     children: Children,
-    /// A re-list in progress: what it brought so far (swapped in at its end,
-    /// so bindings deleted while the watch was down disappear).
-    relist: Option<(Targets, Children)>,
-    listed: bool,
+    /// Per watch (`None`: all namespaces): a re-list in progress and what
+    /// it brought so far (swapped in at its end, so bindings deleted while
+    /// the watch was down disappear), and whether it listed once.
+    watches: HashMap<Option<String>, (Option<(Targets, Children)>, bool)>,
 }
 
 /// Who a binding event concerns, for the controller's triggers.
@@ -94,30 +95,52 @@ fn remove(own: &mut Targets, children: &mut Children, b: &VaultSecretBinding) {
 }
 
 impl BindingIndex {
-    /// Takes in one watch event.
-    pub fn apply(&mut self, event: &watcher::Event<VaultSecretBinding>) {
+    /// An index fed by one watch per entry of `scopes` (`None`: all
+    /// namespaces).
+    pub fn new(scopes: impl IntoIterator<Item = Option<String>>) -> Self {
+        Self {
+            watches: scopes.into_iter().map(|s| (s, (None, false))).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Takes in one event of the watch of `scope`.
+    pub fn apply(&mut self, scope: Option<&str>, event: &watcher::Event<VaultSecretBinding>) {
+        let key = scope.map(str::to_string);
         match event {
-            watcher::Event::Init => self.relist = Some(Default::default()),
+            watcher::Event::Init => {
+                self.watches.entry(key).or_default().0 = Some(Default::default());
+            }
             watcher::Event::InitApply(b) => {
-                if let Some((own, children)) = self.relist.as_mut() {
+                if let Some((own, children)) = self.watches.entry(key).or_default().0.as_mut() {
                     insert(own, children, b);
                 }
             }
             watcher::Event::InitDone => {
-                if let Some((own, children)) = self.relist.take() {
-                    self.own = own;
-                    self.children = children;
+                let entry = self.watches.entry(key).or_default();
+                entry.1 = true;
+                if let Some((own, children)) = entry.0.take() {
+                    // Replaces what this watch covers, nothing else.
+                    let covers = |ns: &str| scope.is_none_or(|s| s == ns);
+                    self.own.retain(|ns, _| !covers(ns));
+                    for by_ns in self.children.values_mut() {
+                        by_ns.retain(|ns, _| !covers(ns));
+                    }
+                    self.children.retain(|_, by_ns| !by_ns.is_empty());
+                    self.own.extend(own);
+                    for (parent, by_ns) in children {
+                        self.children.entry(parent).or_default().extend(by_ns);
+                    }
                 }
-                self.listed = true;
             }
             watcher::Event::Apply(b) => insert(&mut self.own, &mut self.children, b),
             watcher::Event::Delete(b) => remove(&mut self.own, &mut self.children, b),
         }
     }
 
-    /// Whether a complete listing is held.
+    /// Whether every watch has listed once.
     pub fn listed(&self) -> bool {
-        self.listed
+        !self.watches.is_empty() && self.watches.values().all(|(_, listed)| *listed)
     }
 
     /// The bindings kept for cluster binding `parent`, by namespace.

@@ -221,7 +221,6 @@ pub fn run(
     async move {
         let (namespace_reader, namespace_writer) = reflector::store();
         let (cluster_reader, cluster_writer) = reflector::store::<ClusterVaultSecretBinding>();
-        let index = Arc::new(Mutex::new(BindingIndex::default()));
 
         let clusters = watcher(
             Api::<ClusterVaultSecretBinding>::all(client.clone()),
@@ -235,7 +234,20 @@ pub fn run(
                 tracing::warn!(error = %e, "watch of clustervaultsecretbindings failed; retrying");
             }
         })
-        .applied_objects();
+        .applied_objects()
+        // Its own status writes are no reason to decide again.
+        .predicate_filter(
+            |c: &ClusterVaultSecretBinding| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                c.meta().generation.hash(&mut h);
+                c.annotations()
+                    .get(crate::reconcile::FORCE_SYNC_ANNOTATION)
+                    .hash(&mut h);
+                Some(h.finish())
+            },
+            Default::default(),
+        );
 
         let namespaces = crate::controller::after_first_listing(
             watcher(
@@ -252,18 +264,30 @@ pub fn run(
         )
         .filter_map(|e| std::future::ready(e.ok().map(Ok)));
 
-        let fed = index.clone();
-        let bindings = watcher(
-            Api::<VaultSecretBinding>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff()
-        .inspect(move |event| match event {
-            Ok(e) => fed.lock().expect("binding index").apply(e),
-            Err(e) => tracing::warn!(error = %e, "watch of vaultsecretbindings (for cluster bindings) failed; retrying"),
-        })
-        .touched_objects()
-        .filter_map(|e| std::future::ready(e.ok().map(Ok)));
+        // The bindings: of every namespace, or of each one served.
+        let scopes: Vec<Option<String>> = match &scope {
+            Some(list) => list.iter().cloned().map(Some).collect(),
+            None => vec![None],
+        };
+        let index = Arc::new(Mutex::new(BindingIndex::new(scopes.clone())));
+        let watches = scopes.into_iter().map(|s| {
+            let api = match &s {
+                Some(ns) => Api::<VaultSecretBinding>::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            };
+            let fed = index.clone();
+            watcher(api, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .modify(|b| crate::controller::trim_meta(b.meta_mut()))
+                .inspect(move |event| match event {
+                    Ok(e) => fed.lock().expect("binding index").apply(s.as_deref(), e),
+                    Err(e) => tracing::warn!(error = %e, "watch of vaultsecretbindings (for cluster bindings) failed; retrying"),
+                })
+                .touched_objects()
+                .boxed()
+        });
+        let bindings =
+            futures::stream::select_all(watches).filter_map(|e| std::future::ready(e.ok().map(Ok)));
 
         let ctx = Arc::new(Context {
             client: client.clone(),

@@ -344,20 +344,44 @@ fn a_ready_condition_keeps_its_transition_time_while_unchanged() {
         first.conditions[0].last_transition_time.0
             + k8s_openapi::jiff::SignedDuration::from_secs(60),
     );
-    let again = fanout::status(&c, &plan, &children, Vec::new(), later);
+    let again = fanout::status(&c, &plan, &children, Vec::new(), later.clone());
     assert_eq!(again, first, "nothing changed: nothing to write");
+
+    // A namespace's heartbeat a minute later is not worth a write; one
+    // after more than five minutes is.
+    let heartbeat = |secs: i64| {
+        let mut b = (*children["a"]).clone();
+        let at = first.last_sync_time.as_ref().unwrap().0
+            + k8s_openapi::jiff::SignedDuration::from_secs(secs);
+        b.status.as_mut().unwrap().last_sync_time =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
+        BTreeMap::from([("a".to_string(), Arc::new(b))])
+    };
+    let soon = heartbeat(60);
+    assert_eq!(
+        fanout::status(&c, &plan, &soon, Vec::new(), later.clone()),
+        first
+    );
+    let late = heartbeat(301);
+    assert_ne!(
+        fanout::status(&c, &plan, &late, Vec::new(), later).last_sync_time,
+        first.last_sync_time
+    );
 }
 
 #[test]
 fn the_index_keeps_children_whole_and_of_other_bindings_only_their_secret() {
     let c = cluster(json!({"namespaces": ["a"]}));
-    let mut index = BindingIndex::default();
+    let mut index = BindingIndex::new([None]);
     let child = (*kept(&c, "a", None)).clone();
-    index.apply(&Event::Init);
-    index.apply(&Event::InitApply(child.clone()));
-    index.apply(&Event::InitApply(binding("a", "team", Some("team-secret"))));
+    index.apply(None, &Event::Init);
+    index.apply(None, &Event::InitApply(child.clone()));
+    index.apply(
+        None,
+        &Event::InitApply(binding("a", "team", Some("team-secret"))),
+    );
     assert!(!index.listed());
-    index.apply(&Event::InitDone);
+    index.apply(None, &Event::InitDone);
     assert!(index.listed());
     assert_eq!(index.children_of("agents").len(), 1);
     assert_eq!(index.own_in("a")["team"], "team-secret");
@@ -368,25 +392,50 @@ fn the_index_keeps_children_whole_and_of_other_bindings_only_their_secret() {
         PARENT_ANNOTATION.to_string(),
         "agents".to_string(),
     )]));
-    index.apply(&Event::Apply(forged));
+    index.apply(None, &Event::Apply(forged));
     assert_eq!(index.own_in("a")["other"], "other");
     assert_eq!(index.children_of("agents").len(), 1);
 
     // Losing the annotation makes a child a binding of the namespace's own.
     let mut unmarked = child.clone();
     unmarked.metadata.annotations = None;
-    index.apply(&Event::Apply(unmarked.clone()));
+    index.apply(None, &Event::Apply(unmarked.clone()));
     assert!(index.children_of("agents").is_empty());
     assert_eq!(index.own_in("a")["agents"], "agents");
-    index.apply(&Event::Delete(unmarked));
+    index.apply(None, &Event::Delete(unmarked));
     assert!(!index.own_in("a").contains_key("agents"));
 
     // A re-list replaces everything: what it does not bring is gone.
-    index.apply(&Event::Init);
-    index.apply(&Event::InitApply(binding("b", "x", None)));
-    index.apply(&Event::InitDone);
+    index.apply(None, &Event::Init);
+    index.apply(None, &Event::InitApply(binding("b", "x", None)));
+    index.apply(None, &Event::InitDone);
     assert!(index.own_in("a").is_empty());
     assert_eq!(index.own_in("b")["x"], "x");
+}
+
+#[test]
+fn with_one_watch_per_namespace_a_relist_replaces_only_its_namespace() {
+    let c = cluster(json!({"namespaces": ["a", "b"]}));
+    let mut index = BindingIndex::new([Some("a".to_string()), Some("b".to_string())]);
+    for ns in ["a", "b"] {
+        index.apply(Some(ns), &Event::Init);
+        index.apply(Some(ns), &Event::InitApply((*kept(&c, ns, None)).clone()));
+        index.apply(Some(ns), &Event::InitApply(binding(ns, "own", None)));
+        assert!(
+            !index.listed() || ns == "b",
+            "listed only when both watches are"
+        );
+        index.apply(Some(ns), &Event::InitDone);
+    }
+    assert!(index.listed());
+    assert_eq!(index.children_of("agents").len(), 2);
+    // a's watch re-lists without its binding of its own: b keeps everything.
+    index.apply(Some("a"), &Event::Init);
+    index.apply(Some("a"), &Event::InitApply((*kept(&c, "a", None)).clone()));
+    index.apply(Some("a"), &Event::InitDone);
+    assert!(index.own_in("a").is_empty());
+    assert_eq!(index.own_in("b")["own"], "own");
+    assert_eq!(index.children_of("agents").len(), 2);
 }
 
 #[test]

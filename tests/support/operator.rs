@@ -136,3 +136,18 @@ impl Stack {
         }
     }
 }
+
+impl Stack {
+    /// VmHWM of the operator: its peak resident set, in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let pid = self.child.id().expect("running");
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        (kib / 1024.0 * 10.0).round() / 10.0
+    }
+}
