@@ -1,5 +1,5 @@
-//! The end-to-end harness shared by `tests/e2e.rs`, `tests/e2e_trust.rs`
-//! and `tests/e2e_ha.rs`.
+//! The end-to-end harness shared by `tests/e2e.rs`, `tests/e2e_trust.rs`,
+//! `tests/e2e_ha.rs`, `tests/e2e_policy.rs` and `tests/e2e_cluster.rs`.
 //!
 //! Tests run when `KVSYNC_E2E_KUBECONFIG` names a kubeconfig with
 //! cluster-admin, and are skipped (saying so) otherwise. Each test gets its own
@@ -7,7 +7,7 @@
 //! (`POD_NAMESPACE`, where it keeps its dataHash key), a `kvsync dev-vault`
 //! child and a `kvsync run` child watching only that test's namespaces (its
 //! `/metrics` read with [`Env::operator_metric`]). Tests run in parallel;
-//! nothing is shared but the CRD, which every test applies (idempotently)
+//! nothing is shared but the CRDs, which every test applies (idempotently)
 //! itself. Tests of high availability start no default operator
 //! (`Options::operator`) but several side by side ([`Env::start_replica`]),
 //! each with its own POD_NAME and metrics port, and read their `/readyz` and
@@ -27,8 +27,9 @@
 //! children (every replica too) are killed and, for the operators, waited
 //! for until they have exited (bounded), then finalizers of bindings are
 //! stripped (the operator is gone by then, so nobody else will), the
-//! VaultAccessPolicies it applied (cluster-scoped) are deleted, and the
-//! namespaces are deleted, with the Leases in the operator's.
+//! VaultAccessPolicies and ClusterVaultSecretBindings it applied (both
+//! cluster-scoped) are deleted, and the namespaces are deleted, with the
+//! Leases in the operator's.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -48,6 +49,7 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Po
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, CustomResourceExt, ResourceExt};
 use kvsync::crd::VaultSecretBinding;
+use kvsync::crd::cluster::{ClusterVaultSecretBinding, ClusterVaultSecretBindingStatus};
 use kvsync::crd::policy::VaultAccessPolicy;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -237,15 +239,34 @@ impl Seen {
         serde_json::from_value(self.json.clone()).expect("a VaultSecretBinding")
     }
 
-    /// Whether the Ready condition was computed for the current generation.
-    pub fn current(&self) -> Option<&Cond> {
-        self.ready
-            .as_ref()
-            .filter(|c| c.observed_generation.is_some() && c.observed_generation == self.generation)
+    /// The typed ClusterVaultSecretBinding (when this is one).
+    pub fn cluster(&self) -> ClusterVaultSecretBinding {
+        serde_json::from_value(self.json.clone()).expect("a ClusterVaultSecretBinding")
     }
 
-    /// A one-line account for failure messages.
-    pub fn describe(&self) -> String {
+    /// The typed status of a ClusterVaultSecretBinding (empty when it has none).
+    pub fn cluster_status(&self) -> ClusterVaultSecretBindingStatus {
+        self.cluster().status.unwrap_or_default()
+    }
+
+    /// A one-line account of a ClusterVaultSecretBinding, for failure messages.
+    pub fn describe_cluster(&self) -> String {
+        let st = &self.json["status"];
+        format!(
+            "generation={:?} status.observedGeneration={:?} conditions=[{}] namespacesSelected={} namespacesSynced={} namespacesFailed={} failedNamespaces={} secrets={}",
+            self.generation,
+            self.observed,
+            self.conditions_line(),
+            st["namespacesSelected"],
+            st["namespacesSynced"],
+            st["namespacesFailed"],
+            st["failedNamespaces"],
+            st["secrets"],
+        )
+    }
+
+    /// Every condition as `Type=Status Reason (gen G): "message"`, `; `-separated.
+    fn conditions_line(&self) -> String {
         let conditions: Vec<String> = self.json["status"]["conditions"]
             .as_array()
             .map(|cs| {
@@ -263,12 +284,32 @@ impl Seen {
                     .collect()
             })
             .unwrap_or_default();
+        conditions.join("; ")
+    }
+
+    /// Whether `status.observedGeneration` and the Ready condition both
+    /// describe the current generation: the spec was applied, not only
+    /// looked at.
+    pub fn applied(&self) -> Option<&Cond> {
+        self.current()
+            .filter(|_| self.observed.is_some() && self.observed == self.generation)
+    }
+
+    /// Whether the Ready condition was computed for the current generation.
+    pub fn current(&self) -> Option<&Cond> {
+        self.ready
+            .as_ref()
+            .filter(|c| c.observed_generation.is_some() && c.observed_generation == self.generation)
+    }
+
+    /// A one-line account for failure messages.
+    pub fn describe(&self) -> String {
         format!(
             "generation={:?} status.observedGeneration={:?} finalizers={} conditions=[{}] rolloutPendingSince={}",
             self.generation,
             self.observed,
             self.json["metadata"]["finalizers"],
-            conditions.join("; "),
+            self.conditions_line(),
             self.json["status"]["rolloutPendingSince"],
         )
     }
@@ -326,7 +367,18 @@ impl Scope {
 
     /// Applies a binding and returns its generation.
     pub async fn apply_binding(&self, name: &str, spec: Value) -> i64 {
-        let body = self.binding_body(name, spec);
+        self.apply_binding_with(name, json!({}), spec).await
+    }
+
+    /// Applies a binding whose metadata also has the fields of `metadata`
+    /// (e.g. `{"annotations": {...}}`); returns its generation.
+    pub async fn apply_binding_with(&self, name: &str, metadata: Value, spec: Value) -> i64 {
+        let mut body = self.binding_body(name, spec);
+        if let Some(extra) = metadata.as_object() {
+            for (k, v) in extra {
+                body["metadata"][k] = v.clone();
+            }
+        }
         let b = self
             .bindings()
             .patch(
@@ -540,6 +592,44 @@ impl Scope {
             .unwrap_or_else(|e| panic!("label namespace {} {key}={value}: {e}", self.ns));
     }
 
+    /// Removes label `key` from this namespace (merge patch).
+    pub async fn unlabel_namespace(&self, key: &str) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        namespaces
+            .patch(
+                &self.ns,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {key: null}}})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("unlabel namespace {} {key}: {e}", self.ns));
+    }
+
+    /// Waits until Secret `name` no longer exists (e.g. deleted by the
+    /// garbage collector once its owner is gone).
+    pub async fn wait_secret_gone(&self, name: &str, what: &str, deadline: Duration) {
+        let what = format!("{what} (Secret {}/{name} to be gone)", self.ns);
+        eventually(self, &what, deadline, || async {
+            match self.secrets().get_opt(name).await {
+                Ok(None) => Ok(()),
+                Ok(Some(s)) => Err(format!(
+                    "still there: deletionTimestamp={:?} ownerReferences={:?} keys={:?}; {}",
+                    s.metadata.deletion_timestamp,
+                    s.metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .map(|o| format!("{} {} uid={}", o.kind, o.name, o.uid))
+                        .collect::<Vec<_>>(),
+                    data_of(&s).keys().collect::<Vec<_>>(),
+                    self.describe_bindings().await
+                )),
+                Err(e) => Err(format!("reading the Secret: {e}")),
+            }
+        })
+        .await
+    }
+
     /// Creates a Deployment that never gets pods (the cluster has no nodes).
     pub async fn create_deployment(&self, name: &str) {
         self.deployments()
@@ -654,6 +744,21 @@ impl DevVault {
 
     pub fn port(&self) -> u16 {
         self.host().rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// `POST /_dev/stats/reset`: counts start again from zero.
+    pub async fn reset_stats(&self) {
+        let r = self
+            .http
+            .post(format!("{}/_dev/stats/reset", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "POST /_dev/stats/reset: {}",
+            r.status()
+        );
     }
 
     pub async fn stats(&self) -> Value {
@@ -843,6 +948,9 @@ pub struct Env {
     /// VaultAccessPolicies a test applied ([`Env::apply_policy`]): cluster
     /// scoped, so deleted by name on drop.
     policies: Mutex<Vec<String>>,
+    /// ClusterVaultSecretBindings a test applied
+    /// ([`Env::apply_cluster_binding`]): deleted by name on drop.
+    cluster_bindings: Mutex<Vec<String>>,
 }
 
 impl Deref for Env {
@@ -913,6 +1021,7 @@ impl Env {
             extra_namespaces: Mutex::new(Vec::new()),
             replicas: Vec::new(),
             policies: Mutex::new(Vec::new()),
+            cluster_bindings: Mutex::new(Vec::new()),
         };
         for ns in names.iter().chain([&op_ns]) {
             create_namespace(&client, ns).await;
@@ -1226,6 +1335,181 @@ impl Env {
         self.policies.lock().unwrap().retain(|p| p != name);
     }
 
+    fn cluster_api(&self) -> Api<ClusterVaultSecretBinding> {
+        Api::all(self.client.clone())
+    }
+
+    fn raw_cluster_api(&self) -> Api<DynamicObject> {
+        Api::all_with(
+            self.client.clone(),
+            &ApiResource::erase::<ClusterVaultSecretBinding>(&()),
+        )
+    }
+
+    /// Applies (server-side, creating or replacing its spec) the
+    /// cluster-scoped ClusterVaultSecretBinding `name` with `spec`
+    /// (`vaultUrl` defaults to the test's dev vault); returns its
+    /// generation. It is deleted when the `Env` drops. Every operator on
+    /// the cluster sees it, those of tests running in parallel too: `spec`
+    /// must select this test's namespaces only (a `namespaceSelector` on a
+    /// label unique to the test, and/or `namespaces` naming the test's),
+    /// and `name` should be unique to the test (e.g. start with
+    /// [`Scope::ns`]).
+    pub async fn apply_cluster_binding(&self, name: &str, spec: Value) -> i64 {
+        let selects = spec["namespaceSelector"]
+            .as_object()
+            .is_some_and(|s| !s.is_empty())
+            || spec["namespaces"].as_array().is_some_and(|n| !n.is_empty());
+        assert!(
+            selects,
+            "cluster binding {name} must select this test's namespaces only: {spec}"
+        );
+        {
+            // Registered before it exists: a failure half-way still deletes it.
+            let mut clusters = self.cluster_bindings.lock().unwrap();
+            if !clusters.iter().any(|c| c == name) {
+                clusters.push(name.to_string());
+            }
+        }
+        let mut spec = spec;
+        if spec.get("vaultUrl").is_none() {
+            spec["vaultUrl"] = json!(self.vault_url);
+        }
+        let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "ClusterVaultSecretBinding",
+                          "metadata": {"name": name}, "spec": spec});
+        self.cluster_api()
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply ClusterVaultSecretBinding {name}: {e}"))
+            .metadata
+            .generation
+            .unwrap_or_default()
+    }
+
+    /// Deletes ClusterVaultSecretBinding `name` (one
+    /// [`Env::apply_cluster_binding`] applied); the garbage collector then
+    /// deletes the bindings kept for it.
+    pub async fn delete_cluster_binding(&self, name: &str) {
+        match self
+            .cluster_api()
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if api_code(&e) == Some(404) => {}
+            Err(e) => panic!("delete ClusterVaultSecretBinding {name}: {e}"),
+        }
+        self.cluster_bindings.lock().unwrap().retain(|c| c != name);
+    }
+
+    /// The ClusterVaultSecretBinding as the API has it now, `None` when it
+    /// does not exist.
+    pub async fn cluster_seen(&self, name: &str) -> Result<Option<Seen>, String> {
+        match self.raw_cluster_api().get_opt(name).await {
+            Ok(Some(o)) => Ok(Some(Seen::from_json(serde_json::to_value(o).unwrap()))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("reading ClusterVaultSecretBinding {name}: {e}")),
+        }
+    }
+
+    /// Waits until ClusterVaultSecretBinding `name` has a status for its
+    /// current generation (`status.observedGeneration` and the Ready
+    /// condition's both equal `metadata.generation`) that satisfies `ok`;
+    /// returns it as read then, and its Ready condition.
+    pub async fn cluster_until(
+        &self,
+        name: &str,
+        expected: &str,
+        deadline: Duration,
+        ok: impl Fn(&ClusterVaultSecretBindingStatus, &Cond) -> bool,
+    ) -> (ClusterVaultSecretBinding, Cond) {
+        let what = format!("ClusterVaultSecretBinding {name}: {expected}");
+        eventually(self, &what, deadline, || async {
+            let seen = self
+                .cluster_seen(name)
+                .await?
+                .ok_or_else(|| "the cluster binding does not exist".to_string())?;
+            let fits = seen
+                .applied()
+                .filter(|c| ok(&seen.cluster_status(), c))
+                .cloned();
+            match fits {
+                Some(c) => Ok((seen.cluster(), c)),
+                None => Err(seen.describe_cluster()),
+            }
+        })
+        .await
+    }
+
+    /// Waits until ClusterVaultSecretBinding `name` is Ready=True (reason
+    /// Synced) at its current generation with `selected` namespaces
+    /// selected, all of them synced and none failed.
+    pub async fn cluster_synced(
+        &self,
+        name: &str,
+        selected: i32,
+        deadline: Duration,
+    ) -> ClusterVaultSecretBinding {
+        self.cluster_until(
+            name,
+            &format!("Ready=True Synced with {selected} of {selected} namespaces synced"),
+            deadline,
+            |st, c| {
+                c.status == "True"
+                    && c.reason == "Synced"
+                    && st.namespaces_selected == selected
+                    && st.namespaces_synced == selected
+                    && st.namespaces_failed == 0
+            },
+        )
+        .await
+        .0
+    }
+
+    /// Sets a new `kvsync.io/force-sync` value on ClusterVaultSecretBinding
+    /// `name` (kvsync copies it to the bindings it keeps); returns it.
+    pub async fn force_sync_cluster_binding(&self, name: &str) -> String {
+        let value = random_suffix();
+        self.cluster_api()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {"kvsync.io/force-sync": value}}}),
+                ),
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!("annotate ClusterVaultSecretBinding {name} force-sync: {e}")
+            });
+        value
+    }
+
+    /// Waits until ClusterVaultSecretBinding `name` is gone.
+    pub async fn wait_cluster_gone(&self, name: &str, deadline: Duration) {
+        eventually(
+            self,
+            &format!("ClusterVaultSecretBinding {name} to be gone"),
+            deadline,
+            || async {
+                match self.cluster_seen(name).await? {
+                    None => Ok(()),
+                    Some(s) => Err(format!(
+                        "still there, deletionTimestamp={} finalizers={} {}",
+                        s.json["metadata"]["deletionTimestamp"],
+                        s.json["metadata"]["finalizers"],
+                        s.describe_cluster()
+                    )),
+                }
+            },
+        )
+        .await
+    }
+
     /// Forces a check of binding `name` and waits until the operator has
     /// finished it: `status.forceSyncHandled` names the value just set, and
     /// that status is written at the end of the forced reconcile, after its
@@ -1304,6 +1588,7 @@ impl Drop for Env {
         namespaces.extend(self.extra_namespaces.lock().unwrap().iter().cloned());
         let op_ns = self.op_ns.clone();
         let policies = std::mem::take(&mut *self.policies.lock().unwrap());
+        let cluster_bindings = std::mem::take(&mut *self.cluster_bindings.lock().unwrap());
         let dir = self.all_logs.dir.clone();
         // A runtime and client of their own: Drop cannot await, and the
         // test's runtime (whose pooled connections the test client holds) is
@@ -1323,6 +1608,18 @@ impl Drop for Env {
                         && api_code(&e) != Some(404)
                     {
                         eprintln!("cleanup: deleting VaultAccessPolicy {p}: {e}");
+                    }
+                }
+                // Cluster-scoped too: left behind, they would keep writing
+                // into any namespace they select, for as long as an
+                // operator runs. Their bindings go with them (owned), and
+                // with the namespaces.
+                let cluster_api: Api<ClusterVaultSecretBinding> = Api::all(client.clone());
+                for c in &cluster_bindings {
+                    if let Err(e) = cluster_api.delete(c, &DeleteParams::default()).await
+                        && api_code(&e) != Some(404)
+                    {
+                        eprintln!("cleanup: deleting ClusterVaultSecretBinding {c}: {e}");
                     }
                 }
                 let ns_api: Api<Namespace> = Api::all(client.clone());
@@ -1490,7 +1787,8 @@ async fn install_crd(client: &kube::Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [
         VaultSecretBinding::crd(),
-        kvsync::crd::policy::VaultAccessPolicy::crd(),
+        VaultAccessPolicy::crd(),
+        ClusterVaultSecretBinding::crd(),
     ] {
         let name = crd.name_any();
         crds.patch(
@@ -1527,10 +1825,31 @@ async fn install_crd(client: &kube::Client) {
     };
     loop {
         match probe.create(&dry, &bad).await {
-            Err(e) if api_code(&e) == Some(422) => return,
+            Err(e) if api_code(&e) == Some(422) => break,
             other => assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "the API server still serves an old VaultSecretBinding schema: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Likewise for ClusterVaultSecretBindings (a 404 while the new kind is
+    // not served yet): one that selects no namespace is refused by its
+    // schema's rule.
+    let probe: Api<ClusterVaultSecretBinding> = Api::all(client.clone());
+    let bad: ClusterVaultSecretBinding = serde_json::from_value(json!({
+        "apiVersion": "kvsync.io/v1alpha1", "kind": "ClusterVaultSecretBinding",
+        "metadata": {"name": "kvsync-e2e-schema-probe"},
+        "spec": {"vaultUrl": "https://probe.vault.azure.net", "secrets": [{"name": "a"}]},
+    }))
+    .unwrap();
+    let started = Instant::now();
+    loop {
+        match probe.create(&dry, &bad).await {
+            Err(e) if api_code(&e) == Some(422) => return,
+            other => assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the API server does not serve the ClusterVaultSecretBinding schema yet: {other:?}"
             ),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1589,6 +1908,59 @@ mod harness_tests {
                 .unwrap()
                 .observed_generation,
             Some(3)
+        );
+    }
+
+    fn cluster(generation: i64, observed: i64, cond_gen: i64) -> Seen {
+        let o: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kvsync.io/v1alpha1", "kind": "ClusterVaultSecretBinding",
+            "metadata": {"name": "shared", "generation": generation},
+            "spec": {"vaultUrl": "https://127.0.0.1:1", "secrets": [{"name": "db-password"}],
+                     "namespaces": ["a", "b", "c"]},
+            "status": {"observedGeneration": observed, "conditions": [
+                {"type": "Ready", "status": "False", "reason": "NamespacesFailed",
+                 "message": "1 of 3 namespaces failed: b (ClusterBindingConflict)",
+                 "observedGeneration": cond_gen, "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                "namespacesSelected": 3, "namespacesSynced": 2, "namespacesFailed": 1,
+                "failedNamespaces": [{"namespace": "b", "reason": "ClusterBindingConflict",
+                                      "message": "VaultSecretBinding own of the namespace writes Secret shared too"}]}
+        }))
+        .unwrap();
+        Seen::from_json(serde_json::to_value(o).unwrap())
+    }
+
+    #[test]
+    fn a_cluster_binding_status_counts_only_when_it_describes_the_current_generation() {
+        assert!(
+            cluster(2, 1, 2).applied().is_none(),
+            "status of generation 1"
+        );
+        assert!(
+            cluster(2, 2, 1).applied().is_none(),
+            "Ready of generation 1"
+        );
+        let seen = cluster(2, 2, 2);
+        let c = seen.applied().expect("both of generation 2");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NamespacesFailed")
+        );
+        let st = seen.cluster_status();
+        assert_eq!(
+            (
+                st.namespaces_selected,
+                st.namespaces_synced,
+                st.namespaces_failed
+            ),
+            (3, 2, 1)
+        );
+        assert_eq!(st.failed_namespaces[0].reason, "ClusterBindingConflict");
+        let d = seen.describe_cluster();
+        assert!(
+            d.contains("namespacesSynced=2")
+                && d.contains("Ready=False NamespacesFailed (gen 2)")
+                && d.contains("ClusterBindingConflict"),
+            "{d}"
         );
     }
 
