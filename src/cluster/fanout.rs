@@ -111,17 +111,19 @@ pub fn plan<'a>(
             .collect();
         clashing.sort();
         if let Some((b, t)) = clashing.first() {
-            let why = if **b == name {
-                format!("the namespace has a VaultSecretBinding {b} of its own")
+            let message = if **b == name {
+                format!(
+                    "the namespace has a VaultSecretBinding {b} of its own, and kvsync names the binding it keeps there like this cluster binding; the namespace's own wins and this namespace is left alone. Rename one of them, or stop selecting {ns}"
+                )
             } else {
-                format!("VaultSecretBinding {b} of the namespace writes Secret {t} too")
+                format!(
+                    "VaultSecretBinding {b} of the namespace writes Secret {t} too; the namespace's own binding wins and this namespace is left alone. Change spec.target.name here or there, or stop selecting {ns}"
+                )
             };
             out.conflicts.push(NamespaceFailure {
                 namespace: ns.to_string(),
                 reason: Reason::ClusterBindingConflict.to_string(),
-                message: format!(
-                    "{why}; the namespace's own binding wins and this namespace is left alone. Rename spec.target.name here or there, or stop selecting {ns}"
-                ),
+                message,
             });
             continue;
         }
@@ -131,8 +133,13 @@ pub fn plan<'a>(
             out.write.push(ns.to_string());
         }
     }
+    let uid = cluster.uid().unwrap_or_default();
     for (ns, c) in children {
-        if !keep.contains(ns) && c.metadata.deletion_timestamp.is_none() {
+        // Only what kvsync made for this cluster binding (its owner
+        // reference): a claim made by hand is refused by the namespaced
+        // controller, not deleted.
+        let ours = c.owner_references().iter().any(|o| o.uid == uid);
+        if !keep.contains(ns) && ours && c.metadata.deletion_timestamp.is_none() {
             out.remove.push((ns.clone(), c.uid().unwrap_or_default()));
         }
     }

@@ -17,6 +17,9 @@ use crate::crd::cluster::PARENT_ANNOTATION;
 type Targets = HashMap<String, HashMap<String, String>>;
 /// Cluster binding → namespace → the binding kept for it there.
 type Children = HashMap<String, BTreeMap<String, Arc<VaultSecretBinding>>>;
+/// One watch's state: a re-list in progress (what it brought so far), and
+/// whether it listed once.
+type WatchState = (Option<(Targets, Children)>, bool);
 
 /// What the watches of the VaultSecretBindings hold for the cluster
 /// bindings: one watch of every namespace, or (with `--namespace`) one per
@@ -28,7 +31,7 @@ pub struct BindingIndex {
     /// Per watch (`None`: all namespaces): a re-list in progress and what
     /// it brought so far (swapped in at its end, so bindings deleted while
     /// the watch was down disappear), and whether it listed once.
-    watches: HashMap<Option<String>, (Option<(Targets, Children)>, bool)>,
+    watches: HashMap<Option<String>, WatchState>,
 }
 
 /// Who a binding event concerns, for the controller's triggers.

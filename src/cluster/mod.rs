@@ -158,7 +158,12 @@ async fn reconcile(
         failed_writes,
         crate::status::now(),
     );
-    write_status(&api, &cluster, st).await?;
+    // An operator serving some namespaces (`--namespace`) speaks for a
+    // cluster binding only where it selects some of them: several such
+    // operators must not overwrite each other's view with "none selected".
+    if ctx.scope.is_none() || !plan.selected.is_empty() {
+        write_status(&api, &cluster, st).await?;
+    }
     Ok(Action::requeue(RESYNC))
 }
 
@@ -212,13 +217,13 @@ fn on_becoming_leader(
 /// the namespaces kvsync serves (`--namespace`; `None`: all). Watch
 /// failures are logged and retried; the namespaced controllers' watches
 /// are what `/readyz` reports.
-pub fn run(
+pub async fn run(
     client: kube::Client,
     scope: Option<Vec<String>>,
     leader: Option<tokio::sync::watch::Receiver<bool>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> impl Future<Output = ()> + Send + 'static {
-    async move {
+) {
+    {
         let (namespace_reader, namespace_writer) = reflector::store();
         let (cluster_reader, cluster_writer) = reflector::store::<ClusterVaultSecretBinding>();
 

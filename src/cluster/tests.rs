@@ -461,3 +461,22 @@ fn a_cluster_spec_is_validated_naming_the_field() {
             .is_ok()
     );
 }
+
+#[test]
+fn a_claim_made_by_hand_outside_the_selection_is_not_deleted() {
+    let c = cluster(json!({"namespaces": ["a"]}));
+    let mut forged = (*kept(&c, "elsewhere", None)).clone();
+    forged.metadata.owner_references = None;
+    let children = BTreeMap::from([("elsewhere".to_string(), Arc::new(forged))]);
+    let plan = plan_for(
+        &c,
+        &[("a", labels(&[])), ("elsewhere", labels(&[]))],
+        &children,
+        &[],
+    );
+    assert_eq!(plan.write, ["a"]);
+    assert!(
+        plan.remove.is_empty(),
+        "kvsync deletes only what it made; the claim is refused instead"
+    );
+}
