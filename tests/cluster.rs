@@ -265,4 +265,30 @@ async fn a_forged_claim_reads_nothing_and_a_policy_does_not_limit_the_cluster_bi
         stats.requests
     );
     assert!(stack.api.get("secrets", "intruder", "agents").is_none());
+
+    // The cluster binding decides again (a force-sync is copied to the
+    // bindings it keeps): the claim made by hand is refused, not deleted.
+    Api::<kvsync::crd::cluster::ClusterVaultSecretBinding>::all(stack.client.clone())
+        .patch(
+            "agents",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"kvsync.io/force-sync": "1"}}})),
+        )
+        .await
+        .unwrap();
+    stack
+        .wait_for("the force-sync copied to agents-ns", WITHIN, || {
+            let b = stack
+                .api
+                .get("vaultsecretbindings", "agents-ns", "agents")?;
+            (b["metadata"]["annotations"]["kvsync.io/force-sync"] == "1").then_some(())
+        })
+        .await;
+    assert!(
+        stack
+            .api
+            .get("vaultsecretbindings", "intruder", "agents")
+            .is_some(),
+        "kvsync deletes only what it made"
+    );
 }
