@@ -226,10 +226,23 @@ fn defaults_render_a_locked_down_ha_operator() {
         "the webhook injects AZURE_*; the chart never hard-codes the token path"
     );
     assert_eq!(kinds["PodDisruptionBudget"].len(), 1, "on with 2 replicas");
-    let crd = &kinds["CustomResourceDefinition"][0];
+    let crds: BTreeSet<&str> = kinds["CustomResourceDefinition"]
+        .iter()
+        .map(|crd| {
+            assert_eq!(
+                crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+                "keep"
+            );
+            crd["metadata"]["name"].as_str().unwrap()
+        })
+        .collect();
     assert_eq!(
-        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
-        "keep"
+        crds,
+        BTreeSet::from([
+            "clustervaultsecretbindings.kvsync.io",
+            "vaultaccesspolicies.kvsync.io",
+            "vaultsecretbindings.kvsync.io",
+        ])
     );
     assert!(kinds.contains_key("ClusterRole"));
     assert!(!kinds.contains_key("NetworkPolicy") && !kinds.contains_key("ServiceMonitor"));
@@ -294,15 +307,19 @@ fn watch_namespaces_render_roles_not_a_cluster_role() {
     let Some(helm) = helm() else { return };
     let docs = render(&helm, &["--set", "watchNamespaces={ci,build}"]).unwrap();
     let kinds = check_types(&docs);
-    // Only the cluster-scoped, read-only one for VaultAccessPolicies.
-    let names = |kind: &str| -> Vec<String> {
+    // Only the cluster-scoped ones for VaultAccessPolicies (read-only) and
+    // ClusterVaultSecretBindings.
+    let names = |kind: &str| -> BTreeSet<String> {
         kinds[kind]
             .iter()
             .map(|r| r["metadata"]["name"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(names("ClusterRole"), ["kvsync-policies"]);
-    assert_eq!(names("ClusterRoleBinding"), ["kvsync-policies"]);
+    let cluster_scoped: BTreeSet<String> = ["kvsync-policies", "kvsync-cluster-bindings"]
+        .map(String::from)
+        .into();
+    assert_eq!(names("ClusterRole"), cluster_scoped);
+    assert_eq!(names("ClusterRoleBinding"), cluster_scoped);
     let roles: BTreeSet<String> = kinds["Role"]
         .iter()
         .map(|r| {
@@ -386,7 +403,19 @@ const CALLS: &[(&str, &str, &str, &str)] = &[
         "kvsync.io",
         "vaultsecretbindings",
         "patch",
-        "reconcile: Merge finalizer add/remove",
+        "reconcile: Merge finalizer add/remove; cluster::reconcile: a namespace's kept binding (server-side apply)",
+    ),
+    (
+        "kvsync.io",
+        "vaultsecretbindings",
+        "create",
+        "cluster::reconcile: server-side apply of a missing kept binding",
+    ),
+    (
+        "kvsync.io",
+        "vaultsecretbindings",
+        "delete",
+        "cluster::reconcile: the kept binding of a namespace no longer selected (or taken by its own binding)",
     ),
     (
         "kvsync.io",
@@ -404,7 +433,7 @@ const CALLS: &[(&str, &str, &str, &str)] = &[
         "",
         "secrets",
         "get",
-        "reconcile: current Secret; identity: clientSecretRef; hash key",
+        "reconcile: current Secret; identity: clientSecretRef (a cluster binding's: in the namespace it names); hash key",
     ),
     (
         "",
@@ -440,7 +469,7 @@ const CALLS: &[(&str, &str, &str, &str)] = &[
         "",
         "serviceaccounts",
         "get",
-        "identity: ServiceAccount annotations (not yet in the cache)",
+        "identity: ServiceAccount annotations (not yet in the cache; a cluster binding's serviceAccountRef: in the namespace it names)",
     ),
     (
         "",
@@ -458,7 +487,7 @@ const CALLS: &[(&str, &str, &str, &str)] = &[
         "",
         "serviceaccounts/token",
         "create",
-        "identity: TokenRequest",
+        "identity: TokenRequest (a cluster binding's serviceAccountRef: in the namespace it names)",
     ),
     ("apps", "deployments", "get", "rollout::exists"),
     ("apps", "deployments", "patch", "rollout::restart"),
@@ -475,9 +504,9 @@ const CALLS: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-/// Calls in the operator's own namespace (leader election, hash key).
-/// The calls of `kvsync run` for VaultAccessPolicies (a ClusterRole of its
-/// own, also with watchNamespaces).
+/// The calls of `kvsync run` for VaultAccessPolicies and the namespaces'
+/// labels (which ClusterVaultSecretBindings select by too): a ClusterRole of
+/// its own, also with watchNamespaces.
 const POLICY_CALLS: &[(&str, &str, &str, &str)] = &[
     ("kvsync.io", "vaultaccesspolicies", "list", "policy watch"),
     ("kvsync.io", "vaultaccesspolicies", "watch", "policy watch"),
@@ -487,10 +516,50 @@ const POLICY_CALLS: &[(&str, &str, &str, &str)] = &[
         "get",
         "a namespace the watch has not brought yet",
     ),
-    ("", "namespaces", "list", "namespace labels watch"),
-    ("", "namespaces", "watch", "namespace labels watch"),
+    (
+        "",
+        "namespaces",
+        "list",
+        "namespace labels watch (controller; cluster::run)",
+    ),
+    (
+        "",
+        "namespaces",
+        "watch",
+        "namespace labels watch (controller; cluster::run)",
+    ),
 ];
 
+/// The calls of `kvsync run` on ClusterVaultSecretBindings (cluster-scoped:
+/// a ClusterRole of its own, also with watchNamespaces).
+const CLUSTER_BINDING_CALLS: &[(&str, &str, &str, &str)] = &[
+    (
+        "kvsync.io",
+        "clustervaultsecretbindings",
+        "list",
+        "cluster::run and controller: cluster bindings watch",
+    ),
+    (
+        "kvsync.io",
+        "clustervaultsecretbindings",
+        "watch",
+        "cluster::run and controller: cluster bindings watch",
+    ),
+    (
+        "kvsync.io",
+        "clustervaultsecretbindings/status",
+        "patch",
+        "cluster::write_status (server-side apply)",
+    ),
+    (
+        "kvsync.io",
+        "clustervaultsecretbindings/finalizers",
+        "update",
+        "kept bindings' owner references with blockOwnerDeletion",
+    ),
+];
+
+/// Calls in the operator's own namespace (leader election, hash key).
 const SELF_CALLS: &[(&str, &str, &str, &str)] = &[
     ("coordination.k8s.io", "leases", "get", "leader election"),
     ("coordination.k8s.io", "leases", "create", "leader election"),
@@ -525,45 +594,102 @@ fn needed(calls: &[(&str, &str, &str, &str)]) -> BTreeSet<(String, String, Strin
         .collect()
 }
 
+/// The rules of the rendered `kind` (ClusterRole or Role) named `name`, in
+/// `namespace` for a Role.
+fn rules_of(
+    kinds: &BTreeMap<String, Vec<Value>>,
+    kind: &str,
+    name: &str,
+    namespace: Option<&str>,
+) -> Vec<PolicyRule> {
+    let doc = kinds[kind]
+        .iter()
+        .find(|r| {
+            r["metadata"]["name"] == name
+                && namespace.is_none_or(|ns| r["metadata"]["namespace"] == ns)
+        })
+        .unwrap_or_else(|| panic!("{kind} {name} is rendered"));
+    let rules: Option<Vec<PolicyRule>> =
+        serde_json::from_value(doc["rules"].clone()).expect("rules parse");
+    let rules = rules.unwrap_or_default();
+    assert!(
+        rules
+            .iter()
+            .all(|r| r.resource_names.is_none() || kind == "Role")
+            && rules.iter().all(|r| !r.verbs.iter().any(|v| v == "*")
+                && !r.resources.iter().flatten().any(|x| x == "*")
+                && !r.api_groups.iter().flatten().any(|x| x == "*")),
+        "{kind} {name}: no wildcards"
+    );
+    rules
+}
+
 #[test]
 fn rbac_grants_exactly_the_calls_kvsync_makes() {
     let Some(helm) = helm() else { return };
     let docs = render(&helm, &[]).unwrap();
     let kinds = check_types(&docs);
-    let cluster: ClusterRole = serde_json::from_value(kinds["ClusterRole"][0].clone()).unwrap();
-    let rules = cluster.rules.unwrap_or_default();
+    let cluster = rules_of(&kinds, "ClusterRole", "kvsync", None);
     assert!(
-        rules
-            .iter()
-            .all(|r| r.resource_names.is_none() && !r.verbs.iter().any(|v| v == "*")),
-        "no wildcards"
+        cluster.iter().all(|r| r.resource_names.is_none()),
+        "no resourceNames in the ClusterRole"
     );
     assert_eq!(
-        grants(&rules),
+        grants(&cluster),
         needed(CALLS),
         "ClusterRole vs the calls of kvsync run"
     );
-    let own: Role = serde_json::from_value(
-        kinds["Role"]
-            .iter()
-            .find(|r| r["metadata"]["name"] == "kvsync-self")
-            .unwrap()
-            .clone(),
-    )
-    .unwrap();
-    assert_eq!(grants(&own.rules.unwrap_or_default()), needed(SELF_CALLS));
-    let policies: ClusterRole = serde_json::from_value(
-        kinds["ClusterRole"]
-            .iter()
-            .find(|r| r["metadata"]["name"] == "kvsync-policies")
-            .unwrap()
-            .clone(),
-    )
-    .unwrap();
+    let own = rules_of(&kinds, "Role", "kvsync-self", Some("kvsync-system"));
+    assert_eq!(grants(&own), needed(SELF_CALLS));
+    let policies = rules_of(&kinds, "ClusterRole", "kvsync-policies", None);
+    assert_eq!(grants(&policies), needed(POLICY_CALLS));
+    let clusters = rules_of(&kinds, "ClusterRole", "kvsync-cluster-bindings", None);
     assert_eq!(
-        grants(&policies.rules.unwrap_or_default()),
-        needed(POLICY_CALLS)
+        grants(&clusters),
+        needed(CLUSTER_BINDING_CALLS),
+        "ClusterRole kvsync-cluster-bindings vs the calls for cluster bindings"
     );
+    let bound = |name: &str| {
+        kinds["ClusterRoleBinding"]
+            .iter()
+            .any(|b| b["metadata"]["name"] == name && b["roleRef"]["name"] == name)
+    };
+    assert!(bound("kvsync") && bound("kvsync-policies") && bound("kvsync-cluster-bindings"));
+
+    // watchNamespaces: the namespaced calls in each namespace's Role (the
+    // cluster-binding controller then watches bindings namespace by
+    // namespace too); cluster-wide only what is cluster-scoped, read-only
+    // but for the cluster bindings' status and owner references.
+    let docs = render(&helm, &["--set", "watchNamespaces={ci,build}"]).unwrap();
+    let kinds = check_types(&docs);
+    for ns in ["ci", "build"] {
+        let role = rules_of(&kinds, "Role", "kvsync", Some(ns));
+        assert_eq!(grants(&role), needed(CALLS), "Role kvsync in {ns}");
+    }
+    let policies = rules_of(&kinds, "ClusterRole", "kvsync-policies", None);
+    assert_eq!(grants(&policies), needed(POLICY_CALLS));
+    let clusters = rules_of(&kinds, "ClusterRole", "kvsync-cluster-bindings", None);
+    assert_eq!(
+        grants(&clusters),
+        needed(CLUSTER_BINDING_CALLS),
+        "watchNamespaces: ClusterRole kvsync-cluster-bindings"
+    );
+    let cluster_wide: BTreeSet<_> = kinds["ClusterRole"]
+        .iter()
+        .flat_map(|r| {
+            let rules: Vec<PolicyRule> =
+                serde_json::from_value(r["rules"].clone()).unwrap_or_default();
+            grants(&rules)
+        })
+        .collect();
+    for (g, r, v) in &cluster_wide {
+        assert!(
+            r.starts_with("clustervaultsecretbindings")
+                || r == "vaultaccesspolicies"
+                || r == "namespaces",
+            "watchNamespaces grants {g}/{r} {v} cluster-wide"
+        );
+    }
 
     // Optional rules go away with their feature.
     let docs = render(
@@ -577,8 +703,7 @@ fn rbac_grants_exactly_the_calls_kvsync_makes() {
     )
     .unwrap();
     let kinds = check_types(&docs);
-    let cluster: ClusterRole = serde_json::from_value(kinds["ClusterRole"][0].clone()).unwrap();
-    let g = grants(&cluster.rules.unwrap_or_default());
+    let g = grants(&rules_of(&kinds, "ClusterRole", "kvsync", None));
     assert!(
         !g.iter()
             .any(|(_, r, _)| r == "serviceaccounts/token" || r == "deployments")

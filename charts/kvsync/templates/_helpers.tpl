@@ -57,12 +57,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.caBundle.configMap.name }}{{ default "ca.pem" .Values.caBundle.configMap.key }}{{- else }}{{ default "ca.pem" .Values.caBundle.secret.key }}{{- end }}
 {{- end }}
 
-{{- /* What kvsync run calls, rule by rule (src/rbac.rs lists the same; a test compares). */}}
+{{- /* What kvsync run calls in the namespaces it serves, rule by rule (tests/chart.rs lists the calls; a test compares). */}}
 {{- define "kvsync.rules" -}}
-# Watch bindings; patch adds and removes the Merge finalizer.
+# Watch bindings; patch adds and removes the Merge finalizer. For
+# ClusterVaultSecretBindings kvsync keeps a binding in each selected namespace:
+# server-side apply (patch; create because apply creates a missing binding),
+# and delete when the namespace stops being selected.
 - apiGroups: ["kvsync.io"]
   resources: ["vaultsecretbindings"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch", "patch", "create", "delete"]
 # Status is written with server-side apply on the status subresource.
 - apiGroups: ["kvsync.io"]
   resources: ["vaultsecretbindings/status"]
@@ -79,13 +82,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# identity.serviceAccountName: the ServiceAccounts' workload-identity
-# annotations, from a metadata watch (a GET only for one not yet seen).
+# identity.serviceAccountName (a cluster binding's serviceAccountRef: in the
+# namespace it names): the ServiceAccounts' workload-identity annotations,
+# from a metadata watch (a GET only for one not yet seen).
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["get", "list", "watch"]
 {{- if .Values.rbac.serviceAccountTokenCreate }}
-# identity.serviceAccountName: a TokenRequest (audience api://AzureADTokenExchange)
+# identity.serviceAccountName / serviceAccountRef: a TokenRequest (audience api://AzureADTokenExchange)
 # to exchange at Entra ID for that ServiceAccount. RBAC cannot narrow the
 # audience: whoever controls the operator can mint tokens for any
 # ServiceAccount in the watched namespaces. Turn it off
