@@ -239,6 +239,15 @@ async fn run(args: RunArgs) -> Result<(), String> {
 async fn check(args: CheckArgs) -> Result<bool, String> {
     let text = std::fs::read_to_string(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let kind = serde_yaml::from_str::<serde_yaml::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string));
+    if let Some(other) = kind.filter(|k| k != "VaultSecretBinding") {
+        return Err(format!(
+            "{} is a {other}: kvsync check reads one VaultSecretBinding (for a ClusterVaultSecretBinding, check the binding it keeps in a namespace: kubectl get vsb NAME -n NS -o yaml)",
+            args.file.display()
+        ));
+    }
     let mut binding: kvsync::crd::VaultSecretBinding = serde_yaml::from_str(&text)
         .map_err(|e| format!("{} is not a VaultSecretBinding: {e}", args.file.display()))?;
     if let Some(ns) = &args.namespace {

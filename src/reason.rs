@@ -98,6 +98,10 @@ reasons! {
     /// A binding claims to be kept for a ClusterVaultSecretBinding that does
     /// not exist or does not select its namespace.
     ClusterBindingMissing,
+    /// The API server refused the binding kvsync keeps for a
+    /// ClusterVaultSecretBinding in a namespace (RBAC, a namespace being
+    /// deleted, a webhook).
+    BindingRejected,
     /// A ClusterVaultSecretBinding: some selected namespaces failed.
     NamespacesFailed,
     /// A ClusterVaultSecretBinding: some selected namespaces are not synced

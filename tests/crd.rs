@@ -297,11 +297,34 @@ fn examples_are_valid() {
         "expected at least three examples, found {names:?}"
     );
     for name in names {
-        let binding = example(&name);
-        if let Err(e) = binding.spec.validate() {
+        let path = format!("{dir}/{name}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kind: Value = serde_yaml::from_str(&text).unwrap();
+        let checked = match kind["kind"].as_str() {
+            Some("VaultSecretBinding") => example(&name).spec.validate(),
+            Some("ClusterVaultSecretBinding") => {
+                let c: kvsync::crd::cluster::ClusterVaultSecretBinding =
+                    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+                c.spec.validate()
+            }
+            other => panic!("examples/{name}: unexpected kind {other:?}"),
+        };
+        if let Err(e) = checked {
             panic!("examples/{name} is invalid: {e}");
         }
     }
+}
+
+#[test]
+fn cluster_example_selects_labelled_namespaces_with_a_namespaced_identity() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster-agents.yaml");
+    let c: kvsync::crd::cluster::ClusterVaultSecretBinding =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let labelled = [("kvsync.io/agents".to_string(), "true".to_string())].into();
+    assert!(c.spec.selects("team-a", &labelled));
+    assert!(!c.spec.selects("team-a", &Default::default()));
+    let (_, identity_namespace) = c.spec.binding_spec();
+    assert_eq!(identity_namespace.as_deref(), Some("platform-identities"));
 }
 
 #[test]

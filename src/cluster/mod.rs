@@ -124,7 +124,7 @@ async fn reconcile(
             Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => {
                 failed_writes.push(NamespaceFailure {
                     namespace: ns.clone(),
-                    reason: Reason::ClusterBindingConflict.to_string(),
+                    reason: Reason::BindingRejected.to_string(),
                     message: format!(
                         "the API server refused VaultSecretBinding {ns}/{name}: {} (may kvsync create vaultsecretbindings in {ns}? is the namespace being deleted?)",
                         s.message

@@ -451,6 +451,19 @@ fn a_cluster_spec_is_validated_naming_the_field() {
         "{e}"
     );
     assert!(e.contains("spec.identity.serviceAccountRef.name"), "{e}");
+    let bad_selector = cluster(json!({"namespaceSelector": {"matchExpressions": [
+        {"key": "team", "operator": "In"},
+        {"key": "team", "operator": "Matches", "values": ["x"]},
+    ]}}));
+    let e = bad_selector.spec.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("matchExpressions[0]") && e.contains("needs values"),
+        "{e}"
+    );
+    assert!(
+        e.contains("matchExpressions[1]") && e.contains("must be In"),
+        "{e}"
+    );
     let none = cluster(json!({}));
     let e = none.spec.validate().unwrap_err().to_string();
     assert!(e.contains("namespaceSelector"), "{e}");

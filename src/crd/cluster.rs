@@ -356,6 +356,29 @@ impl ClusterVaultSecretBindingSpec {
                     .into(),
             });
         }
+        // A selector the schema would refuse selects nothing here (a
+        // policy treats it the other way: for what it limits, wider is safer;
+        // for where Secrets go, narrower is).
+        for (i, e) in self
+            .namespace_selector
+            .iter()
+            .flat_map(|s| s.match_expressions.iter().flatten())
+            .enumerate()
+        {
+            let values = e.values.as_ref().is_some_and(|v| !v.is_empty());
+            let problem = match e.operator.as_str() {
+                "In" | "NotIn" if !values => Some("needs values"),
+                "Exists" | "DoesNotExist" if values => Some("takes no values"),
+                "In" | "NotIn" | "Exists" | "DoesNotExist" => None,
+                _ => Some("must be In, NotIn, Exists or DoesNotExist"),
+            };
+            if let Some(p) = problem {
+                errs.push(FieldError {
+                    field: format!("spec.namespaceSelector.matchExpressions[{i}]"),
+                    message: format!("operator {:?} {p}", e.operator),
+                });
+            }
+        }
         let label = |n: &str| n.len() <= 63 && !n.contains('.') && is_dns1123_subdomain(n);
         for (i, n) in self.namespaces.iter().enumerate() {
             if !label(n) {
