@@ -26,6 +26,7 @@
 
 pub mod apply;
 pub mod azure;
+pub mod certificate;
 pub mod check;
 pub mod cli;
 pub mod cluster;
@@ -47,5 +48,6 @@ pub mod rollout;
 pub mod server;
 pub mod shard;
 pub mod status;
+pub mod template;
 pub mod value;
 pub mod versions;
