@@ -175,6 +175,10 @@ pub fn desired(binding: &VaultSecretBinding, rendered: &Rendered) -> Secret {
     let merge = spec.policy() == TargetPolicy::Merge;
     let mut labels = target.labels.clone();
     let mut annotations = target.annotations.clone();
+    if let Some(m) = target.template.as_ref().and_then(|t| t.metadata.as_ref()) {
+        labels.extend(m.labels.clone());
+        annotations.extend(m.annotations.clone());
+    }
     if !merge {
         labels.insert(MANAGED_BY_LABEL.into(), "kvsync".into());
         annotations.insert(BINDING_ANNOTATION.into(), binding.name_any());

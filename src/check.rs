@@ -212,6 +212,7 @@ pub async fn check(
         now: k8s_openapi::jiff::Timestamp::now().as_second(),
         // check prints no hash: any key will do.
         hash_key: &crate::hashkey::HashKey::new(b"kvsync-check"),
+        template: spec.template(),
     }) {
         // A disabled KeepLast secret renders (check sees no Secret to keep
         // from; in the cluster KeepLast keeps what the Secret holds).

@@ -46,6 +46,7 @@ pub mod reconcile;
 pub mod render;
 pub mod rollout;
 pub mod server;
+pub mod shape;
 pub mod shard;
 pub mod status;
 pub mod template;

@@ -9,7 +9,7 @@ use crate::reason::Reason;
 use std::collections::BTreeMap;
 
 use crate::azure::keyvault::SecretItem;
-use crate::crd::{KeyTransform, VaultSecretBindingSpec, is_secret_key};
+use crate::crd::{CertificateFormat, KeyTransform, VaultSecretBindingSpec, is_secret_key};
 
 /// One key of the Secret and where its value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,9 @@ pub struct PlannedKey {
     pub version: Option<String>,
     /// Missing/disabled/unreadable is skipped rather than an error.
     pub optional: bool,
+    /// A certificate's backing secret, converted when rendered (`key` is
+    /// then `tls.crt` for `Tls`, with `tls.key` beside it).
+    pub certificate: Option<CertificateFormat>,
 }
 
 /// The plan of one binding.
@@ -128,6 +131,23 @@ pub fn plan(spec: &VaultSecretBindingSpec, listing: &[SecretItem]) -> Result<Pla
             secret: pick.name.clone(),
             version: pick.version.clone().filter(|v| !v.is_empty()),
             optional: pick.optional,
+            certificate: None,
+        })?;
+    }
+
+    for cert in &spec.certificates {
+        insert(PlannedKey {
+            key: match cert.format {
+                CertificateFormat::Tls => crate::shape::TLS_CRT.to_string(),
+                CertificateFormat::Pem => cert
+                    .key
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.pem", cert.name)),
+            },
+            secret: cert.name.clone(),
+            version: cert.version.clone().filter(|v| !v.is_empty()),
+            optional: false,
+            certificate: Some(cert.format),
         })?;
     }
 
@@ -156,6 +176,7 @@ pub fn plan(spec: &VaultSecretBindingSpec, listing: &[SecretItem]) -> Result<Pla
                 version: None,
                 // A selected secret that vanishes between list and get is not an error.
                 optional: true,
+                certificate: None,
             })?;
         }
     }

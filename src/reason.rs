@@ -82,6 +82,12 @@ reasons! {
     SecretTypeMismatch,
     /// The API server rejected the Secret (validation, immutability, a webhook).
     SecretRejected,
+    /// A certificate's backing secret is not a usable certificate (not
+    /// exportable, no key, wrong content, a chain that does not fit).
+    CertificateInvalid,
+    /// A `target.template` failed (syntax, an undefined name, a helper's
+    /// input, its size or run time); the message names the key and line.
+    TemplateError,
     /// ExpiringSoon=False: nothing expires within 7 days.
     NoneExpiring,
     /// ExpiringSoon=True: a synced secret expires within 7 days.

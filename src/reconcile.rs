@@ -1027,6 +1027,7 @@ async fn sync(
             on_expired: spec.on_expired,
             now: k8s_openapi::jiff::Timestamp::now().as_second(),
             hash_key: &ctx.settings.hash_key,
+            template: spec.template(),
         })
         .map_err(|e| user(e.reason(), e.to_string(), false))
     };

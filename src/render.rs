@@ -91,6 +91,9 @@ pub enum RenderError {
         "the Secret would hold {bytes} bytes, over Kubernetes' 1 MiB limit: split the binding or pick fewer secrets"
     )]
     TooLarge { bytes: usize },
+    /// A certificate or a template failed (see [`crate::shape`]).
+    #[error(transparent)]
+    Shape(#[from] crate::shape::ShapeError),
 }
 
 impl RenderError {
@@ -100,6 +103,7 @@ impl RenderError {
             Self::Missing { .. } => Reason::SecretNotFound,
             Self::Disabled { .. } => Reason::SecretDisabled,
             Self::TooLarge { .. } => Reason::SecretTooLarge,
+            Self::Shape(e) => e.reason(),
         }
     }
 }
@@ -122,6 +126,8 @@ pub struct RenderInput<'a> {
     pub now: i64,
     /// Key of `dataHash`.
     pub hash_key: &'a HashKey,
+    /// `target.template`, applied last (after certificates are converted).
+    pub template: Option<&'a crate::crd::SecretTemplate>,
 }
 
 fn time(secs: i64) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
@@ -267,6 +273,24 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
         }
     }
 
+    let kept_any: Vec<String> = kept.iter().chain(&kept_unreadable).cloned().collect();
+    let (data, certificates) =
+        crate::shape::shape(data, input.plan, &kept_any, input.current, input.template)?;
+    // A certificate's expiry is its leaf's notAfter (the backing secret's
+    // own `exp` may be unset): status and ExpiringSoon report that.
+    for c in certificates {
+        for s in synced.iter_mut().filter(|s| s.name == c.name) {
+            s.expires = time(c.not_after);
+        }
+        if c.not_after.saturating_sub(input.now) <= EXPIRY_WARNING_SECS
+            && !expiring.iter().any(|e: &Expiry| e.name == c.name)
+        {
+            expiring.push(Expiry {
+                name: c.name,
+                expires: c.not_after,
+            });
+        }
+    }
     let bytes: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
     if bytes > MAX_SECRET_BYTES {
         return Err(RenderError::TooLarge { bytes });
@@ -313,6 +337,7 @@ mod tests {
                     secret: format!("{k}-secret"),
                     version: None,
                     optional: *optional,
+                    certificate: None,
                 })
                 .collect(),
         }
@@ -347,6 +372,7 @@ mod tests {
             on_expired,
             now: NOW,
             hash_key: &HashKey::new(b"test-key"),
+            template: None,
         })
     }
 

@@ -86,8 +86,8 @@ pub const MAX_FAILED_LISTED: usize = 20;
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "(has(self.secrets) && size(self.secrets) > 0) || has(self.select)",
-        "message": "name at least one secret in spec.secrets or add spec.select"
+        "rule": "(has(self.secrets) && size(self.secrets) > 0) || has(self.select) || (has(self.certificates) && size(self.certificates) > 0)",
+        "message": "name at least one secret in spec.secrets or spec.certificates, or add spec.select"
     },
     {
         "rule": "has(self.namespaceSelector) || (has(self.namespaces) && size(self.namespaces) > 0)",

@@ -77,8 +77,8 @@ pub const MIN_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "(has(self.secrets) && size(self.secrets) > 0) || has(self.select)",
-        "message": "name at least one secret in spec.secrets or add spec.select"
+        "rule": "(has(self.secrets) && size(self.secrets) > 0) || has(self.select) || (has(self.certificates) && size(self.certificates) > 0)",
+        "message": "name at least one secret in spec.secrets or spec.certificates, or add spec.select"
     }
 ]))]
 pub struct VaultSecretBindingSpec {
@@ -129,6 +129,15 @@ pub struct SyncSpec {
     /// starts with `namePrefix`, and/or those carrying all of `tags`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub select: Option<SecretSelector>,
+
+    /// Key Vault certificates picked by name: kvsync reads each one's backing
+    /// secret (the PFX or PEM Key Vault keeps with the private key) and
+    /// writes it as `tls.crt`/`tls.key` (`format: Tls`) or as one PEM file
+    /// (`format: Pem`). A renewed certificate is a new version of that
+    /// secret, followed like any other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub certificates: Vec<CertificatePick>,
 
     /// How a vault secret name becomes a key in the Secret when a pick sets no
     /// `key`: `Verbatim` keeps it (`db-password`), `EnvVar` makes it an
@@ -370,11 +379,109 @@ pub struct SecretTarget {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 
+    /// Builds the Secret's keys from the picked values with templates
+    /// (an image-pull secret from a registry user and password, an
+    /// `.npmrc`, a connection URI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<SecretTemplate>,
+
     /// Who owns the Secret: `Owner` (the binding; deleted with it), `Orphan`
     /// (left behind when the binding goes), `Merge` (add our keys to a Secret
     /// someone else owns; they are removed when the binding goes).
     #[serde(default)]
     pub policy: TargetPolicy,
+}
+
+/// Secret keys rendered from the picked values.
+///
+/// Each picked value is a variable named by its Secret key (after
+/// `keyTransform`): `{{ REG_PASSWORD }}`; every value is also in `values`:
+/// `{{ values["db-password"] }}`. A name that is not defined is an error,
+/// never an empty string. Helpers: `b64encode`, `b64decode`, `tojson`,
+/// `toyaml`, `urlencode` (filters) and `dockerconfigjson(registry,
+/// username, password)`. Templates cannot read files, the network or the
+/// environment, and their run time and output are bounded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// The Secret's type (overrides `target.type`), e.g.
+    /// `kubernetes.io/dockerconfigjson`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub type_: Option<String>,
+
+    /// Secret key → template.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 100))]
+    pub data: BTreeMap<String, String>,
+
+    /// Extra labels and annotations for the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+
+    /// `Replace`: the Secret holds the templated keys only (the picked
+    /// values are just their inputs). `Merge`: the picked keys too (a
+    /// templated key of the same name wins).
+    #[serde(default)]
+    pub merge_policy: TemplateMergePolicy,
+}
+
+/// Extra metadata of a templated Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMetadata {
+    /// Extra labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Which keys a templated Secret holds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+pub enum TemplateMergePolicy {
+    /// The templated keys only.
+    #[default]
+    Replace,
+    /// The templated keys and the picked ones.
+    Merge,
+}
+
+/// A Key Vault certificate picked by name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificatePick {
+    /// Name of the certificate in Key Vault (its backing secret has the
+    /// same name).
+    #[schemars(pattern(r"^[0-9a-zA-Z-]{1,127}$"))]
+    pub name: String,
+
+    /// `Tls`: `tls.crt` (the leaf, then its chain in issuing order) and
+    /// `tls.key` (PKCS#8 PEM), as a `kubernetes.io/tls` Secret holds them.
+    /// `Pem`: one key holding the private key, the leaf and the chain.
+    #[serde(default)]
+    pub format: CertificateFormat,
+
+    /// For `Pem`, the key to write (default: the name with `.pem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
+    pub key: Option<String>,
+
+    /// Pins a version; omitted means the latest, followed as it renews.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9a-zA-Z]{0,64}$"))]
+    pub version: Option<String>,
+}
+
+/// How a certificate is written.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+pub enum CertificateFormat {
+    /// `tls.crt` and `tls.key`.
+    #[default]
+    Tls,
+    /// One PEM file: key, leaf, chain.
+    Pem,
 }
 
 /// Ownership of the target Secret.
@@ -534,12 +641,20 @@ impl SyncSpec {
         self.target.as_ref().map(|t| t.policy).unwrap_or_default()
     }
 
-    /// The Secret's type: `target.type`, else `Opaque`.
+    /// The Secret's type: `target.template.type`, else `target.type`, else
+    /// `Opaque`.
     pub fn target_type(&self) -> &str {
-        self.target
-            .as_ref()
+        let target = self.target.as_ref();
+        target
+            .and_then(|t| t.template.as_ref())
             .and_then(|t| t.type_.as_deref())
+            .or_else(|| target.and_then(|t| t.type_.as_deref()))
             .unwrap_or("Opaque")
+    }
+
+    /// `target.template`, if any.
+    pub fn template(&self) -> Option<&SecretTemplate> {
+        self.target.as_ref()?.template.as_ref()
     }
 
     /// The refresh interval, or `default` when unset. Call after `validate()`.

@@ -71,11 +71,71 @@ impl VaultSecretBindingSpec {
 
         check_vault_url(&self.vault_url, &mut push);
 
-        if self.secrets.is_empty() && self.select.is_none() {
+        if self.secrets.is_empty() && self.select.is_none() && self.certificates.is_empty() {
             push(
                 "spec.secrets".into(),
-                "name at least one secret in spec.secrets or add spec.select".into(),
+                "name at least one secret in spec.secrets or spec.certificates, or add spec.select"
+                    .into(),
             );
+        }
+        for (i, cert) in self.certificates.iter().enumerate() {
+            if !is_vault_secret_name(&cert.name) {
+                push(
+                    format!("spec.certificates[{i}].name"),
+                    format!(
+                        "{:?} is not a Key Vault certificate name: 1-127 letters, digits and dashes",
+                        cert.name
+                    ),
+                );
+            }
+            if let Some(key) = &cert.key {
+                if !is_secret_key(key) {
+                    push(
+                        format!("spec.certificates[{i}].key"),
+                        format!("{key:?} is not a valid Secret key"),
+                    );
+                }
+                if cert.format == super::CertificateFormat::Tls {
+                    push(
+                        format!("spec.certificates[{i}].key"),
+                        "format Tls always writes tls.crt and tls.key: remove key, or use format Pem"
+                            .into(),
+                    );
+                }
+            }
+        }
+        if let Some(t) = self.template() {
+            for key in t.data.keys() {
+                if !is_secret_key(key) {
+                    push(
+                        format!("spec.target.template.data[{key}]"),
+                        format!(
+                            "{key:?} is not a valid Secret key: use letters, digits, '-', '_' and '.'"
+                        ),
+                    );
+                }
+            }
+            if t.data.is_empty() {
+                push(
+                    "spec.target.template.data".into(),
+                    "a template needs at least one key in data".into(),
+                );
+            }
+            if t.type_.as_deref() == Some("") {
+                push(
+                    "spec.target.template.type".into(),
+                    "type cannot be empty: omit it to keep target.type".into(),
+                );
+            }
+            if t.metadata
+                .as_ref()
+                .is_some_and(|m| m.labels.contains_key(MANAGED_BY_LABEL))
+            {
+                push(
+                    format!("spec.target.template.metadata.labels[{MANAGED_BY_LABEL}]"),
+                    "this label is set by kvsync to find the Secrets it manages; remove it".into(),
+                );
+            }
         }
         for (i, pick) in self.secrets.iter().enumerate() {
             check_pick(i, pick, &mut push);

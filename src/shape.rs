@@ -1,0 +1,150 @@
+//! The last step of rendering (pure): certificates' backing secrets become
+//! `tls.crt`/`tls.key` or a PEM file, then `target.template` builds the
+//! Secret's keys from the values. Errors name a certificate or a template
+//! key, never a value.
+
+use std::collections::BTreeMap;
+
+use crate::crd::{CertificateFormat, SecretTemplate, TemplateMergePolicy};
+use crate::plan::Plan;
+use crate::reason::Reason;
+use crate::value::SecretValue;
+
+/// The certificate key of a `kubernetes.io/tls` Secret.
+pub const TLS_CRT: &str = "tls.crt";
+/// The private key of a `kubernetes.io/tls` Secret.
+pub const TLS_KEY: &str = "tls.key";
+
+/// Why the values could not be shaped into the Secret's data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    /// A certificate's backing secret could not be converted.
+    #[error("certificate {name}: {detail}")]
+    Certificate {
+        /// The certificate's name in the vault.
+        name: String,
+        /// What is wrong and what to do (never key material).
+        detail: String,
+    },
+    /// A certificate's output key is taken by another pick.
+    #[error(
+        "certificate {name} writes key {key}, which another pick also writes: set a different key on one of them"
+    )]
+    KeyTaken {
+        /// The certificate.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// A template failed.
+    #[error("{0}")]
+    Template(#[from] crate::template::TemplateError),
+}
+
+impl ShapeError {
+    /// The condition reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Certificate { .. } => Reason::CertificateInvalid,
+            Self::KeyTaken { .. } => Reason::KeyCollision,
+            Self::Template(_) => Reason::TemplateError,
+        }
+    }
+}
+
+/// A certificate's expiry, from the certificate itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateExpiry {
+    /// The certificate's name in the vault.
+    pub name: String,
+    /// Its leaf's notAfter, unix seconds.
+    pub not_after: i64,
+}
+
+/// Converts the certificates among `data` (planned by `plan`) and applies
+/// `template`. A certificate whose key holds a kept value (`kept`: disabled
+/// or unreadable, KeepLast) is not converted again: its last output stays,
+/// `tls.key` taken from `current`.
+pub fn shape(
+    mut data: BTreeMap<String, SecretValue>,
+    plan: &Plan,
+    kept: &[String],
+    current: Option<&BTreeMap<String, Vec<u8>>>,
+    template: Option<&SecretTemplate>,
+) -> Result<(BTreeMap<String, SecretValue>, Vec<CertificateExpiry>), ShapeError> {
+    let mut expiries = Vec::new();
+    for planned in &plan.keys {
+        let Some(format) = planned.certificate else {
+            continue;
+        };
+        let Some(raw) = data.get(&planned.key).cloned() else {
+            continue;
+        };
+        if kept.contains(&planned.key) {
+            if format == CertificateFormat::Tls
+                && let Some(key) = current
+                    .and_then(|c| c.get(TLS_KEY))
+                    .and_then(|b| String::from_utf8(b.clone()).ok())
+            {
+                data.insert(TLS_KEY.to_string(), SecretValue::new(key));
+            }
+            continue;
+        }
+        let converted = convert(&raw).map_err(|detail| ShapeError::Certificate {
+            name: planned.secret.clone(),
+            detail,
+        })?;
+        expiries.push(CertificateExpiry {
+            name: planned.secret.clone(),
+            not_after: converted.not_after,
+        });
+        match format {
+            CertificateFormat::Tls => {
+                if data.contains_key(TLS_KEY) {
+                    return Err(ShapeError::KeyTaken {
+                        name: planned.secret.clone(),
+                        key: TLS_KEY.to_string(),
+                    });
+                }
+                data.insert(TLS_CRT.to_string(), converted.tls_crt.clone());
+                data.insert(TLS_KEY.to_string(), converted.tls_key.clone());
+            }
+            CertificateFormat::Pem => {
+                data.insert(planned.key.clone(), converted.pem_bundle());
+            }
+        }
+    }
+    let Some(template) = template else {
+        return Ok((data, expiries));
+    };
+    let rendered = crate::template::render(&template.data, &data)?;
+    let data = match template.merge_policy {
+        TemplateMergePolicy::Replace => rendered,
+        TemplateMergePolicy::Merge => {
+            data.extend(rendered);
+            data
+        }
+    };
+    Ok((data, expiries))
+}
+
+/// Placeholder until `crate::certificate` lands.
+struct Converted {
+    tls_crt: SecretValue,
+    tls_key: SecretValue,
+    not_after: i64,
+}
+
+impl Converted {
+    fn pem_bundle(&self) -> SecretValue {
+        SecretValue::new(format!(
+            "{}{}",
+            self.tls_key.expose(),
+            self.tls_crt.expose()
+        ))
+    }
+}
+
+fn convert(_raw: &SecretValue) -> Result<Converted, String> {
+    Err("certificates are not supported by this build yet".into())
+}
