@@ -58,7 +58,8 @@ fn b64encode(text: String) -> String {
 /// line breaks `base64` puts every 76 characters).
 fn b64decode(text: String) -> Result<String, Error> {
     const HELPER: &str = "b64decode";
-    let lenient = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let lenient =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     let bytes = GeneralPurpose::new(&base64::alphabet::STANDARD, lenient)
         .decode(&compact)
@@ -79,7 +80,7 @@ fn toyaml(value: &Value) -> Result<String, Error> {
     Ok(yaml_quote(&text))
 }
 
-pub(super) fn yaml_quote(text: &str) -> String {
+fn yaml_quote(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');
     for c in text.chars() {
@@ -139,7 +140,7 @@ fn plain_text(value: &Value) -> String {
     }
 }
 
-pub(super) fn percent_encode(text: &str) -> String {
+fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
