@@ -148,3 +148,79 @@ impl Converted {
 fn convert(_raw: &SecretValue) -> Result<Converted, String> {
     Err("certificates are not supported by this build yet".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::PlannedKey;
+
+    fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, SecretValue> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), SecretValue::new(*v)))
+            .collect()
+    }
+
+    fn template(yaml: &str) -> SecretTemplate {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn plain_plan(keys: &[&str]) -> Plan {
+        Plan {
+            keys: keys
+                .iter()
+                .map(|k| PlannedKey {
+                    key: k.to_string(),
+                    secret: k.to_lowercase().replace('_', "-"),
+                    version: None,
+                    optional: false,
+                    certificate: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn replace_keeps_only_the_templated_keys_merge_keeps_the_picks_too() {
+        let data = values(&[("REG_USER", "robot"), ("REG_PASSWORD", "hunter2")]);
+        let plan = plain_plan(&["REG_USER", "REG_PASSWORD"]);
+        let t = template(
+            "type: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: '{{ dockerconfigjson(\"registry.example.com\", REG_USER, REG_PASSWORD) }}'\n",
+        );
+        let (out, _) = shape(data.clone(), &plan, &[], None, Some(&t)).unwrap();
+        assert_eq!(out.keys().collect::<Vec<_>>(), [".dockerconfigjson"]);
+        let json: serde_json::Value =
+            serde_json::from_str(out[".dockerconfigjson"].expose()).unwrap();
+        assert_eq!(json["auths"]["registry.example.com"]["password"], "hunter2");
+
+        let mut merge = t.clone();
+        merge.merge_policy = TemplateMergePolicy::Merge;
+        let (out, _) = shape(data, &plan, &[], None, Some(&merge)).unwrap();
+        assert_eq!(
+            out.keys().collect::<Vec<_>>(),
+            [".dockerconfigjson", "REG_PASSWORD", "REG_USER"]
+        );
+    }
+
+    #[test]
+    fn without_template_or_certificates_the_data_is_untouched() {
+        let data = values(&[("A", "1")]);
+        let (out, expiries) = shape(data.clone(), &plain_plan(&["A"]), &[], None, None).unwrap();
+        assert_eq!(out, data);
+        assert!(expiries.is_empty());
+    }
+
+    #[test]
+    fn a_template_error_names_the_key_and_is_a_template_error_without_the_value() {
+        let data = values(&[("DB_PASSWORD", "hunter2-SECRET")]);
+        let t = template(
+            "data:\n  uri: \"postgres://app:{{ DB_PASSWORD | urlencode }}@db/{{ DB_NAME }}\"\n",
+        );
+        let e = shape(data, &plain_plan(&["DB_PASSWORD"]), &[], None, Some(&t)).unwrap_err();
+        assert_eq!(e.reason(), Reason::TemplateError);
+        let shown = format!("{e} {e:?}");
+        assert!(shown.contains("uri"), "{shown}");
+        assert!(shown.contains("DB_NAME"), "{shown}");
+        assert!(!shown.contains("hunter2-SECRET"), "{shown}");
+    }
+}
