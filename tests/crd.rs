@@ -584,3 +584,45 @@ fn the_readme_policy_example_is_a_valid_policy() {
     let ids = p.spec.identities.expect("the example sets identities");
     assert!(ids.operator && !ids.service_accounts);
 }
+
+#[test]
+fn template_examples_render_over_their_picks() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut rendered = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if !name.starts_with("template-") {
+            continue;
+        }
+        let b = example(&name);
+        let template = b
+            .spec
+            .template()
+            .expect("a template example has a template");
+        let values =
+            b.spec
+                .secrets
+                .iter()
+                .map(|p| {
+                    let key = p.key.clone().unwrap_or_else(|| {
+                        kvsync::plan::transform_key(&p.name, b.spec.key_transform)
+                    });
+                    (key, kvsync::value::SecretValue::new("p@ss w/rd?#%"))
+                })
+                .collect();
+        let out = kvsync::template::render(&template.data, &values)
+            .unwrap_or_else(|e| panic!("examples/{name}: {e}"));
+        if let Some(uri) = out.get("DATABASE_URL") {
+            assert!(
+                uri.expose().contains("p%40ss%20w%2Frd%3F%23%25@"),
+                "the password is percent-encoded in the URI"
+            );
+        }
+        if let Some(conn) = out.get("AIRFLOW_CONN_SMTP_DEFAULT") {
+            let v: Value = serde_json::from_str(conn.expose()).expect("valid JSON");
+            assert_eq!(v["password"], "p@ss w/rd?#%");
+        }
+        rendered += 1;
+    }
+    assert!(rendered >= 4, "image pull, npmrc, connection URI, Airflow");
+}
