@@ -528,7 +528,15 @@ pub fn run(
             .default_backoff()
             .try_filter(move |event| std::future::ready(in_shard(shard, event)))
             .modify(move |b| {
+                // A binding kept for a cluster binding is proven so by its
+                // owner reference: keep that (and only for those).
+                let owners = b
+                    .annotations()
+                    .contains_key(PARENT_ANNOTATION)
+                    .then(|| b.metadata.owner_references.take())
+                    .flatten();
                 keep_only(b.meta_mut(), &[FORCE_SYNC_ANNOTATION, PARENT_ANNOTATION]);
+                b.metadata.owner_references = owners;
                 // The status moves to the context: one copy per binding.
                 statuses.observe_status(b);
             })

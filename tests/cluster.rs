@@ -208,11 +208,44 @@ async fn a_namespaces_own_binding_of_the_same_secret_wins() {
     );
 }
 
+/// The Ready=False condition of binding `ns/name`, once it has one.
+async fn refused(stack: &Stack, ns: &str, name: &str) -> Value {
+    stack
+        .wait_for(&format!("{ns}/{name} refused"), WITHIN, || {
+            let b = stack.api.get("vaultsecretbindings", ns, name)?;
+            b["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready" && c["status"] == "False")
+                .cloned()
+        })
+        .await
+}
+
+fn forged(stack: &Stack, ns: &str, owner_uid: Option<&Value>) {
+    let mut metadata = json!({"name": "agents", "namespace": ns,
+        "annotations": {"kvsync.io/cluster-binding": "agents"}});
+    if let Some(uid) = owner_uid {
+        metadata["ownerReferences"] = json!([{"apiVersion": "kvsync.io/v1alpha1",
+            "kind": "ClusterVaultSecretBinding", "name": "agents", "uid": uid, "controller": true}]);
+    }
+    stack
+        .api
+        .create(json!({
+            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
+            "metadata": metadata,
+            "spec": {"vaultUrl": stack.vault.vault.url(), "secrets": [{"name": "payroll-db"}]},
+        }))
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_forged_claim_reads_nothing_and_a_policy_does_not_limit_the_cluster_binding() {
     let stack = Stack::start(SEED, &["--access-policy", "enforce"]).await;
     namespace(&stack.api, "agents-ns", json!({"agents": "yes"}));
-    namespace(&stack.api, "intruder", json!({}));
+    for ns in ["intruder", "copycat"] {
+        namespace(&stack.api, ns, json!({}));
+    }
     cluster_binding(
         &stack,
         json!({
@@ -226,48 +259,72 @@ async fn a_forged_claim_reads_nothing_and_a_policy_does_not_limit_the_cluster_bi
         st["namespacesSynced"] == 1
     })
     .await;
-
     stack.vault.reset_stats().await;
-    stack
-        .api
-        .create(json!({
-            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
-            "metadata": {"name": "agents", "namespace": "intruder",
-                         "annotations": {"kvsync.io/cluster-binding": "agents"}},
-            "spec": {"vaultUrl": stack.vault.vault.url(), "secrets": [{"name": "payroll-db"}]},
-        }))
-        .unwrap();
-    let condition = stack
-        .wait_for("the forged binding refused", WITHIN, || {
-            let b = stack.api.get("vaultsecretbindings", "intruder", "agents")?;
-            b["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .find(|c| c["type"] == "Ready" && c["status"] == "False")
-                .cloned()
-        })
-        .await;
-    assert_eq!(condition["reason"], "ClusterBindingMissing");
+
+    // A claim made by hand in a namespace the cluster binding does not
+    // select: refused, and not deleted (kvsync deletes only what it made).
+    forged(&stack, "intruder", None);
+    let c = refused(&stack, "intruder", "agents").await;
+    assert_eq!(c["reason"], "ClusterBindingMissing");
     assert!(
-        condition["message"]
+        c["message"]
             .as_str()
             .unwrap()
-            .contains("does not select namespace intruder"),
-        "{condition}"
+            .contains("no owner reference"),
+        "{c}"
     );
-    let stats = stack.vault.stats().await;
+
+    // A claim that copies even the owner reference (a uid is no secret)
+    // is one kvsync cannot tell from its own: outside the selection, it is
+    // refused and removed.
+    let owner = stack
+        .api
+        .get("clustervaultsecretbindings", "", "agents")
+        .unwrap();
+    forged(&stack, "copycat", Some(&owner["metadata"]["uid"]));
+    stack
+        .wait_for("copycat/agents removed", WITHIN, || {
+            stack
+                .api
+                .get("vaultsecretbindings", "copycat", "agents")
+                .is_none()
+                .then_some(())
+        })
+        .await;
+
+    // In a selected namespace, a claim made by hand is the namespace's own
+    // binding: reported as a conflict, refused, never taken over.
+    namespace(&stack.api, "forger", json!({"agents": "yes"}));
+    forged(&stack, "forger", None);
+    let st = cluster_status(&stack, "forger left alone", |st| {
+        st["namespacesFailed"] == 1
+    })
+    .await;
+    assert_eq!(st["failedNamespaces"][0]["namespace"], "forger");
     assert_eq!(
-        stats.count("get_secret", 200)
-            + stats.count("list_secrets", 200)
-            + stats.count("token", 200),
-        0,
-        "nothing was read for the forged binding: {:?}",
-        stats.requests
+        st["failedNamespaces"][0]["reason"],
+        "ClusterBindingConflict"
     );
-    assert!(stack.api.get("secrets", "intruder", "agents").is_none());
+    let c = refused(&stack, "forger", "agents").await;
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("no owner reference"),
+        "{c}"
+    );
+    let kept = stack
+        .api
+        .get("vaultsecretbindings", "forger", "agents")
+        .unwrap();
+    assert!(
+        kept["metadata"]["ownerReferences"].is_null(),
+        "not taken over: {kept}"
+    );
+    assert_eq!(kept["spec"]["secrets"][0]["name"], "payroll-db");
 
     // The cluster binding decides again (a force-sync is copied to the
-    // bindings it keeps): the claim made by hand is refused, not deleted.
+    // binding it keeps): the hand-made claim outside still stands.
     Api::<kvsync::crd::cluster::ClusterVaultSecretBinding>::all(stack.client.clone())
         .patch(
             "agents",
@@ -288,7 +345,19 @@ async fn a_forged_claim_reads_nothing_and_a_policy_does_not_limit_the_cluster_bi
         stack
             .api
             .get("vaultsecretbindings", "intruder", "agents")
-            .is_some(),
-        "kvsync deletes only what it made"
+            .is_some()
     );
+
+    // Nothing was read for any claim, nothing written for them.
+    let stats = stack.vault.stats().await;
+    let reads_for_claims = stats.count("list_secrets", 200);
+    assert_eq!(reads_for_claims, 0, "{:?}", stats.requests);
+    assert!(
+        stats.count("get_secret", 200) <= 1,
+        "at most the forced read of registry-password: {:?}",
+        stats.requests
+    );
+    for ns in ["intruder", "copycat", "forger"] {
+        assert!(stack.api.get("secrets", ns, "agents").is_none(), "{ns}");
+    }
 }

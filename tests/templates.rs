@@ -44,10 +44,9 @@ async fn ready(stack: &Stack, ns: &str, name: &str, status: &str) -> Value {
                 .iter()
                 .find(|c| c["type"] == "Ready")?
                 .clone();
-            (c["status"] == status
-                && b["status"]["observedGeneration"] == b["metadata"]["generation"]
-                || c["status"] == status && status == "False")
-                .then_some(c)
+            // A failure may be reported before its generation is observed.
+            let current = b["status"]["observedGeneration"] == b["metadata"]["generation"];
+            (c["status"] == status && (current || status == "False")).then_some(c)
         })
         .await
 }

@@ -76,10 +76,26 @@ pub fn in_step(desired: &VaultSecretBinding, current: &VaultSecretBinding) -> bo
         .owner_references()
         .first()
         .is_some_and(|o| current.owner_references().iter().any(|c| c.uid == o.uid));
-    desired.spec == current.spec
+    // What kvsync applies must be there; a field someone added beside it
+    // is theirs (and ignored: kvsync syncs the cluster binding's spec), not
+    // a reason to write on every reconcile.
+    let spec = serde_json::to_value(&desired.spec).expect("serializes");
+    let have = serde_json::to_value(&current.spec).expect("serializes");
+    contains(&have, &spec)
         && wanted(desired.metadata.labels.as_ref(), current.labels())
         && wanted(desired.metadata.annotations.as_ref(), current.annotations())
         && owner
+}
+
+/// Whether `have` holds everything `want` says (objects by their keys,
+/// everything else equal).
+fn contains(have: &serde_json::Value, want: &serde_json::Value) -> bool {
+    match (have, want) {
+        (serde_json::Value::Object(h), serde_json::Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|hv| contains(hv, v))),
+        _ => have == want,
+    }
 }
 
 /// Decides for `cluster`: `namespaces` are every namespace kvsync serves

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use kube::ResourceExt;
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
 
 use crate::crd::VaultSecretBinding;
 use crate::crd::cluster::PARENT_ANNOTATION;
@@ -50,11 +50,23 @@ pub enum Concerns {
     },
 }
 
+/// Whether `b` is one kvsync made for cluster binding `parent`: named like
+/// it, annotated with its name and owned by a ClusterVaultSecretBinding of
+/// that name (the uid is checked where the cluster binding is known). A
+/// claim made by hand is a binding of the namespace's own.
+pub fn kept_for(b: &VaultSecretBinding) -> Option<&str> {
+    let parent = b.annotations().get(PARENT_ANNOTATION)?;
+    let owned = b.owner_references().iter().any(|o| {
+        o.kind == "ClusterVaultSecretBinding" && o.name == *parent && o.controller == Some(true)
+    });
+    (*parent == b.name_any() && owned).then_some(parent.as_str())
+}
+
 /// Who `b` concerns.
 pub fn concerns(b: &VaultSecretBinding) -> Concerns {
-    match b.annotations().get(PARENT_ANNOTATION) {
-        Some(parent) if *parent == b.name_any() => Concerns::Child(parent.clone()),
-        _ => Concerns::Own {
+    match kept_for(b) {
+        Some(parent) => Concerns::Child(parent.to_string()),
+        None => Concerns::Own {
             namespace: b.namespace().unwrap_or_default(),
             name: b.name_any(),
             target: b.spec.target_name(&b.name_any()).to_string(),
@@ -62,18 +74,59 @@ pub fn concerns(b: &VaultSecretBinding) -> Concerns {
     }
 }
 
-fn insert(own: &mut Targets, children: &mut Children, b: &VaultSecretBinding) {
+/// What of a kept binding its cluster binding reports: a change elsewhere
+/// (a heartbeat's lastSyncTime, an annotation) is no reason to decide again.
+fn reported(b: &VaultSecretBinding) -> impl PartialEq + use<> {
+    let st = b.status.as_ref();
+    let ready = st
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == crate::status::READY)
+        })
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+    (
+        b.meta().generation,
+        b.uid(),
+        b.meta().deletion_timestamp.is_some(),
+        b.owner_references().first().map(|o| o.uid.clone()),
+        st.and_then(|s| s.observed_generation),
+        ready,
+        st.map(|s| {
+            s.secrets
+                .iter()
+                .map(|x| (x.name.clone(), x.version.clone()))
+                .collect::<Vec<_>>()
+        }),
+        b.spec.clone(),
+        b.annotations()
+            .get(crate::reconcile::FORCE_SYNC_ANNOTATION)
+            .cloned(),
+    )
+}
+
+fn insert(own: &mut Targets, children: &mut Children, b: &VaultSecretBinding) -> bool {
     let ns = b.namespace().unwrap_or_default();
+    let name = b.name_any();
+    let before_own = own.get(&ns).and_then(|n| n.get(&name)).cloned();
+    let before_child = children
+        .get(&name)
+        .and_then(|c| c.get(&ns))
+        .map(|c| reported(c));
     remove(own, children, b);
     match concerns(b) {
         Concerns::Child(parent) => {
+            let changed = before_child.is_none_or(|r| r != reported(b));
             children
                 .entry(parent)
                 .or_default()
                 .insert(ns, Arc::new(b.clone()));
+            changed || before_own.is_some()
         }
         Concerns::Own { name, target, .. } => {
+            let changed = before_own.as_ref() != Some(&target) || before_child.is_some();
             own.entry(ns).or_default().insert(name, target);
+            changed
         }
     }
 }
@@ -107,17 +160,25 @@ impl BindingIndex {
         }
     }
 
-    /// Takes in one event of the watch of `scope`.
-    pub fn apply(&mut self, scope: Option<&str>, event: &watcher::Event<VaultSecretBinding>) {
+    /// Takes in one event of the watch of `scope`; true when it changed
+    /// something a cluster binding decides or reports by (a re-list's end
+    /// always counts: what it dropped shows only there).
+    pub fn apply(
+        &mut self,
+        scope: Option<&str>,
+        event: &watcher::Event<VaultSecretBinding>,
+    ) -> bool {
         let key = scope.map(str::to_string);
         match event {
             watcher::Event::Init => {
                 self.watches.entry(key).or_default().0 = Some(Default::default());
+                false
             }
             watcher::Event::InitApply(b) => {
                 if let Some((own, children)) = self.watches.entry(key).or_default().0.as_mut() {
                     insert(own, children, b);
                 }
+                false
             }
             watcher::Event::InitDone => {
                 let entry = self.watches.entry(key).or_default();
@@ -135,9 +196,13 @@ impl BindingIndex {
                         self.children.entry(parent).or_default().extend(by_ns);
                     }
                 }
+                true
             }
             watcher::Event::Apply(b) => insert(&mut self.own, &mut self.children, b),
-            watcher::Event::Delete(b) => remove(&mut self.own, &mut self.children, b),
+            watcher::Event::Delete(b) => {
+                remove(&mut self.own, &mut self.children, b);
+                true
+            }
         }
     }
 

@@ -38,6 +38,8 @@ use index::{BindingIndex, Concerns};
 pub const FIELD_MANAGER: &str = "kvsync-cluster";
 /// A cluster binding is decided again at least this often.
 const RESYNC: Duration = Duration::from_secs(300);
+/// ... and this soon after a namespace's write or removal failed.
+const RETRY: Duration = Duration::from_secs(10);
 
 /// Failures of the Kubernetes API (retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -102,39 +104,19 @@ async fn reconcile(
         )
     };
     let mut failed_writes = Vec::new();
-    for ns in &plan.write {
-        let api: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), ns);
-        let mut patch = serde_json::to_value(fanout::child(&cluster, ns)).expect("serializes");
-        patch["apiVersion"] = VaultSecretBinding::api_version(&()).into();
-        patch["kind"] = VaultSecretBinding::kind(&()).into();
-        if let Some(o) = patch.as_object_mut() {
-            o.remove("status");
-        }
-        match api
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(cluster_binding = %name, namespace = %ns, "wrote the namespace's binding")
-            }
-            Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => {
-                failed_writes.push(NamespaceFailure {
-                    namespace: ns.clone(),
-                    reason: Reason::BindingRejected.to_string(),
-                    message: format!(
-                        "the API server refused VaultSecretBinding {ns}/{name}: {} (may kvsync create vaultsecretbindings in {ns}? is the namespace being deleted?)",
-                        s.message
-                    ),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let mut retry_soon = false;
+    // Removals first: taking a Secret away must not wait on writes
+    // elsewhere.
     for (ns, uid) in &plan.remove {
+        match removal_confirmed(&ctx, &cluster, &plan, ns).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(cluster_binding = %name, namespace = %ns, error = %e, "could not confirm a namespace stopped matching; retrying");
+                retry_soon = true;
+                continue;
+            }
+        }
         let api: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), ns);
         let params = DeleteParams {
             preconditions: Some(Preconditions {
@@ -148,7 +130,22 @@ async fn reconcile(
                 tracing::info!(cluster_binding = %name, namespace = %ns, "removed the namespace's binding")
             }
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(cluster_binding = %name, namespace = %ns, error = %e, "could not remove the namespace's binding; retrying");
+                retry_soon = true;
+            }
+        }
+    }
+    // One namespace's failure is that namespace's: the others go on.
+    for ns in &plan.write {
+        match write_child(&ctx, &cluster, ns, children.contains_key(ns)).await {
+            Ok(()) => {
+                tracing::info!(cluster_binding = %name, namespace = %ns, "wrote the namespace's binding")
+            }
+            Err(failure) => {
+                retry_soon |= failure.1;
+                failed_writes.push(failure.0);
+            }
         }
     }
     let st = fanout::status(
@@ -164,7 +161,101 @@ async fn reconcile(
     if ctx.scope.is_none() || !plan.selected.is_empty() {
         write_status(&api, &cluster, st).await?;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(if retry_soon { RETRY } else { RESYNC }))
+}
+
+/// Whether the binding in `ns` may go: it is left alone for a namespace's
+/// own binding (the plan saw one), or the namespace, read from the API
+/// server now, is gone or no longer selected — the watches' caches may lag,
+/// and a removal takes a Secret away.
+async fn removal_confirmed(
+    ctx: &Context,
+    cluster: &ClusterVaultSecretBinding,
+    plan: &fanout::Plan,
+    ns: &str,
+) -> Result<bool, kube::Error> {
+    if plan.selected.iter().any(|s| s == ns) {
+        return Ok(true);
+    }
+    let api = Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone());
+    Ok(match api.get_metadata_opt(ns).await? {
+        None => true,
+        Some(n) => n.metadata.deletion_timestamp.is_some() || !cluster.spec.selects(ns, n.labels()),
+    })
+}
+
+/// Writes the binding kept in `ns`: created when none is known (a binding
+/// of that name the watch has not shown yet is then the namespace's own,
+/// and is never taken over), applied over the one kvsync made otherwise.
+/// On failure: what to report, and whether to retry soon.
+async fn write_child(
+    ctx: &Context,
+    cluster: &ClusterVaultSecretBinding,
+    ns: &str,
+    known: bool,
+) -> Result<(), (NamespaceFailure, bool)> {
+    let name = cluster.name_any();
+    let api: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), ns);
+    let child = fanout::child(cluster, ns);
+    let written = if known {
+        let mut patch = serde_json::to_value(&child).expect("serializes");
+        patch["apiVersion"] = VaultSecretBinding::api_version(&()).into();
+        patch["kind"] = VaultSecretBinding::kind(&()).into();
+        if let Some(o) = patch.as_object_mut() {
+            o.remove("status");
+        }
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map(drop)
+    } else {
+        api.create(
+            &kube::api::PostParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..Default::default()
+            },
+            &child,
+        )
+        .await
+        .map(drop)
+    };
+    let failure = |reason: Reason, message: String| NamespaceFailure {
+        namespace: ns.to_string(),
+        reason: reason.to_string(),
+        message,
+    };
+    match written {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 && !known => Err((
+            failure(
+                Reason::ClusterBindingConflict,
+                format!(
+                    "the namespace has a VaultSecretBinding {name} of its own, and kvsync names the binding it keeps there like this cluster binding; the namespace's own wins and this namespace is left alone. Rename one of them, or stop selecting {ns}"
+                ),
+            ),
+            true,
+        )),
+        Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => Err((
+            failure(
+                Reason::BindingRejected,
+                format!(
+                    "the API server refused VaultSecretBinding {ns}/{name}: {} (may kvsync create vaultsecretbindings in {ns}? is the namespace being deleted?)",
+                    s.message
+                ),
+            ),
+            false,
+        )),
+        Err(e) => Err((
+            failure(
+                Reason::BindingRejected,
+                format!("VaultSecretBinding {ns}/{name} could not be written ({e}); retrying"),
+            ),
+            true,
+        )),
+    }
 }
 
 /// Writes `status` unless the cluster binding already shows it.
@@ -267,6 +358,18 @@ pub async fn run(
             })
             .reflect(namespace_writer),
         )
+        // Labels and deletion decide; any other metadata change does not
+        // (a cluster creating namespaces all day must not stall the rest).
+        .predicate_filter(
+            |n: &PartialObjectMeta<Namespace>| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                n.labels().hash(&mut h);
+                n.metadata.deletion_timestamp.is_some().hash(&mut h);
+                Some(h.finish())
+            },
+            Default::default(),
+        )
         .filter_map(|e| std::future::ready(e.ok().map(Ok)));
 
         // The bindings: of every namespace, or of each one served.
@@ -275,24 +378,46 @@ pub async fn run(
             None => vec![None],
         };
         let index = Arc::new(Mutex::new(BindingIndex::new(scopes.clone())));
+        // A re-list's end re-decides every cluster binding (what it dropped
+        // shows only as an absence).
+        let (relisted_tx, relisted_rx) = futures::channel::mpsc::unbounded::<()>();
         let watches = scopes.into_iter().map(|s| {
             let api = match &s {
                 Some(ns) => Api::<VaultSecretBinding>::namespaced(client.clone(), ns),
                 None => Api::all(client.clone()),
             };
             let fed = index.clone();
+            let relisted = relisted_tx.clone();
             watcher(api, watcher::Config::default().any_semantic())
                 .default_backoff()
                 .modify(|b| crate::controller::trim_meta(b.meta_mut()))
-                .inspect(move |event| match event {
-                    Ok(e) => fed.lock().expect("binding index").apply(s.as_deref(), e),
-                    Err(e) => tracing::warn!(error = %e, "watch of vaultsecretbindings (for cluster bindings) failed; retrying"),
+                // Only what changes a decision or a report goes on: a
+                // heartbeat or an edit elsewhere in a binding does not.
+                .filter_map(move |event| {
+                    let out = match event {
+                        Ok(e) => {
+                            let relevant = fed.lock().expect("binding index").apply(s.as_deref(), &e);
+                            match e {
+                                watcher::Event::Apply(b) | watcher::Event::Delete(b) if relevant => {
+                                    Some(Ok(b))
+                                }
+                                watcher::Event::InitDone => {
+                                    let _ = relisted.unbounded_send(());
+                                    None
+                                }
+                                _ => None,
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "watch of vaultsecretbindings (for cluster bindings) failed; retrying");
+                            None
+                        }
+                    };
+                    std::future::ready(out)
                 })
-                .touched_objects()
                 .boxed()
         });
-        let bindings =
-            futures::stream::select_all(watches).filter_map(|e| std::future::ready(e.ok().map(Ok)));
+        let bindings = futures::stream::select_all(watches);
 
         let ctx = Arc::new(Context {
             client: client.clone(),
@@ -303,10 +428,8 @@ pub async fn run(
         });
         let all_clusters = cluster_reader.clone();
         let same_target = cluster_reader.clone();
+        let labels_of = ctx.namespaces.clone();
         Controller::for_stream(clusters, cluster_reader)
-            .with_config(
-                kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
-            )
             // A namespace created, labelled or unlabelled: every cluster
             // binding decides again.
             .watches_stream(namespaces, move |_| {
@@ -316,20 +439,33 @@ pub async fn run(
                     .map(|c| ObjectRef::from_obj(&**c))
                     .collect::<Vec<_>>()
             })
-            // A kept binding's status (its parent reports it), or a
-            // namespace's own binding that may take a Secret's name.
+            // A kept binding's report (its parent shows it), or a
+            // namespace's own binding that may take a Secret's name — for
+            // the cluster bindings that select its namespace only.
             .watches_stream(bindings, move |b| match index::concerns(&b) {
                 Concerns::Child(parent) => vec![ObjectRef::new(&parent)],
-                Concerns::Own { name, target, .. } => same_target
-                    .state()
-                    .iter()
-                    .filter(|c| {
-                        let n = c.name_any();
-                        n == name || c.spec.sync.target_name(&n) == target
-                    })
-                    .map(|c| ObjectRef::from_obj(&**c))
-                    .collect(),
+                Concerns::Own {
+                    namespace,
+                    name,
+                    target,
+                } => {
+                    let labels = labels_of
+                        .get(&ObjectRef::new(&namespace))
+                        .map(|n| n.labels().clone())
+                        .unwrap_or_default();
+                    same_target
+                        .state()
+                        .iter()
+                        .filter(|c| {
+                            let n = c.name_any();
+                            (n == name || c.spec.sync.target_name(&n) == target)
+                                && c.spec.selects(&namespace, &labels)
+                        })
+                        .map(|c| ObjectRef::from_obj(&**c))
+                        .collect()
+                }
             })
+            .reconcile_all_on(relisted_rx)
             .reconcile_all_on(on_becoming_leader(leader))
             .graceful_shutdown_on(shutdown)
             .run(reconcile, error_policy, ctx)

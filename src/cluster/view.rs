@@ -3,7 +3,7 @@
 //! its annotation — never what the binding object itself says, which anyone
 //! who may edit bindings in the namespace can write.
 
-use std::time::Duration;
+use futures::FutureExt;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
@@ -15,9 +15,6 @@ use crate::crd::VaultSecretBindingSpec;
 use crate::crd::cluster::{ClusterVaultSecretBinding, PARENT_ANNOTATION};
 use crate::policy::view::{ViewError, namespace_labels};
 use crate::reason::Reason;
-
-/// How long a lookup waits for the first listings.
-const LISTED_WITHIN: Duration = Duration::from_secs(10);
 
 /// The cluster binding a namespace's binding is kept for.
 #[derive(Debug, Clone)]
@@ -46,7 +43,7 @@ pub enum ParentError {
     },
     /// The cluster bindings or namespaces are not listed yet.
     #[error(
-        "ClusterVaultSecretBindings are not listed yet (is the ClusterVaultSecretBinding CRD installed, and may the operator list clustervaultsecretbindings?); nothing is read until they are"
+        "ClusterVaultSecretBindings are not listed yet (is the ClusterVaultSecretBinding CRD installed, and may the operator list clustervaultsecretbindings?); nothing is read for this binding until they are"
     )]
     NotListed,
     /// The namespace's labels could not be read.
@@ -107,20 +104,33 @@ impl ClusterView {
                 b.name_any()
             )));
         }
-        let listed = async {
-            self.bindings.wait_until_ready().await.ok()?;
-            self.namespaces.wait_until_ready().await.ok()
-        };
-        tokio::time::timeout(LISTED_WITHIN, listed)
-            .await
-            .ok()
-            .flatten()
-            .ok_or(ParentError::NotListed)?;
+        // Not listed yet (a start, the CRD or RBAC missing): retried, without
+        // holding a reconcile worker.
+        let listed = self.bindings.wait_until_ready().now_or_never().is_some()
+            && self.namespaces.wait_until_ready().now_or_never().is_some();
+        if !listed {
+            return Err(ParentError::NotListed);
+        }
         let parent = self
             .bindings
             .get(&ObjectRef::new(claimed))
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .ok_or_else(|| missing("no such cluster binding exists".into()))?;
+        // Made by kvsync for this very cluster binding: a claim written by
+        // hand (which cannot carry the owner's uid by accident) gets nothing.
+        let uid = parent.uid().unwrap_or_default();
+        if !b
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == uid && o.controller == Some(true))
+        {
+            return Err(missing(
+                "kvsync did not make it for that cluster binding (no owner reference to it)".into(),
+            ));
+        }
+        if let Err(e) = parent.spec.validate() {
+            return Err(missing(format!("its spec is invalid ({e})")));
+        }
         let ns = b.namespace().unwrap_or_default();
         let labels = namespace_labels(&self.namespaces, &self.client, &ns)
             .await

@@ -325,13 +325,14 @@ impl ClusterVaultSecretBindingSpec {
         }
     }
 
-    /// Whether namespace `name` with `labels` is selected.
+    /// Whether namespace `name` with `labels` is selected. A selector the
+    /// schema refuses (see [`Self::validate`]) selects nothing: where
+    /// Secrets go, narrower is safer.
     pub fn selects(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
         self.namespaces.iter().any(|n| n == name)
-            || self
-                .namespace_selector
-                .as_ref()
-                .is_some_and(|s| crate::policy::selects(Some(s), labels))
+            || self.namespace_selector.as_ref().is_some_and(|s| {
+                selector_problems(s).is_empty() && crate::policy::selects(Some(s), labels)
+            })
     }
 
     /// Checks the spec; returns every problem found, each naming its field.
@@ -356,28 +357,9 @@ impl ClusterVaultSecretBindingSpec {
                     .into(),
             });
         }
-        // A selector the schema would refuse selects nothing here (a
-        // policy treats it the other way: for what it limits, wider is safer;
-        // for where Secrets go, narrower is).
-        for (i, e) in self
-            .namespace_selector
-            .iter()
-            .flat_map(|s| s.match_expressions.iter().flatten())
-            .enumerate()
-        {
-            let values = e.values.as_ref().is_some_and(|v| !v.is_empty());
-            let problem = match e.operator.as_str() {
-                "In" | "NotIn" if !values => Some("needs values"),
-                "Exists" | "DoesNotExist" if values => Some("takes no values"),
-                "In" | "NotIn" | "Exists" | "DoesNotExist" => None,
-                _ => Some("must be In, NotIn, Exists or DoesNotExist"),
-            };
-            if let Some(p) = problem {
-                errs.push(FieldError {
-                    field: format!("spec.namespaceSelector.matchExpressions[{i}]"),
-                    message: format!("operator {:?} {p}", e.operator),
-                });
-            }
+        // A selector the schema would refuse selects nothing (see `selects`).
+        if let Some(sel) = &self.namespace_selector {
+            errs.extend(selector_problems(sel));
         }
         let label = |n: &str| n.len() <= 63 && !n.contains('.') && is_dns1123_subdomain(n);
         for (i, n) in self.namespaces.iter().enumerate() {
@@ -412,6 +394,29 @@ impl ClusterVaultSecretBindingSpec {
             Err(ValidationErrors(errs))
         }
     }
+}
+
+/// What is wrong with the match expressions of `selector`.
+fn selector_problems(selector: &LabelSelector) -> Vec<FieldError> {
+    selector
+        .match_expressions
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let values = e.values.as_ref().is_some_and(|v| !v.is_empty());
+            let problem = match e.operator.as_str() {
+                "In" | "NotIn" if !values => "needs values",
+                "Exists" | "DoesNotExist" if values => "takes no values",
+                "In" | "NotIn" | "Exists" | "DoesNotExist" => return None,
+                _ => "must be In, NotIn, Exists or DoesNotExist",
+            };
+            Some(FieldError {
+                field: format!("spec.namespaceSelector.matchExpressions[{i}]"),
+                message: format!("operator {:?} {problem}", e.operator),
+            })
+        })
+        .collect()
 }
 
 /// The CRD as YAML (`crds/kvsync.io_clustervaultsecretbindings.yaml`).

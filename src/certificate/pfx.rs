@@ -1,0 +1,320 @@
+//! PKCS#12 (PFX), as Key Vault keeps a certificate with contentType
+//! `application/x-pkcs12`: the secret's value is the base64 of a PFX with
+//! no password.
+//!
+//! "No password" comes in two encodings (see `kdf`): the empty password
+//! (`00 00`, what OpenSSL and `p12-keystore` write) and the absent one
+//! (zero bytes, what Windows and so Key Vault write: verified on a PFX
+//! Key Vault returned, `tests/fixtures/certs/keyvault-rsa-selfsigned.pfx.b64`).
+//! kvsync checks the MAC itself to learn which one the file uses, then:
+//! - empty password: `p12-keystore` reads it;
+//! - absent password: the bags are read here; contents encrypted with
+//!   PBES2 (AES) are handed to `p12-keystore` with `""`, since PBKDF2 sees
+//!   the empty and the absent password alike; contents encrypted with the
+//!   legacy PKCS#12 ciphers (3DES, RC2: what Key Vault uses) need those
+//!   block ciphers, which this build does not link yet, so they are
+//!   refused with [`PfxFault::LegacyEncryption`].
+
+use der::asn1::{AnyRef, ObjectIdentifier};
+use p12_keystore::Pkcs12Archive;
+use p12_keystore::error::Error as P12Error;
+use ring::{digest, hmac};
+
+use super::asn1::{self, DerFault};
+use super::kdf;
+
+const DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
+const ENCRYPTED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.6");
+const KEY_BAG: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.10.1.1");
+const SHROUDED_KEY_BAG: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.10.1.2");
+const CERT_BAG: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.10.1.3");
+const X509_CERTIFICATE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.22.1");
+const PBES2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.5.13");
+/// `pbeWithSHAAnd…` (RFC 7292 appendix C): RC4, 3DES and RC2 variants.
+const PKCS12_PBE_ARC: &str = "1.2.840.113549.1.12.1.";
+const SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
+const SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+const SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
+const SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
+
+/// More MAC iterations than this is refused (as `p12-keystore` does for
+/// its own derivations): a PFX is not allowed to pin a CPU.
+const MAX_ITERATIONS: u32 = 1_000_000;
+
+/// What a PFX holds: PKCS#8 keys and X.509 certificates, DER, in file order.
+#[derive(Default)]
+pub(super) struct Contents {
+    pub(super) keys: Vec<Vec<u8>>,
+    pub(super) certs: Vec<Vec<u8>>,
+}
+
+/// Why a PFX could not be read. Carries no bytes of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PfxFault {
+    /// Neither the empty nor the absent password opens it.
+    Password,
+    /// Encrypted under the absent password with a legacy PKCS#12 cipher.
+    LegacyEncryption,
+    Unsupported(&'static str),
+    Malformed(&'static str),
+}
+
+impl From<DerFault> for PfxFault {
+    fn from(f: DerFault) -> Self {
+        PfxFault::Malformed(f.what)
+    }
+}
+
+const NOT_PKCS12: &str = "it is not valid PKCS#12 DER";
+
+pub(super) fn read(der: &[u8]) -> Result<Contents, PfxFault> {
+    let pfx = Pfx::parse(der)?;
+    match &pfx.mac {
+        Some(mac) => {
+            if mac.verifies(pfx.safes, &kdf::bmp_password(""))? != Some(false) {
+                // The empty password, or a digest `p12-keystore` knows and
+                // kvsync does not: it checks the MAC again either way.
+                return with_keystore(der);
+            }
+            if mac.verifies(pfx.safes, &[])? == Some(true) {
+                return read_with_absent_password(&pfx);
+            }
+            Err(PfxFault::Password)
+        }
+        // Without a MAC nothing says which password; try both.
+        None => with_keystore(der).or_else(|first| match read_with_absent_password(&pfx) {
+            Ok(contents) => Ok(contents),
+            Err(PfxFault::Malformed(_)) => Err(first),
+            Err(other) => Err(other),
+        }),
+    }
+}
+
+fn with_keystore(der: &[u8]) -> Result<Contents, PfxFault> {
+    let archive = Pkcs12Archive::from_pkcs12(der, "").map_err(keystore_fault)?;
+    Ok(Contents {
+        keys: archive.keys.iter().map(|k| k.key.as_der().to_vec()).collect(),
+        certs: archive.certs.iter().map(|c| c.cert.as_der().to_vec()).collect(),
+    })
+}
+
+fn keystore_fault(e: P12Error) -> PfxFault {
+    match e {
+        P12Error::MacError(_) | P12Error::UnpadError | P12Error::Pkcs5Error(_) => PfxFault::Password,
+        P12Error::UnsupportedEncryptionScheme => {
+            PfxFault::Unsupported("an encryption scheme kvsync cannot decrypt")
+        }
+        P12Error::UnsupportedMacAlgorithm => PfxFault::Unsupported("a MAC algorithm kvsync does not know"),
+        P12Error::UnsupportedContentType => {
+            PfxFault::Unsupported("contents that are neither plain nor password-encrypted data")
+        }
+        P12Error::UnsupportedCertificateType => PfxFault::Unsupported("certificates that are not X.509"),
+        P12Error::InvalidParameters => {
+            PfxFault::Unsupported("key-derivation parameters beyond kvsync's limits (over 1,000,000 iterations)")
+        }
+        P12Error::InvalidVersion => PfxFault::Malformed("it is not a version 3 PFX"),
+        _ => PfxFault::Malformed(NOT_PKCS12),
+    }
+}
+
+/// Reads the bags of a PFX whose password is the absent one.
+fn read_with_absent_password(pfx: &Pfx<'_>) -> Result<Contents, PfxFault> {
+    let mut contents = Contents::default();
+    let mut needs_pbes2 = false;
+    for content_info in asn1::elements(pfx.safes, NOT_PKCS12)? {
+        let parts = asn1::nested(&content_info, NOT_PKCS12)?;
+        let [content_type, content] = parts.as_slice() else {
+            return Err(PfxFault::Malformed(NOT_PKCS12));
+        };
+        let content = explicit(content)?;
+        match asn1::oid(content_type, NOT_PKCS12)? {
+            DATA => {
+                let safe_contents = asn1::octets(&content, NOT_PKCS12)?;
+                read_bags(safe_contents, &mut contents, &mut needs_pbes2)?;
+            }
+            ENCRYPTED_DATA => {
+                // EncryptedData { version, EncryptedContentInfo {
+                //   contentType, contentEncryptionAlgorithm, [0] content } }
+                let encrypted_data = asn1::nested(&content, NOT_PKCS12)?;
+                let info = encrypted_data.get(1).ok_or(PfxFault::Malformed(NOT_PKCS12))?;
+                let info = asn1::nested(info, NOT_PKCS12)?;
+                let algorithm = info.get(1).ok_or(PfxFault::Malformed(NOT_PKCS12))?;
+                check_cipher(algorithm, &mut needs_pbes2)?;
+            }
+            _ => {
+                return Err(PfxFault::Unsupported(
+                    "contents encrypted to a public key rather than a password",
+                ));
+            }
+        }
+    }
+    if needs_pbes2 {
+        // Strip the MAC (it was verified above, under the absent password,
+        // which `p12-keystore` cannot express) and let it decrypt.
+        return with_keystore(&pfx.without_mac());
+    }
+    Ok(contents)
+}
+
+fn read_bags(der: &[u8], contents: &mut Contents, needs_pbes2: &mut bool) -> Result<(), PfxFault> {
+    for bag in asn1::sequence(der, NOT_PKCS12)? {
+        let parts = asn1::nested(&bag, NOT_PKCS12)?;
+        let [bag_id, value, ..] = parts.as_slice() else {
+            return Err(PfxFault::Malformed(NOT_PKCS12));
+        };
+        let value = explicit(value)?;
+        match asn1::oid(bag_id, NOT_PKCS12)? {
+            KEY_BAG => contents.keys.push(asn1::encoded(&value)),
+            SHROUDED_KEY_BAG => {
+                let encrypted = asn1::nested(&value, NOT_PKCS12)?;
+                let algorithm = encrypted.first().ok_or(PfxFault::Malformed(NOT_PKCS12))?;
+                check_cipher(algorithm, needs_pbes2)?;
+            }
+            CERT_BAG => {
+                let cert_bag = asn1::nested(&value, NOT_PKCS12)?;
+                let [cert_id, cert_value] = cert_bag.as_slice() else {
+                    return Err(PfxFault::Malformed(NOT_PKCS12));
+                };
+                if asn1::oid(cert_id, NOT_PKCS12)? != X509_CERTIFICATE {
+                    return Err(PfxFault::Unsupported("certificates that are not X.509"));
+                }
+                let cert = explicit(cert_value)?;
+                contents.certs.push(asn1::octets(&cert, NOT_PKCS12)?.to_vec());
+            }
+            // CRLs, secrets, nested safe contents: nothing a TLS Secret uses.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Encrypted content under the absent password: PBES2 can be delegated,
+/// the legacy PKCS#12 ciphers cannot yet.
+fn check_cipher(algorithm: &AnyRef<'_>, needs_pbes2: &mut bool) -> Result<(), PfxFault> {
+    let parts = asn1::nested(algorithm, NOT_PKCS12)?;
+    let oid = asn1::oid(parts.first().ok_or(PfxFault::Malformed(NOT_PKCS12))?, NOT_PKCS12)?;
+    if oid == PBES2 {
+        *needs_pbes2 = true;
+        Ok(())
+    } else if oid.to_string().starts_with(PKCS12_PBE_ARC) {
+        Err(PfxFault::LegacyEncryption)
+    } else {
+        Err(PfxFault::Unsupported("an encryption scheme kvsync cannot decrypt"))
+    }
+}
+
+/// The single element inside an EXPLICIT `[0]`.
+fn explicit<'a>(any: &AnyRef<'a>) -> Result<AnyRef<'a>, PfxFault> {
+    if !asn1::is_context(any, 0) {
+        return Err(PfxFault::Malformed(NOT_PKCS12));
+    }
+    match asn1::elements(any.value(), NOT_PKCS12)?.as_slice() {
+        [inner] => Ok(*inner),
+        _ => Err(PfxFault::Malformed(NOT_PKCS12)),
+    }
+}
+
+/// `PFX ::= SEQUENCE { version 3, authSafe ContentInfo, macData OPTIONAL }`.
+struct Pfx<'a> {
+    version: AnyRef<'a>,
+    auth_safe: AnyRef<'a>,
+    /// The `AuthenticatedSafe` DER: what the MAC covers.
+    safes: &'a [u8],
+    mac: Option<MacData<'a>>,
+}
+
+impl<'a> Pfx<'a> {
+    fn parse(der: &'a [u8]) -> Result<Self, PfxFault> {
+        let parts = asn1::sequence(der, NOT_PKCS12)?;
+        let (version, auth_safe, mac) = match parts.as_slice() {
+            [v, a] => (*v, *a, None),
+            [v, a, m] => (*v, *a, Some(MacData::parse(m)?)),
+            _ => return Err(PfxFault::Malformed(NOT_PKCS12)),
+        };
+        if asn1::small_uint(&version, NOT_PKCS12)? != 3 {
+            return Err(PfxFault::Malformed("it is not a version 3 PFX"));
+        }
+        let content_info = asn1::nested(&auth_safe, NOT_PKCS12)?;
+        let [content_type, content] = content_info.as_slice() else {
+            return Err(PfxFault::Malformed(NOT_PKCS12));
+        };
+        if asn1::oid(content_type, NOT_PKCS12)? != DATA {
+            return Err(PfxFault::Unsupported("public-key integrity (a signed PFX)"));
+        }
+        let safes = asn1::octets(&explicit(content)?, NOT_PKCS12)?;
+        Ok(Self {
+            version,
+            auth_safe,
+            safes,
+            mac,
+        })
+    }
+
+    fn without_mac(&self) -> Vec<u8> {
+        asn1::seq(&[&asn1::encoded(&self.version), &asn1::encoded(&self.auth_safe)])
+    }
+}
+
+/// `MacData ::= SEQUENCE { mac DigestInfo, macSalt OCTET STRING,
+/// iterations INTEGER DEFAULT 1 }`.
+struct MacData<'a> {
+    digest_oid: ObjectIdentifier,
+    digest: &'a [u8],
+    salt: &'a [u8],
+    iterations: u32,
+}
+
+impl<'a> MacData<'a> {
+    fn parse(any: &AnyRef<'a>) -> Result<Self, PfxFault> {
+        let parts = asn1::nested(any, NOT_PKCS12)?;
+        let (digest_info, salt, iterations) = match parts.as_slice() {
+            [d, s] => (d, s, 1),
+            [d, s, i] => (d, s, asn1::small_uint(i, NOT_PKCS12)?),
+            _ => return Err(PfxFault::Malformed(NOT_PKCS12)),
+        };
+        let digest_info = asn1::nested(digest_info, NOT_PKCS12)?;
+        let [algorithm, digest] = digest_info.as_slice() else {
+            return Err(PfxFault::Malformed(NOT_PKCS12));
+        };
+        let algorithm = asn1::nested(algorithm, NOT_PKCS12)?;
+        let digest_oid = asn1::oid(algorithm.first().ok_or(PfxFault::Malformed(NOT_PKCS12))?, NOT_PKCS12)?;
+        Ok(Self {
+            digest_oid,
+            digest: asn1::octets(digest, NOT_PKCS12)?,
+            salt: asn1::octets(salt, NOT_PKCS12)?,
+            iterations,
+        })
+    }
+
+    /// Does the MAC over `covered` verify under `password` (BMPString
+    /// bytes; empty for the absent password)? `None` for a digest kvsync
+    /// does not know.
+    fn verifies(&self, covered: &[u8], password: &[u8]) -> Result<Option<bool>, PfxFault> {
+        let (hash, algorithm) = match self.digest_oid {
+            SHA1 => (
+                &digest::SHA1_FOR_LEGACY_USE_ONLY,
+                hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+            ),
+            SHA256 => (&digest::SHA256, hmac::HMAC_SHA256),
+            SHA384 => (&digest::SHA384, hmac::HMAC_SHA384),
+            SHA512 => (&digest::SHA512, hmac::HMAC_SHA512),
+            _ => return Ok(None),
+        };
+        if self.iterations > MAX_ITERATIONS {
+            return Err(PfxFault::Unsupported(
+                "key-derivation parameters beyond kvsync's limits (over 1,000,000 iterations)",
+            ));
+        }
+        let key = kdf::derive(
+            hash,
+            password,
+            self.salt,
+            kdf::Purpose::Mac,
+            self.iterations,
+            hash.output_len(),
+        );
+        let key = hmac::Key::new(algorithm, &key);
+        Ok(Some(hmac::verify(&key, covered, self.digest).is_ok()))
+    }
+}
