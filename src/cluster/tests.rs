@@ -493,3 +493,68 @@ fn a_claim_made_by_hand_outside_the_selection_is_not_deleted() {
         "kvsync deletes only what it made; the claim is refused instead"
     );
 }
+
+#[test]
+fn only_a_binding_with_the_cluster_bindings_owner_reference_is_kept_for_it() {
+    let c = cluster(json!({"namespaces": ["a"]}));
+    let made = (*kept(&c, "a", None)).clone();
+    assert_eq!(super::index::kept_for(&made), Some("agents"));
+    let mut by_hand = made.clone();
+    by_hand.metadata.owner_references = None;
+    assert_eq!(super::index::kept_for(&by_hand), None);
+    let mut index = BindingIndex::new([None]);
+    index.apply(None, &Event::Init);
+    index.apply(None, &Event::InitApply(by_hand));
+    index.apply(None, &Event::InitDone);
+    assert!(index.children_of("agents").is_empty());
+    assert_eq!(
+        index.own_in("a")["agents"],
+        "agents",
+        "the namespace's own: a conflict, never taken over"
+    );
+}
+
+#[test]
+fn a_field_added_beside_what_kvsync_applies_is_no_reason_to_write() {
+    let c = cluster(json!({"namespaces": ["a"]}));
+    let mut edited = (*kept(&c, "a", None)).clone();
+    edited.spec.identity = Some(Default::default());
+    assert!(fanout::in_step(&fanout::child(&c, "a"), &edited));
+    // (kvsync syncs the cluster binding's spec whatever the copy says.)
+    edited.spec.sync.secrets[0].name = "payroll-db".into();
+    assert!(!fanout::in_step(&fanout::child(&c, "a"), &edited));
+}
+
+#[test]
+fn an_invalid_selector_selects_nothing() {
+    let c = cluster(json!({"namespaceSelector": {"matchExpressions": [
+        {"key": "team", "operator": "in", "values": ["a"]},
+    ]}}));
+    assert!(!c.spec.selects("x", &labels(&[("team", "a")])));
+    let ok = cluster(json!({"namespaceSelector": {"matchExpressions": [
+        {"key": "team", "operator": "In", "values": ["a"]},
+    ]}}));
+    assert!(ok.spec.selects("x", &labels(&[("team", "a")])));
+}
+
+#[test]
+fn a_heartbeat_of_a_kept_binding_changes_nothing_its_ready_condition_does() {
+    let c = cluster(json!({"namespaces": ["a"]}));
+    let mut index = BindingIndex::new([None]);
+    index.apply(None, &Event::Init);
+    index.apply(None, &Event::InitDone);
+    let synced = (*kept(&c, "a", Some(("True", "Synced")))).clone();
+    assert!(index.apply(None, &Event::Apply(synced.clone())));
+    let mut heartbeat = synced.clone();
+    heartbeat.status.as_mut().unwrap().last_sync_time = Some(crate::status::now());
+    assert!(!index.apply(None, &Event::Apply(heartbeat)));
+    let failing = (*kept(&c, "a", Some(("False", "VaultForbidden")))).clone();
+    assert!(index.apply(None, &Event::Apply(failing)));
+    // A namespace's own binding: only its target matters.
+    let own = binding("a", "team", Some("x"));
+    assert!(index.apply(None, &Event::Apply(own.clone())));
+    let mut relabelled = own.clone();
+    relabelled.metadata.labels = Some(BTreeMap::from([("l".into(), "v".into())]));
+    assert!(!index.apply(None, &Event::Apply(relabelled)));
+    assert!(index.apply(None, &Event::Apply(binding("a", "team", Some("y")))));
+}
