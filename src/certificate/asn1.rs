@@ -6,7 +6,7 @@
 //! bytes were: these buffers hold private keys.
 
 use der::asn1::{AnyRef, ObjectIdentifier};
-use der::{Decode, Encode, Reader, SliceReader, Tag, TagNumber};
+use der::{Decode, Encode, Reader, SliceReader, Tag, TagNumber, Tagged};
 
 /// Which DER structure broke, for the error message. Deliberately carries
 /// neither bytes nor the decoder's error (which can quote a byte).

@@ -69,7 +69,8 @@ pub(super) fn ordered(certs: Vec<Cert>, leaf: usize) -> Vec<Cert> {
     let mut order = vec![leaf];
     let mut current = leaf;
     while !certs[current].self_issued() {
-        let next = (0..certs.len()).find(|&i| !order.contains(&i) && certs[i].issued(&certs[current]));
+        let next =
+            (0..certs.len()).find(|&i| !order.contains(&i) && certs[i].issued(&certs[current]));
         match next {
             Some(i) => {
                 order.push(i);
@@ -78,7 +79,11 @@ pub(super) fn ordered(certs: Vec<Cert>, leaf: usize) -> Vec<Cert> {
             None => break,
         }
     }
-    order.extend((0..certs.len()).filter(|i| !order.contains(i)).collect::<Vec<_>>());
+    order.extend(
+        (0..certs.len())
+            .filter(|i| !order.contains(i))
+            .collect::<Vec<_>>(),
+    );
     let mut slots: Vec<Option<Cert>> = certs.into_iter().map(Some).collect();
     order.into_iter().filter_map(|i| slots[i].take()).collect()
 }

@@ -3,10 +3,10 @@
 //! `EC PRIVATE KEY`), and which certificate's public key it belongs to.
 
 use der::asn1::{AnyRef, ObjectIdentifier};
-use der::{Decode, Encode, Tag};
+use der::{Decode, Tag};
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
-use super::asn1::{self, DerFault, DerResult};
+use super::asn1::{self, DerFault};
 
 pub(super) const RSA_ENCRYPTION: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
@@ -35,13 +35,18 @@ impl From<DerFault> for KeyFault {
 #[derive(Clone, PartialEq, Eq)]
 enum PublicHalf {
     /// PKCS#1 always carries the modulus and the public exponent.
-    Rsa { modulus: Vec<u8>, exponent: Vec<u8> },
+    Rsa {
+        modulus: Vec<u8>,
+        exponent: Vec<u8>,
+    },
     /// SEC1 carries the public point only optionally (`[1] publicKey`).
     Ec {
         curve: ObjectIdentifier,
         point: Option<Vec<u8>>,
     },
-    Ed25519 { public: Vec<u8> },
+    Ed25519 {
+        public: Vec<u8>,
+    },
     /// An algorithm kvsync does not look into.
     Unknown,
 }
@@ -169,7 +174,9 @@ impl PrivateKey {
                 if spki.algorithm.oid != RSA_ENCRYPTION {
                     return Some(false);
                 }
-                Some(rsa_public_key(cert_bits).is_some_and(|(n, e)| n == *modulus && e == *exponent))
+                Some(
+                    rsa_public_key(cert_bits).is_some_and(|(n, e)| n == *modulus && e == *exponent),
+                )
             }
             PublicHalf::Ec { curve, point } => {
                 let cert_curve = spki
@@ -235,7 +242,9 @@ impl PrivateKey {
         };
         let candidate = self.with_point(*curve, cert_point).ok()?;
         let rng = ring::rand::SystemRandom::new();
-        Some(ring::signature::EcdsaKeyPair::from_pkcs8(alg, &candidate.to_pkcs8_der(), &rng).is_ok())
+        Some(
+            ring::signature::EcdsaKeyPair::from_pkcs8(alg, &candidate.to_pkcs8_der(), &rng).is_ok(),
+        )
     }
 }
 
@@ -354,7 +363,9 @@ mod tests {
 
     fn pem_der(pem: &str) -> Vec<u8> {
         let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
     }
 
     const RSA_PKCS8: &str = include_str!("../../tests/fixtures/certs/rsa-2048.pkcs8.pem");
@@ -406,10 +417,16 @@ mod tests {
     #[test]
     fn ec_key_without_public_point_is_completed_and_checked_by_ring() {
         let full = PrivateKey::from_sec1(&pem_der(EC_SEC1)).unwrap();
-        let PublicHalf::Ec { point: Some(point), curve } = full.public.clone() else {
+        let PublicHalf::Ec {
+            point: Some(point),
+            curve,
+        } = full.public.clone()
+        else {
             panic!("fixture has a public point");
         };
-        let bare = Sec1::parse(&full.private).unwrap().encode_without_parameters(None);
+        let bare = Sec1::parse(&full.private)
+            .unwrap()
+            .encode_without_parameters(None);
         let bare_pkcs8 = asn1::seq(&[
             &asn1::tlv(Tag::Integer, &[0]),
             &ec_algorithm(&curve),
@@ -427,13 +444,25 @@ mod tests {
         let mut other = point.clone();
         other[10] ^= 1;
         assert_eq!(key.matches(&spki(&other)), Some(false));
-        assert_eq!(key.completed_for(&spki(&point)).to_pkcs8_der(), full.to_pkcs8_der());
+        assert_eq!(
+            key.completed_for(&spki(&point)).to_pkcs8_der(),
+            full.to_pkcs8_der()
+        );
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        assert!(matches!(PrivateKey::from_pkcs8(b"\x30\x03\x02\x01"), Err(KeyFault::Malformed(_))));
-        assert!(matches!(PrivateKey::from_pkcs1(&[0x30, 0x00]), Err(KeyFault::Malformed(_))));
-        assert!(matches!(PrivateKey::from_sec1(&[0x04, 0x00]), Err(KeyFault::Malformed(_))));
+        assert!(matches!(
+            PrivateKey::from_pkcs8(b"\x30\x03\x02\x01"),
+            Err(KeyFault::Malformed(_))
+        ));
+        assert!(matches!(
+            PrivateKey::from_pkcs1(&[0x30, 0x00]),
+            Err(KeyFault::Malformed(_))
+        ));
+        assert!(matches!(
+            PrivateKey::from_sec1(&[0x04, 0x00]),
+            Err(KeyFault::Malformed(_))
+        ));
     }
 }

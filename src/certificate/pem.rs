@@ -128,7 +128,8 @@ mod tests {
     fn text_around_blocks_and_crlf_are_accepted() {
         let one = encode("CERTIFICATE", b"one").replace('\n', "\r\n");
         let two = encode("PRIVATE KEY", b"two");
-        let text = format!("Bag Attributes\n    friendlyName: x\nsubject=CN = a\n{one}\nnoise\n{two}");
+        let text =
+            format!("Bag Attributes\n    friendlyName: x\nsubject=CN = a\n{one}\nnoise\n{two}");
         let parsed = blocks(&text).unwrap();
         let labels: Vec<_> = parsed.iter().map(|b| b.label.as_str()).collect();
         assert_eq!(labels, ["CERTIFICATE", "PRIVATE KEY"]);

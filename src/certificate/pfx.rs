@@ -94,25 +94,39 @@ pub(super) fn read(der: &[u8]) -> Result<Contents, PfxFault> {
 fn with_keystore(der: &[u8]) -> Result<Contents, PfxFault> {
     let archive = Pkcs12Archive::from_pkcs12(der, "").map_err(keystore_fault)?;
     Ok(Contents {
-        keys: archive.keys.iter().map(|k| k.key.as_der().to_vec()).collect(),
-        certs: archive.certs.iter().map(|c| c.cert.as_der().to_vec()).collect(),
+        keys: archive
+            .keys
+            .iter()
+            .map(|k| k.key.as_der().to_vec())
+            .collect(),
+        certs: archive
+            .certs
+            .iter()
+            .map(|c| c.cert.as_der().to_vec())
+            .collect(),
     })
 }
 
 fn keystore_fault(e: P12Error) -> PfxFault {
     match e {
-        P12Error::MacError(_) | P12Error::UnpadError | P12Error::Pkcs5Error(_) => PfxFault::Password,
+        P12Error::MacError(_) | P12Error::UnpadError | P12Error::Pkcs5Error(_) => {
+            PfxFault::Password
+        }
         P12Error::UnsupportedEncryptionScheme => {
             PfxFault::Unsupported("an encryption scheme kvsync cannot decrypt")
         }
-        P12Error::UnsupportedMacAlgorithm => PfxFault::Unsupported("a MAC algorithm kvsync does not know"),
+        P12Error::UnsupportedMacAlgorithm => {
+            PfxFault::Unsupported("a MAC algorithm kvsync does not know")
+        }
         P12Error::UnsupportedContentType => {
             PfxFault::Unsupported("contents that are neither plain nor password-encrypted data")
         }
-        P12Error::UnsupportedCertificateType => PfxFault::Unsupported("certificates that are not X.509"),
-        P12Error::InvalidParameters => {
-            PfxFault::Unsupported("key-derivation parameters beyond kvsync's limits (over 1,000,000 iterations)")
+        P12Error::UnsupportedCertificateType => {
+            PfxFault::Unsupported("certificates that are not X.509")
         }
+        P12Error::InvalidParameters => PfxFault::Unsupported(
+            "key-derivation parameters beyond kvsync's limits (over 1,000,000 iterations)",
+        ),
         P12Error::InvalidVersion => PfxFault::Malformed("it is not a version 3 PFX"),
         _ => PfxFault::Malformed(NOT_PKCS12),
     }
@@ -120,27 +134,43 @@ fn keystore_fault(e: P12Error) -> PfxFault {
 
 /// Reads the bags of a PFX whose password is the absent one.
 fn read_with_absent_password(pfx: &Pfx<'_>) -> Result<Contents, PfxFault> {
-    let mut contents = Contents::default();
-    let mut needs_pbes2 = false;
-    for content_info in asn1::elements(pfx.safes, NOT_PKCS12)? {
+    read_bags_under(pfx, Vec::new())
+}
+
+/// Reads the bags of `pfx`, decrypting legacy-encrypted ones under
+/// `password` (BMPString bytes).
+fn read_bags_under(pfx: &Pfx<'_>, password: Vec<u8>) -> Result<Contents, PfxFault> {
+    let mut reader = BagReader {
+        password,
+        contents: Contents::default(),
+        needs_pbes2: false,
+    };
+    for content_info in asn1::sequence(pfx.safes, NOT_PKCS12)? {
         let parts = asn1::nested(&content_info, NOT_PKCS12)?;
         let [content_type, content] = parts.as_slice() else {
             return Err(PfxFault::Malformed(NOT_PKCS12));
         };
         let content = explicit(content)?;
         match asn1::oid(content_type, NOT_PKCS12)? {
-            DATA => {
-                let safe_contents = asn1::octets(&content, NOT_PKCS12)?;
-                read_bags(safe_contents, &mut contents, &mut needs_pbes2)?;
-            }
+            DATA => reader.read_bags(asn1::octets(&content, NOT_PKCS12)?)?,
             ENCRYPTED_DATA => {
                 // EncryptedData { version, EncryptedContentInfo {
-                //   contentType, contentEncryptionAlgorithm, [0] content } }
+                //   contentType, contentEncryptionAlgorithm,
+                //   [0] IMPLICIT encryptedContent OCTET STRING } }
                 let encrypted_data = asn1::nested(&content, NOT_PKCS12)?;
-                let info = encrypted_data.get(1).ok_or(PfxFault::Malformed(NOT_PKCS12))?;
+                let info = encrypted_data
+                    .get(1)
+                    .ok_or(PfxFault::Malformed(NOT_PKCS12))?;
                 let info = asn1::nested(info, NOT_PKCS12)?;
-                let algorithm = info.get(1).ok_or(PfxFault::Malformed(NOT_PKCS12))?;
-                check_cipher(algorithm, &mut needs_pbes2)?;
+                let [_, algorithm, encrypted, ..] = info.as_slice() else {
+                    return Err(PfxFault::Malformed(NOT_PKCS12));
+                };
+                if !asn1::is_context(encrypted, 0) {
+                    return Err(PfxFault::Malformed(NOT_PKCS12));
+                }
+                if let Some(plain) = reader.decrypt(algorithm, encrypted.value())? {
+                    reader.read_bags(&plain)?;
+                }
             }
             _ => {
                 return Err(PfxFault::Unsupported(
@@ -149,59 +179,99 @@ fn read_with_absent_password(pfx: &Pfx<'_>) -> Result<Contents, PfxFault> {
             }
         }
     }
-    if needs_pbes2 {
-        // Strip the MAC (it was verified above, under the absent password,
-        // which `p12-keystore` cannot express) and let it decrypt.
+    if reader.needs_pbes2 {
+        // Strip the MAC (verified above under the absent password, which
+        // `p12-keystore` cannot express) and let it decrypt.
         return with_keystore(&pfx.without_mac());
     }
-    Ok(contents)
+    Ok(reader.contents)
 }
 
-fn read_bags(der: &[u8], contents: &mut Contents, needs_pbes2: &mut bool) -> Result<(), PfxFault> {
-    for bag in asn1::sequence(der, NOT_PKCS12)? {
-        let parts = asn1::nested(&bag, NOT_PKCS12)?;
-        let [bag_id, value, ..] = parts.as_slice() else {
-            return Err(PfxFault::Malformed(NOT_PKCS12));
-        };
-        let value = explicit(value)?;
-        match asn1::oid(bag_id, NOT_PKCS12)? {
-            KEY_BAG => contents.keys.push(asn1::encoded(&value)),
-            SHROUDED_KEY_BAG => {
-                let encrypted = asn1::nested(&value, NOT_PKCS12)?;
-                let algorithm = encrypted.first().ok_or(PfxFault::Malformed(NOT_PKCS12))?;
-                check_cipher(algorithm, needs_pbes2)?;
-            }
-            CERT_BAG => {
-                let cert_bag = asn1::nested(&value, NOT_PKCS12)?;
-                let [cert_id, cert_value] = cert_bag.as_slice() else {
-                    return Err(PfxFault::Malformed(NOT_PKCS12));
-                };
-                if asn1::oid(cert_id, NOT_PKCS12)? != X509_CERTIFICATE {
-                    return Err(PfxFault::Unsupported("certificates that are not X.509"));
+struct BagReader {
+    password: Vec<u8>,
+    contents: Contents,
+    /// Some content is PBES2-encrypted: `p12-keystore` reads the file.
+    needs_pbes2: bool,
+}
+
+impl BagReader {
+    fn read_bags(&mut self, der: &[u8]) -> Result<(), PfxFault> {
+        for bag in asn1::sequence(der, NOT_PKCS12)? {
+            let parts = asn1::nested(&bag, NOT_PKCS12)?;
+            let [bag_id, value, ..] = parts.as_slice() else {
+                return Err(PfxFault::Malformed(NOT_PKCS12));
+            };
+            let value = explicit(value)?;
+            match asn1::oid(bag_id, NOT_PKCS12)? {
+                KEY_BAG => self.contents.keys.push(asn1::encoded(&value)),
+                SHROUDED_KEY_BAG => {
+                    // EncryptedPrivateKeyInfo { algorithm, encryptedData }
+                    let parts = asn1::nested(&value, NOT_PKCS12)?;
+                    let [algorithm, encrypted] = parts.as_slice() else {
+                        return Err(PfxFault::Malformed(NOT_PKCS12));
+                    };
+                    let encrypted = asn1::octets(encrypted, NOT_PKCS12)?;
+                    if let Some(key) = self.decrypt(algorithm, encrypted)? {
+                        self.contents.keys.push(key);
+                    }
                 }
-                let cert = explicit(cert_value)?;
-                contents.certs.push(asn1::octets(&cert, NOT_PKCS12)?.to_vec());
+                CERT_BAG => {
+                    let cert_bag = asn1::nested(&value, NOT_PKCS12)?;
+                    let [cert_id, cert_value] = cert_bag.as_slice() else {
+                        return Err(PfxFault::Malformed(NOT_PKCS12));
+                    };
+                    if asn1::oid(cert_id, NOT_PKCS12)? != X509_CERTIFICATE {
+                        return Err(PfxFault::Unsupported("certificates that are not X.509"));
+                    }
+                    let cert = explicit(cert_value)?;
+                    self.contents
+                        .certs
+                        .push(asn1::octets(&cert, NOT_PKCS12)?.to_vec());
+                }
+                // CRLs, secrets, nested safe contents: nothing a TLS Secret uses.
+                _ => {}
             }
-            // CRLs, secrets, nested safe contents: nothing a TLS Secret uses.
-            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `Some(plaintext)`, or `None` when PBES2 content is left to
+    /// `p12-keystore`.
+    fn decrypt(
+        &mut self,
+        algorithm: &AnyRef<'_>,
+        data: &[u8],
+    ) -> Result<Option<Vec<u8>>, PfxFault> {
+        let parts = asn1::nested(algorithm, NOT_PKCS12)?;
+        let oid = asn1::oid(
+            parts.first().ok_or(PfxFault::Malformed(NOT_PKCS12))?,
+            NOT_PKCS12,
+        )?;
+        if oid == PBES2 {
+            self.needs_pbes2 = true;
+            Ok(None)
+        } else if oid.to_string().starts_with(PKCS12_PBE_ARC) {
+            decrypt_legacy(&parts, data, &self.password).map(Some)
+        } else {
+            Err(PfxFault::Unsupported(
+                "an encryption scheme kvsync cannot decrypt",
+            ))
         }
     }
-    Ok(())
 }
 
-/// Encrypted content under the absent password: PBES2 can be delegated,
-/// the legacy PKCS#12 ciphers cannot yet.
-fn check_cipher(algorithm: &AnyRef<'_>, needs_pbes2: &mut bool) -> Result<(), PfxFault> {
-    let parts = asn1::nested(algorithm, NOT_PKCS12)?;
-    let oid = asn1::oid(parts.first().ok_or(PfxFault::Malformed(NOT_PKCS12))?, NOT_PKCS12)?;
-    if oid == PBES2 {
-        *needs_pbes2 = true;
-        Ok(())
-    } else if oid.to_string().starts_with(PKCS12_PBE_ARC) {
-        Err(PfxFault::LegacyEncryption)
-    } else {
-        Err(PfxFault::Unsupported("an encryption scheme kvsync cannot decrypt"))
-    }
+/// Decrypts `data`, encrypted under `password` with a PKCS#12 PBE scheme
+/// (RFC 7292 appendix C: `pbeWithSHAAnd3-KeyTripleDES-CBC`, …; `algorithm`
+/// holds the parts of its AlgorithmIdentifier). Needs the 3DES and RC2
+/// block ciphers, which this build does not link (`des`, `rc2` and `cbc`
+/// are compiled in for `p12-keystore`, but are not dependencies of
+/// kvsync): until they are, such a PFX is refused by name.
+fn decrypt_legacy(
+    _algorithm: &[AnyRef<'_>],
+    _data: &[u8],
+    _password: &[u8],
+) -> Result<Vec<u8>, PfxFault> {
+    Err(PfxFault::LegacyEncryption)
 }
 
 /// The single element inside an EXPLICIT `[0]`.
@@ -252,7 +322,10 @@ impl<'a> Pfx<'a> {
     }
 
     fn without_mac(&self) -> Vec<u8> {
-        asn1::seq(&[&asn1::encoded(&self.version), &asn1::encoded(&self.auth_safe)])
+        asn1::seq(&[
+            &asn1::encoded(&self.version),
+            &asn1::encoded(&self.auth_safe),
+        ])
     }
 }
 
@@ -278,7 +351,10 @@ impl<'a> MacData<'a> {
             return Err(PfxFault::Malformed(NOT_PKCS12));
         };
         let algorithm = asn1::nested(algorithm, NOT_PKCS12)?;
-        let digest_oid = asn1::oid(algorithm.first().ok_or(PfxFault::Malformed(NOT_PKCS12))?, NOT_PKCS12)?;
+        let digest_oid = asn1::oid(
+            algorithm.first().ok_or(PfxFault::Malformed(NOT_PKCS12))?,
+            NOT_PKCS12,
+        )?;
         Ok(Self {
             digest_oid,
             digest: asn1::octets(digest, NOT_PKCS12)?,
@@ -316,5 +392,210 @@ impl<'a> MacData<'a> {
         );
         let key = hmac::Key::new(algorithm, &key);
         Ok(Some(hmac::verify(&key, covered, self.digest).is_ok()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use der::Tag;
+
+    use super::*;
+    use crate::certificate::pem;
+    use crate::devvault::testcerts::{TestChain, make_chain};
+
+    const KEYVAULT_PFX: &str =
+        include_str!("../../tests/fixtures/certs/keyvault-rsa-selfsigned.pfx.b64");
+
+    fn b64(text: &str) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .unwrap()
+    }
+
+    fn der_of(pem_text: &str) -> Vec<Vec<u8>> {
+        pem::blocks(pem_text)
+            .unwrap()
+            .into_iter()
+            .map(|b| b.der)
+            .collect()
+    }
+
+    fn chain() -> TestChain {
+        make_chain("R", "I", "pfx.example.test").unwrap()
+    }
+
+    fn oid(o: ObjectIdentifier) -> Vec<u8> {
+        asn1::encode_oid(&o)
+    }
+
+    fn data(inner: &[u8]) -> Vec<u8> {
+        asn1::seq(&[
+            &oid(DATA),
+            &asn1::context(0, &asn1::tlv(Tag::OctetString, inner)),
+        ])
+    }
+
+    fn bag(id: ObjectIdentifier, value: &[u8]) -> Vec<u8> {
+        asn1::seq(&[&oid(id), &asn1::context(0, value)])
+    }
+
+    /// A PFX with `safes` as its authenticated safe and, if `password` is
+    /// given (BMP bytes; empty = absent), a SHA-256 MAC under it.
+    fn assemble(safes: &[u8], password: Option<&[u8]>, iterations: u32) -> Vec<u8> {
+        let version = asn1::tlv(Tag::Integer, &[3]);
+        let auth_safe = data(safes);
+        let Some(password) = password else {
+            return asn1::seq(&[&version, &auth_safe]);
+        };
+        let salt = [7u8; 16];
+        let key = kdf::derive(
+            &digest::SHA256,
+            password,
+            &salt,
+            kdf::Purpose::Mac,
+            iterations,
+            32,
+        );
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), safes);
+        let digest_info = asn1::seq(&[
+            &asn1::seq(&[&oid(SHA256), &asn1::tlv(Tag::Null, &[])]),
+            &asn1::tlv(Tag::OctetString, tag.as_ref()),
+        ]);
+        let mut iterations_be = iterations.to_be_bytes().to_vec();
+        while iterations_be.len() > 1 && iterations_be[0] == 0 && iterations_be[1] & 0x80 == 0 {
+            iterations_be.remove(0);
+        }
+        let mac = asn1::seq(&[
+            &digest_info,
+            &asn1::tlv(Tag::OctetString, &salt),
+            &asn1::tlv(Tag::Integer, &iterations_be),
+        ]);
+        asn1::seq(&[&version, &auth_safe, &mac])
+    }
+
+    /// An unencrypted PFX (key bag, certificate bags) as Key Vault keeps
+    /// an imported certificate: no encryption, a MAC under `password`.
+    fn plain_pfx(chain: &TestChain, password: Option<&[u8]>) -> Vec<u8> {
+        let key = &der_of(&chain.leaf_key_pem)[0];
+        let mut bags = vec![bag(KEY_BAG, key)];
+        for cert in der_of(&chain.chain_pem()) {
+            let cert_bag = asn1::seq(&[
+                &oid(X509_CERTIFICATE),
+                &asn1::context(0, &asn1::tlv(Tag::OctetString, &cert)),
+            ]);
+            bags.push(bag(CERT_BAG, &cert_bag));
+        }
+        let refs: Vec<&[u8]> = bags.iter().map(Vec::as_slice).collect();
+        let safe_contents = asn1::seq(&refs);
+        assemble(&asn1::seq(&[&data(&safe_contents)]), password, 2048)
+    }
+
+    fn assert_holds(contents: &Contents, chain: &TestChain) {
+        assert_eq!(contents.keys, der_of(&chain.leaf_key_pem));
+        assert_eq!(contents.certs, der_of(&chain.chain_pem()));
+    }
+
+    #[test]
+    fn mac_derivation_agrees_with_p12_keystore() {
+        // p12-keystore (RustCrypto pkcs12) derives with the empty password;
+        // kvsync's derivation must verify its MACs, SHA-1 and SHA-256.
+        let chain = chain();
+        let der = b64(&chain.pfx_base64().unwrap());
+        let store = p12_keystore::KeyStore::from_pkcs12(&der, "", Default::default()).unwrap();
+        for algorithm in [
+            p12_keystore::MacAlgorithm::HmacSha1,
+            p12_keystore::MacAlgorithm::HmacSha256,
+        ] {
+            let der = store.writer("").mac_algorithm(algorithm).write().unwrap();
+            let pfx = Pfx::parse(&der).unwrap();
+            let mac = pfx.mac.as_ref().unwrap();
+            assert_eq!(
+                mac.verifies(pfx.safes, &kdf::bmp_password("")),
+                Ok(Some(true))
+            );
+            assert_eq!(mac.verifies(pfx.safes, &[]), Ok(Some(false)));
+        }
+    }
+
+    #[test]
+    fn key_vault_pfx_mac_is_under_the_absent_password() {
+        let der = b64(KEYVAULT_PFX);
+        let pfx = Pfx::parse(&der).unwrap();
+        let mac = pfx.mac.as_ref().unwrap();
+        assert_eq!(mac.verifies(pfx.safes, &[]), Ok(Some(true)));
+        assert_eq!(
+            mac.verifies(pfx.safes, &kdf::bmp_password("")),
+            Ok(Some(false))
+        );
+        // p12-keystore alone cannot open it: it only knows the empty password.
+        assert!(Pkcs12Archive::from_pkcs12(&der, "").is_err());
+        assert_eq!(read(&der).err(), Some(PfxFault::LegacyEncryption));
+    }
+
+    #[test]
+    fn unencrypted_pfx_under_the_absent_password_is_read() {
+        let chain = chain();
+        let contents = read(&plain_pfx(&chain, Some(&[]))).unwrap();
+        assert_holds(&contents, &chain);
+    }
+
+    #[test]
+    fn unencrypted_pfx_without_a_mac_is_read() {
+        let chain = chain();
+        let contents = read(&plain_pfx(&chain, None)).unwrap();
+        assert_holds(&contents, &chain);
+    }
+
+    #[test]
+    fn aes_encrypted_pfx_under_the_absent_password_is_read() {
+        // PBES2 contents (PBKDF2 sees no difference between empty and
+        // absent) with the MAC redone under the absent password.
+        let chain = chain();
+        let der = b64(&chain.pfx_base64().unwrap());
+        let pfx = Pfx::parse(&der).unwrap();
+        let rebuilt = assemble(pfx.safes, Some(&[]), 2048);
+        assert!(Pkcs12Archive::from_pkcs12(&rebuilt, "").is_err());
+        let contents = read(&rebuilt).unwrap();
+        assert_eq!(contents.keys, der_of(&chain.leaf_key_pem));
+        assert_eq!(contents.certs.len(), 3);
+    }
+
+    #[test]
+    fn a_mac_under_another_password_is_a_password_error() {
+        let chain = chain();
+        let der = plain_pfx(&chain, Some(&kdf::bmp_password("s3cret")));
+        assert_eq!(read(&der).err(), Some(PfxFault::Password));
+    }
+
+    #[test]
+    fn too_many_mac_iterations_are_refused_before_deriving() {
+        let safes = asn1::seq(&[&data(&asn1::seq(&[]))]);
+        let pfx = assemble(&safes, Some(&[]), 2048);
+        // Same MAC structure, iterations rewritten to 2^31 - 1.
+        let parsed = Pfx::parse(&pfx).unwrap();
+        let mac = parsed.mac.as_ref().unwrap();
+        let huge = MacData {
+            iterations: i32::MAX as u32,
+            ..MacData {
+                digest_oid: mac.digest_oid,
+                digest: mac.digest,
+                salt: mac.salt,
+                iterations: mac.iterations,
+            }
+        };
+        assert!(matches!(
+            huge.verifies(parsed.safes, &[]),
+            Err(PfxFault::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert!(matches!(
+            read(b"\x30\x03\x02\x01\x03"),
+            Err(PfxFault::Malformed(_))
+        ));
+        assert!(matches!(read(b"not der"), Err(PfxFault::Malformed(_))));
     }
 }

@@ -7,6 +7,7 @@ pub mod kvapi;
 pub mod seed;
 pub mod server;
 pub mod store;
+pub mod testcerts;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -1,2 +1,0 @@
-//! Key Vault certificates: a certificate's backing secret (PFX or PEM) as
-//! Secret data. (Being written: see issue 11.)
