@@ -122,7 +122,7 @@ pub enum CertError {
     #[error(
         "the certificate is not exportable: Key Vault returns the private key only for exportable \
          certificates; set the certificate policy's exportable: true (keyProperties.exportable) \
-         and create a new version, or pick the certificate without a key"
+         and create a new version"
     )]
     NotExportable,
     /// A private key but no certificate.
