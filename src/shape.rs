@@ -90,10 +90,11 @@ pub fn shape(
             }
             continue;
         }
-        let converted = convert(&raw).map_err(|detail| ShapeError::Certificate {
-            name: planned.secret.clone(),
-            detail,
-        })?;
+        let converted =
+            crate::certificate::convert(&raw, None).map_err(|e| ShapeError::Certificate {
+                name: planned.secret.clone(),
+                detail: e.to_string(),
+            })?;
         expiries.push(CertificateExpiry {
             name: planned.secret.clone(),
             not_after: converted.not_after,
@@ -126,27 +127,6 @@ pub fn shape(
         }
     };
     Ok((data, expiries))
-}
-
-/// Placeholder until `crate::certificate` lands.
-struct Converted {
-    tls_crt: SecretValue,
-    tls_key: SecretValue,
-    not_after: i64,
-}
-
-impl Converted {
-    fn pem_bundle(&self) -> SecretValue {
-        SecretValue::new(format!(
-            "{}{}",
-            self.tls_key.expose(),
-            self.tls_crt.expose()
-        ))
-    }
-}
-
-fn convert(_raw: &SecretValue) -> Result<Converted, String> {
-    Err("certificates are not supported by this build yet".into())
 }
 
 #[cfg(test)]
@@ -222,5 +202,118 @@ mod tests {
         assert!(shown.contains("uri"), "{shown}");
         assert!(shown.contains("DB_NAME"), "{shown}");
         assert!(!shown.contains("hunter2-SECRET"), "{shown}");
+    }
+
+    fn cert_plan(format: CertificateFormat, key: &str) -> Plan {
+        Plan {
+            keys: vec![PlannedKey {
+                key: key.to_string(),
+                secret: "web-tls".to_string(),
+                version: None,
+                optional: false,
+                certificate: Some(format),
+            }],
+        }
+    }
+
+    fn chain() -> crate::devvault::testcerts::TestChain {
+        crate::devvault::testcerts::make_chain("Test Root", "Test Intermediate", "web.example.test")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_pfx_becomes_tls_crt_leaf_first_and_a_pkcs8_tls_key() {
+        let c = chain();
+        let data = values(&[(TLS_CRT, &c.pfx_base64().unwrap())]);
+        let (out, expiries) = shape(
+            data,
+            &cert_plan(CertificateFormat::Tls, TLS_CRT),
+            &[],
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(out.keys().collect::<Vec<_>>(), [TLS_CRT, TLS_KEY]);
+        assert_eq!(out[TLS_CRT].expose(), c.chain_pem());
+        assert!(
+            out[TLS_KEY]
+                .expose()
+                .starts_with("-----BEGIN PRIVATE KEY-----")
+        );
+        assert_eq!(expiries.len(), 1);
+        assert_eq!(expiries[0].name, "web-tls");
+    }
+
+    #[test]
+    fn a_pem_certificate_can_be_kept_as_one_pem_file_and_templated() {
+        let c = chain();
+        let data = values(&[("web.pem", &c.keyvault_pem())]);
+        let t = template(
+            "mergePolicy: Merge\ndata:\n  fingerprint-source: '{{ values[\"web.pem\"] | length > 0 }}'\n",
+        );
+        let (out, _) = shape(
+            data,
+            &cert_plan(CertificateFormat::Pem, "web.pem"),
+            &[],
+            None,
+            Some(&t),
+        )
+        .unwrap();
+        let pem = out["web.pem"].expose();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "key first");
+        assert!(pem.ends_with(&c.chain_pem()), "then leaf and chain");
+        assert_eq!(out["fingerprint-source"].expose(), "True");
+    }
+
+    #[test]
+    fn a_plain_secret_named_as_a_certificate_is_certificate_invalid_without_its_value() {
+        let data = values(&[(TLS_CRT, "hunter2-NOT-A-CERT")]);
+        let e = shape(
+            data,
+            &cert_plan(CertificateFormat::Tls, TLS_CRT),
+            &[],
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.reason(), Reason::CertificateInvalid);
+        let shown = format!("{e} {e:?}");
+        assert!(shown.contains("web-tls"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn a_kept_certificate_keeps_its_last_tls_key() {
+        let current: BTreeMap<String, Vec<u8>> = [
+            (TLS_CRT.to_string(), b"old-crt".to_vec()),
+            (TLS_KEY.to_string(), b"old-key".to_vec()),
+        ]
+        .into();
+        let data = values(&[(TLS_CRT, "old-crt")]);
+        let (out, _) = shape(
+            data,
+            &cert_plan(CertificateFormat::Tls, TLS_CRT),
+            &[TLS_CRT.to_string()],
+            Some(&current),
+            None,
+        )
+        .unwrap();
+        assert_eq!(out[TLS_KEY].expose(), "old-key");
+    }
+
+    #[test]
+    fn a_tls_key_picked_beside_a_tls_certificate_is_a_collision() {
+        let c = chain();
+        let mut plan = cert_plan(CertificateFormat::Tls, TLS_CRT);
+        plan.keys.push(PlannedKey {
+            key: TLS_KEY.to_string(),
+            secret: "other".to_string(),
+            version: None,
+            optional: false,
+            certificate: None,
+        });
+        let data = values(&[(TLS_CRT, &c.pfx_base64().unwrap()), (TLS_KEY, "x")]);
+        let e = shape(data, &plan, &[], None, None).unwrap_err();
+        assert_eq!(e.reason(), Reason::KeyCollision);
     }
 }

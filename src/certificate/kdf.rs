@@ -13,6 +13,10 @@ use ring::digest;
 /// What the derived bytes are for (RFC 7292 B.3: the "ID" byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Purpose {
+    /// Key for a PKCS#12 PBE cipher.
+    EncryptionKey = 1,
+    /// Initialisation vector for a PKCS#12 PBE cipher.
+    Iv = 2,
     /// Key for the MAC over the authenticated safe.
     Mac = 3,
 }

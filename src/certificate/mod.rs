@@ -160,15 +160,6 @@ pub enum CertError {
          keyvault certificate import --password …), which stores it without one"
     )]
     PfxPassword,
-    /// A PFX encrypted, under the absent password, with the legacy PKCS#12
-    /// ciphers (3DES, RC2), as Key Vault writes it.
-    #[error(
-        "the PFX is encrypted with a legacy PKCS#12 cipher (3DES or RC2) that this build of \
-         kvsync cannot decrypt; until it can, have Key Vault keep the certificate as PEM: set the \
-         certificate policy's contentType to application/x-pem-file (secretProperties) and \
-         create a new version"
-    )]
-    PfxLegacyEncryption,
     /// A PFX feature kvsync does not support.
     #[error(
         "the PFX uses {what}, which kvsync does not support; re-import it into Key Vault as a certificate, or use PEM"
@@ -412,7 +403,6 @@ fn key_error(format: Format, fault: KeyFault) -> CertError {
 fn pfx_error(fault: pfx::PfxFault) -> CertError {
     match fault {
         pfx::PfxFault::Password => CertError::PfxPassword,
-        pfx::PfxFault::LegacyEncryption => CertError::PfxLegacyEncryption,
         pfx::PfxFault::Unsupported(what) => CertError::PfxUnsupported { what },
         pfx::PfxFault::Malformed(what) => CertError::Malformed {
             format: Format::Pfx,

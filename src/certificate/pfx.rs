@@ -11,9 +11,8 @@
 //! - absent password: the bags are read here; contents encrypted with
 //!   PBES2 (AES) are handed to `p12-keystore` with `""`, since PBKDF2 sees
 //!   the empty and the absent password alike; contents encrypted with the
-//!   legacy PKCS#12 ciphers (3DES, RC2: what Key Vault uses) need those
-//!   block ciphers, which this build does not link yet, so they are
-//!   refused with [`PfxFault::LegacyEncryption`].
+//!   legacy PKCS#12 ciphers (3DES, RC2: what Key Vault uses) are decrypted
+//!   here.
 
 use der::asn1::{AnyRef, ObjectIdentifier};
 use p12_keystore::Pkcs12Archive;
@@ -54,8 +53,6 @@ pub(super) struct Contents {
 pub(super) enum PfxFault {
     /// Neither the empty nor the absent password opens it.
     Password,
-    /// Encrypted under the absent password with a legacy PKCS#12 cipher.
-    LegacyEncryption,
     Unsupported(&'static str),
     Malformed(&'static str),
 }
@@ -260,18 +257,67 @@ impl BagReader {
     }
 }
 
-/// Decrypts `data`, encrypted under `password` with a PKCS#12 PBE scheme
-/// (RFC 7292 appendix C: `pbeWithSHAAnd3-KeyTripleDES-CBC`, …; `algorithm`
-/// holds the parts of its AlgorithmIdentifier). Needs the 3DES and RC2
-/// block ciphers, which this build does not link (`des`, `rc2` and `cbc`
-/// are compiled in for `p12-keystore`, but are not dependencies of
-/// kvsync): until they are, such a PFX is refused by name.
+/// Decrypts `data`, encrypted under `password` (BMPString bytes; empty
+/// for the absent password) with a PKCS#12 PBE scheme (RFC 7292 appendix
+/// C); `algorithm` holds the parts of its AlgorithmIdentifier. 3DES (Key
+/// Vault's) and RC2; RC4 is refused.
 fn decrypt_legacy(
-    _algorithm: &[AnyRef<'_>],
-    _data: &[u8],
-    _password: &[u8],
+    algorithm: &[AnyRef<'_>],
+    data: &[u8],
+    password: &[u8],
 ) -> Result<Vec<u8>, PfxFault> {
-    Err(PfxFault::LegacyEncryption)
+    use cbc::cipher::block_padding::Pkcs7;
+    use cbc::cipher::{BlockModeDecrypt, KeyIvInit};
+
+    let [oid, parameters] = algorithm else {
+        return Err(PfxFault::Malformed(NOT_PKCS12));
+    };
+    // pkcs-12PbeParams ::= SEQUENCE { salt OCTET STRING, iterations INTEGER }
+    let parameters = asn1::nested(parameters, NOT_PKCS12)?;
+    let [salt, iterations] = parameters.as_slice() else {
+        return Err(PfxFault::Malformed(NOT_PKCS12));
+    };
+    let salt = asn1::octets(salt, NOT_PKCS12)?;
+    let iterations = asn1::small_uint(iterations, NOT_PKCS12)?;
+    if iterations > MAX_ITERATIONS {
+        return Err(PfxFault::Unsupported(
+            "key-derivation parameters beyond kvsync's limits (over 1,000,000 iterations)",
+        ));
+    }
+    let derive = |purpose, len| {
+        kdf::derive(
+            &digest::SHA1_FOR_LEGACY_USE_ONLY,
+            password,
+            salt,
+            purpose,
+            iterations,
+            len,
+        )
+    };
+    // The last arc of pkcs-12PbeIds names the cipher.
+    let cipher = asn1::oid(oid, NOT_PKCS12)?.arcs().last();
+    let key_len = match cipher {
+        Some(3) => 24,           // pbeWithSHAAnd3-KeyTripleDES-CBC
+        Some(4) | Some(5) => 16, // …2-KeyTripleDES-CBC, …128BitRC2-CBC
+        Some(6) => 5,            // pbeWithSHAAnd40BitRC2-CBC
+        _ => return Err(PfxFault::Unsupported("RC4 encryption")),
+    };
+    let key = derive(kdf::Purpose::EncryptionKey, key_len);
+    let iv = derive(kdf::Purpose::Iv, 8);
+    let plain = match cipher {
+        Some(3) => cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
+            .map(|c| c.decrypt_padded_vec::<Pkcs7>(data)),
+        Some(4) => cbc::Decryptor::<des::TdesEde2>::new_from_slices(&key, &iv)
+            .map(|c| c.decrypt_padded_vec::<Pkcs7>(data)),
+        _ => cbc::Decryptor::<rc2::Rc2>::new_from_slices(&key, &iv)
+            .map(|c| c.decrypt_padded_vec::<Pkcs7>(data)),
+    };
+    match plain {
+        Ok(Ok(plain)) => Ok(plain),
+        // Bad padding: this is not the content's password.
+        Ok(Err(_)) => Err(PfxFault::Password),
+        Err(_) => Err(PfxFault::Malformed(NOT_PKCS12)),
+    }
 }
 
 /// The single element inside an EXPLICIT `[0]`.
@@ -530,7 +576,9 @@ mod tests {
         );
         // p12-keystore alone cannot open it: it only knows the empty password.
         assert!(Pkcs12Archive::from_pkcs12(&der, "").is_err());
-        assert_eq!(read(&der).err(), Some(PfxFault::LegacyEncryption));
+        let contents = read(&der).unwrap();
+        assert_eq!(contents.keys.len(), 1);
+        assert_eq!(contents.certs.len(), 1);
     }
 
     #[test]
@@ -588,6 +636,35 @@ mod tests {
             huge.verifies(parsed.safes, &[]),
             Err(PfxFault::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn legacy_ciphers_decrypt_what_p12_keystore_encrypts() {
+        // p12-keystore writes 3DES and RC2-40 under the empty password;
+        // the same bags read here under that password prove the ciphers
+        // and the key/IV derivation (Key Vault's file proves the absent
+        // password).
+        use p12_keystore::EncryptionAlgorithm::{
+            PbeWithShaAnd3KeyTripleDesCbc, PbeWithShaAnd40BitRc4Cbc,
+        };
+        let chain = chain();
+        let der = b64(&chain.pfx_base64().unwrap());
+        let store = p12_keystore::KeyStore::from_pkcs12(&der, "", Default::default()).unwrap();
+        for algorithm in [PbeWithShaAnd3KeyTripleDesCbc, PbeWithShaAnd40BitRc4Cbc] {
+            let legacy = store
+                .writer("")
+                .encryption_algorithm(algorithm)
+                .write()
+                .unwrap();
+            let pfx = Pfx::parse(&legacy).unwrap();
+            let contents = read_bags_under(&pfx, kdf::bmp_password("")).unwrap();
+            assert_eq!(contents.keys, der_of(&chain.leaf_key_pem), "{algorithm:?}");
+            assert_eq!(contents.certs.len(), 3, "{algorithm:?}");
+            assert_eq!(
+                read_bags_under(&pfx, Vec::new()).err(),
+                Some(PfxFault::Password)
+            );
+        }
     }
 
     #[test]

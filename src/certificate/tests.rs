@@ -243,13 +243,17 @@ fn key_vault_pem_converts() {
 }
 
 #[test]
-fn key_vault_pfx_is_refused_as_legacy_encrypted_for_now() {
-    // Key Vault's PFX: absent password, 3DES; kvsync recognises it (the
-    // MAC verifies under the absent password) but cannot decrypt 3DES yet.
+fn key_vault_pfx_converts() {
+    // Key Vault's PFX: absent password, 3DES bags, SHA-1 MAC.
     let value = SecretValue::new(KEYVAULT_PFX.trim());
-    let err = convert(&value, Some(CONTENT_TYPE_PKCS12)).unwrap_err();
-    assert_eq!(err, CertError::PfxLegacyEncryption);
-    assert!(err.to_string().contains("application/x-pem-file"), "{err}");
+    let converted = convert(&value, Some(CONTENT_TYPE_PKCS12)).unwrap();
+    assert_eq!(converted.subject, "CN=MyCert");
+    // notAfter 2022-04-28T20:27:49Z (Key Vault reports it as the secret's `exp`).
+    assert_eq!(converted.not_after, 1_651_177_669);
+    assert_eq!(ders(converted.tls_crt.expose()).len(), 1);
+    // Windows' key bag carries attributes; tls.key is plain PKCS#8 v1.
+    let key = &ders(converted.tls_key.expose())[0];
+    assert!(ring::signature::RsaKeyPair::from_pkcs8(key).is_ok());
 }
 
 #[test]
