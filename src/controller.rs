@@ -273,30 +273,18 @@ fn in_shard(shard: Shard, event: &watcher::Event<VaultSecretBinding>) -> bool {
 }
 
 /// Yields once each time `leader` turns true (this replica takes over): the
-/// new leader reconciles every binding, the way a fresh start does.
+/// new leader reconciles every binding, the way a fresh start does. On
+/// losing the Lease, stops polling vaults for bindings the new leader now
+/// serves.
 fn on_becoming_leader(
     leader: Option<tokio::sync::watch::Receiver<bool>>,
     ctx: Arc<Context>,
 ) -> impl futures::Stream<Item = ()> + Send {
-    futures::stream::unfold((leader, false), move |(leader, was)| {
-        let ctx = ctx.clone();
-        async move {
-            let mut rx = leader?;
-            let mut was = was;
-            loop {
-                let now = *rx.borrow_and_update();
-                if now && !was {
-                    return Some(((), (Some(rx), true)));
-                }
-                if !now && was {
-                    // Lost the Lease: stop polling vaults for bindings that
-                    // the new leader now serves.
-                    ctx.stand_down();
-                }
-                was = now;
-                rx.changed().await.ok()?;
-            }
+    crate::leader::changes(leader).filter_map(move |leads| {
+        if !leads {
+            ctx.stand_down();
         }
+        std::future::ready(leads.then_some(()))
     })
 }
 

@@ -472,3 +472,46 @@ mod tests {
         assert_eq!(c.timing().err(), Some(LeaderError::Empty));
     }
 }
+
+/// The changes of `leader` (with leader election): `true` each time this
+/// replica takes the Lease, `false` each time it loses it; nothing without
+/// leader election (`None`).
+pub fn changes(
+    leader: Option<tokio::sync::watch::Receiver<bool>>,
+) -> impl futures::Stream<Item = bool> + Send {
+    futures::stream::unfold((leader, false), |(leader, was)| async move {
+        let mut rx = leader?;
+        let mut was = was;
+        loop {
+            let now = *rx.borrow_and_update();
+            if now != was {
+                return Some((now, (Some(rx), now)));
+            }
+            was = now;
+            rx.changed().await.ok()?;
+        }
+    })
+}
+
+#[cfg(test)]
+mod changes_tests {
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn changes_yield_each_gain_and_loss_and_nothing_without_election() {
+        assert_eq!(
+            super::changes(None).collect::<Vec<_>>().await,
+            Vec::<bool>::new()
+        );
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut seen = Box::pin(super::changes(Some(rx)));
+        tx.send(true).unwrap();
+        assert_eq!(seen.next().await, Some(true));
+        tx.send(false).unwrap();
+        assert_eq!(seen.next().await, Some(false));
+        tx.send(true).unwrap();
+        assert_eq!(seen.next().await, Some(true));
+        drop(tx);
+        assert_eq!(seen.next().await, None, "ends with the election");
+    }
+}

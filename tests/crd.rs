@@ -23,31 +23,25 @@ fn checked_in_crd_matches_generated() {
 }
 
 #[test]
-fn checked_in_policy_crd_matches_generated() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/kvsync.io_vaultaccesspolicies.yaml"
-    );
-    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        on_disk == kvsync::crd::policy::crd_yaml(),
-        "crds/kvsync.io_vaultaccesspolicies.yaml is stale: regenerate it with \
-         `cargo run -- crd vaultaccesspolicies > crds/kvsync.io_vaultaccesspolicies.yaml`"
-    );
-}
-
-#[test]
-fn checked_in_cluster_binding_crd_matches_generated() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/kvsync.io_clustervaultsecretbindings.yaml"
-    );
-    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        on_disk == kvsync::crd::cluster::crd_yaml(),
-        "crds/kvsync.io_clustervaultsecretbindings.yaml is stale: regenerate it with \
-         `cargo run -- crd clustervaultsecretbindings > crds/kvsync.io_clustervaultsecretbindings.yaml`"
-    );
+fn checked_in_cluster_scoped_crds_match_generated() {
+    for (plural, generated) in [
+        ("vaultaccesspolicies", kvsync::crd::policy::crd_yaml()),
+        (
+            "clustervaultsecretbindings",
+            kvsync::crd::cluster::crd_yaml(),
+        ),
+    ] {
+        let path = format!(
+            "{}/crds/kvsync.io_{plural}.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == generated,
+            "crds/kvsync.io_{plural}.yaml is stale: regenerate it with \
+             `cargo run -- crd {plural} > crds/kvsync.io_{plural}.yaml`"
+        );
+    }
 }
 
 #[test]

@@ -286,24 +286,6 @@ fn error_policy(cluster: Arc<ClusterVaultSecretBinding>, error: &Error, _: Arc<C
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Yields once each time `leader` turns true.
-fn on_becoming_leader(
-    leader: Option<tokio::sync::watch::Receiver<bool>>,
-) -> impl futures::Stream<Item = ()> + Send {
-    futures::stream::unfold((leader, false), |(leader, was)| async move {
-        let mut rx = leader?;
-        let mut was = was;
-        loop {
-            let now = *rx.borrow_and_update();
-            if now && !was {
-                return Some(((), (Some(rx), true)));
-            }
-            was = now;
-            rx.changed().await.ok()?;
-        }
-    })
-}
-
 /// The cluster-binding controller until `shutdown` completes. `scope`:
 /// the namespaces kvsync serves (`--namespace`; `None`: all). Watch
 /// failures are logged and retried; the namespaced controllers' watches
@@ -466,7 +448,10 @@ pub async fn run(
                 }
             })
             .reconcile_all_on(relisted_rx)
-            .reconcile_all_on(on_becoming_leader(leader))
+            .reconcile_all_on(
+                crate::leader::changes(leader)
+                    .filter_map(|leads| std::future::ready(leads.then_some(()))),
+            )
             .graceful_shutdown_on(shutdown)
             .run(reconcile, error_policy, ctx)
             .for_each(|result| async move {
