@@ -23,6 +23,43 @@ pub struct Seed {
     /// prove an operator stays under that budget injects it here.
     #[serde(default)]
     pub throttle: Option<Throttle>,
+    /// Certificates made when the vault starts (a test root, intermediate
+    /// and leaf each), stored as Key Vault stores a certificate's backing
+    /// secret: a version of secret `name` with contentType
+    /// `application/x-pkcs12` (base64 PFX) or `application/x-pem-file`.
+    /// They are added after `secrets`, so a `secrets` entry of the same name
+    /// is an older version.
+    #[serde(default)]
+    pub certificates: Vec<SeedCertificate>,
+}
+
+/// A certificate the dev vault makes at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeedCertificate {
+    /// The certificate's (and its backing secret's) name.
+    pub name: String,
+    /// The leaf's common name (default: the name).
+    #[serde(default)]
+    pub common_name: Option<String>,
+    /// How Key Vault would hold it: `pfx` (default) or `pem`.
+    #[serde(default)]
+    pub format: SeedCertificateFormat,
+    /// The leaf's notAfter: RFC 3339 time or unix seconds (default: a year
+    /// from now).
+    #[serde(default)]
+    pub not_after: Option<SeedTime>,
+}
+
+/// A seeded certificate's content type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeedCertificateFormat {
+    /// `application/x-pkcs12`: base64 of a PFX.
+    #[default]
+    Pfx,
+    /// `application/x-pem-file`: the key, then the leaf and the chain.
+    Pem,
 }
 
 /// A service limit: at most `transactions` Key Vault requests in any
@@ -118,6 +155,10 @@ impl Seed {
                 t.transactions, t.window_seconds
             ));
         }
+        let mut seed = seed;
+        for c in std::mem::take(&mut seed.certificates) {
+            seed.secrets.push(certificate_secret(&c)?);
+        }
         for s in &seed.secrets {
             if !crate::crd::is_vault_secret_name(&s.name) {
                 return Err(format!(
@@ -136,6 +177,45 @@ impl Seed {
         }
         Ok(seed)
     }
+}
+
+/// The backing secret of a seeded certificate, made now.
+fn certificate_secret(c: &SeedCertificate) -> Result<SeedSecret, String> {
+    let not_after = c
+        .not_after
+        .as_ref()
+        .map(SeedTime::unix)
+        .transpose()
+        .map_err(|e| format!("certificate {}: notAfter: {e}", c.name))?;
+    let leaf = c.common_name.as_deref().unwrap_or(&c.name);
+    let spec = super::testcerts::ChainSpec {
+        leaf_not_after: not_after,
+        ..super::testcerts::ChainSpec::new(
+            "kvsync dev-vault root",
+            "kvsync dev-vault intermediate",
+            leaf,
+        )
+    };
+    let chain = super::testcerts::make_chain_with(&spec)
+        .map_err(|e| format!("certificate {}: {e}", c.name))?;
+    let (value, content_type) = match c.format {
+        SeedCertificateFormat::Pfx => (
+            chain
+                .pfx_base64()
+                .map_err(|e| format!("certificate {}: {e}", c.name))?,
+            crate::certificate::CONTENT_TYPE_PKCS12,
+        ),
+        SeedCertificateFormat::Pem => (chain.keyvault_pem(), crate::certificate::CONTENT_TYPE_PEM),
+    };
+    Ok(SeedSecret {
+        name: c.name.clone(),
+        value: SecretValue::new(value),
+        tags: BTreeMap::new(),
+        content_type: Some(content_type.to_string()),
+        enabled: None,
+        expires: None,
+        not_before: None,
+    })
 }
 
 /// Does `name` match a pattern: exact (case-insensitive), `prefix-*` or `*`?
@@ -205,6 +285,34 @@ access:
         assert!(e.contains("at least 1"), "{e}");
         assert!(Seed::from_yaml("throttle: {transactions: 1, windowSeconds: 0}").is_err());
         assert!(Seed::from_yaml("throttle: {transactions: 1, per: 10}").is_err());
+    }
+
+    #[test]
+    fn certificates_are_made_at_start_as_key_vault_stores_them() {
+        let seed = Seed::from_yaml(
+            "secrets:\n  - {name: web-tls, value: old}\ncertificates:\n  - {name: web-tls, commonName: web.example.test, notAfter: \"2030-01-01T00:00:00Z\"}\n  - {name: api-tls, format: pem}\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = seed.secrets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["web-tls", "web-tls", "api-tls"],
+            "the made one is the latest"
+        );
+        let web = &seed.secrets[1];
+        assert_eq!(web.content_type.as_deref(), Some("application/x-pkcs12"));
+        let converted =
+            crate::certificate::convert(&web.value, web.content_type.as_deref()).unwrap();
+        assert_eq!(converted.subject, "CN=web.example.test");
+        assert_eq!(converted.not_after, 1_893_456_000);
+        let api = &seed.secrets[2];
+        assert_eq!(api.content_type.as_deref(), Some("application/x-pem-file"));
+        assert!(
+            api.value
+                .expose()
+                .starts_with("-----BEGIN PRIVATE KEY-----")
+        );
+        assert!(Seed::from_yaml("certificates: [{name: x, format: der}]").is_err());
     }
 
     #[test]

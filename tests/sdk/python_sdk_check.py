@@ -7,8 +7,10 @@ AZURE_AUTHORITY_HOST, AZURE_TENANT_ID, AZURE_CLIENT_ID, KVSYNC_CA_FILE):
 
 Exercises both credentials the dev vault stands in for (client secret and
 workload identity), get (latest, pinned), set, list with paging, versions,
-update attributes, a disabled secret and delete.
+update attributes, a disabled secret and delete, and the certificate-backed
+secrets run.sh seeds (contentType and value as Key Vault returns them).
 """
+import base64
 import os
 import sys
 
@@ -73,9 +75,19 @@ for label, credential in credentials.items():
         check(f"{label}: missing secret is ResourceNotFoundError", False)
     except ResourceNotFoundError:
         check(f"{label}: missing secret is ResourceNotFoundError", True)
+    pfx = client.get_secret("web-tls")
+    check(
+        f"{label}: a PFX-backed certificate secret",
+        pfx.properties.content_type == "application/x-pkcs12" and base64.b64decode(pfx.value)[:1] == b"\x30",
+    )
+    pem = client.get_secret("api-tls")
+    check(
+        f"{label}: a PEM-backed certificate secret",
+        pem.properties.content_type == "application/x-pem-file" and pem.value.startswith("-----BEGIN PRIVATE KEY-----"),
+    )
     poller = client.begin_delete_secret(name)
     deleted = poller.result() if hasattr(poller, "result") else poller
     check(f"{label}: delete", deleted.name == name)
 
-print(f"{sum(1 for _ in credentials) * 9 - failures} passed, {failures} failed")
+print(f"{sum(1 for _ in credentials) * 11 - failures} passed, {failures} failed")
 sys.exit(1 if failures else 0)

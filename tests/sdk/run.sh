@@ -5,7 +5,13 @@ set -euo pipefail
 bin="$1"
 dir="$(mktemp -d)"
 port=$(( 20000 + RANDOM % 20000 ))
-"$bin" dev-vault --addr "127.0.0.1:${port}" --ca-out "$dir/ca.pem" >"$dir/exports" 2>"$dir/log" &
+# Certificate-backed secrets as Key Vault stores them (made at start).
+cat >"$dir/seed.yaml" <<'EOF'
+certificates:
+  - {name: web-tls, commonName: web.example.test}
+  - {name: api-tls, format: pem}
+EOF
+"$bin" dev-vault --addr "127.0.0.1:${port}" --seed "$dir/seed.yaml" --ca-out "$dir/ca.pem" >"$dir/exports" 2>"$dir/log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 1 100); do
