@@ -1,5 +1,6 @@
 //! The end-to-end harness shared by `tests/e2e.rs`, `tests/e2e_trust.rs`,
-//! `tests/e2e_ha.rs`, `tests/e2e_policy.rs` and `tests/e2e_cluster.rs`.
+//! `tests/e2e_ha.rs`, `tests/e2e_policy.rs`, `tests/e2e_cluster.rs` and
+//! `tests/e2e_agents.rs`.
 //!
 //! Tests run when `KVSYNC_E2E_KUBECONFIG` names a kubeconfig with
 //! cluster-admin, and are skipped (saying so) otherwise. Each test gets its own
@@ -151,6 +152,18 @@ impl Logs {
             ),
             None => "(no operator started)".into(),
         }
+    }
+
+    /// The whole text of every operator log of the test (each start and
+    /// replica), e.g. to check that something never was logged.
+    pub fn operator_text(&self) -> String {
+        self.operators
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Everything worth reading after a failure.
@@ -559,6 +572,31 @@ impl Scope {
         .await
     }
 
+    /// Waits until Secret `name` exists and `ok` accepts it; returns what
+    /// `ok` returned. `ok`'s `Err` says what it found instead (without
+    /// printing values the test wants kept out of its output).
+    pub async fn wait_for_secret<T>(
+        &self,
+        name: &str,
+        what: &str,
+        deadline: Duration,
+        ok: impl Fn(&Secret) -> Result<T, String>,
+    ) -> T {
+        let what = format!("{what} (Secret {}/{name})", self.ns);
+        eventually(self, &what, deadline, || async {
+            let found = match self.secrets().get_opt(name).await {
+                Ok(Some(s)) => match ok(&s) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => e,
+                },
+                Ok(None) => "the Secret does not exist".into(),
+                Err(e) => format!("reading the Secret: {e}"),
+            };
+            Err(format!("{found}; {}", self.describe_bindings().await))
+        })
+        .await
+    }
+
     /// Events about binding `name` (events.k8s.io/v1, as kube's recorder writes them).
     pub async fn events_of(&self, name: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
         let events: Api<k8s_openapi::api::events::v1::Event> =
@@ -841,6 +879,25 @@ impl DevVault {
 
     /// `PUT /secrets/{name}`: a new version; returns its id.
     pub async fn put_secret(&self, name: &str, value: &str) -> String {
+        self.put(name, json!({"value": value})).await
+    }
+
+    /// `PUT /secrets/{name}` with a `contentType`, as Key Vault writes a
+    /// certificate's backing secret (`application/x-pkcs12`,
+    /// `application/x-pem-file`): a new version; returns its id.
+    pub async fn put_secret_with_content_type(
+        &self,
+        name: &str,
+        value: &str,
+        content_type: &str,
+    ) -> String {
+        self.put(name, json!({"value": value, "contentType": content_type}))
+            .await
+    }
+
+    /// `PUT /secrets/{name}` with `body`; checks that the new version has
+    /// the body's `contentType` (none when it has none) and returns its id.
+    async fn put(&self, name: &str, body: Value) -> String {
         let token = self.writer_token().await;
         let r = self
             .http
@@ -849,12 +906,17 @@ impl DevVault {
                 self.url
             ))
             .bearer_auth(token)
-            .json(&json!({"value": value}))
+            .json(&body)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "PUT {name}");
-        let bundle: Value = r.json().await.unwrap();
+        let status = r.status();
+        let bundle: Value = r.json().await.unwrap_or_default();
+        assert_eq!(status, 200, "PUT {name}: {bundle}");
+        assert_eq!(
+            bundle["contentType"], body["contentType"],
+            "PUT {name}: the new version's contentType"
+        );
         bundle["id"]
             .as_str()
             .unwrap()
