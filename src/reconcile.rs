@@ -805,7 +805,11 @@ async fn warn_once(
     message: &str,
 ) {
     let was = prev.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
-    let new_problem = was.is_none_or(|c| c.status != "False" || c.reason != reason.as_str());
+    // Another problem of the same kind (a second template error, say) is
+    // news too; the same one is not (and events repeat at most every
+    // EVENT_REPEAT anyway).
+    let new_problem = was
+        .is_none_or(|c| c.status != "False" || c.reason != reason.as_str() || c.message != message);
     if new_problem {
         tracing::warn!(binding = %display_key(b), reason = %reason, message = %message, "sync failed");
         publish(

@@ -620,3 +620,27 @@ fn template_examples_render_over_their_picks() {
     }
     assert!(rendered >= 4, "image pull, npmrc, connection URI, Airflow");
 }
+
+#[test]
+fn a_tls_certificate_makes_the_secret_kubernetes_io_tls_unless_a_type_is_given() {
+    let spec = |extra: &str| -> VaultSecretBindingSpec {
+        serde_yaml::from_str(&format!("vaultUrl: https://v.vault.azure.net\n{extra}")).unwrap()
+    };
+    assert_eq!(
+        spec("certificates: [{name: web}]").target_type(),
+        "kubernetes.io/tls"
+    );
+    assert_eq!(
+        spec("certificates: [{name: web, format: Pem}]").target_type(),
+        "Opaque"
+    );
+    assert_eq!(
+        spec("certificates: [{name: web}]\ntarget: {type: Opaque}").target_type(),
+        "Opaque"
+    );
+    assert_eq!(
+        spec("secrets: [{name: a}]\ntarget: {type: x, template: {type: kubernetes.io/dockerconfigjson, data: {k: v}}}")
+            .target_type(),
+        "kubernetes.io/dockerconfigjson"
+    );
+}

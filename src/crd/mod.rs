@@ -365,8 +365,10 @@ pub struct SecretTarget {
     )]
     pub name: Option<String>,
 
-    /// Secret type, e.g. `Opaque` (default), `kubernetes.io/dockerconfigjson`,
-    /// `kubernetes.io/tls`.
+    /// Secret type, e.g. `Opaque`, `kubernetes.io/dockerconfigjson`,
+    /// `kubernetes.io/tls`. Default: `kubernetes.io/tls` when
+    /// `spec.certificates` writes `tls.crt`/`tls.key` (format `Tls`), else
+    /// `Opaque`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub type_: Option<String>,
@@ -615,7 +617,8 @@ pub struct VaultSecretBindingStatus {
 pub struct SyncedSecret {
     /// Name in the vault.
     pub name: String,
-    /// Key in the Secret.
+    /// Key in the Secret (with `target.template`, the name the template
+    /// reads the value by; for a certificate, `tls.crt` or its PEM key).
     pub key: String,
     /// Version id synced.
     pub version: String,
@@ -642,14 +645,19 @@ impl SyncSpec {
     }
 
     /// The Secret's type: `target.template.type`, else `target.type`, else
-    /// `Opaque`.
+    /// `kubernetes.io/tls` when a certificate is written as `tls.crt` and
+    /// `tls.key`, else `Opaque`.
     pub fn target_type(&self) -> &str {
         let target = self.target.as_ref();
+        let tls = self
+            .certificates
+            .iter()
+            .any(|c| c.format == CertificateFormat::Tls);
         target
             .and_then(|t| t.template.as_ref())
             .and_then(|t| t.type_.as_deref())
             .or_else(|| target.and_then(|t| t.type_.as_deref()))
-            .unwrap_or("Opaque")
+            .unwrap_or(if tls { "kubernetes.io/tls" } else { "Opaque" })
     }
 
     /// `target.template`, if any.
