@@ -157,11 +157,16 @@ pub fn plan(spec: &VaultSecretBindingSpec, listing: &[SecretItem]) -> Result<Pla
         selected.sort_by(|a, b| a.name().cmp(b.name()));
         for item in selected {
             let name = item.name();
-            // Secrets picked explicitly keep their explicit key only.
+            // Secrets picked explicitly keep their explicit key only; a
+            // certificate's backing secret is read as a certificate only.
             if spec
                 .secrets
                 .iter()
                 .any(|p| p.name.eq_ignore_ascii_case(name))
+                || spec
+                    .certificates
+                    .iter()
+                    .any(|c| c.name.eq_ignore_ascii_case(name))
             {
                 continue;
             }

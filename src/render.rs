@@ -94,6 +94,17 @@ pub enum RenderError {
     /// A certificate or a template failed (see [`crate::shape`]).
     #[error(transparent)]
     Shape(#[from] crate::shape::ShapeError),
+    /// A template's input could not be read this time, and the Secret holds
+    /// no earlier templated keys to keep.
+    #[error(
+        "secret(s) {names} could not be read now (disabled or refused) and the Secret holds no earlier value of the templated keys to keep; nothing is written until they can be read"
+    )]
+    TemplateInputUnavailable {
+        /// The vault secrets.
+        names: String,
+        /// The reason of the first one.
+        reason: Reason,
+    },
 }
 
 impl RenderError {
@@ -104,6 +115,7 @@ impl RenderError {
             Self::Disabled { .. } => Reason::SecretDisabled,
             Self::TooLarge { .. } => Reason::SecretTooLarge,
             Self::Shape(e) => e.reason(),
+            Self::TemplateInputUnavailable { reason, .. } => *reason,
         }
     }
 }
@@ -274,8 +286,56 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     }
 
     let kept_any: Vec<String> = kept.iter().chain(&kept_unreadable).cloned().collect();
-    let (data, certificates) =
-        crate::shape::shape(data, input.plan, &kept_any, input.current, input.template)?;
+    // A template over a value that could not be read this time would render
+    // without it (or fail on it): like KeepLast for a plain key, the
+    // templated keys keep what the Secret holds.
+    let unread: Vec<(&str, Reason)> = input
+        .plan
+        .keys
+        .iter()
+        .filter_map(|k| match input.fetched.get(&k.key) {
+            Some(Fetched::Disabled) if input.on_disabled == OnDisabled::KeepLast => {
+                Some((k.secret.as_str(), Reason::SecretDisabled))
+            }
+            Some(Fetched::Unavailable { reason, .. }) => Some((k.secret.as_str(), *reason)),
+            _ => None,
+        })
+        .collect();
+    let held_template = match input.template {
+        Some(t) if !unread.is_empty() => {
+            let held: Option<BTreeMap<String, SecretValue>> = t
+                .data
+                .keys()
+                .map(|k| last_value(input, k).map(|v| (k.clone(), v)))
+                .collect();
+            let Some(held) = held else {
+                return Err(RenderError::TemplateInputUnavailable {
+                    names: unread
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    reason: unread[0].1,
+                });
+            };
+            kept_unreadable.extend(held.keys().cloned());
+            Some((t.merge_policy, held))
+        }
+        _ => None,
+    };
+    let template = if held_template.is_some() {
+        None
+    } else {
+        input.template
+    };
+    let (mut data, certificates) =
+        crate::shape::shape(data, input.plan, &kept_any, input.current, template)?;
+    if let Some((policy, held)) = held_template {
+        if policy == crate::crd::TemplateMergePolicy::Replace {
+            data.clear();
+        }
+        data.extend(held);
+    }
     // A certificate's expiry is its leaf's notAfter (the backing secret's
     // own `exp` may be unset): status and ExpiringSoon report that.
     for c in certificates {
@@ -601,5 +661,83 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.reason(), "SecretTooLarge");
+    }
+
+    fn run_templated(
+        fetched: &[(&str, Fetched)],
+        current: Option<&BTreeMap<String, Vec<u8>>>,
+        merge: bool,
+    ) -> Result<Rendered, RenderError> {
+        let plan = plan(&[("USER", false), ("PASSWORD", true)]);
+        let template: crate::crd::SecretTemplate = serde_yaml::from_str(&format!(
+            "mergePolicy: {}\ndata:\n  DATABASE_URL: 'pg://{{{{ USER }}}}:{{{{ PASSWORD | default(\"\") }}}}@db'\n",
+            if merge { "Merge" } else { "Replace" }
+        ))
+        .unwrap();
+        let fetched: BTreeMap<String, Fetched> = fetched
+            .iter()
+            .map(|(k, f)| (k.to_string(), f.clone()))
+            .collect();
+        render(&RenderInput {
+            plan: &plan,
+            fetched: &fetched,
+            current,
+            previous: &[],
+            on_disabled: OnDisabled::KeepLast,
+            on_expired: OnExpired::Sync,
+            now: NOW,
+            hash_key: &HashKey::new(b"test-key"),
+            template: Some(&template),
+        })
+    }
+
+    #[test]
+    fn a_template_over_an_unreadable_value_keeps_the_templated_keys_it_had() {
+        let refused = Fetched::Unavailable {
+            reason: Reason::VaultForbidden,
+            message: "403".into(),
+        };
+        let ok = run_templated(
+            &[
+                ("USER", value("app", None)),
+                ("PASSWORD", value("pw", None)),
+            ],
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(ok.data["DATABASE_URL"].expose(), "pg://app:pw@db");
+        let current: BTreeMap<String, Vec<u8>> =
+            [("DATABASE_URL".to_string(), b"pg://app:pw@db".to_vec())].into();
+        let kept = run_templated(
+            &[("USER", value("app", None)), ("PASSWORD", refused.clone())],
+            Some(&current),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            kept.data["DATABASE_URL"].expose(),
+            "pg://app:pw@db",
+            "not re-rendered without the password"
+        );
+        assert_eq!(kept.hash, ok.hash, "so nothing is written");
+        assert!(kept.kept_unreadable.contains(&"DATABASE_URL".to_string()));
+        let e = run_templated(
+            &[("USER", value("app", None)), ("PASSWORD", refused.clone())],
+            None,
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.reason(), Reason::VaultForbidden);
+        assert!(e.to_string().contains("PASSWORD-secret"), "{e}");
+        // Merge: the plain keys follow their own rules, the templated key is kept.
+        let merged = run_templated(
+            &[("USER", value("app2", None)), ("PASSWORD", refused)],
+            Some(&current),
+            true,
+        )
+        .unwrap();
+        assert_eq!(merged.data["DATABASE_URL"].expose(), "pg://app:pw@db");
+        assert_eq!(merged.data["USER"].expose(), "app2");
     }
 }

@@ -644,3 +644,56 @@ fn a_tls_certificate_makes_the_secret_kubernetes_io_tls_unless_a_type_is_given()
         "kubernetes.io/dockerconfigjson"
     );
 }
+
+#[test]
+fn certificate_and_template_mistakes_are_refused_naming_the_field() {
+    let errors = |extra: &str| -> String {
+        let spec: VaultSecretBindingSpec =
+            serde_yaml::from_str(&format!("vaultUrl: https://v.vault.azure.net\n{extra}")).unwrap();
+        spec.validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let e = errors("certificates: [{name: a}, {name: b}]");
+    assert!(
+        e.contains("spec.certificates") && e.contains("format: Pem"),
+        "{e}"
+    );
+    let e = errors("secrets: [{name: web, key: tls.crt}]\ncertificates: [{name: web}]");
+    assert!(
+        e.contains("spec.certificates[0].name") && e.contains("also in spec.secrets"),
+        "{e}"
+    );
+    let e = errors("certificates: [{name: web, version: '../x'}]");
+    assert!(e.contains("spec.certificates[0].version"), "{e}");
+    let long = "x".repeat(kvsync::crd::MAX_TEMPLATE_BYTES + 1);
+    let e = errors(&format!(
+        "secrets: [{{name: a}}]\ntarget: {{template: {{data: {{k: '{long}'}}}}}}"
+    ));
+    assert!(
+        e.contains("spec.target.template.data[k]") && e.contains("at most"),
+        "{e}"
+    );
+    let many: Vec<String> = (0..=kvsync::crd::MAX_TEMPLATE_KEYS)
+        .map(|i| format!("k{i}: x"))
+        .collect();
+    let e = errors(&format!(
+        "secrets: [{{name: a}}]\ntarget: {{template: {{data: {{{}}}}}}}",
+        many.join(", ")
+    ));
+    assert!(e.contains("templates: at most"), "{e}");
+    assert_eq!(
+        errors("certificates: [{name: web}]\ntarget: {template: {data: {k: v}}}"),
+        ""
+    );
+    let replaced: VaultSecretBindingSpec = serde_yaml::from_str(
+        "vaultUrl: https://v.vault.azure.net\ncertificates: [{name: web}]\ntarget: {template: {data: {bundle.pem: '{{ values[\"tls.crt\"] }}'}}}",
+    )
+    .unwrap();
+    assert_eq!(
+        replaced.target_type(),
+        "Opaque",
+        "a Replace template writes no tls.crt/tls.key"
+    );
+}

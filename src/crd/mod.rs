@@ -30,6 +30,10 @@ pub const DNS1123_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// Pattern of a Go-style duration (`30s`, `5m`, `1h30m`).
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+/// At most this many templated keys per binding (each costs a render).
+pub const MAX_TEMPLATE_KEYS: usize = 20;
+/// The longest template, in bytes.
+pub const MAX_TEMPLATE_BYTES: usize = 16 * 1024;
 /// The shortest refresh interval a binding may ask for.
 pub const MIN_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -412,9 +416,12 @@ pub struct SecretTemplate {
     #[schemars(length(min = 1, max = 253))]
     pub type_: Option<String>,
 
-    /// Secret key → template.
+    /// Secret key → template (at most 20 keys, each template at most 16 KiB).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 100))]
+    #[schemars(extend(
+        "maxProperties" = 20,
+        "additionalProperties" = {"type": "string", "maxLength": 16384}
+    ))]
     pub data: BTreeMap<String, String>,
 
     /// Extra labels and annotations for the Secret.
@@ -649,10 +656,16 @@ impl SyncSpec {
     /// `tls.key`, else `Opaque`.
     pub fn target_type(&self) -> &str {
         let target = self.target.as_ref();
-        let tls = self
-            .certificates
-            .iter()
-            .any(|c| c.format == CertificateFormat::Tls);
+        // Only when tls.crt and tls.key are in the Secret: a Replace
+        // template writes its own keys only.
+        let replaced = target
+            .and_then(|t| t.template.as_ref())
+            .is_some_and(|t| t.merge_policy == TemplateMergePolicy::Replace);
+        let tls = !replaced
+            && self
+                .certificates
+                .iter()
+                .any(|c| c.format == CertificateFormat::Tls);
         target
             .and_then(|t| t.template.as_ref())
             .and_then(|t| t.type_.as_deref())

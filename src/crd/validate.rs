@@ -78,7 +78,41 @@ impl VaultSecretBindingSpec {
                     .into(),
             );
         }
+        let tls = self
+            .certificates
+            .iter()
+            .filter(|c| c.format == super::CertificateFormat::Tls)
+            .count();
+        if tls > 1 {
+            push(
+                "spec.certificates".into(),
+                format!(
+                    "{tls} certificates with format Tls: a Secret holds one tls.crt/tls.key pair; write the others with format: Pem (and a key), or in other bindings"
+                ),
+            );
+        }
         for (i, cert) in self.certificates.iter().enumerate() {
+            if self
+                .secrets
+                .iter()
+                .any(|p| p.name.eq_ignore_ascii_case(&cert.name))
+            {
+                push(
+                    format!("spec.certificates[{i}].name"),
+                    format!(
+                        "{} is also in spec.secrets: a certificate's backing secret is read once, as a certificate; remove it from spec.secrets",
+                        cert.name
+                    ),
+                );
+            }
+            if let Some(v) = &cert.version
+                && (v.len() > 64 || !v.bytes().all(|b| b.is_ascii_alphanumeric()))
+            {
+                push(
+                    format!("spec.certificates[{i}].version"),
+                    format!("{v:?} is not a Key Vault version id"),
+                );
+            }
             if !is_vault_secret_name(&cert.name) {
                 push(
                     format!("spec.certificates[{i}].name"),
@@ -111,6 +145,28 @@ impl VaultSecretBindingSpec {
                         format!("spec.target.template.data[{key}]"),
                         format!(
                             "{key:?} is not a valid Secret key: use letters, digits, '-', '_' and '.'"
+                        ),
+                    );
+                }
+            }
+            if t.data.len() > super::MAX_TEMPLATE_KEYS {
+                push(
+                    "spec.target.template.data".into(),
+                    format!(
+                        "{} templates: at most {} per binding",
+                        t.data.len(),
+                        super::MAX_TEMPLATE_KEYS
+                    ),
+                );
+            }
+            for (key, text) in &t.data {
+                if text.len() > super::MAX_TEMPLATE_BYTES {
+                    push(
+                        format!("spec.target.template.data[{key}]"),
+                        format!(
+                            "the template is {} bytes: at most {} (build long files from several values)",
+                            text.len(),
+                            super::MAX_TEMPLATE_BYTES
                         ),
                     );
                 }
