@@ -1,50 +1,37 @@
-//! What a template sees: each value under its key and in `values`, with
-//! the lookups that found nothing remembered to name an undefined one.
+//! What a template sees: each value under its key and in `values`; and,
+//! for an undefined-name error, the names the template TEXT uses that have
+//! no value (never a name computed while rendering: `values[P ~ "x"]` could
+//! spell a value).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use minijinja::Environment;
 use minijinja::value::{Enumerator, Object, ObjectExt as _, Value};
+use minijinja::{Environment, Template};
 
-/// How many distinct missing names a render remembers to name the one an
-/// error is about.
-const REMEMBERED_MISSES: usize = 32;
-
-/// The context of one render, remembering its misses in `misses`.
-pub(super) fn root(values: &Arc<BTreeMap<String, Value>>, misses: &Arc<Misses>) -> Value {
+/// The context of one render.
+pub(super) fn root(values: &Arc<BTreeMap<String, Value>>) -> Value {
     Value::from_object(Root {
         values: Value::from_object(Values {
             map: Arc::clone(values),
-            misses: Arc::clone(misses),
         }),
         map: Arc::clone(values),
-        misses: Arc::clone(misses),
     })
 }
 
-/// A name or `values` key the template looked up and did not find, as the
-/// template would write it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Miss {
+/// A name or `values` key the template text uses, as written.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Missing {
     Name(String),
     Item(String),
 }
 
-impl Miss {
+impl Missing {
     fn written(&self) -> String {
         match self {
             Self::Name(name) => name.clone(),
             Self::Item(key) => format!("values[{key:?}]"),
-        }
-    }
-
-    /// The text of the lookup: a missing name's own, or the key of
-    /// `values[...]` (which may come from a value: `values[X]`).
-    fn text(&self) -> &str {
-        match self {
-            Self::Name(text) | Self::Item(text) => text,
         }
     }
 
@@ -53,9 +40,9 @@ impl Miss {
         match self {
             Self::Name(name) => contains_word(line, name, ""),
             Self::Item(key) => {
-                line.contains(&format!("\"{key}\""))
-                    || line.contains(&format!("'{key}'"))
-                    || contains_word(line, key, ".")
+                line.contains(&format!("values[\"{key}\"]"))
+                    || line.contains(&format!("values['{key}']"))
+                    || contains_word(line, key, "values.")
             }
         }
     }
@@ -69,70 +56,81 @@ fn contains_word(line: &str, word: &str, before: &str) -> bool {
     line.match_indices(&needle).any(|(at, _)| {
         let end = at + needle.len();
         let preceding = line[..at].chars().next_back();
-        (!before.is_empty() || !is_ident(preceding)) && !is_ident(line[end..].chars().next())
+        !is_ident(preceding) && !is_ident(line[end..].chars().next())
     })
 }
 
-/// The misses of one render, the latest last (bounded).
-#[derive(Debug, Default)]
-pub(super) struct Misses(Mutex<Vec<Miss>>);
-
-impl Misses {
-    fn record(&self, miss: Miss) {
-        // A Secret key is at most 253 characters: longer is not a key.
-        if miss.text().len() > 253 {
-            return;
+/// The literal keys of `values["..."]`, `values['...']` and `values.key` in
+/// the template text (comments included: they are text the author wrote).
+fn literal_items(source: &str) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    for (at, _) in source.match_indices("values") {
+        if source[..at].chars().next_back().is_some_and(is_ident) {
+            continue;
         }
-        let mut list = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        list.retain(|m| *m != miss);
-        if list.len() == REMEMBERED_MISSES {
-            list.remove(0);
+        let rest = source[at + "values".len()..].trim_start();
+        if let Some(rest) = rest.strip_prefix('[') {
+            let rest = rest.trim_start();
+            let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+                continue;
+            };
+            let rest = &rest[1..];
+            if let Some(end) = rest.find(quote)
+                && rest[end + 1..].trim_start().starts_with(']')
+                && !rest[..end].contains('\\')
+            {
+                keys.insert(rest[..end].to_owned());
+            }
+        } else if let Some(rest) = rest.strip_prefix('.') {
+            let key: String = rest.chars().take_while(|c| is_ident(*c)).collect();
+            if !key.is_empty() {
+                keys.insert(key);
+            }
         }
-        list.push(miss);
     }
+    keys
+}
 
-    /// The undefined name on the error's line, if one of the misses is
-    /// spelled there; else every miss. Only misses the template spells out
-    /// are told (a key looked up as `values[X]` may be a value), and never
-    /// one equal to a value.
-    pub(super) fn describe(
-        &self,
-        env: &Environment<'_>,
-        source: &str,
-        line: Option<usize>,
-        values: &BTreeMap<String, Value>,
-    ) -> (Option<String>, Vec<String>) {
-        let list = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let is_global = |name: &str| env.globals().any(|(global, _)| global == name);
-        let tellable: Vec<&Miss> = list
-            .iter()
-            .filter(|miss| !matches!(miss, Miss::Name(name) if is_global(name)))
-            .filter(|miss| miss.spelled_in(source))
-            .filter(|miss| !values.values().any(|v| v.as_str() == Some(miss.text())))
-            .collect();
-        let error_line = line.and_then(|n| source.lines().nth(n.checked_sub(1)?));
-        if let Some(text) = error_line
-            && let Some(miss) = tellable.iter().rev().find(|miss| miss.spelled_in(text))
-        {
-            return (Some(miss.written()), Vec::new());
+/// What an undefined-name error can say: the one name the failing line
+/// spells (`Some`), or else the names the template text uses with no value
+/// (only when the line is unknown). Built from the template text and the
+/// keys alone.
+pub(super) fn describe(
+    env: &Environment<'_>,
+    template: &Template<'_, '_>,
+    source: &str,
+    line: Option<usize>,
+    values: &BTreeMap<String, Value>,
+) -> (Option<String>, Vec<String>) {
+    let is_global = |name: &str| env.globals().any(|(global, _)| global == name);
+    let names = template
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|name| name != "values" && !values.contains_key(name) && !is_global(name))
+        .map(Missing::Name);
+    let items = literal_items(source)
+        .into_iter()
+        .filter(|key| !values.contains_key(key))
+        .map(Missing::Item);
+    let missing: BTreeSet<Missing> = names.chain(items).collect();
+    match line {
+        Some(line) => {
+            let text = source.lines().nth(line.saturating_sub(1)).unwrap_or("");
+            let on_line: Vec<&Missing> = missing.iter().filter(|m| m.spelled_in(text)).collect();
+            match on_line.as_slice() {
+                [one] => (Some(one.written()), Vec::new()),
+                several => (None, several.iter().map(|m| m.written()).collect()),
+            }
         }
-        (None, tellable.iter().map(|miss| miss.written()).collect())
+        None => (None, missing.iter().map(Missing::written).collect()),
     }
 }
 
-/// The template's context: each value under its key, and `values`. Misses
-/// are remembered to name an undefined variable (minijinja only does so in
-/// debug mode, which copies the values in scope into every error).
+/// The template's context: each value under its key, and `values`.
 struct Root {
     values: Value,
     map: Arc<BTreeMap<String, Value>>,
-    misses: Arc<Misses>,
 }
 
 impl fmt::Debug for Root {
@@ -147,11 +145,7 @@ impl Object for Root {
         if name == "values" {
             return Some(self.values.clone());
         }
-        let found = self.map.get(name).cloned();
-        if found.is_none() {
-            self.misses.record(Miss::Name(name.to_owned()));
-        }
-        found
+        self.map.get(name).cloned()
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
@@ -171,7 +165,6 @@ impl Object for Root {
 /// `values`: every value by its Secret key.
 struct Values {
     map: Arc<BTreeMap<String, Value>>,
-    misses: Arc<Misses>,
 }
 
 impl fmt::Debug for Values {
@@ -183,11 +176,7 @@ impl fmt::Debug for Values {
 impl Object for Values {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let name = key.as_str()?;
-        let found = self.map.get(name).cloned();
-        if found.is_none() {
-            self.misses.record(Miss::Item(name.to_owned()));
-        }
-        found
+        self.map.get(name).cloned()
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {

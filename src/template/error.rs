@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 
 use minijinja::value::Value;
-use minijinja::{Environment, ErrorKind};
+use minijinja::{Environment, ErrorKind, Template};
 
 use super::FUEL;
-use super::context::Misses;
+use super::context;
 use super::helpers::HelperRefusal;
 
 /// How many available keys an undefined-name error lists.
@@ -36,24 +36,37 @@ pub enum TemplateError {
         /// 1-based line in the template, when known.
         line: Option<usize>,
         /// The undefined name as written (`REG_PASWORD`, `values["db-pw"]`),
-        /// when it could be told.
+        /// when the failing line spells it. Always taken from the template
+        /// text, never from a name computed while rendering.
         name: Option<String>,
-        /// Otherwise, names the template looked up and did not find.
+        /// Otherwise, names the template text uses that have no value (those
+        /// on the failing line, or all of them when the line is unknown).
         not_found: Vec<String>,
         /// Keys of the values the template can use (the first few).
         known: Vec<String>,
     },
-    /// The template did more work than [`FUEL`] allows.
-    #[error("{}: the template does too much work (more than {FUEL} steps; a loop too long?)", place(.key, .line))]
+    /// The template is longer than
+    /// [`MAX_TEMPLATE_BYTES`](super::MAX_TEMPLATE_BYTES).
+    #[error("template {key}: the template is longer than {limit} bytes")]
+    TooLong {
+        /// The Secret key whose template is too long.
+        key: String,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The templates did more work than [`FUEL`] allows (all the templates
+    /// of a Secret together).
+    #[error("{}: the template does too much work (more than {FUEL} steps for all the templates; a loop too long?)", place(.key, .line))]
     OutOfFuel {
         /// The Secret key whose template failed.
         key: String,
         /// 1-based line in the template, when known.
         line: Option<usize>,
     },
-    /// The rendered value would be larger than
-    /// [`MAX_RENDERED_BYTES`](super::MAX_RENDERED_BYTES).
-    #[error("template {key}: the rendered value is larger than {limit} bytes")]
+    /// The rendered values would be larger than
+    /// [`MAX_RENDERED_BYTES`](super::MAX_RENDERED_BYTES) (all the templates
+    /// of a Secret together).
+    #[error("template {key}: the rendered values are larger than {limit} bytes")]
     TooLarge {
         /// The Secret key whose template failed.
         key: String,
@@ -84,6 +97,13 @@ pub enum TemplateError {
         /// which may quote a value).
         problem: String,
     },
+    /// The template engine failed (a bug: it panicked, or its thread could
+    /// not be started).
+    #[error("template {key}: the template engine failed")]
+    Internal {
+        /// The Secret key being rendered (or the first one).
+        key: String,
+    },
 }
 
 impl TemplateError {
@@ -94,8 +114,10 @@ impl TemplateError {
             | Self::Undefined { key, .. }
             | Self::OutOfFuel { key, .. }
             | Self::TooLarge { key, .. }
+            | Self::TooLong { key, .. }
             | Self::Helper { key, .. }
-            | Self::Render { key, .. } => key,
+            | Self::Render { key, .. }
+            | Self::Internal { key } => key,
         }
     }
 
@@ -107,7 +129,7 @@ impl TemplateError {
             | Self::OutOfFuel { line, .. }
             | Self::Helper { line, .. }
             | Self::Render { line, .. } => *line,
-            Self::TooLarge { .. } => None,
+            Self::TooLarge { .. } | Self::TooLong { .. } | Self::Internal { .. } => None,
         }
     }
 }
@@ -122,9 +144,9 @@ fn place(key: &str, line: &Option<usize>) -> String {
 fn undefined_message(name: &Option<String>, not_found: &[String], known: &[String]) -> String {
     let what = match (name, not_found) {
         (Some(name), _) => format!("`{name}` is undefined"),
-        (None, []) => "a value used here is undefined".to_owned(),
+        (None, []) => "a name or values[...] key that is not defined is used here".to_owned(),
         (None, names) => format!(
-            "a value used here is undefined (not found: {})",
+            "a name or values[...] key that is not defined is used here (the template uses, with no value: {})",
             names
                 .iter()
                 .map(|n| format!("`{n}`"))
@@ -145,11 +167,11 @@ fn undefined_message(name: &Option<String>, not_found: &[String], known: &[Strin
 /// and the values in scope.
 pub(super) fn classify(
     env: &Environment<'_>,
+    template: &Template<'_, '_>,
     err: &minijinja::Error,
     key: &str,
     source: &str,
     values: &BTreeMap<String, Value>,
-    misses: &Misses,
 ) -> TemplateError {
     let key = key.to_owned();
     let line = err.line();
@@ -165,7 +187,7 @@ pub(super) fn classify(
     let problem = match err.kind() {
         ErrorKind::OutOfFuel => return TemplateError::OutOfFuel { key, line },
         ErrorKind::UndefinedError => {
-            let (name, not_found) = misses.describe(env, source, line, values);
+            let (name, not_found) = context::describe(env, template, source, line, values);
             return TemplateError::Undefined {
                 key,
                 line,

@@ -3,11 +3,46 @@
 //! whose words are ours: the input itself never reaches an error.
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use minijinja::value::ValueKind;
-use minijinja::{Environment, Error, ErrorKind, Value};
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, State, Value};
+
+use super::Budget;
+
+/// minijinja's filters that are not offered: each materializes or walks a
+/// list (which `[X] * 100000000` makes lazily, for free) or serializes a
+/// value before fuel is charged, and none is needed to build a Secret value.
+const REMOVED_FILTERS: &[&str] = &[
+    "batch",
+    "chain",
+    "dictsort",
+    "groupby",
+    "lines",
+    "list",
+    "map",
+    "max",
+    "min",
+    "pprint",
+    "reject",
+    "rejectattr",
+    "reverse",
+    "select",
+    "selectattr",
+    "slice",
+    "sort",
+    "sum",
+    "unique",
+    "zip",
+];
+
+/// The largest `indent` `tojson` takes.
+pub(super) const MAX_JSON_INDENT: usize = 8;
+
+/// The deepest nesting of lists and maps `tojson` writes.
+const MAX_JSON_DEPTH: usize = 64;
 
 /// Why a helper refused its input. It travels as the `source` of the
 /// minijinja error, so the error kept for the user is built from these two
@@ -41,13 +76,293 @@ fn defined(value: &Value) -> Result<&Value, Error> {
 }
 
 /// Registers the helpers, replacing minijinja's `urlencode` (which leaves
-/// `/` as is, so a password holding one would end a URI's authority).
-pub(super) fn register(env: &mut Environment<'_>) {
+/// `/` as is, so a password holding one would end a URI's authority) and
+/// its `join`, `tojson`, `string` and `split` (which build their text or
+/// list before charging for it: `([X] * 100000000) | join` took gigabytes);
+/// and removes [`REMOVED_FILTERS`]. Text a helper builds may not be larger
+/// than what is left of the call's output budget.
+pub(super) fn register(env: &mut Environment<'_>, budget: &Arc<Budget>) {
+    for name in REMOVED_FILTERS {
+        env.remove_filter(name);
+    }
     env.add_filter("b64encode", b64encode);
     env.add_filter("b64decode", b64decode);
     env.add_filter("toyaml", toyaml);
     env.add_filter("urlencode", urlencode);
+    env.add_filter("string", string);
+    env.add_filter("split", split);
+    let limit = Arc::clone(budget);
+    env.add_filter(
+        "join",
+        move |state: &State, value: &Value, joiner: Option<String>| {
+            join(state, value, joiner.as_deref().unwrap_or(""), limit.output_left())
+        },
+    );
+    let limit = Arc::clone(budget);
+    env.add_filter(
+        "tojson",
+        move |state: &State, value: &Value, indent: Option<Value>, kwargs: Kwargs| {
+            tojson(state, value, indent, kwargs, limit.output_left())
+        },
+    );
     env.add_function("dockerconfigjson", dockerconfigjson);
+}
+
+/// Charges `bytes` of text made (one fuel per 64 bytes, as the engine does).
+fn charge_bytes(state: &State, bytes: usize) -> Result<(), Error> {
+    state.consume_fuel(u64::try_from(bytes / 64).unwrap_or(u64::MAX))
+}
+
+/// A scalar as text (`join`, `string`), or `None` for a list, map or other
+/// object (whose text may be unbounded: a lazy `[X] * 100000000`).
+fn scalar_text(value: &Value) -> Option<String> {
+    match value.kind() {
+        ValueKind::String => Some(value.as_str().unwrap_or_default().to_owned()),
+        ValueKind::Number | ValueKind::Bool | ValueKind::None => Some(value.to_string()),
+        _ => None,
+    }
+}
+
+/// `join`: the items (text, numbers, booleans) with `joiner` between them,
+/// refused before it grows past `limit` bytes.
+fn join(state: &State, value: &Value, joiner: &str, limit: usize) -> Result<String, Error> {
+    const HELPER: &str = "join";
+    let value = defined(value)?;
+    let mut out = String::new();
+    for (index, item) in value.try_iter()?.enumerate() {
+        state.consume_fuel(1)?;
+        let item = defined(&item)?;
+        let text = scalar_text(item)
+            .ok_or_else(|| refuse(HELPER, "expects a list of text, numbers or booleans"))?;
+        let sep = if index == 0 { "" } else { joiner };
+        if out.len() + sep.len() + text.len() > limit {
+            return Err(refuse(
+                HELPER,
+                "the joined text would be larger than the rendered values may be",
+            ));
+        }
+        charge_bytes(state, sep.len() + text.len())?;
+        out.push_str(sep);
+        out.push_str(&text);
+    }
+    Ok(out)
+}
+
+/// `string`: text, numbers and booleans as text; a list or map is refused
+/// (its text may be unbounded; `tojson` writes one).
+fn string(value: &Value) -> Result<Value, Error> {
+    let value = defined(value)?;
+    if value.kind() == ValueKind::String {
+        return Ok(value.clone());
+    }
+    scalar_text(value).map(Value::from).ok_or_else(|| {
+        refuse(
+            "string",
+            "expects text, a number or a boolean (tojson writes a list or a map)",
+        )
+    })
+}
+
+/// `split`: like minijinja's (on whitespace by default; at most
+/// `maxsplits` splits), charging fuel for every piece.
+fn split(
+    state: &State,
+    text: String,
+    sep: Option<String>,
+    maxsplits: Option<i64>,
+) -> Result<Value, Error> {
+    let pieces = maxsplits
+        .and_then(|n| usize::try_from(n).ok())
+        .map_or(usize::MAX, |n| n.saturating_add(1));
+    let mut out = Vec::new();
+    let mut push = |piece: &str| -> Result<(), Error> {
+        state.consume_fuel(1)?;
+        out.push(Value::from(piece));
+        Ok(())
+    };
+    match sep.as_deref() {
+        Some("") => return Err(refuse("split", "the separator is empty")),
+        Some(sep) => {
+            for piece in text.splitn(pieces, sep) {
+                push(piece)?;
+            }
+        }
+        None => {
+            let mut rest = text.trim_start();
+            let mut count = 1;
+            while !rest.is_empty() {
+                match rest.find(char::is_whitespace) {
+                    Some(end) if count < pieces => {
+                        push(&rest[..end])?;
+                        rest = rest[end..].trim_start();
+                        count += 1;
+                    }
+                    _ => {
+                        push(rest.trim_end())?;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    charge_bytes(state, text.len())?;
+    Ok(Value::from(out))
+}
+
+/// `tojson`: `value` as JSON (`[1, 2]`, `{"k": "v"}`; one item a line with
+/// `indent`, at most [`MAX_JSON_INDENT`]), with `<`, `>`, `&` and `'` in
+/// strings escaped as minijinja does; refused before it grows past `limit`
+/// bytes or [`MAX_JSON_DEPTH`] levels.
+fn tojson(
+    state: &State,
+    value: &Value,
+    indent: Option<Value>,
+    kwargs: Kwargs,
+    limit: usize,
+) -> Result<Value, Error> {
+    const HELPER: &str = "tojson";
+    let indent = match indent {
+        Some(indent) => Some(indent),
+        None => kwargs.get::<Option<Value>>("indent")?,
+    };
+    kwargs.assert_all_used()?;
+    let indent = match indent {
+        None => None,
+        Some(value) => match value.kind() {
+            ValueKind::Bool => value.is_true().then_some(2),
+            ValueKind::Number => match usize::try_from(value) {
+                Ok(n) if n <= MAX_JSON_INDENT => Some(n),
+                _ => return Err(refuse(HELPER, "indent must be a number from 0 to 8")),
+            },
+            _ => return Err(refuse(HELPER, "indent must be a number from 0 to 8")),
+        },
+    };
+    let mut writer = JsonWriter {
+        state,
+        out: String::new(),
+        indent,
+        limit,
+    };
+    writer.value(defined(value)?, 0)?;
+    // Serializing walks the value: a quarter fuel a byte, as minijinja's.
+    state.consume_fuel(u64::try_from(writer.out.len() / 4).unwrap_or(u64::MAX))?;
+    Ok(Value::from_safe_string(writer.out))
+}
+
+struct JsonWriter<'a, 'state, 'env> {
+    state: &'a State<'state, 'env>,
+    out: String,
+    indent: Option<usize>,
+    limit: usize,
+}
+
+impl JsonWriter<'_, '_, '_> {
+    const HELPER: &'static str = "tojson";
+
+    fn push(&mut self, text: &str) -> Result<(), Error> {
+        if self.out.len() + text.len() > self.limit {
+            return Err(refuse(
+                Self::HELPER,
+                "the JSON would be larger than the rendered values may be",
+            ));
+        }
+        self.out.push_str(text);
+        Ok(())
+    }
+
+    fn string(&mut self, text: &str) -> Result<(), Error> {
+        if self.out.len() + text.len() > self.limit {
+            return self.push(text);
+        }
+        let quoted = serde_json::to_string(text).unwrap_or_default();
+        let escaped = quoted
+            .replace('<', "\\u003c")
+            .replace('>', "\\u003e")
+            .replace('&', "\\u0026")
+            .replace('\'', "\\u0027");
+        self.push(&escaped)
+    }
+
+    /// Before an item: `, ` or, with an indent, a line break and the
+    /// indentation of `depth`.
+    fn item(&mut self, first: bool, depth: usize) -> Result<(), Error> {
+        self.state.consume_fuel(1)?;
+        match self.indent {
+            Some(indent) => {
+                self.push(if first { "
+" } else { ",
+" })?;
+                self.push(&" ".repeat(indent.saturating_mul(depth).min(self.limit)))
+            }
+            None if first => Ok(()),
+            None => self.push(", "),
+        }
+    }
+
+    fn close(&mut self, close: &str, empty: bool, depth: usize) -> Result<(), Error> {
+        if let (Some(indent), false) = (self.indent, empty) {
+            self.push("
+")?;
+            self.push(&" ".repeat(indent.saturating_mul(depth).min(self.limit)))?;
+        }
+        self.push(close)
+    }
+
+    fn value(&mut self, value: &Value, depth: usize) -> Result<(), Error> {
+        if depth > MAX_JSON_DEPTH {
+            return Err(refuse(Self::HELPER, "the value is nested too deeply"));
+        }
+        match value.kind() {
+            ValueKind::Undefined => Err(Error::from(ErrorKind::UndefinedError)),
+            ValueKind::None => self.push("null"),
+            ValueKind::Bool => self.push(if value.is_true() { "true" } else { "false" }),
+            ValueKind::Number => {
+                if value.is_integer() {
+                    self.push(&value.to_string())
+                } else {
+                    let number = f64::try_from(value.clone())
+                        .ok()
+                        .and_then(serde_json::Number::from_f64)
+                        .map_or_else(|| "null".to_owned(), |n| n.to_string());
+                    self.push(&number)
+                }
+            }
+            ValueKind::String => self.string(value.as_str().unwrap_or_default()),
+            ValueKind::Seq | ValueKind::Iterable => {
+                self.push("[")?;
+                let mut empty = true;
+                for item in value.try_iter()? {
+                    self.item(empty, depth + 1)?;
+                    empty = false;
+                    self.value(&item, depth + 1)?;
+                }
+                self.close("]", empty, depth)
+            }
+            ValueKind::Map => {
+                self.push("{")?;
+                let mut empty = true;
+                for key in value.try_iter()? {
+                    self.item(empty, depth + 1)?;
+                    empty = false;
+                    let name = match key.kind() {
+                        ValueKind::String | ValueKind::Number | ValueKind::Bool => {
+                            scalar_text(&key).unwrap_or_default()
+                        }
+                        _ => return Err(refuse(Self::HELPER, "a map key is not text or a number")),
+                    };
+                    self.string(&name)?;
+                    self.push(": ")?;
+                    let item = value.get_item(&key)?;
+                    self.value(&item, depth + 1)?;
+                }
+                self.close("}", empty, depth)
+            }
+            _ => Err(refuse(
+                Self::HELPER,
+                "expects text, numbers, booleans, lists and maps",
+            )),
+        }
+    }
 }
 
 fn b64encode(text: String) -> String {

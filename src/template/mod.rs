@@ -84,49 +84,121 @@ pub use error::TemplateError;
 
 use std::collections::BTreeMap;
 use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
-use context::Misses;
-
 use crate::value::SecretValue;
 
-/// The work one template may do: about one unit per instruction executed and
-/// per 64 bytes of data created. A dockerconfigjson or a URI takes well under
-/// twenty; writing the full [`MAX_RENDERED_BYTES`] in one go takes about
-/// 33 000 (the string made, then written).
+/// The work all the templates of one Secret may do together: about one unit
+/// per instruction executed and per 64 bytes of data created. A
+/// dockerconfigjson or a URI takes well under twenty; writing the full
+/// [`MAX_RENDERED_BYTES`] in one go takes about 33 000 (the string made,
+/// then written).
 pub const FUEL: u64 = 100_000;
 
-/// The largest value one template may render (Kubernetes' limit on a whole
-/// Secret).
+/// The most all the templates of one Secret may render together
+/// (Kubernetes' limit on a whole Secret). No text a template builds (a
+/// `join`, a `tojson`) may be larger either.
 pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
+
+/// The longest template (in bytes). The CRD mirrors it as `maxLength`.
+pub const MAX_TEMPLATE_BYTES: usize = 16 * 1024;
+
+/// The stack of the thread that parses and renders: deeply nested
+/// expressions (`not not not …`, long filter chains) recurse in the parser
+/// and the engine, and a tokio worker's 2 MiB would overflow (an abort of
+/// the whole process). Virtual memory: only the pages used cost.
+const TEMPLATE_STACK_BYTES: usize = 64 * 1024 * 1024;
 
 /// Renders each template (Secret key → template text) over `values`
 /// (Secret key → value, after `keyTransform`): Secret key → rendered value.
-/// The first template that fails stops the rendering.
+/// The first template that fails stops the rendering. All the templates
+/// share one [`FUEL`] and one [`MAX_RENDERED_BYTES`] budget, and run on a
+/// thread of their own with a large stack.
 pub fn render(
     templates: &BTreeMap<String, String>,
     values: &BTreeMap<String, SecretValue>,
 ) -> Result<BTreeMap<String, SecretValue>, TemplateError> {
-    let env = environment();
+    if let Some((key, _)) = templates
+        .iter()
+        .find(|(_, source)| source.len() > MAX_TEMPLATE_BYTES)
+    {
+        return Err(TemplateError::TooLong {
+            key: key.clone(),
+            limit: MAX_TEMPLATE_BYTES,
+        });
+    }
+    let Some(first) = templates.keys().next() else {
+        return Ok(BTreeMap::new());
+    };
+    let failed = || TemplateError::Internal { key: first.clone() };
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("kvsync-template".to_owned())
+            .stack_size(TEMPLATE_STACK_BYTES)
+            .spawn_scoped(scope, || render_all(templates, values))
+            .map_err(|_| failed())?;
+        worker.join().unwrap_or_else(|_| Err(failed()))
+    })
+}
+
+/// What is left of one render call's budget.
+struct Budget {
+    /// Output bytes still allowed (for every template of the call).
+    output: AtomicUsize,
+}
+
+impl Budget {
+    fn output_left(&self) -> usize {
+        self.output.load(Ordering::Relaxed)
+    }
+}
+
+fn render_all(
+    templates: &BTreeMap<String, String>,
+    values: &BTreeMap<String, SecretValue>,
+) -> Result<BTreeMap<String, SecretValue>, TemplateError> {
+    let budget = Arc::new(Budget {
+        output: AtomicUsize::new(MAX_RENDERED_BYTES),
+    });
+    let mut env = environment(&budget);
     let values = Arc::new(
         values
             .iter()
             .map(|(key, value)| (key.clone(), Value::from(value.expose())))
             .collect::<BTreeMap<_, _>>(),
     );
-    templates
-        .iter()
-        .map(|(key, source)| Ok((key.clone(), render_one(&env, &values, key, source)?)))
-        .collect()
+    let mut fuel = FUEL;
+    let mut rendered = BTreeMap::new();
+    for (key, source) in templates {
+        if fuel == 0 {
+            return Err(TemplateError::OutOfFuel {
+                key: key.clone(),
+                line: None,
+            });
+        }
+        env.set_fuel(Some(fuel));
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            render_one(&env, &budget, &values, key, source)
+        }))
+        .unwrap_or_else(|_| Err(TemplateError::Internal { key: key.clone() }));
+        let (text, left) = outcome?;
+        fuel = left;
+        budget.output.fetch_sub(text.len(), Ordering::Relaxed);
+        rendered.insert(key.clone(), SecretValue::new(text));
+    }
+    Ok(rendered)
 }
 
 /// The sandbox: minijinja with no loader (so no file access; and without its
 /// `multi_template` feature there is no `include` either), no `debug()`,
-/// strict undefined, fuel, no auto-escaping and the kvsync helpers.
-fn environment<'source>() -> Environment<'source> {
+/// strict undefined, fuel, no auto-escaping, only the filters listed in the
+/// module documentation and the kvsync helpers.
+fn environment<'source>(budget: &Arc<Budget>) -> Environment<'source> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
@@ -138,16 +210,19 @@ fn environment<'source>() -> Environment<'source> {
             .expect("the default delimiters are valid"),
     );
     env.remove_global("debug");
-    helpers::register(&mut env);
+    helpers::register(&mut env, budget);
     env
 }
 
+/// Renders one template with the fuel set on `env`: its text and the fuel
+/// left.
 fn render_one(
     env: &Environment<'_>,
+    budget: &Arc<Budget>,
     values: &Arc<BTreeMap<String, Value>>,
     key: &str,
     source: &str,
-) -> Result<SecretValue, TemplateError> {
+) -> Result<(String, u64), TemplateError> {
     let template =
         env.template_from_named_str(key, source)
             .map_err(|err| TemplateError::Syntax {
@@ -156,39 +231,47 @@ fn render_one(
                 // Parsing sees no value, so its words are the template's own.
                 detail: err.detail().unwrap_or("invalid template").to_owned(),
             })?;
-    let misses = Arc::new(Misses::default());
-    let root = context::root(values, &misses);
-    let mut sink = BoundedSink::default();
+    let root = context::root(values);
+    let mut sink = BoundedSink {
+        bytes: Vec::new(),
+        limit: budget.output_left(),
+        overflowed: false,
+    };
     match template.render_captured_to(root, &mut sink) {
-        Ok(_) => {
+        Ok(captured) => {
+            let left = captured
+                .state()
+                .fuel_levels()
+                .map_or(0, |(_, remaining)| remaining);
+            drop(captured);
             // Output is written as `str` pieces, so this cannot fail.
             let text = String::from_utf8(sink.bytes).map_err(|_| TemplateError::Render {
                 key: key.to_owned(),
                 line: None,
                 problem: "the output is not UTF-8 text".to_owned(),
             })?;
-            Ok(SecretValue::new(text))
+            Ok((text, left))
         }
         Err(_) if sink.overflowed => Err(TemplateError::TooLarge {
             key: key.to_owned(),
             limit: MAX_RENDERED_BYTES,
         }),
-        Err(err) => Err(error::classify(env, &err, key, source, values, &misses)),
+        Err(err) => Err(error::classify(env, &template, &err, key, source, values)),
     }
 }
 
-/// Collects the output and refuses to grow past [`MAX_RENDERED_BYTES`], so
-/// a runaway template stops there (minijinja then loses the line, hence
-/// `overflowed`).
-#[derive(Default)]
+/// Collects the output and refuses to grow past `limit` (what is left of
+/// [`MAX_RENDERED_BYTES`]), so a runaway template stops there (minijinja
+/// then loses the line, hence `overflowed`).
 struct BoundedSink {
     bytes: Vec<u8>,
+    limit: usize,
     overflowed: bool,
 }
 
 impl io::Write for BoundedSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+        if self.overflowed || self.bytes.len() + buf.len() > self.limit {
             self.overflowed = true;
             return Err(io::Error::other("rendered value too large"));
         }
