@@ -19,6 +19,7 @@
 //!                                             └─ certificates ──────────────────────┘
 //! ```
 
+mod aes;
 mod asn1;
 mod chain;
 mod kdf;
