@@ -21,8 +21,8 @@
 //! - one PFX may cost at most [`MAX_WORK`] iterations in all (the MAC,
 //!   every encrypted part, each password tried): everything visible is
 //!   summed and refused before the first derivation, and what only
-//!   decryption reveals (keys inside encrypted contents) is charged
-//!   against the same budget before it is derived;
+//!   decryption reveals (keys inside encrypted contents) is summed and
+//!   charged against the same budget before any of it is derived;
 //! - at most [`MAX_BAGS`] bags and encrypted parts.
 //!
 //! `p12-keystore` is not used to read: it derives as soon as it parses,
@@ -200,7 +200,7 @@ fn walk(pfx: &Pfx<'_>, reader: &mut BagReader<'_>) -> Result<(), PfxFault> {
                     return Err(PfxFault::Malformed(NOT_PKCS12));
                 }
                 if let Some(plain) = reader.decrypt(algorithm, encrypted.value())? {
-                    reader.read_bags(&plain)?;
+                    reader.inspect_then_read_bags(&plain)?;
                 }
             }
             _ => {
@@ -285,6 +285,19 @@ impl<'a> BagReader<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Reads bags that decryption revealed, once their derivations are
+    /// summed and found within the budget.
+    fn inspect_then_read_bags(&mut self, der: &[u8]) -> Result<(), PfxFault> {
+        let mut inspection = BagReader::new(&[], None);
+        inspection.read_bags(der)?;
+        if let Some(budget) = self.budget
+            && self.work.saturating_add(inspection.work) > budget
+        {
+            return Err(PfxFault::Unsupported(REFUSED_WORK));
+        }
+        self.read_bags(der)
     }
 
     /// Inspects the scheme and charges its work; then `Some(plaintext)`,
@@ -923,6 +936,211 @@ mod tests {
                 Some(PfxFault::Password)
             );
         }
+    }
+
+    // Crafted inputs for the limits: every parameter is inspected and
+    // refused before any derivation runs (so these tests are quick; a
+    // derivation they let through would cost seconds or a GiB).
+
+    fn int(n: u64) -> Vec<u8> {
+        let mut be = n.to_be_bytes().to_vec();
+        while be.len() > 1 && be[0] == 0 && be[1] & 0x80 == 0 {
+            be.remove(0);
+        }
+        if be[0] & 0x80 != 0 {
+            be.insert(0, 0);
+        }
+        asn1::tlv(Tag::Integer, &be)
+    }
+
+    fn octets(bytes: &[u8]) -> Vec<u8> {
+        asn1::tlv(Tag::OctetString, bytes)
+    }
+
+    fn algorithm(id: ObjectIdentifier, parameters: &[u8]) -> Vec<u8> {
+        asn1::seq(&[&oid(id), parameters])
+    }
+
+    fn scrypt(n: u64, r: u64, p: u64) -> Vec<u8> {
+        let parameters = asn1::seq(&[&octets(&[1; 16]), &int(n), &int(r), &int(p)]);
+        algorithm(SCRYPT, &parameters)
+    }
+
+    fn pbkdf2_sha1(iterations: u64) -> Vec<u8> {
+        algorithm(PBKDF2, &asn1::seq(&[&octets(&[2; 8]), &int(iterations)]))
+    }
+
+    /// PBES2 with `kdf` and AES-256-CBC.
+    fn pbes2(kdf: &[u8]) -> Vec<u8> {
+        let scheme = algorithm(AES256_CBC, &octets(&[3; 16]));
+        algorithm(PBES2, &asn1::seq(&[kdf, &scheme]))
+    }
+
+    /// pbeWithSHAAnd3-KeyTripleDES-CBC.
+    fn legacy_3des(iterations: u64) -> Vec<u8> {
+        algorithm(
+            ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.1.3"),
+            &asn1::seq(&[&octets(&[4; 8]), &int(iterations)]),
+        )
+    }
+
+    /// An EncryptedData ContentInfo.
+    fn encrypted(algorithm: &[u8], ciphertext: &[u8]) -> Vec<u8> {
+        let implicit = asn1::tlv(
+            Tag::ContextSpecific {
+                constructed: false,
+                number: der::TagNumber(0),
+            },
+            ciphertext,
+        );
+        let info = asn1::seq(&[&oid(DATA), algorithm, &implicit]);
+        asn1::seq(&[
+            &oid(ENCRYPTED_DATA),
+            &asn1::context(0, &asn1::seq(&[&int(0), &info])),
+        ])
+    }
+
+    fn shrouded(algorithm: &[u8]) -> Vec<u8> {
+        bag(SHROUDED_KEY_BAG, &asn1::seq(&[algorithm, &octets(&[5; 32])]))
+    }
+
+    fn safe_contents(bags: &[Vec<u8>]) -> Vec<u8> {
+        let refs: Vec<&[u8]> = bags.iter().map(Vec::as_slice).collect();
+        asn1::seq(&refs)
+    }
+
+    /// A PFX of `contents`; without a MAC, or with a SHA-256 MAC of
+    /// `mac_iterations` whose digest is wrong (it must never be checked).
+    fn pfx_of(contents: &[Vec<u8>], mac_iterations: Option<u64>) -> Vec<u8> {
+        let safes = safe_contents(contents);
+        let version = int(3);
+        let auth_safe = data(&safes);
+        let Some(iterations) = mac_iterations else {
+            return asn1::seq(&[&version, &auth_safe]);
+        };
+        let digest_info = asn1::seq(&[
+            &algorithm(SHA256, &asn1::tlv(Tag::Null, &[])),
+            &octets(&[0; 32]),
+        ]);
+        let mac = asn1::seq(&[&digest_info, &octets(&[6; 16]), &int(iterations)]);
+        asn1::seq(&[&version, &auth_safe, &mac])
+    }
+
+    /// `plain` encrypted as Key Vault's bags are (3DES), under the empty
+    /// password, one iteration.
+    fn legacy_encrypted(plain: &[u8]) -> Vec<u8> {
+        use cbc::cipher::block_padding::Pkcs7;
+        use cbc::cipher::{BlockModeEncrypt, KeyIvInit};
+        let password = kdf::bmp_password("");
+        let derive = |purpose, len| {
+            kdf::derive(
+                &digest::SHA1_FOR_LEGACY_USE_ONLY,
+                &password,
+                &[4; 8],
+                purpose,
+                1,
+                len,
+            )
+        };
+        let key = derive(kdf::Purpose::EncryptionKey, 24);
+        let iv = derive(kdf::Purpose::Iv, 8);
+        let ciphertext = cbc::Encryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
+            .unwrap()
+            .encrypt_padded_vec::<Pkcs7>(plain);
+        encrypted(&legacy_3des(1), &ciphertext)
+    }
+
+    #[test]
+    fn the_reviewers_scrypt_pfx_is_refused_before_deriving() {
+        // No MAC; one EncryptedData: PBES2, scrypt N=2^20 r=8 p=16 (1 GiB).
+        let der = pfx_of(&[encrypted(&pbes2(&scrypt(1 << 20, 8, 16)), &[0; 32])], None);
+        assert!(der.len() < 300, "{}", der.len());
+        assert_eq!(read(&der).err(), Some(PfxFault::Unsupported(REFUSED_SCRYPT)));
+        let value = crate::value::SecretValue::new(
+            base64::engine::general_purpose::STANDARD.encode(&der),
+        );
+        assert_eq!(
+            crate::certificate::convert(&value, Some(crate::certificate::CONTENT_TYPE_PKCS12)),
+            Err(crate::certificate::CertError::PfxUnsupported {
+                what: REFUSED_SCRYPT
+            })
+        );
+    }
+
+    #[test]
+    fn scrypt_in_a_key_bag_is_refused_plain_or_inside_encrypted_contents() {
+        let key = shrouded(&pbes2(&scrypt(1 << 20, 8, 16)));
+        let plain = pfx_of(&[data(&safe_contents(std::slice::from_ref(&key)))], None);
+        assert_eq!(read(&plain).err(), Some(PfxFault::Unsupported(REFUSED_SCRYPT)));
+        // Only decryption shows this one: inspected before it is derived.
+        let hidden = pfx_of(&[legacy_encrypted(&safe_contents(&[key]))], None);
+        assert_eq!(read(&hidden).err(), Some(PfxFault::Unsupported(REFUSED_SCRYPT)));
+    }
+
+    #[test]
+    fn too_many_iterations_in_one_derivation_are_refused() {
+        let refused = Some(PfxFault::Unsupported(REFUSED_ITERATIONS));
+        let over = u64::from(MAX_ITERATIONS) + 1;
+        for contents in [
+            encrypted(&pbes2(&pbkdf2_sha1(over)), &[0; 32]),
+            encrypted(&legacy_3des(1_000_000), &[0; 32]),
+            encrypted(&legacy_3des(1 << 40), &[0; 32]),
+            data(&safe_contents(&[shrouded(&pbes2(&pbkdf2_sha1(over)))])),
+        ] {
+            assert_eq!(read(&pfx_of(&[contents], None)).err(), refused);
+        }
+        // The MAC's own derivation, before it is verified.
+        let safes = data(&safe_contents(&[]));
+        assert_eq!(read(&pfx_of(&[safes.clone()], Some(over))).err(), refused);
+        assert_eq!(read(&pfx_of(&[safes], Some(1 << 40))).err(), refused);
+    }
+
+    #[test]
+    fn too_much_work_in_all_is_refused_before_the_first_derivation() {
+        // 60 bags of 3DES at 3,000 iterations (9,000 work each: 540,000)
+        // under a MAC whose digest is wrong: refused as work, not as a
+        // password, so nothing was derived.
+        let bags: Vec<Vec<u8>> = (0..60).map(|_| shrouded(&legacy_3des(3_000))).collect();
+        let der = pfx_of(&[data(&safe_contents(&bags))], Some(2_000));
+        assert_eq!(read(&der).err(), Some(PfxFault::Unsupported(REFUSED_WORK)));
+        // Each within the per-derivation cap; a MAC at the cap and one
+        // part at the cap are within the budget only once.
+        let der = pfx_of(
+            &[encrypted(&legacy_3des(100_000), &[0; 32])],
+            Some(100_000),
+        );
+        assert_eq!(read(&der).err(), Some(PfxFault::Unsupported(REFUSED_WORK)));
+    }
+
+    #[test]
+    fn too_much_work_inside_encrypted_contents_is_refused_before_deriving_it() {
+        // Visible: one cheap 3DES part. Inside it: three keys of PBKDF2-SHA1
+        // at the cap for AES-256 (two blocks: 200,000 work each).
+        let keys: Vec<Vec<u8>> = (0..3)
+            .map(|_| shrouded(&pbes2(&pbkdf2_sha1(u64::from(MAX_ITERATIONS)))))
+            .collect();
+        let der = pfx_of(&[legacy_encrypted(&safe_contents(&keys))], None);
+        assert_eq!(read(&der).err(), Some(PfxFault::Unsupported(REFUSED_WORK)));
+    }
+
+    #[test]
+    fn too_many_bags_are_refused() {
+        let cert_bag = |_| {
+            bag(
+                CERT_BAG,
+                &asn1::seq(&[&oid(X509_CERTIFICATE), &asn1::context(0, &octets(&[0; 4]))]),
+            )
+        };
+        let bags: Vec<Vec<u8>> = (0..MAX_BAGS).map(cert_bag).collect();
+        let der = pfx_of(&[data(&safe_contents(&bags))], None);
+        assert_eq!(read(&der).err(), Some(PfxFault::Unsupported(REFUSED_BAGS)));
+        let parts: Vec<Vec<u8>> = (0..=MAX_BAGS)
+            .map(|_| data(&safe_contents(&[])))
+            .collect();
+        assert_eq!(
+            read(&pfx_of(&parts, None)).err(),
+            Some(PfxFault::Unsupported(REFUSED_BAGS))
+        );
     }
 
     #[test]
