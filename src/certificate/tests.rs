@@ -493,3 +493,65 @@ fn errors_and_debug_never_show_the_key() {
         assert!(!shown.contains(line.as_str()), "{shown}");
     }
 }
+
+fn conversions() -> usize {
+    CONVERSIONS.with(|n| n.get())
+}
+
+/// One test for the whole cache: it is process-wide, and tests run in
+/// parallel, so its steps must not interleave with another cache test's.
+#[test]
+fn convert_cached_converts_each_value_once_and_forgets_the_oldest() {
+    let pfx = SecretValue::new(test_chain().pfx_base64().unwrap());
+
+    // A hit returns the same result without converting again.
+    let before = conversions();
+    let first = convert_cached(&pfx, Some(CONTENT_TYPE_PKCS12));
+    assert_eq!(conversions(), before + 1);
+    let second = convert_cached(&pfx, Some(CONTENT_TYPE_PKCS12));
+    assert_eq!(conversions(), before + 1, "the second call converted again");
+    assert_eq!(first, second);
+    assert_eq!(first, convert(&pfx, Some(CONTENT_TYPE_PKCS12)));
+    assert!(first.is_ok());
+
+    // The contentType is part of the key: the same value without one is
+    // another entry (it converts to the same thing, recognised by shape).
+    let before = conversions();
+    assert_eq!(convert_cached(&pfx, None), first);
+    assert_eq!(conversions(), before + 1);
+
+    // Failures are remembered too: a hostile value costs once.
+    let hostile = SecretValue::new("not base64!");
+    let before = conversions();
+    let refused = convert_cached(&hostile, Some(CONTENT_TYPE_PKCS12));
+    assert_eq!(refused, Err(CertError::Base64));
+    assert_eq!(convert_cached(&hostile, Some(CONTENT_TYPE_PKCS12)), refused);
+    assert_eq!(conversions(), before + 1);
+
+    // Bounded: CACHE_ENTRIES other values later, the PFX (used most
+    // recently before them) is converted again.
+    assert_eq!(convert_cached(&pfx, Some(CONTENT_TYPE_PKCS12)), first);
+    for i in 0..CACHE_ENTRIES {
+        let filler = SecretValue::new(format!("filler {i}!"));
+        assert_eq!(
+            convert_cached(&filler, Some(CONTENT_TYPE_PKCS12)),
+            Err(CertError::Base64)
+        );
+    }
+    assert!(CACHE.lock().unwrap().len() <= CACHE_ENTRIES);
+    let before = conversions();
+    assert_eq!(convert_cached(&pfx, Some(CONTENT_TYPE_PKCS12)), first);
+    assert_eq!(conversions(), before + 1, "evicted, so converted again");
+}
+
+#[test]
+fn cache_keys_separate_content_type_from_value() {
+    let a = cache_key(&SecretValue::new("xy"), Some("a"));
+    let b = cache_key(&SecretValue::new("axy"), Some(""));
+    let c = cache_key(&SecretValue::new("axy"), None);
+    let d = cache_key(&SecretValue::new("xy"), Some("a"));
+    assert_ne!(a, b);
+    assert_ne!(b, c);
+    assert_ne!(a, c);
+    assert_eq!(a, d);
+}
