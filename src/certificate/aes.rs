@@ -65,10 +65,7 @@ fn expand(key: &[u8], sbox: &[u8; 256]) -> Option<Vec<[u8; 4]>> {
         _ => return None,
     };
     let rounds = nk + 6;
-    let mut w: Vec<[u8; 4]> = key
-        .chunks(4)
-        .map(|c| [c[0], c[1], c[2], c[3]])
-        .collect();
+    let mut w: Vec<[u8; 4]> = key.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
     let mut rcon = 1u8;
     for i in nk..4 * (rounds + 1) {
         let mut t = w[i - 1];
@@ -80,7 +77,12 @@ fn expand(key: &[u8], sbox: &[u8; 256]) -> Option<Vec<[u8; 4]>> {
             t = t.map(|b| sbox[usize::from(b)]);
         }
         let prev = w[i - nk];
-        w.push([prev[0] ^ t[0], prev[1] ^ t[1], prev[2] ^ t[2], prev[3] ^ t[3]]);
+        w.push([
+            prev[0] ^ t[0],
+            prev[1] ^ t[1],
+            prev[2] ^ t[2],
+            prev[3] ^ t[3],
+        ]);
     }
     Some(w)
 }
@@ -104,7 +106,12 @@ fn inv_shift_rows_sub_bytes(state: &mut [u8; 16], inv_sbox: &[u8; 256]) {
 
 fn inv_mix_columns(state: &mut [u8; 16]) {
     for c in 0..4 {
-        let a = [state[4 * c], state[4 * c + 1], state[4 * c + 2], state[4 * c + 3]];
+        let a = [
+            state[4 * c],
+            state[4 * c + 1],
+            state[4 * c + 2],
+            state[4 * c + 3],
+        ];
         for r in 0..4 {
             state[4 * c + r] = mul(a[r], 14)
                 ^ mul(a[(r + 1) % 4], 11)
@@ -140,7 +147,12 @@ pub(super) enum CbcFault {
 pub(super) fn decrypt_cbc(key: &[u8], iv: &[u8], data: &[u8]) -> Result<Vec<u8>, CbcFault> {
     let mut out = decrypt_cbc_unpadded(key, iv, data)?;
     let pad = usize::from(*out.last().unwrap_or(&0));
-    if pad == 0 || pad > 16 || out[out.len() - pad..].iter().any(|b| usize::from(*b) != pad) {
+    if pad == 0
+        || pad > 16
+        || out[out.len() - pad..]
+            .iter()
+            .any(|b| usize::from(*b) != pad)
+    {
         return Err(CbcFault::Padding);
     }
     out.truncate(out.len() - pad);
@@ -151,7 +163,7 @@ fn decrypt_cbc_unpadded(key: &[u8], iv: &[u8], data: &[u8]) -> Result<Vec<u8>, C
     let tables = tables();
     let words = expand(key, &tables.sbox).ok_or(CbcFault::Shape)?;
     let mut previous: [u8; 16] = iv.try_into().map_err(|_| CbcFault::Shape)?;
-    if data.is_empty() || data.len() % 16 != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(16) {
         return Err(CbcFault::Shape);
     }
     let mut out = Vec::with_capacity(data.len());

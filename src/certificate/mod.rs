@@ -239,7 +239,9 @@ pub fn convert_cached(
     }
     // Converted outside the lock: one slow value does not stall the others.
     let result = convert(value, content_type);
-    let mut cache = CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if !cache.iter().any(|(k, _)| *k == key) {
         if cache.len() >= CACHE_ENTRIES {
             cache.pop_front();
@@ -251,7 +253,9 @@ pub fn convert_cached(
 
 /// A hit, moved to the most recently used end.
 fn cache_take(key: &[u8; 32]) -> Option<Result<Converted, CertError>> {
-    let mut cache = CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let position = cache.iter().position(|(k, _)| k == key)?;
     let entry = cache.remove(position)?;
     let result = entry.1.clone();

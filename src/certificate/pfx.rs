@@ -162,11 +162,7 @@ fn charge(budget: &mut u64, cost: u64) -> Result<(), PfxFault> {
 /// Reads the bags of `pfx`, decrypting legacy-encrypted parts under
 /// `password` (BMPString bytes; empty for the absent password), taking
 /// the work from `budget`.
-fn read_bags_under(
-    pfx: &Pfx<'_>,
-    password: &[u8],
-    budget: &mut u64,
-) -> Result<Contents, PfxFault> {
+fn read_bags_under(pfx: &Pfx<'_>, password: &[u8], budget: &mut u64) -> Result<Contents, PfxFault> {
     let mut reader = BagReader::new(password, Some(*budget));
     let result = walk(pfx, &mut reader);
     *budget = budget.saturating_sub(reader.work);
@@ -302,7 +298,11 @@ impl<'a> BagReader<'a> {
 
     /// Inspects the scheme and charges its work; then `Some(plaintext)`,
     /// or `None` when only inspecting.
-    fn decrypt(&mut self, algorithm: &AnyRef<'_>, data: &[u8]) -> Result<Option<Vec<u8>>, PfxFault> {
+    fn decrypt(
+        &mut self,
+        algorithm: &AnyRef<'_>,
+        data: &[u8],
+    ) -> Result<Option<Vec<u8>>, PfxFault> {
         let scheme = Scheme::parse(algorithm)?;
         self.work = self.work.saturating_add(scheme.cost());
         let Some(budget) = self.budget else {
@@ -403,10 +403,10 @@ impl<'a> Scheme<'a> {
         }
         // The last arc of pkcs-12PbeIds names the cipher.
         let cipher = match oid.arcs().last() {
-            Some(3) => LegacyCipher::Tdes3, // pbeWithSHAAnd3-KeyTripleDES-CBC
-            Some(4) => LegacyCipher::Tdes2, // pbeWithSHAAnd2-KeyTripleDES-CBC
+            Some(3) => LegacyCipher::Tdes3,   // pbeWithSHAAnd3-KeyTripleDES-CBC
+            Some(4) => LegacyCipher::Tdes2,   // pbeWithSHAAnd2-KeyTripleDES-CBC
             Some(5) => LegacyCipher::Rc2(16), // pbeWithSHAAnd128BitRC2-CBC
-            Some(6) => LegacyCipher::Rc2(5), // pbeWithSHAAnd40BitRC2-CBC
+            Some(6) => LegacyCipher::Rc2(5),  // pbeWithSHAAnd40BitRC2-CBC
             _ => return Err(PfxFault::Unsupported("RC4 encryption")),
         };
         // pkcs-12PbeParams ::= SEQUENCE { salt OCTET STRING, iterations INTEGER }
@@ -550,10 +550,14 @@ impl<'a> Scheme<'a> {
                 let key = derive(kdf::Purpose::EncryptionKey, cipher.key_len());
                 let iv = derive(kdf::Purpose::Iv, 8);
                 match cipher {
-                    LegacyCipher::Tdes3 => cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
-                        .map(|c| c.decrypt_padded_vec::<Pkcs7>(data)),
-                    LegacyCipher::Tdes2 => cbc::Decryptor::<des::TdesEde2>::new_from_slices(&key, &iv)
-                        .map(|c| c.decrypt_padded_vec::<Pkcs7>(data)),
+                    LegacyCipher::Tdes3 => {
+                        cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
+                            .map(|c| c.decrypt_padded_vec::<Pkcs7>(data))
+                    }
+                    LegacyCipher::Tdes2 => {
+                        cbc::Decryptor::<des::TdesEde2>::new_from_slices(&key, &iv)
+                            .map(|c| c.decrypt_padded_vec::<Pkcs7>(data))
+                    }
                     LegacyCipher::Rc2(_) => cbc::Decryptor::<rc2::Rc2>::new_from_slices(&key, &iv)
                         .map(|c| c.decrypt_padded_vec::<Pkcs7>(data)),
                 }
@@ -692,7 +696,12 @@ impl<'a> MacData<'a> {
 
     /// Does the MAC over `covered` verify under `password` (BMPString
     /// bytes; empty for the absent password)? The work comes from `budget`.
-    fn verifies(&self, covered: &[u8], password: &[u8], budget: &mut u64) -> Result<bool, PfxFault> {
+    fn verifies(
+        &self,
+        covered: &[u8],
+        password: &[u8],
+        budget: &mut u64,
+    ) -> Result<bool, PfxFault> {
         let (hash, algorithm) = self.algorithms()?;
         charge(budget, self.cost()?)?;
         let key = kdf::derive(
@@ -714,9 +723,9 @@ mod tests {
     use der::Tag;
 
     use super::*;
-    use p12_keystore::Pkcs12Archive;
     use crate::certificate::pem;
     use crate::devvault::testcerts::{TestChain, make_chain};
+    use p12_keystore::Pkcs12Archive;
 
     const KEYVAULT_PFX: &str =
         include_str!("../../tests/fixtures/certs/keyvault-rsa-selfsigned.pfx.b64");
@@ -1001,7 +1010,10 @@ mod tests {
     }
 
     fn shrouded(algorithm: &[u8]) -> Vec<u8> {
-        bag(SHROUDED_KEY_BAG, &asn1::seq(&[algorithm, &octets(&[5; 32])]))
+        bag(
+            SHROUDED_KEY_BAG,
+            &asn1::seq(&[algorithm, &octets(&[5; 32])]),
+        )
     }
 
     fn safe_contents(bags: &[Vec<u8>]) -> Vec<u8> {
@@ -1053,12 +1065,17 @@ mod tests {
     #[test]
     fn the_reviewers_scrypt_pfx_is_refused_before_deriving() {
         // No MAC; one EncryptedData: PBES2, scrypt N=2^20 r=8 p=16 (1 GiB).
-        let der = pfx_of(&[encrypted(&pbes2(&scrypt(1 << 20, 8, 16)), &[0; 32])], None);
-        assert!(der.len() < 300, "{}", der.len());
-        assert_eq!(read(&der).err(), Some(PfxFault::Unsupported(REFUSED_SCRYPT)));
-        let value = crate::value::SecretValue::new(
-            base64::engine::general_purpose::STANDARD.encode(&der),
+        let der = pfx_of(
+            &[encrypted(&pbes2(&scrypt(1 << 20, 8, 16)), &[0; 32])],
+            None,
         );
+        assert!(der.len() < 300, "{}", der.len());
+        assert_eq!(
+            read(&der).err(),
+            Some(PfxFault::Unsupported(REFUSED_SCRYPT))
+        );
+        let value =
+            crate::value::SecretValue::new(base64::engine::general_purpose::STANDARD.encode(&der));
         assert_eq!(
             crate::certificate::convert(&value, Some(crate::certificate::CONTENT_TYPE_PKCS12)),
             Err(crate::certificate::CertError::PfxUnsupported {
@@ -1071,10 +1088,16 @@ mod tests {
     fn scrypt_in_a_key_bag_is_refused_plain_or_inside_encrypted_contents() {
         let key = shrouded(&pbes2(&scrypt(1 << 20, 8, 16)));
         let plain = pfx_of(&[data(&safe_contents(std::slice::from_ref(&key)))], None);
-        assert_eq!(read(&plain).err(), Some(PfxFault::Unsupported(REFUSED_SCRYPT)));
+        assert_eq!(
+            read(&plain).err(),
+            Some(PfxFault::Unsupported(REFUSED_SCRYPT))
+        );
         // Only decryption shows this one: inspected before it is derived.
         let hidden = pfx_of(&[legacy_encrypted(&safe_contents(&[key]))], None);
-        assert_eq!(read(&hidden).err(), Some(PfxFault::Unsupported(REFUSED_SCRYPT)));
+        assert_eq!(
+            read(&hidden).err(),
+            Some(PfxFault::Unsupported(REFUSED_SCRYPT))
+        );
     }
 
     #[test]
@@ -1091,7 +1114,10 @@ mod tests {
         }
         // The MAC's own derivation, before it is verified.
         let safes = data(&safe_contents(&[]));
-        assert_eq!(read(&pfx_of(&[safes.clone()], Some(over))).err(), refused);
+        assert_eq!(
+            read(&pfx_of(std::slice::from_ref(&safes), Some(over))).err(),
+            refused
+        );
         assert_eq!(read(&pfx_of(&[safes], Some(1 << 40))).err(), refused);
     }
 
@@ -1105,10 +1131,7 @@ mod tests {
         assert_eq!(read(&der).err(), Some(PfxFault::Unsupported(REFUSED_WORK)));
         // Each within the per-derivation cap; a MAC at the cap and one
         // part at the cap are within the budget only once.
-        let der = pfx_of(
-            &[encrypted(&legacy_3des(100_000), &[0; 32])],
-            Some(100_000),
-        );
+        let der = pfx_of(&[encrypted(&legacy_3des(100_000), &[0; 32])], Some(100_000));
         assert_eq!(read(&der).err(), Some(PfxFault::Unsupported(REFUSED_WORK)));
     }
 
@@ -1134,9 +1157,7 @@ mod tests {
         let bags: Vec<Vec<u8>> = (0..MAX_BAGS).map(cert_bag).collect();
         let der = pfx_of(&[data(&safe_contents(&bags))], None);
         assert_eq!(read(&der).err(), Some(PfxFault::Unsupported(REFUSED_BAGS)));
-        let parts: Vec<Vec<u8>> = (0..=MAX_BAGS)
-            .map(|_| data(&safe_contents(&[])))
-            .collect();
+        let parts: Vec<Vec<u8>> = (0..=MAX_BAGS).map(|_| data(&safe_contents(&[]))).collect();
         assert_eq!(
             read(&pfx_of(&parts, None)).err(),
             Some(PfxFault::Unsupported(REFUSED_BAGS))
