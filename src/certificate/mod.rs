@@ -19,7 +19,6 @@
 //!                                             └─ certificates ──────────────────────┘
 //! ```
 
-mod aes;
 mod asn1;
 mod chain;
 mod kdf;

@@ -35,7 +35,7 @@ use der::{Tag, Tagged};
 use ring::{digest, hmac, pbkdf2};
 
 use super::asn1::{self, DerFault};
-use super::{aes, kdf};
+use super::kdf;
 
 const DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
 const ENCRYPTED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.6");
@@ -575,12 +575,16 @@ impl<'a> Scheme<'a> {
                 let mut key = vec![0u8; cipher.key_len()];
                 pbkdf2::derive(prf, iterations, salt, &[], &mut key);
                 match cipher {
-                    Pbes2Cipher::Aes(_) => {
-                        return aes::decrypt_cbc(&key, iv, data).map_err(|fault| match fault {
-                            aes::CbcFault::Padding => PfxFault::Password,
-                            aes::CbcFault::Shape => PfxFault::Malformed(NOT_PKCS12),
-                        });
+                    Pbes2Cipher::Aes(16) => {
+                        cbc::Decryptor::<aes::Aes128>::new_from_slices(&key, iv)
+                            .map(|c| c.decrypt_padded_vec::<Pkcs7>(data))
                     }
+                    Pbes2Cipher::Aes(24) => {
+                        cbc::Decryptor::<aes::Aes192>::new_from_slices(&key, iv)
+                            .map(|c| c.decrypt_padded_vec::<Pkcs7>(data))
+                    }
+                    Pbes2Cipher::Aes(_) => cbc::Decryptor::<aes::Aes256>::new_from_slices(&key, iv)
+                        .map(|c| c.decrypt_padded_vec::<Pkcs7>(data)),
                     Pbes2Cipher::Tdes => cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, iv)
                         .map(|c| c.decrypt_padded_vec::<Pkcs7>(data)),
                 }
