@@ -90,11 +90,12 @@ pub fn shape(
             }
             continue;
         }
-        let converted =
-            crate::certificate::convert(&raw, None).map_err(|e| ShapeError::Certificate {
+        let converted = crate::certificate::convert_cached(&raw, None).map_err(|e| {
+            ShapeError::Certificate {
                 name: planned.secret.clone(),
                 detail: e.to_string(),
-            })?;
+            }
+        })?;
         expiries.push(CertificateExpiry {
             name: planned.secret.clone(),
             not_after: converted.not_after,
