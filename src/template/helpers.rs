@@ -8,7 +8,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use minijinja::value::{Kwargs, ValueKind};
-use minijinja::{Environment, Error, ErrorKind, State, Value};
+use minijinja::{Environment, Error, ErrorKind, Output, State, Value};
 
 use super::Budget;
 
@@ -17,9 +17,12 @@ use super::Budget;
 /// value before fuel is charged, and none is needed to build a Secret value.
 const REMOVED_FILTERS: &[&str] = &[
     "batch",
+    "capitalize",
     "chain",
     "dictsort",
+    "format",
     "groupby",
+    "indent",
     "lines",
     "list",
     "map",
@@ -34,6 +37,7 @@ const REMOVED_FILTERS: &[&str] = &[
     "slice",
     "sort",
     "sum",
+    "title",
     "unique",
     "zip",
 ];
@@ -90,12 +94,31 @@ pub(super) fn register(env: &mut Environment<'_>, budget: &Arc<Budget>) {
     env.add_filter("toyaml", toyaml);
     env.add_filter("urlencode", urlencode);
     env.add_filter("string", string);
+    env.add_filter("upper", |value: &Value| {
+        Ok::<_, Error>(text_arg("upper", value)?.to_uppercase())
+    });
+    env.add_filter("lower", |value: &Value| {
+        Ok::<_, Error>(text_arg("lower", value)?.to_lowercase())
+    });
+    env.add_filter("trim", trim);
+    let limit = Arc::clone(budget);
+    env.add_filter(
+        "replace",
+        move |state: &State, value: &Value, from: &Value, to: &Value, count: Option<usize>| {
+            replace(state, [value, from, to], count, limit.output_left())
+        },
+    );
     env.add_filter("split", split);
     let limit = Arc::clone(budget);
     env.add_filter(
         "join",
         move |state: &State, value: &Value, joiner: Option<String>| {
-            join(state, value, joiner.as_deref().unwrap_or(""), limit.output_left())
+            join(
+                state,
+                value,
+                joiner.as_deref().unwrap_or(""),
+                limit.output_left(),
+            )
         },
     );
     let limit = Arc::clone(budget);
@@ -106,6 +129,24 @@ pub(super) fn register(env: &mut Environment<'_>, budget: &Arc<Budget>) {
         },
     );
     env.add_function("dockerconfigjson", dockerconfigjson);
+    env.set_formatter(print);
+}
+
+/// What `{{ … }}` writes: text, numbers and booleans (`none` as nothing is
+/// not kept: strict). A list or a map is refused rather than written out
+/// whole (`{{ [X] * 100000000 }}` took seconds of CPU to fail).
+fn print(out: &mut Output<'_>, _state: &mut State<'_, '_>, value: &Value) -> Result<(), Error> {
+    let value = defined(value)?;
+    let text = match value.as_str() {
+        Some(text) => text,
+        None => &scalar_text(value).ok_or_else(|| {
+            refuse(
+                "print",
+                "a list or a map cannot be printed as it is (tojson writes one)",
+            )
+        })?,
+    };
+    out.write_str(text).map_err(Error::from)
 }
 
 /// Charges `bytes` of text made (one fuel per 64 bytes, as the engine does).
@@ -148,6 +189,49 @@ fn join(state: &State, value: &Value, joiner: &str, limit: usize) -> Result<Stri
     Ok(out)
 }
 
+/// `trim`: without leading and trailing whitespace (or the characters of
+/// `chars`).
+fn trim(value: &Value, chars: Option<&Value>) -> Result<String, Error> {
+    let text = text_arg("trim", value)?;
+    Ok(match chars {
+        Some(chars) => {
+            let chars: Vec<char> = text_arg("trim", chars)?.chars().collect();
+            text.trim_matches(&chars[..]).to_owned()
+        }
+        None => text.trim().to_owned(),
+    })
+}
+
+/// `replace`: `from` replaced by `to` (the first `count` times), refused
+/// before it grows past `limit` bytes.
+fn replace(
+    state: &State,
+    [value, from, to]: [&Value; 3],
+    count: Option<usize>,
+    limit: usize,
+) -> Result<String, Error> {
+    const HELPER: &str = "replace";
+    let text = text_arg(HELPER, value)?;
+    let from = text_arg(HELPER, from)?;
+    let to = text_arg(HELPER, to)?;
+    let count = count.unwrap_or(usize::MAX);
+    let matches = if from.is_empty() {
+        text.chars().count() + 1
+    } else {
+        text.matches(from.as_str()).count()
+    }
+    .min(count);
+    let grown = text.len().saturating_add(matches.saturating_mul(to.len()));
+    if grown > limit {
+        return Err(refuse(
+            HELPER,
+            "the replaced text would be larger than the rendered values may be",
+        ));
+    }
+    charge_bytes(state, grown)?;
+    Ok(text.replacen(from.as_str(), &to, count))
+}
+
 /// `string`: text, numbers and booleans as text; a list or map is refused
 /// (its text may be unbounded; `tojson` writes one).
 fn string(value: &Value) -> Result<Value, Error> {
@@ -167,10 +251,11 @@ fn string(value: &Value) -> Result<Value, Error> {
 /// `maxsplits` splits), charging fuel for every piece.
 fn split(
     state: &State,
-    text: String,
+    value: &Value,
     sep: Option<String>,
     maxsplits: Option<i64>,
 ) -> Result<Value, Error> {
+    let text = text_arg("split", value)?;
     let pieces = maxsplits
         .and_then(|n| usize::try_from(n).ok())
         .map_or(usize::MAX, |n| n.saturating_add(1));
@@ -289,9 +374,13 @@ impl JsonWriter<'_, '_, '_> {
         self.state.consume_fuel(1)?;
         match self.indent {
             Some(indent) => {
-                self.push(if first { "
-" } else { ",
-" })?;
+                self.push(if first {
+                    "
+"
+                } else {
+                    ",
+"
+                })?;
                 self.push(&" ".repeat(indent.saturating_mul(depth).min(self.limit)))
             }
             None if first => Ok(()),
@@ -301,8 +390,10 @@ impl JsonWriter<'_, '_, '_> {
 
     fn close(&mut self, close: &str, empty: bool, depth: usize) -> Result<(), Error> {
         if let (Some(indent), false) = (self.indent, empty) {
-            self.push("
-")?;
+            self.push(
+                "
+",
+            )?;
             self.push(&" ".repeat(indent.saturating_mul(depth).min(self.limit)))?;
         }
         self.push(close)
@@ -365,14 +456,22 @@ impl JsonWriter<'_, '_, '_> {
     }
 }
 
-fn b64encode(text: String) -> String {
-    base64::engine::general_purpose::STANDARD.encode(text)
+fn b64encode(value: &Value) -> Result<String, Error> {
+    let text = text_arg("b64encode", value)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(text))
+}
+
+/// A text argument: text, a number or a boolean. A list or a map is refused
+/// (minijinja would write it out as text first, whatever its size).
+fn text_arg(helper: &'static str, value: &Value) -> Result<String, Error> {
+    scalar_text(defined(value)?).ok_or_else(|| refuse(helper, "expects text, not a list or a map"))
 }
 
 /// Standard or URL-safe alphabet, padded or not, ignoring whitespace (the
 /// line breaks `base64` puts every 76 characters).
-fn b64decode(text: String) -> Result<String, Error> {
+fn b64decode(value: &Value) -> Result<String, Error> {
     const HELPER: &str = "b64decode";
+    let text = text_arg(HELPER, value)?;
     let lenient =
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
@@ -436,8 +535,8 @@ fn urlencode(value: &Value) -> Result<String, Error> {
             }
             pairs.push(format!(
                 "{}={}",
-                percent_encode(&plain_text(&key)),
-                percent_encode(&plain_text(&item))
+                percent_encode(&text_arg("urlencode", &key)?),
+                percent_encode(&text_arg("urlencode", &item)?)
             ));
         }
         return Ok(pairs.join("&"));
@@ -445,14 +544,7 @@ fn urlencode(value: &Value) -> Result<String, Error> {
     if value.is_none() {
         return Ok(String::new());
     }
-    Ok(percent_encode(&plain_text(value)))
-}
-
-fn plain_text(value: &Value) -> String {
-    match value.as_str() {
-        Some(text) => text.to_owned(),
-        None => value.to_string(),
-    }
+    Ok(percent_encode(&text_arg("urlencode", value)?))
 }
 
 fn percent_encode(text: &str) -> String {
@@ -469,8 +561,11 @@ fn percent_encode(text: &str) -> String {
 
 /// The `.dockerconfigjson` of a `kubernetes.io/dockerconfigjson` Secret
 /// holding one registry login.
-fn dockerconfigjson(registry: String, username: String, password: String) -> Result<Value, Error> {
+fn dockerconfigjson(registry: &Value, username: &Value, password: &Value) -> Result<Value, Error> {
     const HELPER: &str = "dockerconfigjson";
+    let registry = text_arg(HELPER, registry)?;
+    let username = text_arg(HELPER, username)?;
+    let password = text_arg(HELPER, password)?;
     if registry.trim().is_empty() {
         return Err(refuse(HELPER, "the registry is empty"));
     }

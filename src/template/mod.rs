@@ -24,10 +24,25 @@
 //! | `{{ X \| toyaml }}` | `X` as a double-quoted YAML scalar that reads back as exactly `X` (for `key: {{ X \| toyaml }}` in a YAML file) |
 //! | `{{ X \| urlencode }}` | `X` with every byte but `A-Z a-z 0-9 - . _ ~` percent-encoded, so it is safe anywhere in a URI, including the user and password part: `postgres://{{ U \| urlencode }}:{{ P \| urlencode }}@db:5432/app`. A map becomes a query string (`k=v&k2=v2`) |
 //! | `{{ dockerconfigjson(registry, username, password) }}` | the JSON of a `kubernetes.io/dockerconfigjson` Secret's `.dockerconfigjson`: `{"auths":{REGISTRY:{"username":…,"password":…,"auth":base64(username:password)}}}`; an error if the registry is empty or the username contains `:` |
+//! | `{{ L \| join(", ") }}` | the items of `L` (text, numbers, booleans) with `", "` between them (nothing by default) |
 //!
-//! The rest of minijinja's built-in filters, tests and `range`, `dict`,
-//! `namespace` are there too (`upper`, `replace`, `trim`, `default`,
-//! `is defined`…); `debug()` is not.
+//! # What else is offered
+//!
+//! Filters: `upper`, `lower`, `trim`, `replace`, `split` (kvsync's own: they
+//! take text, numbers or booleans, never a list or map, and refuse to grow
+//! past the output budget), `string`, `default`/`d`, `length`/`count`,
+//! `first`, `last`, `items`, `attr`, `int`, `float`, `abs`, `round`, `bool`,
+//! `safe`, `escape`/`e` and the helpers above. Tests: all of minijinja's
+//! (`defined`, `none`, `eq`…). Functions: `range` (at most 100 000 items),
+//! `dict`, `namespace`, `dockerconfigjson`. `tojson` takes `indent` up to 8.
+//!
+//! Not offered, because each walks or writes out a whole list (which
+//! `[X] * 100000000` makes for free) or grows text before it is charged:
+//! `batch`, `capitalize`, `chain`, `dictsort`, `format`, `groupby`,
+//! `indent`, `lines`, `list`, `map`, `max`, `min`, `pprint`, `reject`,
+//! `rejectattr`, `reverse`, `select`, `selectattr`, `slice`, `sort`, `sum`,
+//! `title`, `unique`, `zip`, and `debug()`. Printing a list or a map
+//! (`{{ values }}`) is an error: write it with `tojson`.
 //!
 //! # Examples
 //!
@@ -61,15 +76,24 @@
 //!   `X | default("…")`.
 //! - **Sandboxed**: no file, network or environment access; no `include`,
 //!   `import` or `extends` (templates come only from the binding).
-//! - **Bounded**: each template gets [`FUEL`] units of work (about one per
-//!   instruction and per 64 bytes of data) and may render at most
-//!   [`MAX_RENDERED_BYTES`] (1 MiB).
+//! - **Bounded**: a template is at most [`MAX_TEMPLATE_BYTES`] (16 KiB).
+//!   All the templates of a Secret share [`FUEL`] units of work (about one
+//!   per instruction and per 64 bytes of data; each template gets what the
+//!   ones before it, in key order, left) and may render at most
+//!   [`MAX_RENDERED_BYTES`] (1 MiB) together; no text a helper builds may be
+//!   larger than what is left. They are parsed and rendered on a thread of
+//!   their own with a 64 MiB stack (virtual), so deeply nested expressions
+//!   cannot overflow a runtime worker's stack.
 //! - **Verbatim**: no auto-escaping (whatever the key's extension), and a
 //!   template's trailing newline is kept: what you write is what you get.
 //! - **Errors** name the template's key, the line (not the column) and what
 //!   is wrong, never a value nor rendered text. An undefined name is named
-//!   when the failing line spells it; otherwise the error lists the names
-//!   the template looked up and did not find.
+//!   when the failing line spells exactly one name (or literal
+//!   `values["…"]`/`values.key`) of the template text that has no value;
+//!   otherwise the error lists those on the line (all of them when the line
+//!   is unknown) or says only "a name or values[...] key that is not
+//!   defined". A key computed while rendering (`values[P ~ "x"]`) is never
+//!   named: it could spell a value.
 //!
 //! [Jinja]: https://jinja.palletsprojects.com/en/stable/templates/
 //! [minijinja]: https://docs.rs/minijinja

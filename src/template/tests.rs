@@ -625,3 +625,277 @@ fn example_airflow_connections() {
         serde_json::from_str(rendered["AIRFLOW_CONN_API"].expose()).unwrap();
     assert_eq!(api["password"], "k\"ey");
 }
+
+// --- resource limits (adversarial templates) --------------------------------------
+
+/// Runs `f` on a thread with a tokio worker's 2 MiB stack: a template that
+/// overflowed the stack there would abort the test binary.
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// `{{ ` + `unit` as often as fits + `tail }}`: at most [`MAX_TEMPLATE_BYTES`].
+fn longest(unit: &str, tail: &str) -> String {
+    let room = MAX_TEMPLATE_BYTES - "{{  }}".len() - tail.len();
+    format!("{{{{ {}{tail} }}}}", unit.repeat(room / unit.len()))
+}
+
+#[test]
+fn deep_nesting_does_not_overflow_a_tokio_worker_stack() {
+    let templates = [
+        longest("not ", "true"),
+        longest("-", "1"),
+        longest("~", "1"),
+        longest("(", ""),
+        format!(
+            "{{{{ 1{} }}}}",
+            "|string".repeat((MAX_TEMPLATE_BYTES - 8) / 7)
+        ),
+        format!("{{{{ 1{} }}}}", "|e".repeat((MAX_TEMPLATE_BYTES - 8) / 2)),
+    ];
+    for template in templates {
+        assert!(template.len() <= MAX_TEMPLATE_BYTES);
+        let shown: String = template.chars().take(12).collect();
+        let outcome = on_small_stack(move || one(&template, &[]));
+        // Ok or an error, but an answer: the operator is still running.
+        eprintln!("{shown}…: {:?}", outcome.map(|out| out.len()));
+    }
+}
+
+#[test]
+fn a_template_longer_than_the_limit_is_refused() {
+    let template = "x".repeat(MAX_TEMPLATE_BYTES + 1);
+    let err = one(&template, &[]).unwrap_err();
+    assert_eq!(
+        err,
+        TemplateError::TooLong {
+            key: "out".into(),
+            limit: MAX_TEMPLATE_BYTES
+        }
+    );
+    assert_eq!(err.key(), "out");
+    assert!(err.to_string().contains("16384"), "{err}");
+    assert_eq!(
+        one(&"x".repeat(MAX_TEMPLATE_BYTES), &[]).unwrap().len(),
+        MAX_TEMPLATE_BYTES
+    );
+}
+
+/// The confirmed memory attacks, with a modest value but the attack's
+/// multipliers: each must fail at once with the named helper's refusal.
+#[test]
+fn building_huge_text_is_refused_before_it_is_built() {
+    let x = "a".repeat(25_000);
+    for (template, helper) in [
+        ("{{ ([X] * 100000000) | join }}", "join"),
+        ("{% set Y = X * 40 %}{{ ([Y] * 100000000) | join }}", "join"),
+        ("{{ range(100000) | join(X) }}", "join"),
+        ("{{ values | tojson(indent=1000000000) }}", "tojson"),
+        ("{{ ([X] * 100000000) | tojson }}", "tojson"),
+        ("{{ dict(a=[X] * 100000000) | tojson }}", "tojson"),
+        ("{{ [X] * 100000000 }}", "print"),
+        ("{{ values }}", "print"),
+        ("{{ ([X] * 100000000) | string }}", "string"),
+        ("{{ ([X] * 100000000) | upper }}", "upper"),
+        ("{{ ([X] * 100000000) | b64encode }}", "b64encode"),
+        ("{{ ([X] * 100000000) | urlencode }}", "urlencode"),
+        ("{{ X | replace('a', X) }}", "replace"),
+    ] {
+        let start = std::time::Instant::now();
+        let err = one(template, &[("X", &x)]).unwrap_err();
+        assert!(
+            matches!(err, TemplateError::Helper { helper: h, .. } if h == helper),
+            "{template}: {err:?}"
+        );
+        assert!(start.elapsed().as_secs() < 5, "{template}: slow");
+    }
+}
+
+#[test]
+fn work_on_huge_lists_runs_out_of_fuel() {
+    let x = "a".repeat(25_000);
+    for template in [
+        "{{ ([X] * 100000000) | last }}",
+        "{{ X in ([X ~ 'b'] * 100000000) }}",
+        "{% for a in [X] * 100000000 %}{% endfor %}",
+        "{{ (X * 40) | split('a') | length }}",
+        "{% set ns = namespace(a=[]) %}{% for i in range(100000) %}{% set ns.a = [ns.a] %}{% endfor %}",
+    ] {
+        let err = one(template, &[("X", &x)]).unwrap_err();
+        assert!(
+            matches!(err, TemplateError::OutOfFuel { .. }),
+            "{template}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn filters_that_walk_whole_lists_are_not_offered() {
+    for filter in [
+        "list",
+        "pprint",
+        "batch(2)",
+        "slice(2)",
+        "sum",
+        "unique",
+        "dictsort",
+        "sort",
+        "map('upper')",
+        "indent(2)",
+        "format",
+        "title",
+        "lines",
+        "min",
+        "reverse",
+    ] {
+        let err = one(&format!("{{{{ ['a'] | {filter} }}}}"), &[]).unwrap_err();
+        assert!(err.to_string().contains("is unknown"), "{filter}: {err}");
+    }
+}
+
+#[test]
+fn all_templates_share_one_output_budget() {
+    let template = format!("{{{{ 'x' * {} }}}}", MAX_RENDERED_BYTES / 2 + 1);
+    let templates = BTreeMap::from([
+        ("a".to_string(), template.clone()),
+        ("b".to_string(), template),
+    ]);
+    let err = render(&templates, &values(&[])).unwrap_err();
+    assert_eq!(
+        err,
+        TemplateError::TooLarge {
+            key: "b".into(),
+            limit: MAX_RENDERED_BYTES
+        }
+    );
+}
+
+#[test]
+fn all_templates_share_one_fuel() {
+    // About 60 000 fuel each: one fits, two do not.
+    let template = "{% for i in range(30000) %}{% endfor %}".to_string();
+    assert_eq!(one(&template, &[]).unwrap(), "");
+    let templates = BTreeMap::from([
+        ("a".to_string(), template.clone()),
+        ("b".to_string(), template),
+    ]);
+    let err = render(&templates, &values(&[])).unwrap_err();
+    assert!(matches!(err, TemplateError::OutOfFuel { .. }), "{err:?}");
+    assert_eq!(err.key(), "b");
+}
+
+#[test]
+fn tojson_indents_up_to_eight() {
+    let out = one("{{ {'a': [1, 'x'], 'b': {}} | tojson(indent=2) }}", &[]).unwrap();
+    assert_eq!(
+        out,
+        "{\n  \"a\": [\n    1,\n    \"x\"\n  ],\n  \"b\": {}\n}"
+    );
+    let out = one("{{ {'a': [1, none, true]} | tojson }}", &[]).unwrap();
+    assert_eq!(out, "{\"a\": [1, null, true]}");
+    let err = one("{{ 'a' | tojson(indent=9) }}", &[]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TemplateError::Helper {
+                helper: "tojson",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn kept_filters_still_work() {
+    let out = one(
+        "{{ U | upper }} {{ U | lower }} {{ ' p ' | trim }} {{ 'a-b-c' | replace('-', '+') }} \
+         {{ 'a,b' | split(',') | join('|') }} {{ 'a b  c' | split | join('.') }} {{ [1, 'x', true] | join }} \
+         {{ 5 | string }} {{ 'x.y' | replace('.', '', 1) }}",
+        &[("U", "Bot")],
+    )
+    .unwrap();
+    assert_eq!(out, "BOT bot p a+b+c a|b a.b.c 1xTrue 5 xy");
+}
+
+// --- the value leak through undefined-name errors ---------------------------------
+
+/// The confirmed attack: a comment spells `values["c@i"]` for every
+/// character and position, and a loop looks up the key made of the value's
+/// i-th character. The error used to name the key looked up, spelling the
+/// value out.
+#[test]
+fn a_key_computed_from_a_value_is_never_told_even_if_the_text_spells_it() {
+    const VALUE: &str = "QzX7-unique-VALUE";
+    let alphabet: Vec<char> = ('a'..='z')
+        .chain('A'..='Z')
+        .chain('0'..='9')
+        .chain(['-', '_'])
+        .collect();
+    let mut comment = String::from("{# ");
+    for i in 0..VALUE.len() {
+        for c in &alphabet {
+            comment.push_str(&format!("values[\"{c}@{i}\"] "));
+        }
+    }
+    comment.push_str("#}");
+    assert!(comment.len() < MAX_TEMPLATE_BYTES);
+    for failing_line in [
+        // On its own line, and on the line of the comment.
+        format!(
+            "{comment}\n{{% for i in range(P|length) %}}{{{{ values[P[i:i+1] ~ \"@\" ~ i] }}}}{{% endfor %}}"
+        ),
+        format!(
+            "{{% for i in range(P|length) %}}{{{{ values[P[i:i+1] ~ \"@\" ~ i] }}}}{{% endfor %}}{comment}"
+        ),
+        format!("{comment}{{{{ values[P] }}}}{{{{ values[P ~ ''] }}}}"),
+    ] {
+        let err = one(&failing_line, &[("P", VALUE)]).unwrap_err();
+        assert!(matches!(err, TemplateError::Undefined { .. }), "{err:?}");
+        for shown in [format!("{err}"), format!("{err:?}"), format!("{err:#?}")] {
+            let chars: Vec<char> = VALUE.chars().collect();
+            for gram in chars.windows(4) {
+                let gram: String = gram.iter().collect();
+                assert!(!shown.contains(&gram), "{gram:?} in {shown}");
+            }
+            for (i, c) in VALUE.chars().enumerate() {
+                let key = format!("{c}@{i}");
+                // A key told alone (not in the full list of the line) would
+                // tell a character of the value.
+                if let TemplateError::Undefined {
+                    name: Some(name), ..
+                } = &err
+                {
+                    assert!(!name.contains(&key), "{name}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn an_undefined_name_on_an_unknown_line_lists_the_names_the_text_uses() {
+    let err = one("{{ values['nope'] }}{{ MISSING }}", &[("P", SECRET)]).unwrap_err();
+    match &err {
+        TemplateError::Undefined {
+            name, not_found, ..
+        } => {
+            // Both are on line 1: neither is singled out.
+            assert_eq!(name, &None);
+            assert_eq!(not_found, &["MISSING", "values[\"nope\"]"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_hides(&err, SECRET);
+    let err = one("{{ values[P ~ 'x'] }}", &[("P", SECRET)]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a name or values[...] key that is not defined"),
+        "{err}"
+    );
+}
