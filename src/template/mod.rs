@@ -32,15 +32,15 @@
 //! take text, numbers or booleans, never a list or map, and refuse to grow
 //! past the output budget), `string`, `default`/`d`, `length`/`count`,
 //! `first`, `last`, `items`, `attr`, `int`, `float`, `abs`, `round`, `bool`,
-//! `safe`, `escape`/`e` and the helpers above. Tests: all of minijinja's
-//! (`defined`, `none`, `eq`…). Functions: `range` (at most 100 000 items),
+//! and the helpers above. Tests: minijinja's but `startingwith`,
+//! `endingwith`, `lower` and `upper` (`defined`, `none`, `eq`, `in`…). Functions: `range` (at most 100 000 items),
 //! `dict`, `namespace`, `dockerconfigjson`. `tojson` takes `indent` up to 8.
 //!
 //! Not offered, because each walks or writes out a whole list (which
 //! `[X] * 100000000` makes for free) or grows text before it is charged:
-//! `batch`, `capitalize`, `chain`, `dictsort`, `format`, `groupby`,
+//! `batch`, `capitalize`, `chain`, `dictsort`, `escape`/`e`, `format`, `groupby`,
 //! `indent`, `lines`, `list`, `map`, `max`, `min`, `pprint`, `reject`,
-//! `rejectattr`, `reverse`, `select`, `selectattr`, `slice`, `sort`, `sum`,
+//! `rejectattr`, `reverse`, `safe`, `select`, `selectattr`, `slice`, `sort`, `sum`,
 //! `title`, `unique`, `zip`, and `debug()`. Printing a list or a map
 //! (`{{ values }}`) is an error: write it with `tojson`.
 //!

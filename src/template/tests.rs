@@ -752,9 +752,16 @@ fn filters_that_walk_whole_lists_are_not_offered() {
         "lines",
         "min",
         "reverse",
+        "e",
+        "escape",
+        "safe",
     ] {
         let err = one(&format!("{{{{ ['a'] | {filter} }}}}"), &[]).unwrap_err();
         assert!(err.to_string().contains("is unknown"), "{filter}: {err}");
+    }
+    for test in ["startingwith('a')", "endingwith('a')", "lower", "upper"] {
+        let err = one(&format!("{{{{ ['a'] is {test} }}}}"), &[]).unwrap_err();
+        assert!(err.to_string().contains("is unknown"), "{test}: {err}");
     }
 }
 
