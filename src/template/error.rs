@@ -45,6 +45,17 @@ pub enum TemplateError {
         /// Keys of the values the template can use (the first few).
         known: Vec<String>,
     },
+    /// The template uses an operator Secret templates do not have (`*`,
+    /// whose list repetition could build gigabytes before any check).
+    #[error("template {key}, line {line}: the {operator} operator is not available in templates")]
+    Operator {
+        /// The Secret key whose template is refused.
+        key: String,
+        /// 1-based line of the first use.
+        line: usize,
+        /// The operator.
+        operator: &'static str,
+    },
     /// The template is longer than
     /// [`MAX_TEMPLATE_BYTES`](super::MAX_TEMPLATE_BYTES).
     #[error("template {key}: the template is longer than {limit} bytes")]
@@ -115,6 +126,7 @@ impl TemplateError {
             | Self::OutOfFuel { key, .. }
             | Self::TooLarge { key, .. }
             | Self::TooLong { key, .. }
+            | Self::Operator { key, .. }
             | Self::Helper { key, .. }
             | Self::Render { key, .. }
             | Self::Internal { key } => key,
@@ -130,6 +142,7 @@ impl TemplateError {
             | Self::Helper { line, .. }
             | Self::Render { line, .. } => *line,
             Self::TooLarge { .. } | Self::TooLong { .. } | Self::Internal { .. } => None,
+            Self::Operator { line, .. } => Some(*line),
         }
     }
 }

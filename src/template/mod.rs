@@ -42,7 +42,10 @@
 //! `indent`, `lines`, `list`, `map`, `max`, `min`, `pprint`, `reject`,
 //! `rejectattr`, `reverse`, `safe`, `select`, `selectattr`, `slice`, `sort`, `sum`,
 //! `title`, `unique`, `zip`, and `debug()`. Printing a list or a map
-//! (`{{ values }}`) is an error: write it with `tojson`.
+//! (`{{ values }}`) is an error: write it with `tojson`. The `*` and `**`
+//! operators are refused before anything runs: minijinja repeats a list
+//! lazily and writes it out whole (`{{ X ~ ([X] * 100000000) }}`) before any
+//! limit can act.
 //!
 //! # Examples
 //!
@@ -147,6 +150,25 @@ pub fn render(
     templates: &BTreeMap<String, String>,
     values: &BTreeMap<String, SecretValue>,
 ) -> Result<BTreeMap<String, SecretValue>, TemplateError> {
+    for (key, source) in templates {
+        if let Some(line) = repetition_line(source) {
+            return Err(TemplateError::Operator {
+                key: key.clone(),
+                line,
+                operator: "*",
+            });
+        }
+    }
+    render_checked(templates, values)
+}
+
+/// [`render`] without its refusal of `*`: the limits behind it (filters
+/// that check sizes, fuel, the output budget, the stack) stand on their
+/// own, and the tests prove them through this.
+fn render_checked(
+    templates: &BTreeMap<String, String>,
+    values: &BTreeMap<String, SecretValue>,
+) -> Result<BTreeMap<String, SecretValue>, TemplateError> {
     if let Some((key, _)) = templates
         .iter()
         .find(|(_, source)| source.len() > MAX_TEMPLATE_BYTES)
@@ -168,6 +190,40 @@ pub fn render(
             .map_err(|_| failed())?;
         worker.join().unwrap_or_else(|_| Err(failed()))
     })
+}
+
+/// The line of the first `*` (or `**`) in the template's code — inside
+/// `{{ }}` or `{% %}`, outside string literals — if any. minijinja repeats
+/// a list lazily and writes it out whole before any limit can act
+/// (`{{ X ~ ([X] * 100000000) }}`), so Secret templates have no `*`.
+fn repetition_line(source: &str) -> Option<usize> {
+    let bytes = source.as_bytes();
+    let (mut i, mut line, mut code, mut quote) = (0, 1, false, None::<u8>);
+    while i < bytes.len() {
+        let b = bytes[i];
+        let next = bytes.get(i + 1).copied();
+        match (code, quote) {
+            (false, _) if b == b'{' && matches!(next, Some(b'{' | b'%')) => {
+                code = true;
+                i += 1;
+            }
+            (true, Some(_)) if b == b'\\' => i += 1,
+            (true, Some(q)) if b == q => quote = None,
+            (true, Some(_)) => {}
+            (true, None) if b == b'"' || b == b'\'' => quote = Some(b),
+            (true, None) if matches!(b, b'}' | b'%') && next == Some(b'}') => {
+                code = false;
+                i += 1;
+            }
+            (true, None) if b == b'*' => return Some(line),
+            _ => {}
+        }
+        if b == b'\n' {
+            line += 1;
+        }
+        i += 1;
+    }
+    None
 }
 
 /// What is left of one render call's budget.

@@ -13,7 +13,8 @@ fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, SecretValue> {
 /// Renders one template under the key `out`.
 fn one(template: &str, pairs: &[(&str, &str)]) -> Result<String, TemplateError> {
     let templates = BTreeMap::from([("out".to_string(), template.to_string())]);
-    render(&templates, &values(pairs))
+    // The limits behind the refusal of `*` are tested on their own.
+    render_checked(&templates, &values(pairs))
         .map(|mut rendered| rendered.remove("out").unwrap().expose().to_owned())
 }
 
@@ -772,7 +773,7 @@ fn all_templates_share_one_output_budget() {
         ("a".to_string(), template.clone()),
         ("b".to_string(), template),
     ]);
-    let err = render(&templates, &values(&[])).unwrap_err();
+    let err = render_checked(&templates, &values(&[])).unwrap_err();
     assert_eq!(
         err,
         TemplateError::TooLarge {
@@ -791,7 +792,7 @@ fn all_templates_share_one_fuel() {
         ("a".to_string(), template.clone()),
         ("b".to_string(), template),
     ]);
-    let err = render(&templates, &values(&[])).unwrap_err();
+    let err = render_checked(&templates, &values(&[])).unwrap_err();
     assert!(matches!(err, TemplateError::OutOfFuel { .. }), "{err:?}");
     assert_eq!(err.key(), "b");
 }
@@ -905,4 +906,30 @@ fn an_undefined_name_on_an_unknown_line_lists_the_names_the_text_uses() {
             .contains("a name or values[...] key that is not defined"),
         "{err}"
     );
+}
+
+#[test]
+fn the_repetition_operator_is_refused_before_anything_runs() {
+    let values = BTreeMap::from([("X".to_string(), SecretValue::new("x".repeat(25_000)))]);
+    for (source, line) in [
+        ("{{ X ~ ([X] * 100000000) }}", 1),
+        ("ok\n{% set y = 2 ** 3 %}{{ y }}", 2),
+    ] {
+        let templates = BTreeMap::from([("k".to_string(), source.to_string())]);
+        match render(&templates, &values) {
+            Err(TemplateError::Operator { key, line: at, .. }) => {
+                assert_eq!((key.as_str(), at), ("k", line), "{source}");
+            }
+            other => panic!("{source}: {other:?}"),
+        }
+    }
+    for fine in [
+        "{{ \"a*b\" }}",
+        "{{ 'it\\'s * fine' }}",
+        "{# a * b #}{{ X | length }}",
+        "a * b outside code {{ X | length }}",
+    ] {
+        let templates = BTreeMap::from([("k".to_string(), fine.to_string())]);
+        assert!(render(&templates, &values).is_ok(), "{fine}");
+    }
 }
