@@ -169,7 +169,7 @@ pub fn desired(binding: &VaultSecretBinding, rendered: &Rendered) -> Secret {
     let data: BTreeMap<String, ByteString> = rendered
         .data
         .iter()
-        .map(|(k, v)| (k.clone(), ByteString(v.expose().as_bytes().to_vec())))
+        .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
         .collect();
     let target = spec.target.clone().unwrap_or_default();
     let merge = spec.policy() == TargetPolicy::Merge;

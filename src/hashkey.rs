@@ -30,7 +30,7 @@ impl HashKey {
             ctx.update(&(k.len() as u64).to_le_bytes());
             ctx.update(k.as_bytes());
             ctx.update(&(v.len() as u64).to_le_bytes());
-            ctx.update(v.expose().as_bytes());
+            ctx.update(v.as_bytes());
         }
         let hex: String = ctx
             .sign()

@@ -143,6 +143,10 @@ pub fn plan(spec: &VaultSecretBindingSpec, listing: &[SecretItem]) -> Result<Pla
                     .key
                     .clone()
                     .unwrap_or_else(|| format!("{}.pem", cert.name)),
+                CertificateFormat::Pfx => cert
+                    .key
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.pfx", cert.name)),
             },
             secret: cert.name.clone(),
             version: cert.version.clone().filter(|v| !v.is_empty()),

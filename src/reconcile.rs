@@ -911,7 +911,7 @@ fn data_differs(
     let Some(current) = current else { return true };
     rendered
         .iter()
-        .any(|(k, v)| current.get(k).map(Vec::as_slice) != Some(v.expose().as_bytes()))
+        .any(|(k, v)| current.get(k).map(Vec::as_slice) != Some(v.as_bytes()))
         || previous_keys
             .iter()
             .any(|k| !rendered.contains_key(k) && current.contains_key(k))

@@ -153,8 +153,7 @@ fn last_value(input: &RenderInput<'_>, key: &str) -> Option<SecretValue> {
     input
         .current
         .and_then(|c| c.get(key))
-        .and_then(|b| String::from_utf8(b.clone()).ok())
-        .map(SecretValue::new)
+        .map(|b| SecretValue::from_bytes(b.clone()))
 }
 
 /// Whether rendering `fetched` consults the Secret's current data: only a

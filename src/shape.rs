@@ -82,11 +82,9 @@ pub fn shape(
         };
         if kept.contains(&planned.key) {
             if format == CertificateFormat::Tls
-                && let Some(key) = current
-                    .and_then(|c| c.get(TLS_KEY))
-                    .and_then(|b| String::from_utf8(b.clone()).ok())
+                && let Some(key) = current.and_then(|c| c.get(TLS_KEY))
             {
-                data.insert(TLS_KEY.to_string(), SecretValue::new(key));
+                data.insert(TLS_KEY.to_string(), SecretValue::from_bytes(key.clone()));
             }
             continue;
         }
@@ -113,6 +111,24 @@ pub fn shape(
             }
             CertificateFormat::Pem => {
                 data.insert(planned.key.clone(), converted.pem_bundle());
+            }
+            CertificateFormat::Pfx => {
+                // As-is: the PFX Key Vault holds (base64 text there), as the
+                // file's bytes. Converting it above proved it one.
+                use base64::Engine;
+                let pfx = raw
+                    .as_text()
+                    .filter(|t| !t.trim_start().starts_with("-----BEGIN"))
+                    .and_then(|t| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(t.split_whitespace().collect::<String>())
+                            .ok()
+                    })
+                    .ok_or_else(|| ShapeError::Certificate {
+                        name: planned.secret.clone(),
+                        detail: "Key Vault keeps this certificate as PEM, so there is no PFX to write as-is: use format Pem or Tls, or make the certificate policy's contentType application/x-pkcs12".into(),
+                    })?;
+                data.insert(planned.key.clone(), SecretValue::from_bytes(pfx));
             }
         }
     }
@@ -316,5 +332,55 @@ mod tests {
         let data = values(&[(TLS_CRT, &c.pfx_base64().unwrap()), (TLS_KEY, "x")]);
         let e = shape(data, &plan, &[], None, None).unwrap_err();
         assert_eq!(e.reason(), Reason::KeyCollision);
+    }
+
+    #[test]
+    fn a_pfx_is_written_as_is_as_bytes_and_a_pem_one_cannot_be() {
+        use base64::Engine;
+        let c = chain();
+        let b64 = c.pfx_base64().unwrap();
+        let data = values(&[("web.pfx", &b64)]);
+        let (out, expiries) = shape(
+            data,
+            &cert_plan(CertificateFormat::Pfx, "web.pfx"),
+            &[],
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            out["web.pfx"].as_bytes(),
+            base64::engine::general_purpose::STANDARD
+                .decode(&b64)
+                .unwrap(),
+            "the file's bytes, not its base64"
+        );
+        assert_eq!(out["web.pfx"].as_text(), None, "binary");
+        assert_eq!(expiries.len(), 1, "its expiry still comes from the leaf");
+        // A template never sees the binary value (it reads the others).
+        let t = template(
+            "mergePolicy: Merge\ndata:\n  note: 'no pfx: {{ values[\"web.pfx\"] is defined }}'\n",
+        );
+        let data = values(&[("web.pfx", &b64)]);
+        let (out, _) = shape(
+            data,
+            &cert_plan(CertificateFormat::Pfx, "web.pfx"),
+            &[],
+            None,
+            Some(&t),
+        )
+        .unwrap();
+        assert_eq!(out["note"].expose(), "no pfx: False");
+
+        let pem = values(&[("web.pfx", &c.keyvault_pem())]);
+        let e = shape(
+            pem,
+            &cert_plan(CertificateFormat::Pfx, "web.pfx"),
+            &[],
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("use format Pem or Tls"), "{e}");
     }
 }

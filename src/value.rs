@@ -4,19 +4,38 @@
 
 use std::fmt;
 
-/// A secret value. Read it with [`SecretValue::expose`] only where it is
-/// written into a Kubernetes Secret or sent to Azure.
+/// A secret value: text as the vault holds it, or (a PFX written as-is)
+/// bytes. Read it with [`SecretValue::expose`] (text) or
+/// [`SecretValue::as_bytes`] only where it is written into a Kubernetes
+/// Secret or sent to Azure.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct SecretValue(String);
+pub struct SecretValue(Vec<u8>);
 
 impl SecretValue {
-    /// Wraps a value.
+    /// Wraps a text value.
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(value.into().into_bytes())
     }
 
-    /// The value itself. Call sites are the places that may see it.
+    /// Wraps bytes that need not be text (a PFX file).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The value as text. Call sites are the places that may see it. A
+    /// value that is not text (only a PFX written as-is is not) reads as
+    /// empty here: such values go to a Secret through [`Self::as_bytes`].
     pub fn expose(&self) -> &str {
+        self.as_text().unwrap_or_default()
+    }
+
+    /// The value as text, when it is text.
+    pub fn as_text(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The value's bytes, as a Secret holds them.
+    pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
@@ -45,13 +64,13 @@ impl fmt::Display for SecretValue {
 
 impl<'de> serde::Deserialize<'de> for SecretValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(SecretValue)
+        String::deserialize(d).map(SecretValue::new)
     }
 }
 
 impl serde::Serialize for SecretValue {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.expose())
     }
 }
 
@@ -66,5 +85,15 @@ mod tests {
         assert!(!format!("{v}").contains("hunter2"));
         assert!(!format!("{:#?}", Some(&v)).contains("hunter2"));
         assert_eq!(v.expose(), "hunter2-very-secret");
+    }
+
+    #[test]
+    fn bytes_that_are_not_text_stay_bytes_and_read_as_no_text() {
+        let v = SecretValue::from_bytes(vec![0x30, 0x82, 0xff]);
+        assert_eq!(v.as_bytes(), [0x30, 0x82, 0xff]);
+        assert_eq!(v.as_text(), None);
+        assert_eq!(v.expose(), "");
+        assert!(!format!("{v:?}").contains("130"));
+        assert_eq!(SecretValue::new("text").as_text(), Some("text"));
     }
 }

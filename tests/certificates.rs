@@ -136,3 +136,39 @@ async fn a_plain_secret_picked_as_a_certificate_is_refused_and_nothing_is_writte
     assert!(!message.contains("hunter2"), "{message}");
     assert!(stack.api.get("secrets", "web", "web-tls").is_none());
 }
+
+#[tokio::test]
+async fn format_pfx_writes_the_pfx_file_as_is_beside_a_pem_bundle() {
+    let c = chain("api.example.test", NOT_AFTER);
+    let pfx = c.pfx_base64().unwrap();
+    let seed = format!(
+        "secrets:\n  - name: api-tls\n    contentType: application/x-pkcs12\n    value: {pfx}\n"
+    );
+    let stack = Stack::start(&seed, &[]).await;
+    stack.api.create_namespace("api");
+    stack
+        .api
+        .create(json!({
+            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
+            "metadata": {"name": "api-files", "namespace": "api"},
+            "spec": {"vaultUrl": stack.vault.vault.url(),
+                     "certificates": [{"name": "api-tls", "format": "Pfx"}]},
+        }))
+        .unwrap();
+    let secret = stack
+        .wait_for("the Secret", WITHIN, || {
+            stack.api.get("secrets", "api", "api-files")
+        })
+        .await;
+    assert_eq!(secret["type"], "Opaque");
+    let written = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["api-tls.pfx"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        written,
+        base64::engine::general_purpose::STANDARD
+            .decode(&pfx)
+            .unwrap(),
+        "the PFX file's bytes, as Key Vault holds them"
+    );
+}

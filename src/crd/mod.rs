@@ -469,10 +469,13 @@ pub struct CertificatePick {
     /// `Tls`: `tls.crt` (the leaf, then its chain in issuing order) and
     /// `tls.key` (PKCS#8 PEM), as a `kubernetes.io/tls` Secret holds them.
     /// `Pem`: one key holding the private key, the leaf and the chain.
+    /// `Pfx`: one key holding the PFX file as-is (a certificate Key Vault
+    /// keeps as PEM cannot be written so).
     #[serde(default)]
     pub format: CertificateFormat,
 
-    /// For `Pem`, the key to write (default: the name with `.pem`).
+    /// For `Pem` and `Pfx`, the key to write (default: the name with
+    /// `.pem` or `.pfx`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
     pub key: Option<String>,
@@ -491,6 +494,9 @@ pub enum CertificateFormat {
     Tls,
     /// One PEM file: key, leaf, chain.
     Pem,
+    /// The PFX file as Key Vault holds it (binary, no password), for
+    /// consumers that read PKCS#12.
+    Pfx,
 }
 
 /// Ownership of the target Secret.

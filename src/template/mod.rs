@@ -249,7 +249,9 @@ fn render_all(
     let values = Arc::new(
         values
             .iter()
-            .map(|(key, value)| (key.clone(), Value::from(value.expose())))
+            // A value that is not text (a PFX written as-is) is not a
+            // template's to read.
+            .filter_map(|(key, value)| value.as_text().map(|t| (key.clone(), Value::from(t))))
             .collect::<BTreeMap<_, _>>(),
     );
     let mut fuel = FUEL;
