@@ -300,6 +300,22 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
             _ => None,
         })
         .collect();
+    // Only a template that names an unread pick's key holds: an unrelated
+    // disabled secret under a `select` must not freeze it.
+    let unread: Vec<(&str, Reason)> = match input.template {
+        Some(t) => unread
+            .into_iter()
+            .filter(|(name, _)| {
+                input
+                    .plan
+                    .keys
+                    .iter()
+                    .filter(|k| k.secret == *name)
+                    .any(|k| t.data.values().any(|text| text.contains(k.key.as_str())))
+            })
+            .collect(),
+        None => unread,
+    };
     let held_template = match input.template {
         Some(t) if !unread.is_empty() => {
             let held: Option<BTreeMap<String, SecretValue>> = t
@@ -738,5 +754,38 @@ mod tests {
         .unwrap();
         assert_eq!(merged.data["DATABASE_URL"].expose(), "pg://app:pw@db");
         assert_eq!(merged.data["USER"].expose(), "app2");
+    }
+
+    #[test]
+    fn an_unreadable_pick_the_template_does_not_name_does_not_hold_it() {
+        let plan = plan(&[("USER", false), ("OTHER", true)]);
+        let template: crate::crd::SecretTemplate =
+            serde_yaml::from_str("data:\n  greeting: 'hello {{ USER }}'\n").unwrap();
+        let fetched: BTreeMap<String, Fetched> = [
+            ("USER".to_string(), value("app2", None)),
+            (
+                "OTHER".to_string(),
+                Fetched::Unavailable {
+                    reason: Reason::VaultForbidden,
+                    message: "403".into(),
+                },
+            ),
+        ]
+        .into();
+        let current: BTreeMap<String, Vec<u8>> =
+            [("greeting".to_string(), b"hello app".to_vec())].into();
+        let out = render(&RenderInput {
+            plan: &plan,
+            fetched: &fetched,
+            current: Some(&current),
+            previous: &[],
+            on_disabled: OnDisabled::KeepLast,
+            on_expired: OnExpired::Sync,
+            now: NOW,
+            hash_key: &HashKey::new(b"test-key"),
+            template: Some(&template),
+        })
+        .unwrap();
+        assert_eq!(out.data["greeting"].expose(), "hello app2");
     }
 }

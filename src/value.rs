@@ -70,7 +70,14 @@ impl<'de> serde::Deserialize<'de> for SecretValue {
 
 impl serde::Serialize for SecretValue {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.expose())
+        // Only text values are ever serialized (the dev vault's seed); a
+        // binary one must not become "".
+        match self.as_text() {
+            Some(text) => s.serialize_str(text),
+            None => Err(serde::ser::Error::custom(
+                "a binary value cannot be written as text",
+            )),
+        }
     }
 }
 

@@ -273,7 +273,7 @@ fn cache_key(value: &SecretValue, content_type: Option<&str>) -> [u8; 32] {
         }
         None => hash.update(&[0]),
     }
-    hash.update(value.expose().as_bytes());
+    hash.update(value.as_bytes());
     let mut key = [0u8; 32];
     key.copy_from_slice(hash.finish().as_ref());
     key

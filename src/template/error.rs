@@ -46,8 +46,11 @@ pub enum TemplateError {
         known: Vec<String>,
     },
     /// The template uses an operator Secret templates do not have (`*`,
-    /// whose list repetition could build gigabytes before any check).
-    #[error("template {key}, line {line}: the {operator} operator is not available in templates")]
+    /// `**`, `+`: they build lists for free that could be written out as
+    /// gigabytes before any check).
+    #[error(
+        "template {key}, line {line}: the {operator} operator is not available in templates (join text with ~)"
+    )]
     Operator {
         /// The Secret key whose template is refused.
         key: String,

@@ -42,10 +42,10 @@
 //! `indent`, `lines`, `list`, `map`, `max`, `min`, `pprint`, `reject`,
 //! `rejectattr`, `reverse`, `safe`, `select`, `selectattr`, `slice`, `sort`, `sum`,
 //! `title`, `unique`, `zip`, and `debug()`. Printing a list or a map
-//! (`{{ values }}`) is an error: write it with `tojson`. The `*` and `**`
-//! operators are refused before anything runs: minijinja repeats a list
-//! lazily and writes it out whole (`{{ X ~ ([X] * 100000000) }}`) before any
-//! limit can act.
+//! (`{{ values }}`) is an error: write it with `tojson`. The `*`, `**` and
+//! `+` operators are refused before anything runs (join text with `~`):
+//! minijinja repeats or joins lists lazily and writes them out whole
+//! (`{{ X ~ ([X] * 100000000) }}`) before any limit can act.
 //!
 //! # Examples
 //!
@@ -151,11 +151,11 @@ pub fn render(
     values: &BTreeMap<String, SecretValue>,
 ) -> Result<BTreeMap<String, SecretValue>, TemplateError> {
     for (key, source) in templates {
-        if let Some(line) = repetition_line(source) {
+        if let Some((operator, line)) = refused_operator(source) {
             return Err(TemplateError::Operator {
                 key: key.clone(),
                 line,
-                operator: "*",
+                operator,
             });
         }
     }
@@ -192,36 +192,26 @@ fn render_checked(
     })
 }
 
-/// The line of the first `*` (or `**`) in the template's code — inside
-/// `{{ }}` or `{% %}`, outside string literals — if any. minijinja repeats
-/// a list lazily and writes it out whole before any limit can act
-/// (`{{ X ~ ([X] * 100000000) }}`), so Secret templates have no `*`.
-fn repetition_line(source: &str) -> Option<usize> {
-    let bytes = source.as_bytes();
-    let (mut i, mut line, mut code, mut quote) = (0, 1, false, None::<u8>);
-    while i < bytes.len() {
-        let b = bytes[i];
-        let next = bytes.get(i + 1).copied();
-        match (code, quote) {
-            (false, _) if b == b'{' && matches!(next, Some(b'{' | b'%')) => {
-                code = true;
-                i += 1;
-            }
-            (true, Some(_)) if b == b'\\' => i += 1,
-            (true, Some(q)) if b == q => quote = None,
-            (true, Some(_)) => {}
-            (true, None) if b == b'"' || b == b'\'' => quote = Some(b),
-            (true, None) if matches!(b, b'}' | b'%') && next == Some(b'}') => {
-                code = false;
-                i += 1;
-            }
-            (true, None) if b == b'*' => return Some(line),
-            _ => {}
-        }
-        if b == b'\n' {
-            line += 1;
-        }
-        i += 1;
+/// The first operator Secret templates do not have, and its line, as
+/// minijinja's own tokenizer reads the template (comments, raw blocks and
+/// nested braces included). `*`/`**` repeat a list and `+` joins two,
+/// lazily and for no fuel; writing such a list out (`X ~ list`) builds
+/// gigabytes before any limit can act. Templates join text with `~`.
+/// A template that does not tokenize is left to the parser's error.
+fn refused_operator(source: &str) -> Option<(&'static str, usize)> {
+    use minijinja::machinery::Token;
+    let config = minijinja::syntax::SyntaxConfig::default();
+    for token in minijinja::machinery::tokenize(source, false, config) {
+        let Ok((token, span)) = token else {
+            return None;
+        };
+        let operator = match token {
+            Token::Mul => "*",
+            Token::Pow => "**",
+            Token::Plus => "+",
+            _ => continue,
+        };
+        return Some((operator, span.start_line as usize));
     }
     None
 }

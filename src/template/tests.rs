@@ -914,6 +914,16 @@ fn the_repetition_operator_is_refused_before_anything_runs() {
     for (source, line) in [
         ("{{ X ~ ([X] * 100000000) }}", 1),
         ("ok\n{% set y = 2 ** 3 %}{{ y }}", 2),
+        // Ways a hand-written scanner was fooled: a comment with {{ and a
+        // quote, a raw block, nested braces.
+        ("{# {{ \" #}{{ X ~ ([X] * 100000000) }}", 1),
+        ("{% raw %}{{ \"{% endraw %}{{ X ~ ([X] * 100000000) }}", 1),
+        ("{{ [{'k': {}}, X ~ ([X] * 100000000)] | length }}", 1),
+        // + joins lists lazily too.
+        (
+            "{% set l = [X] %}\n{% set l = l + l %}{{ (X ~ l) | length }}",
+            2,
+        ),
     ] {
         let templates = BTreeMap::from([("k".to_string(), source.to_string())]);
         match render(&templates, &values) {
@@ -924,10 +934,12 @@ fn the_repetition_operator_is_refused_before_anything_runs() {
         }
     }
     for fine in [
-        "{{ \"a*b\" }}",
+        "{{ \"a*b+c\" }}",
         "{{ 'it\\'s * fine' }}",
-        "{# a * b #}{{ X | length }}",
-        "a * b outside code {{ X | length }}",
+        "{# a * b + c #}{{ X | length }}",
+        "a * b + c outside code {{ X | length }}",
+        "{% raw %}{{ a * b }}{% endraw %}{{ X | length }}",
+        "{{ X ~ '-' ~ X }}",
     ] {
         let templates = BTreeMap::from([("k".to_string(), fine.to_string())]);
         assert!(render(&templates, &values).is_ok(), "{fine}");
