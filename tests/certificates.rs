@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use kvsync::devvault::testcerts::{ChainSpec, TestChain, make_chain_with};
-use operator::Stack;
-use serde_json::{Value, json};
+use operator::{Stack, decoded};
+use serde_json::json;
 
 const WITHIN: Duration = Duration::from_secs(20);
 /// 2030-01-01T00:00:00Z
@@ -28,11 +28,6 @@ fn chain(leaf: &str, not_after: i64) -> TestChain {
     .expect("a test chain")
 }
 
-fn decoded(s: &Value, key: &str) -> Option<String> {
-    let b64 = s["data"][key].as_str()?;
-    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()
-}
-
 #[tokio::test]
 async fn a_pfx_certificate_becomes_a_tls_secret_and_follows_its_renewal() {
     let first = chain("web.example.test", NOT_AFTER);
@@ -42,16 +37,12 @@ async fn a_pfx_certificate_becomes_a_tls_secret_and_follows_its_renewal() {
     );
     let stack = Stack::start(&seed, &[]).await;
     stack.api.create_namespace("web");
-    stack
-        .api
-        .create(json!({
-            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
-            "metadata": {"name": "web-tls", "namespace": "web"},
-            "spec": {"vaultUrl": stack.vault.vault.url(),
-                     "certificates": [{"name": "web-tls"}],
-                     "target": {"type": "kubernetes.io/tls"}},
-        }))
-        .unwrap();
+    stack.create_binding(
+        "web",
+        "web-tls",
+        json!({"certificates": [{"name": "web-tls"}],
+                     "target": {"type": "kubernetes.io/tls"}}),
+    );
     let secret = stack
         .wait_for("the tls Secret", WITHIN, || {
             stack.api.get("secrets", "web", "web-tls")
@@ -111,25 +102,12 @@ async fn a_plain_secret_picked_as_a_certificate_is_refused_and_nothing_is_writte
     let seed = "secrets:\n  - {name: not-a-cert, value: hunter2-PLAIN}\n";
     let stack = Stack::start(seed, &[]).await;
     stack.api.create_namespace("web");
-    stack
-        .api
-        .create(json!({
-            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
-            "metadata": {"name": "web-tls", "namespace": "web"},
-            "spec": {"vaultUrl": stack.vault.vault.url(),
-                     "certificates": [{"name": "not-a-cert"}]},
-        }))
-        .unwrap();
-    let c = stack
-        .wait_for("Ready=False", WITHIN, || {
-            let b = stack.api.get("vaultsecretbindings", "web", "web-tls")?;
-            b["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .find(|c| c["type"] == "Ready" && c["status"] == "False")
-                .cloned()
-        })
-        .await;
+    stack.create_binding(
+        "web",
+        "web-tls",
+        json!({"certificates": [{"name": "not-a-cert"}]}),
+    );
+    let c = stack.ready_condition("web", "web-tls", "False").await;
     assert_eq!(c["reason"], "CertificateInvalid");
     let message = c["message"].as_str().unwrap();
     assert!(message.contains("not-a-cert"), "{message}");
@@ -146,15 +124,11 @@ async fn format_pfx_writes_the_pfx_file_as_is_beside_a_pem_bundle() {
     );
     let stack = Stack::start(&seed, &[]).await;
     stack.api.create_namespace("api");
-    stack
-        .api
-        .create(json!({
-            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
-            "metadata": {"name": "api-files", "namespace": "api"},
-            "spec": {"vaultUrl": stack.vault.vault.url(),
-                     "certificates": [{"name": "api-tls", "format": "Pfx"}]},
-        }))
-        .unwrap();
+    stack.create_binding(
+        "api",
+        "api-files",
+        json!({"certificates": [{"name": "api-tls", "format": "Pfx"}]}),
+    );
     let secret = stack
         .wait_for("the Secret", WITHIN, || {
             stack.api.get("secrets", "api", "api-files")

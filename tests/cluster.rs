@@ -9,15 +9,11 @@ mod apiserver;
 mod operator;
 mod support;
 
-use std::time::Duration;
-
-use base64::Engine;
 use kube::api::{Api, Patch, PatchParams};
-use operator::Stack;
+use operator::{Stack, WITHIN};
 use serde_json::{Value, json};
 
 const SEED: &str = "secrets:\n  - {name: registry-password, value: hunter2}\n  - {name: payroll-db, value: top-secret}\n  - {name: team-token, value: team-value}\n";
-const WITHIN: Duration = Duration::from_secs(15);
 
 fn namespace(api: &apiserver::ApiServer, name: &str, labels: Value) {
     api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}))
@@ -34,14 +30,6 @@ fn cluster_binding(stack: &Stack, spec: Value) {
             "metadata": {"name": "agents"}, "spec": spec,
         }))
         .expect("cluster binding created");
-}
-
-/// The value of `key` in Secret `ns/name`, decoded.
-fn secret_value(stack: &Stack, ns: &str, name: &str, key: &str) -> Option<String> {
-    let s = stack.api.get("secrets", ns, name)?;
-    let b64 = s["data"][key].as_str()?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-    String::from_utf8(bytes).ok()
 }
 
 /// The cluster binding's status once it describes its current generation
@@ -103,7 +91,9 @@ async fn one_read_serves_every_selected_namespace_and_labels_move_the_secret() {
     assert_eq!(st["secrets"][0]["name"], "registry-password");
     for ns in ["a", "b", "c"] {
         assert_eq!(
-            secret_value(&stack, ns, "agents", "REGISTRY_PASSWORD").as_deref(),
+            stack
+                .secret_text(ns, "agents", "REGISTRY_PASSWORD")
+                .as_deref(),
             Some("hunter2"),
             "Secret {ns}/agents"
         );
@@ -129,7 +119,7 @@ async fn one_read_serves_every_selected_namespace_and_labels_move_the_secret() {
     label(&stack, "d", json!({"kvsync.io/agents": "true"})).await;
     stack
         .wait_for("Secret d/agents", WITHIN, || {
-            secret_value(&stack, "d", "agents", "REGISTRY_PASSWORD")
+            stack.secret_text("d", "agents", "REGISTRY_PASSWORD")
         })
         .await;
     cluster_status(&stack, "4 namespaces synced", |st| {
@@ -161,15 +151,11 @@ async fn a_namespaces_own_binding_of_the_same_secret_wins() {
     let stack = Stack::start(SEED, &[]).await;
     namespace(&stack.api, "a", json!({"agents": "yes"}));
     namespace(&stack.api, "team", json!({"agents": "yes"}));
-    stack
-        .api
-        .create(json!({
-            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
-            "metadata": {"name": "team-secrets", "namespace": "team"},
-            "spec": {"vaultUrl": stack.vault.vault.url(), "secrets": [{"name": "team-token"}],
-                     "target": {"name": "agents"}},
-        }))
-        .unwrap();
+    stack.create_binding(
+        "team",
+        "team-secrets",
+        json!({"secrets": [{"name": "team-token"}], "target": {"name": "agents"}}),
+    );
     cluster_binding(
         &stack,
         json!({
@@ -198,28 +184,16 @@ async fn a_namespaces_own_binding_of_the_same_secret_wins() {
     );
     let team = stack
         .wait_for("team's own Secret", WITHIN, || {
-            secret_value(&stack, "team", "agents", "team-token")
+            stack.secret_text("team", "agents", "team-token")
         })
         .await;
     assert_eq!(team, "team-value");
     assert_eq!(
-        secret_value(&stack, "a", "agents", "registry-password").as_deref(),
+        stack
+            .secret_text("a", "agents", "registry-password")
+            .as_deref(),
         Some("hunter2")
     );
-}
-
-/// The Ready=False condition of binding `ns/name`, once it has one.
-async fn refused(stack: &Stack, ns: &str, name: &str) -> Value {
-    stack
-        .wait_for(&format!("{ns}/{name} refused"), WITHIN, || {
-            let b = stack.api.get("vaultsecretbindings", ns, name)?;
-            b["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .find(|c| c["type"] == "Ready" && c["status"] == "False")
-                .cloned()
-        })
-        .await
 }
 
 fn forged(stack: &Stack, ns: &str, owner_uid: Option<&Value>) {
@@ -229,14 +203,7 @@ fn forged(stack: &Stack, ns: &str, owner_uid: Option<&Value>) {
         metadata["ownerReferences"] = json!([{"apiVersion": "kvsync.io/v1alpha1",
             "kind": "ClusterVaultSecretBinding", "name": "agents", "uid": uid, "controller": true}]);
     }
-    stack
-        .api
-        .create(json!({
-            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
-            "metadata": metadata,
-            "spec": {"vaultUrl": stack.vault.vault.url(), "secrets": [{"name": "payroll-db"}]},
-        }))
-        .unwrap();
+    stack.create_binding_with(metadata, json!({"secrets": [{"name": "payroll-db"}]}));
 }
 
 #[tokio::test]
@@ -264,7 +231,7 @@ async fn a_forged_claim_reads_nothing_and_a_policy_does_not_limit_the_cluster_bi
     // A claim made by hand in a namespace the cluster binding does not
     // select: refused, and not deleted (kvsync deletes only what it made).
     forged(&stack, "intruder", None);
-    let c = refused(&stack, "intruder", "agents").await;
+    let c = stack.ready_condition("intruder", "agents", "False").await;
     assert_eq!(c["reason"], "ClusterBindingMissing");
     assert!(
         c["message"]
@@ -305,7 +272,7 @@ async fn a_forged_claim_reads_nothing_and_a_policy_does_not_limit_the_cluster_bi
         st["failedNamespaces"][0]["reason"],
         "ClusterBindingConflict"
     );
-    let c = refused(&stack, "forger", "agents").await;
+    let c = stack.ready_condition("forger", "agents", "False").await;
     assert!(
         c["message"]
             .as_str()

@@ -7,57 +7,16 @@ mod apiserver;
 mod operator;
 mod support;
 
-use std::time::Duration;
-
 use base64::Engine;
-use operator::Stack;
+use operator::{Stack, WITHIN, decoded};
 use serde_json::{Value, json};
 
 const SEED: &str = "secrets:\n  - {name: reg-user, value: robot}\n  - {name: reg-password, value: hunter2-REGISTRY}\n  - {name: npm-token, value: npm_SECRET_TOKEN}\n";
-const WITHIN: Duration = Duration::from_secs(15);
-
-fn binding(stack: &Stack, ns: &str, name: &str, spec: Value) {
-    let mut spec = spec;
-    spec["vaultUrl"] = json!(stack.vault.vault.url());
-    stack
-        .api
-        .create(json!({
-            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
-            "metadata": {"name": name, "namespace": ns}, "spec": spec,
-        }))
-        .expect("binding created");
-}
-
-fn decoded(s: &Value, key: &str) -> Option<String> {
-    let b64 = s["data"][key].as_str()?;
-    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()
-}
-
-/// The binding's Ready condition once it describes its current generation
-/// with `status`.
-async fn ready(stack: &Stack, ns: &str, name: &str, status: &str) -> Value {
-    stack
-        .wait_for(&format!("{ns}/{name} Ready={status}"), WITHIN, || {
-            let b = stack.api.get("vaultsecretbindings", ns, name)?;
-            let c = b["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .find(|c| c["type"] == "Ready")?
-                .clone();
-            // A failure may be reported before its generation is observed.
-            let current = b["status"]["observedGeneration"] == b["metadata"]["generation"];
-            (c["status"] == status && (current || status == "False")).then_some(c)
-        })
-        .await
-}
-
 #[tokio::test]
 async fn an_image_pull_secret_and_an_npmrc_are_built_from_vault_values() {
     let stack = Stack::start(SEED, &[]).await;
     stack.api.create_namespace("agents");
-    binding(
-        &stack,
-        "agents",
+    stack.create_binding("agents",
         "registry",
         json!({
             "secrets": [{"name": "reg-user"}, {"name": "reg-password"}],
@@ -68,9 +27,7 @@ async fn an_image_pull_secret_and_an_npmrc_are_built_from_vault_values() {
             }},
         }),
     );
-    binding(
-        &stack,
-        "agents",
+    stack.create_binding("agents",
         "npm",
         json!({
             "secrets": [{"name": "npm-token", "key": "NPM_TOKEN"}],
@@ -80,8 +37,8 @@ async fn an_image_pull_secret_and_an_npmrc_are_built_from_vault_values() {
             }},
         }),
     );
-    ready(&stack, "agents", "registry", "True").await;
-    ready(&stack, "agents", "npm", "True").await;
+    stack.ready_condition("agents", "registry", "True").await;
+    stack.ready_condition("agents", "npm", "True").await;
 
     let pull = stack.api.get("secrets", "agents", "registry-pull").unwrap();
     assert_eq!(pull["type"], "kubernetes.io/dockerconfigjson");
@@ -113,9 +70,7 @@ async fn an_image_pull_secret_and_an_npmrc_are_built_from_vault_values() {
 async fn a_failing_template_says_which_key_and_line_and_never_the_value() {
     let stack = Stack::start(SEED, &[]).await;
     stack.api.create_namespace("agents");
-    binding(
-        &stack,
-        "agents",
+    stack.create_binding("agents",
         "uri",
         json!({
             "secrets": [{"name": "reg-password", "key": "DB_PASSWORD"}],
@@ -124,7 +79,7 @@ async fn a_failing_template_says_which_key_and_line_and_never_the_value() {
             }}},
         }),
     );
-    let c = ready(&stack, "agents", "uri", "False").await;
+    let c = stack.ready_condition("agents", "uri", "False").await;
     assert_eq!(c["reason"], "TemplateError");
     let message = c["message"].as_str().unwrap();
     assert!(message.contains("DATABASE_URL"), "{message}");

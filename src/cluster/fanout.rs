@@ -188,6 +188,8 @@ pub fn status(
     let mut synced = 0;
     let mut secrets = None;
     let mut last_sync: Option<Time> = None;
+    // Being rewritten: not in step with this spec yet.
+    let rewriting: std::collections::HashSet<&String> = plan.write.iter().collect();
     for ns in &plan.selected {
         if failed.contains_key(ns) {
             continue;
@@ -200,7 +202,7 @@ pub fn status(
             last_sync = Some(t);
         }
         let current = st.and_then(|s| s.observed_generation) == c.meta().generation
-            && !plan.write.contains(ns);
+            && !rewriting.contains(ns);
         match ready_of(c) {
             Some(r) if r.status == "True" && current => {
                 synced += 1;

@@ -151,3 +151,55 @@ impl Stack {
         (kib / 1024.0 * 10.0).round() / 10.0
     }
 }
+
+/// Waits used by the stand-in tests.
+pub const WITHIN: Duration = Duration::from_secs(15);
+
+/// The text of `key` in a Secret object (its `data`, base64-decoded).
+pub fn decoded(secret: &serde_json::Value, key: &str) -> Option<String> {
+    use base64::Engine;
+    let b64 = secret["data"][key].as_str()?;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()
+}
+
+impl Stack {
+    /// Creates VaultSecretBinding `ns/name` with `spec` (its `vaultUrl` set
+    /// to the dev vault's), in process.
+    pub fn create_binding(&self, ns: &str, name: &str, spec: serde_json::Value) {
+        self.create_binding_with(serde_json::json!({"name": name, "namespace": ns}), spec);
+    }
+
+    /// [`Self::create_binding`] with whole `metadata` (annotations, owners).
+    pub fn create_binding_with(&self, metadata: serde_json::Value, spec: serde_json::Value) {
+        let mut spec = spec;
+        spec["vaultUrl"] = serde_json::json!(self.vault.vault.url());
+        self.api
+            .create(serde_json::json!({
+                "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
+                "metadata": metadata, "spec": spec,
+            }))
+            .expect("binding created");
+    }
+
+    /// The text of `key` in Secret `ns/name`, if it is there.
+    pub fn secret_text(&self, ns: &str, name: &str, key: &str) -> Option<String> {
+        decoded(&self.api.get("secrets", ns, name)?, key)
+    }
+
+    /// Binding `ns/name`'s Ready condition once it has `status` — for
+    /// `True`, describing its current generation (a failure may be reported
+    /// before its generation is observed).
+    pub async fn ready_condition(&self, ns: &str, name: &str, status: &str) -> serde_json::Value {
+        self.wait_for(&format!("{ns}/{name} Ready={status}"), WITHIN, || {
+            let b = self.api.get("vaultsecretbindings", ns, name)?;
+            let c = b["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")?
+                .clone();
+            let current = b["status"]["observedGeneration"] == b["metadata"]["generation"];
+            (c["status"] == status && (current || status == "False")).then_some(c)
+        })
+        .await
+    }
+}
