@@ -208,6 +208,23 @@ pub fn desired(binding: &VaultSecretBinding, rendered: &Rendered) -> Secret {
     }
 }
 
+/// The first write of an Owner/Orphan -> Merge switch: the Secret as Merge
+/// wants it, but with the values `current` holds for the keys it has, so
+/// that the merge manager shares kvsync's own fields (equal values never
+/// conflict) and nothing changes for the Secret's readers until kvsync's
+/// owner fields are released. The rendered values follow in the next write.
+pub fn taken_over(binding: &VaultSecretBinding, rendered: &Rendered, current: &Secret) -> Secret {
+    let mut taken = desired(binding, rendered);
+    if let (Some(data), Some(held)) = (taken.data.as_mut(), current.data.as_ref()) {
+        for (key, value) in data.iter_mut() {
+            if let Some(v) = held.get(key) {
+                *value = v.clone();
+            }
+        }
+    }
+    taken
+}
+
 /// Whether `current` already holds everything `desired` says (data keys and
 /// values, labels, annotations, owner reference, type).
 pub fn in_sync(desired: &Secret, current: Option<&Secret>) -> bool {

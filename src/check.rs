@@ -8,8 +8,8 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use crate::azure::AzureAccess;
-use crate::azure::identity::Credential;
 use crate::crd::VaultSecretBinding;
+use crate::prepare::{Inputs, Judge, PrepareError, prepare};
 use crate::poller::Poller;
 use crate::render::{Fetched, RenderInput, render};
 
@@ -68,19 +68,12 @@ impl CheckReport {
 
 /// What the VaultAccessPolicies would decide from: the policies, the
 /// namespace's labels and the operator's mode.
-pub struct PolicyInput {
-    /// The policies.
-    pub policies: crate::policy::Policies,
-    /// The binding's namespace's labels.
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// `--access-policy`.
-    pub mode: crate::policy::Mode,
-}
+pub use crate::prepare::GivenPolicies as PolicyInput;
 
 /// Runs the check. `kube` is needed only for ServiceAccount and client-secret
 /// identities; without it they are reported as problems. With `policies`,
 /// the binding is first decided as the operator would (nothing is read
-/// when denied).
+/// when denied) — by the same preparation the operator's sync runs.
 pub async fn check(
     binding: &VaultSecretBinding,
     access: &AzureAccess,
@@ -89,75 +82,37 @@ pub async fn check(
     policies: Option<&PolicyInput>,
 ) -> CheckReport {
     let mut report = CheckReport::default();
-    let spec = &binding.spec;
-    if let Err(e) = spec.validate() {
-        for fe in e.0 {
-            report
-                .problems
-                .push(format!("InvalidSpec: {}: {}", fe.field, fe.message));
-        }
-        return report;
-    }
-    let endpoint = match access.endpoint(&spec.vault_url) {
-        Ok(e) => e,
-        Err(e) => {
-            report.problems.push(format!("VaultHostNotAllowed: {e}"));
-            return report;
-        }
-    };
     let ns = binding.namespace().unwrap_or_else(|| "default".into());
-    let narrowed;
-    let spec = match policies {
-        None => spec,
-        Some(p) => match p
-            .policies
-            .decide(p.mode, &ns, &p.labels, &endpoint.authority(), spec)
-        {
-            Err(denial) => {
+    let prepared = prepare(&Inputs {
+        spec: &binding.spec,
+        namespace: &ns,
+        identity_namespace: &ns,
+        access,
+        kube,
+        service_accounts: None,
+        judge: policies.map_or(Judge::Nobody, Judge::Given),
+    })
+    .await;
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(PrepareError::Invalid(e)) => {
+            for fe in e.0 {
                 report
                     .problems
-                    .push(format!("PolicyDenied: {}", denial.message));
-                return report;
+                    .push(format!("InvalidSpec: {}: {}", fe.field, fe.message));
             }
-            Ok(filter) => match crate::policy::narrowed(spec, filter) {
-                Some(n) => {
-                    narrowed = n;
-                    &narrowed
-                }
-                None => spec,
-            },
-        },
-    };
-    let needs_kube = spec
-        .identity
-        .as_ref()
-        .is_some_and(|i| i.service_account_name.is_some() || i.client_secret_ref.is_some());
-    let credential: Result<Credential, String> = match (needs_kube, kube) {
-        (true, Some(client)) => access
-            .env
-            .resolve(spec.identity.as_ref(), &ns, client)
-            .await
-            .map_err(|e| format!("{}: {e}", e.reason())),
-        (true, None) => Err("IdentityUnavailable: this identity is read from the cluster, and no kubeconfig was found".into()),
-        (false, _) => match spec.identity.as_ref() {
-            Some(i) if i.managed_identity.is_some() => Ok(Credential::ManagedIdentity {
-                client_id: i.managed_identity.as_ref().and_then(|m| m.client_id.clone()),
-            }),
-            Some(i) => access
-                .env
-                .operator_credential(i.client_id.as_deref(), i.tenant_id.as_deref())
-                .map_err(|e| format!("{}: {e}", e.reason())),
-            None => access.env.operator_credential(None, None).map_err(|e| format!("{}: {e}", e.reason())),
-        },
-    };
-    let credential = match credential {
-        Ok(c) => c,
-        Err(p) => {
-            report.problems.push(p);
+            return report;
+        }
+        Err(e) => {
+            report.problems.push(format!("{}: {e}", e.reason()));
             return report;
         }
     };
-    let poller = Poller::new(access.client(endpoint.clone(), credential), None);
+    let spec = &*prepared.spec;
+    let poller = Poller::new(
+        access.client(prepared.endpoint.clone(), prepared.credential.clone()),
+        None,
+    );
     let interval = spec.refresh_interval_or(default_refresh);
     let read = match poller.read(None, spec, interval, true).await {
         Ok(r) => r,

@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod poller;
+pub mod prepare;
 pub mod reason;
 pub mod reconcile;
 pub mod render;

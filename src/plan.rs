@@ -22,9 +22,37 @@ pub struct PlannedKey {
     pub version: Option<String>,
     /// Missing/disabled/unreadable is skipped rather than an error.
     pub optional: bool,
-    /// A certificate's backing secret, converted when rendered (`key` is
-    /// then `tls.crt` for `Tls`, with `tls.key` beside it).
-    pub certificate: Option<CertificateFormat>,
+    /// Which field of the spec brought this read in.
+    pub role: Role,
+}
+
+/// Which field of the spec causes a read. Every read a binding makes is a
+/// [`PlannedKey`] with one of these, so the policy, the poller's interests,
+/// `kvsync check` and holding all see the same reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `spec.secrets[]`: an explicit pick.
+    Pick,
+    /// `spec.certificates[]`: a certificate's backing secret, converted when
+    /// rendered (`key` is then `tls.crt` for `Tls`, with `tls.key` beside it).
+    Certificate(CertificateFormat),
+    /// `spec.select`: a name the vault's listing showed.
+    Selected,
+}
+
+impl PlannedKey {
+    /// The certificate format, when this read is a certificate's.
+    pub fn certificate(&self) -> Option<CertificateFormat> {
+        match self.role {
+            Role::Certificate(format) => Some(format),
+            _ => None,
+        }
+    }
+
+    /// Whether this read's version is pinned.
+    pub fn pinned(&self) -> bool {
+        self.version.is_some()
+    }
 }
 
 /// The plan of one binding.
@@ -131,7 +159,7 @@ pub fn plan(spec: &VaultSecretBindingSpec, listing: &[SecretItem]) -> Result<Pla
             secret: pick.name.clone(),
             version: pick.version.clone().filter(|v| !v.is_empty()),
             optional: pick.optional,
-            certificate: None,
+            role: Role::Pick,
         })?;
     }
 
@@ -151,7 +179,7 @@ pub fn plan(spec: &VaultSecretBindingSpec, listing: &[SecretItem]) -> Result<Pla
             secret: cert.name.clone(),
             version: cert.version.clone().filter(|v| !v.is_empty()),
             optional: false,
-            certificate: Some(cert.format),
+            role: Role::Certificate(cert.format),
         })?;
     }
 
@@ -185,7 +213,7 @@ pub fn plan(spec: &VaultSecretBindingSpec, listing: &[SecretItem]) -> Result<Pla
                 version: None,
                 // A selected secret that vanishes between list and get is not an error.
                 optional: true,
-                certificate: None,
+                role: Role::Selected,
             })?;
         }
     }
@@ -195,10 +223,134 @@ pub fn plan(spec: &VaultSecretBindingSpec, listing: &[SecretItem]) -> Result<Pla
     })
 }
 
+/// Every way a spec can make a binding read a vault secret, as spec YAML
+/// that reads `payroll-db` that way (a `select` over a listing that shows
+/// it). Tests of the plan, the policy and the poller's interests run over
+/// all of them; `every_field_of_the_spec_is_classified` makes a new field
+/// fail to compile until it is either added here or said to read nothing.
+#[cfg(test)]
+pub(crate) const READS_BY_FIELD: &[(&str, &str, Role)] = &[
+    ("spec.secrets", "secrets: [{name: payroll-db}]", Role::Pick),
+    (
+        "spec.secrets[].version",
+        "secrets: [{name: payroll-db, version: 0123456789abcdef0123456789abcdef}]",
+        Role::Pick,
+    ),
+    (
+        "spec.secrets[].optional",
+        "secrets: [{name: payroll-db, optional: true}]",
+        Role::Pick,
+    ),
+    (
+        "spec.certificates (Tls)",
+        "certificates: [{name: payroll-db}]",
+        Role::Certificate(CertificateFormat::Tls),
+    ),
+    (
+        "spec.certificates (Pem)",
+        "certificates: [{name: payroll-db, format: Pem}]",
+        Role::Certificate(CertificateFormat::Pem),
+    ),
+    (
+        "spec.certificates (Pfx)",
+        "certificates: [{name: payroll-db, format: Pfx, version: 0123456789abcdef0123456789abcdef}]",
+        Role::Certificate(CertificateFormat::Pfx),
+    ),
+    ("spec.select.all", "select: {all: true}", Role::Selected),
+    (
+        "spec.select.namePrefix",
+        "select: {namePrefix: payroll-}",
+        Role::Selected,
+    ),
+    (
+        "spec.select.tags",
+        "select: {tags: {team: pay}}",
+        Role::Selected,
+    ),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::azure::keyvault::SecretAttributes;
+
+    #[test]
+    fn every_way_of_reading_is_a_planned_read_with_its_role() {
+        let listing = [item("payroll-db", &[("team", "pay")]), item("other", &[])];
+        for (field, yaml, role) in READS_BY_FIELD {
+            let p = plan(&spec(yaml), &listing).unwrap();
+            let reads: Vec<_> = p
+                .keys
+                .iter()
+                .filter(|k| k.secret == "payroll-db")
+                .collect();
+            assert_eq!(reads.len(), 1, "{field}: {p:?}");
+            assert_eq!(reads[0].role, *role, "{field}");
+            if *role != Role::Selected {
+                // Read by name: planned without any listing, as the policy
+                // judges it before anything is read.
+                let named = plan(&spec(yaml), &[]).unwrap();
+                assert!(
+                    named.keys.iter().any(|k| k.secret == "payroll-db"),
+                    "{field}: read by name, so planned before listing"
+                );
+            }
+        }
+    }
+
+    /// Every field of a binding's spec is either a way of reading (in
+    /// [`READS_BY_FIELD`]) or reads nothing. Adding a field breaks this
+    /// destructuring until it is classified here.
+    #[test]
+    fn every_field_of_the_spec_is_classified() {
+        use crate::crd::{CertificatePick, SecretPick, SecretSelector, SecretTarget, SyncSpec};
+        let s = spec(
+            "secrets: [{name: a}]\ncertificates: [{name: c}]\nselect: {all: true}\ntarget: {name: t}",
+        );
+        let VaultSecretBindingSpec {
+            identity: _, // who reads, judged by the policy on its own
+            sync,
+        } = &s;
+        let SyncSpec {
+            vault_url: _, // where: judged by the host guard and the policy
+            secrets,
+            select,
+            certificates,
+            key_transform: _,    // names keys, reads nothing
+            target,              // below
+            refresh_interval: _, // when
+            on_disabled: _,      // what to do with what was read
+            on_expired: _,
+            rollout: _, // workloads, not the vault
+        } = sync;
+        let SecretPick {
+            name: _,     // READS_BY_FIELD: spec.secrets
+            key: _,      // names a key
+            version: _,  // READS_BY_FIELD: spec.secrets[].version
+            optional: _, // READS_BY_FIELD: spec.secrets[].optional
+        } = &secrets[0];
+        let CertificatePick {
+            name: _,    // READS_BY_FIELD: spec.certificates
+            key: _,     // names a key
+            version: _, // READS_BY_FIELD: spec.certificates (Pfx) pins
+            format: _,  // READS_BY_FIELD: each format
+        } = &certificates[0];
+        let SecretSelector {
+            name_prefix: _, // READS_BY_FIELD: spec.select.namePrefix
+            all: _,         // READS_BY_FIELD: spec.select.all
+            strip_prefix: _,
+            tags: _,          // READS_BY_FIELD: spec.select.tags
+            allowed_names: _, // set by the policy, never by the user
+        } = select.as_ref().unwrap();
+        let SecretTarget {
+            name: _,
+            type_: _,
+            labels: _,
+            annotations: _,
+            template: _, // renders from the planned values only: reads nothing
+            policy: _,
+        } = target.as_ref().unwrap();
+    }
 
     fn spec(yaml: &str) -> VaultSecretBindingSpec {
         serde_yaml::from_str(&format!("vaultUrl: https://v.vault.azure.net\n{yaml}")).unwrap()

@@ -1,12 +1,20 @@
 //! VaultAccessPolicy decisions (pure): may a binding in a namespace read
-//! its vault, its picks, with its identity — and which listed names may its
-//! `select` take.
+//! its vault, every name its plan reads, with the identity it will really
+//! use — and which listed names may its `select` take.
+//!
+//! The policies judge a [`Request`]: the vault host, the binding's
+//! [`Plan`] (every read, whatever field of the spec brought it in: picks,
+//! pinned versions, certificates, `select` results) and the identity as the
+//! resolver resolved it (its kind, the spec's overrides and the tenant it
+//! signs in to, wherever that came from: the spec, a ServiceAccount's
+//! annotation or the operator's environment). They never look at the spec's
+//! fields one by one, so a new way of reading cannot pass them by.
 //!
 //! A binding in a namespace that some policies select is allowed when one
-//! of them allows its vault host, every name it picks and its identity; the
-//! names its `select` lists are kept only when one of those allowing
-//! policies allows them. A namespace no policy selects is open, unless the
-//! operator runs with `--access-policy enforce`.
+//! of them allows its vault host, every name it reads by name and its
+//! identity; the names its `select` lists are kept only when one of those
+//! allowing policies allows them. A namespace no policy selects is open,
+//! unless the operator runs with `--access-policy enforce`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::crd::policy::{IdentityRules, VaultAccessPolicySpec};
 use crate::crd::{VaultIdentity, VaultSecretBindingSpec};
+use crate::plan::{Plan, PlannedKey, Role};
 
 /// `--access-policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -98,6 +107,41 @@ pub fn narrowed(
     Some(narrowed)
 }
 
+/// What a binding asks for, as the policies judge it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The vault host (`host[:port]`, as in its vaultUrl).
+    pub host: &'a str,
+    /// Every read: before the vault is listed, the plan without a listing
+    /// (every name read by name); before a write, the plan that was read.
+    pub plan: &'a Plan,
+    /// The identity it will use.
+    pub identity: IdentityUse<'a>,
+}
+
+/// The identity a binding will really use, as resolved.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdentityUse<'a> {
+    /// `spec.identity`: its kind and overrides.
+    pub spec: Option<&'a VaultIdentity>,
+    /// The tenant the credential signs in to, wherever it came from (the
+    /// spec, a ServiceAccount's `azure.workload.identity/tenant-id`, the
+    /// operator's `AZURE_TENANT_ID`); `None` for a managed identity.
+    pub tenant: Option<&'a str>,
+    /// The operator's own tenant (`AZURE_TENANT_ID`): the one tenant
+    /// `identities.tenantIds` need not list.
+    pub operator_tenant: Option<&'a str>,
+}
+
+/// The spec field a read comes from, for messages.
+fn field(key: &PlannedKey) -> &'static str {
+    match key.role {
+        Role::Pick => "spec.secrets",
+        Role::Certificate(_) => "spec.certificates",
+        Role::Selected => "spec.select",
+    }
+}
+
 /// One policy, by name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -139,8 +183,8 @@ impl NameFilter {
 }
 
 /// The kind of identity a binding uses, as the rules name them.
-fn identity_denial(rules: &IdentityRules, identity: Option<&VaultIdentity>) -> Option<String> {
-    let id = identity.cloned().unwrap_or_default();
+fn identity_denial(rules: &IdentityRules, identity: &IdentityUse<'_>) -> Option<String> {
+    let id = identity.spec.cloned().unwrap_or_default();
     let kind = if let Some(mi) = &id.managed_identity {
         let client = mi.client_id.as_deref().unwrap_or("system");
         let allowed = rules
@@ -181,13 +225,27 @@ fn identity_denial(rules: &IdentityRules, identity: Option<&VaultIdentity>) -> O
     {
         return Some(format!("identities.tenantIds does not allow tenantId {t}"));
     }
+    // The tenant the credential really signs in to: a ServiceAccount's
+    // annotation names one too, and only the operator's own needs no rule.
+    if let Some(t) = identity.tenant {
+        let own = identity
+            .operator_tenant
+            .is_some_and(|o| o.eq_ignore_ascii_case(t));
+        if !own && !listed(&rules.tenant_ids, t) {
+            return Some(format!(
+                "identities.tenantIds does not allow tenant {t}, which the identity signs in to (from spec.identity.tenantId or the ServiceAccount's azure.workload.identity/tenant-id annotation); only the operator's own tenant needs no entry"
+            ));
+        }
+    }
     None
 }
 
 impl Policy {
-    /// Why this policy does not allow `spec` at vault `host`; `None`: it does.
-    fn denial(&self, host: &str, spec: &VaultSecretBindingSpec) -> Option<String> {
+    /// Why this policy does not allow `request`; `None`: it does. Names a
+    /// `select` listed are judged by [`NameFilter`], not here.
+    fn denial(&self, request: &Request<'_>) -> Option<String> {
         let s = &self.spec;
+        let host = request.host;
         if !s.vaults.iter().any(|p| p == "*" || glob(p, host)) {
             return Some(format!(
                 "vault {host} is not among vaults [{}]",
@@ -195,19 +253,19 @@ impl Policy {
             ));
         }
         if let Some(patterns) = &s.secrets
-            && let Some(pick) = spec
-                .secrets
-                .iter()
-                .find(|p| !patterns.iter().any(|pat| glob(pat, &p.name)))
+            && let Some(read) = request.plan.keys.iter().find(|k| {
+                k.role != Role::Selected && !patterns.iter().any(|pat| glob(pat, &k.secret))
+            })
         {
             return Some(format!(
-                "secret {} is not among secrets [{}]",
-                pick.name,
+                "secret {} ({}) is not among secrets [{}]",
+                read.secret,
+                field(read),
                 patterns.join(", ")
             ));
         }
         if let Some(rules) = &s.identities {
-            return identity_denial(rules, spec.identity.as_ref());
+            return identity_denial(rules, &request.identity);
         }
         None
     }
@@ -224,15 +282,41 @@ impl Policies {
         Self(Arc::new(policies))
     }
 
-    /// Decides for a binding with `spec` in namespace `namespace` (with
-    /// `labels`) reading vault `host` (`host[:port]`, as in its vaultUrl).
+    /// Decides for a binding in namespace `namespace` (with `labels`)
+    /// making `request`: the names a `select` may take, or why not at all.
+    /// A `select` result in the plan that the allowing policies do not
+    /// allow denies too (a plan read before a policy changed).
     pub fn decide(
         &self,
         mode: Mode,
         namespace: &str,
         labels: &BTreeMap<String, String>,
-        host: &str,
-        spec: &VaultSecretBindingSpec,
+        request: &Request<'_>,
+    ) -> Result<NameFilter, Denial> {
+        let filter = self.decide_named(mode, namespace, labels, request)?;
+        match request
+            .plan
+            .keys
+            .iter()
+            .find(|k| k.role == Role::Selected && !filter.allows(&k.secret))
+        {
+            Some(k) => Err(Denial {
+                message: format!(
+                    "secret {} ({}) is not among the names the VaultAccessPolicies selecting namespace {namespace} allow",
+                    k.secret,
+                    field(k)
+                ),
+            }),
+            None => Ok(filter),
+        }
+    }
+
+    fn decide_named(
+        &self,
+        mode: Mode,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        request: &Request<'_>,
     ) -> Result<NameFilter, Denial> {
         let selecting: Vec<&Policy> = self
             .0
@@ -253,7 +337,7 @@ impl Policies {
         let mut names: Option<Vec<String>> = Some(Vec::new());
         let mut allowed = false;
         for p in &selecting {
-            match p.denial(host, spec) {
+            match p.denial(request) {
                 None => {
                     allowed = true;
                     match (&mut names, &p.spec.secrets) {

@@ -16,7 +16,10 @@ use kube::{Api, Resource, ResourceExt};
 
 use crate::apply;
 use crate::azure::AzureAccess;
-use crate::crd::{TargetPolicy, VaultSecretBinding, VaultSecretBindingStatus};
+use crate::crd::{
+    TargetPolicy, VaultSecretBinding, VaultSecretBindingSpec, VaultSecretBindingStatus,
+};
+use crate::prepare::{Inputs, Judge, PrepareError, prepare};
 use crate::poller::{Pollers, ReadError};
 use crate::reason::Reason;
 use crate::render::{RenderInput, render};
@@ -581,6 +584,16 @@ enum SyncError {
     Standby,
 }
 
+impl From<PrepareError> for SyncError {
+    fn from(e: PrepareError) -> Self {
+        Self::User(Failure {
+            reason: e.reason(),
+            message: e.to_string(),
+            transient: e.is_transient(),
+        })
+    }
+}
+
 impl From<kube::Error> for SyncError {
     fn from(e: kube::Error) -> Self {
         Self::Kube(e)
@@ -939,54 +952,29 @@ async fn sync(
     let parent = parent
         .as_ref()
         .map_err(|e| user(e.reason(), e.to_string(), e.is_transient()))?;
-    spec.validate()
-        .map_err(|e| user(Reason::InvalidSpec, e.to_string(), false))?;
     // VaultAccessPolicies govern what a namespace's own bindings may use;
     // a cluster binding is the platform team's, and is not theirs to limit.
-    let policies = match parent {
-        Some(_) => None,
-        None => ctx.policies.as_ref(),
+    let judge = match (parent, ctx.policies.as_ref()) {
+        (None, Some(view)) => Judge::View(view),
+        _ => Judge::Nobody,
     };
     let identity_namespace = parent
         .as_ref()
         .and_then(|p| p.identity_namespace.as_deref())
         .unwrap_or(&ns);
-    // The host guard runs before any identity is resolved or token fetched.
-    let endpoint = ctx
-        .access
-        .endpoint(&spec.vault_url)
-        .map_err(|e| user(Reason::VaultHostNotAllowed, e.to_string(), false))?;
-    // Policies decide before any identity is resolved or request made; a
-    // `select` then takes only names the allowing policies allow.
-    let allowed_spec;
-    let spec = match policies {
-        None => spec,
-        Some(view) => {
-            let decided = view
-                .decide(&ns, &endpoint.authority(), spec)
-                .await
-                .map_err(|e| user(Reason::PolicyDenied, e.to_string(), true))?;
-            let filter = decided.map_err(|d| user(Reason::PolicyDenied, d.message, false))?;
-            match crate::policy::narrowed(spec, filter) {
-                Some(n) => {
-                    allowed_spec = n;
-                    &allowed_spec
-                }
-                None => spec,
-            }
-        }
-    };
-    let credential = ctx
-        .access
-        .env
-        .resolve_cached(
-            spec.identity.as_ref(),
-            identity_namespace,
-            &ctx.client,
-            ctx.service_accounts.as_ref(),
-        )
-        .await
-        .map_err(|e| user(e.reason(), e.to_string(), e.is_transient()))?;
+    let prepared = prepare(&Inputs {
+        spec,
+        namespace: &ns,
+        identity_namespace,
+        access: &ctx.access,
+        kube: Some(&ctx.client),
+        service_accounts: ctx.service_accounts.as_ref(),
+        judge,
+    })
+    .await?;
+    let spec: &VaultSecretBindingSpec = &prepared.spec;
+    let endpoint = &prepared.endpoint;
+    let credential = &prepared.credential;
     let poller = ctx
         .pollers
         .get(endpoint.base.as_str(), &credential.key(), || {
@@ -1006,15 +994,13 @@ async fn sync(
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let target = spec.target_name(&name).to_string();
-    if let Some(old) = b.status.as_ref().and_then(|s| s.target_name.as_deref())
-        && old != target
-    {
-        // target.name changed: what was written under the old name goes.
-        if !ctx.may_write() {
-            return Err(SyncError::Standby);
-        }
-        apply::retire_target(&secrets, b, old).await?;
-    }
+    // target.name changed: what was written under the old name goes, but
+    // only once the new Secret is written (apply before retire).
+    let retired = b
+        .status
+        .as_ref()
+        .and_then(|s| s.target_name.as_deref())
+        .filter(|old| *old != target);
 
     let prev = b.status.clone().unwrap_or_default();
     let previous_keys: Vec<String> = prev.secrets.iter().map(|s| s.key.clone()).collect();
@@ -1063,25 +1049,36 @@ async fn sync(
             let mut current = secrets.get_opt(&target).await?;
             apply::check_ownership(b, current.as_ref())
                 .map_err(|e| user(e.reason(), e.to_string(), false))?;
-            if spec.policy() == TargetPolicy::Merge
-                && current
+            let data_of = |current: &Option<Secret>| -> Option<std::collections::BTreeMap<String, Vec<u8>>> {
+                current
                     .as_ref()
-                    .is_some_and(|c| apply::written_as_owner(b, c))
+                    .and_then(|s| s.data.as_ref())
+                    .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+            };
+            if spec.policy() == TargetPolicy::Merge
+                && let Some(owned) = current.as_ref().filter(|c| apply::written_as_owner(b, c))
             {
                 // Owner/Orphan -> Merge: give up what kvsync wrote as the
                 // Secret's owner (its owner reference above all, or deleting
                 // the binding would garbage-collect a Secret others now
-                // share); Merge then adds its keys under its own manager.
+                // share) — but only after Merge holds its keys: first the
+                // merge manager takes the keys at the values the Secret has
+                // (the same values, so they are shared with kvsync's own
+                // manager, never a conflict with it), then kvsync's owner
+                // fields are released. A Merge apply that is refused (a key
+                // someone else owns, a webhook) leaves the Secret as it was.
+                let rendered = render_over(data_of(&current).as_ref())?;
+                let taken = apply::taken_over(b, &rendered, owned);
                 if !ctx.may_write() {
                     return Err(SyncError::Standby);
                 }
+                apply::apply(&secrets, &taken, &apply::field_manager(b), false)
+                    .await
+                    .map_err(write_error)?;
                 apply::release_fields(&secrets, &target, apply::FIELD_MANAGER).await?;
                 current = secrets.get_opt(&target).await?;
             }
-            let current_data: Option<std::collections::BTreeMap<String, Vec<u8>>> = current
-                .as_ref()
-                .and_then(|s| s.data.as_ref())
-                .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect());
+            let current_data = data_of(&current);
             let rendered = render_over(current_data.as_ref())?;
             let desired = apply::desired(b, &rendered);
             let write = !apply::in_sync(&desired, current.as_ref())
@@ -1124,29 +1121,24 @@ async fn sync(
         let bindings: Api<VaultSecretBinding> = Api::namespaced(ctx.client.clone(), &ns);
         ctx.write_status(&bindings, b, &intent).await?;
     }
-    if let (Some(_), Some(view)) = (&desired, policies) {
+    if desired.is_some() {
         // A policy may have changed while the vault was read: what it now
         // forbids is not written.
-        let decided = view
-            .decide(&ns, &endpoint.authority(), &b.spec)
-            .await
-            .map_err(|e| user(Reason::PolicyDenied, e.to_string(), true))?;
-        if let Err(d) = decided {
-            return Err(user(Reason::PolicyDenied, d.message, false));
-        }
+        prepared
+            .judge_read(judge, &ns, &read.plan, ctx.access.env.tenant_id.as_deref())
+            .await?;
     }
     if let Some(desired) = &desired {
         let force_apply = spec.policy() != TargetPolicy::Merge;
         let written = apply::apply(&secrets, desired, &apply::field_manager(b), force_apply)
             .await
-            .map_err(|e| match e.reason() {
-                Some(reason) => user(reason, e.to_string(), false),
-                None => match e {
-                    apply::WriteError::Kube(k) => SyncError::Kube(k),
-                    other => user(Reason::SecretRejected, other.to_string(), false),
-                },
-            })?;
+            .map_err(write_error)?;
         secret_version = written.metadata.resource_version;
+    }
+    if let Some(old) = retired {
+        // The new Secret is written (or was already in sync): the old one
+        // may go now.
+        apply::retire_target(&secrets, b, old).await?;
     }
 
     let mut requeue = None;
@@ -1220,6 +1212,26 @@ async fn sync(
         repaired: write && !data_changed && !spec_changed,
         requeue,
     })
+}
+
+/// A refused write of the target Secret: the user's to fix when it has a
+/// reason, otherwise the API's failure (retried).
+fn write_error(e: apply::WriteError) -> SyncError {
+    match e.reason() {
+        Some(reason) => SyncError::User(Failure {
+            reason,
+            message: e.to_string(),
+            transient: false,
+        }),
+        None => match e {
+            apply::WriteError::Kube(k) => SyncError::Kube(k),
+            other => SyncError::User(Failure {
+                reason: Reason::SecretRejected,
+                message: other.to_string(),
+                transient: false,
+            }),
+        },
+    }
 }
 
 /// Rollout targets that do not exist. Looked up when the spec changed or

@@ -412,7 +412,7 @@ mod tests {
                     secret: format!("{k}-secret"),
                     version: None,
                     optional: *optional,
-                    certificate: None,
+                    role: crate::plan::Role::Pick,
                 })
                 .collect(),
         }

@@ -74,7 +74,7 @@ pub fn shape(
 ) -> Result<(BTreeMap<String, SecretValue>, Vec<CertificateExpiry>), ShapeError> {
     let mut expiries = Vec::new();
     for planned in &plan.keys {
-        let Some(format) = planned.certificate else {
+        let Some(format) = planned.certificate() else {
             continue;
         };
         let Some(raw) = data.get(&planned.key).cloned() else {
@@ -171,7 +171,7 @@ mod tests {
                     secret: k.to_lowercase().replace('_', "-"),
                     version: None,
                     optional: false,
-                    certificate: None,
+                    role: crate::plan::Role::Pick,
                 })
                 .collect(),
         }
@@ -228,7 +228,7 @@ mod tests {
                 secret: "web-tls".to_string(),
                 version: None,
                 optional: false,
-                certificate: Some(format),
+                role: crate::plan::Role::Certificate(format),
             }],
         }
     }
@@ -327,7 +327,7 @@ mod tests {
             secret: "other".to_string(),
             version: None,
             optional: false,
-            certificate: None,
+            role: crate::plan::Role::Pick,
         });
         let data = values(&[(TLS_CRT, &c.pfx_base64().unwrap()), (TLS_KEY, "x")]);
         let e = shape(data, &plan, &[], None, None).unwrap_err();

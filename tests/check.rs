@@ -159,7 +159,7 @@ async fn a_policy_denial_is_reported_and_nothing_is_read() {
     assert_eq!(
         report.problems,
         [
-            "PolicyDenied: VaultAccessPolicy ci-public: secret payroll-db is not among secrets [public-*]"
+            "PolicyDenied: VaultAccessPolicy ci-public: secret payroll-db (spec.secrets) is not among secrets [public-*]"
         ]
     );
     let stats = f.stats().await;

@@ -135,7 +135,7 @@ async fn policy_denies_a_pick_it_does_not_allow_before_any_request_and_serves_on
     let message = denied(&env, "payroll", "payroll-db").await;
     assert!(
         message.contains(&format!(
-            "VaultAccessPolicy {policy}: secret payroll-db is not among secrets [public-*]"
+            "VaultAccessPolicy {policy}: secret payroll-db (spec.secrets) is not among secrets [public-*]"
         )),
         "the message names the policy and the rule: {message}"
     );

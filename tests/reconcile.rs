@@ -953,6 +953,20 @@ async fn owner_to_merge_gives_up_the_owner_reference_before_sharing() {
     let run = tokio::spawn(reconcile(Arc::new(merge_binding(&f)), s.ctx.clone()));
     // The Secret as the binding wrote it under policy Owner.
     expect_secret(&mut s.handle, "v").await;
+    // Merge takes its keys first, at the values the Secret holds (shared
+    // with kvsync's own manager, so never a conflict with it)...
+    let (query, taken) = expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    assert!(query.contains("fieldManager=kvsync-merge-uid-1") && !query.contains("force=true"));
+    assert_eq!(taken["data"]["DB_PASSWORD"], b64("v"));
+    assert!(taken["metadata"].get("ownerReferences").is_none());
+    // ...then kvsync's owner fields are released.
     expect_secret(&mut s.handle, "v").await;
     let (query, released) = expect(
         &mut s.handle,
@@ -994,12 +1008,71 @@ async fn owner_to_merge_gives_up_the_owner_reference_before_sharing() {
 }
 
 #[tokio::test]
+async fn owner_to_merge_refused_leaves_the_secret_as_it_was() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let mut s = scenario(&f);
+    let run = tokio::spawn(reconcile(Arc::new(merge_binding(&f)), s.ctx.clone()));
+    expect_secret(&mut s.handle, "v").await;
+    let conflict =
+        "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using v1: .data.DB_PASSWORD";
+    expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        409,
+        status_error(409, "Conflict", conflict),
+    )
+    .await;
+    // No release of kvsync's fields: the Secret keeps its keys and owner.
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    let (_, status) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    let ready = &status["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "MergeConflict", "{status}");
+    let _ = run.await.unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
+async fn a_rename_onto_a_secret_kvsync_does_not_manage_keeps_the_old_one() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let b = renamed(&f).await;
+    let mut s = scenario(&f);
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    // The new name is someone else's Secret: refused, and the old Secret
+    // (the one the workload uses) is never read nor deleted.
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        foreign_secret(json!({"x": b64("theirs")})),
+    )
+    .await;
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    let (_, status) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    let ready = &status["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "SecretNotManaged", "{status}");
+    let _ = run.await.unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
 async fn a_renamed_target_deletes_the_secret_the_binding_owned() {
     let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
     let b = renamed(&f).await;
     let mut s = scenario(&f);
     let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
     let old_path = "/api/v1/namespaces/ci/secrets/old-name";
+    // Apply before retire: the new Secret first.
+    expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
+    expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
     let mut owned = managed_secret(&b64("v"));
     owned["metadata"]["name"] = json!("old-name");
     owned["metadata"]["uid"] = json!("secret-uid-7");
@@ -1016,15 +1089,6 @@ async fn a_renamed_target_deletes_the_secret_the_binding_owned() {
         delete["preconditions"]["uid"], "secret-uid-7",
         "only the Secret that was read is deleted"
     );
-    expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
-    expect(
-        &mut s.handle,
-        "PATCH",
-        SECRET_PATH,
-        200,
-        managed_secret(&b64("v")),
-    )
-    .await;
     expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
     let (_, written) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
     assert_eq!(written["status"]["targetName"], "agent");
@@ -1038,6 +1102,15 @@ async fn a_renamed_orphan_target_is_left_behind() {
     let mut s = scenario(&f);
     b.spec.target = Some(serde_json::from_value(json!({"policy": "Orphan"})).unwrap());
     let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
+    expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
     let mut orphan = managed_secret(&b64("v"));
     orphan["metadata"]["name"] = json!("old-name");
     orphan["metadata"]["ownerReferences"] = json!(null);
@@ -1049,16 +1122,7 @@ async fn a_renamed_orphan_target_is_left_behind() {
         orphan,
     )
     .await;
-    // No DELETE: straight on to the new target.
-    expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
-    expect(
-        &mut s.handle,
-        "PATCH",
-        SECRET_PATH,
-        200,
-        managed_secret(&b64("v")),
-    )
-    .await;
+    // No DELETE: an Orphan is left behind.
     expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
     expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
     finish(run, s).await;
@@ -1233,7 +1297,7 @@ async fn a_binding_a_policy_now_denies_stops_being_read() {
         ready["message"]
             .as_str()
             .unwrap()
-            .contains("secret db-password is not among secrets [public-*]"),
+            .contains("secret db-password (spec.secrets) is not among secrets [public-*]"),
         "{ready}"
     );
     run.await.unwrap().unwrap();

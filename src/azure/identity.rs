@@ -559,8 +559,26 @@ impl AzureEnvironment {
         kube: &kube::Client,
         cache: Option<&ServiceAccountCache>,
     ) -> Result<Credential, IdentityError> {
+        self.resolve_ids(identity, namespace, Some(kube), cache)
+            .await?
+            .load(Some(kube))
+            .await
+    }
+
+    /// The first half of [`Self::resolve_cached`]: which identity, client
+    /// and tenant a binding's `spec.identity` comes to (the ServiceAccount's
+    /// annotations read), before anything secret is loaded — what a
+    /// VaultAccessPolicy judges. `kube` is needed only for ServiceAccounts
+    /// and client secrets.
+    pub async fn resolve_ids(
+        &self,
+        identity: Option<&VaultIdentity>,
+        namespace: &str,
+        kube: Option<&kube::Client>,
+        cache: Option<&ServiceAccountCache>,
+    ) -> Result<Resolved, IdentityError> {
         let Some(id) = identity else {
-            return self.operator_credential(None, None);
+            return self.operator_credential(None, None).map(Resolved::Ready);
         };
         if let Some(mi) = &id.managed_identity {
             let client_id = mi
@@ -574,9 +592,10 @@ impl AzureEnvironment {
                     )
                 })
                 .transpose()?;
-            return Ok(Credential::ManagedIdentity { client_id });
+            return Ok(Resolved::Ready(Credential::ManagedIdentity { client_id }));
         }
         if let Some(sa_name) = &id.service_account_name {
+            let kube = kube.ok_or_else(no_cluster)?;
             let annotations = match cached_annotations(cache, namespace, sa_name) {
                 Some(annotations) => annotations,
                 None => {
@@ -631,7 +650,7 @@ impl AzureEnvironment {
             .ok_or_else(|| IdentityError::MissingTenant {
                 who: format!("ServiceAccount {namespace}/{sa_name}"),
             })?;
-            return Ok(Credential::ClientAssertion {
+            return Ok(Resolved::Ready(Credential::ClientAssertion {
                 tenant_id,
                 client_id,
                 assertion: AssertionSource::ServiceAccount {
@@ -639,7 +658,7 @@ impl AzureEnvironment {
                     namespace: namespace.into(),
                     name: sa_name.clone(),
                 },
-            });
+            }));
         }
         if let Some(r) = &id.client_secret_ref {
             // Both ids are checked before the Secret is read: a bad tenant
@@ -669,31 +688,90 @@ impl AzureEnvironment {
             .ok_or_else(|| IdentityError::MissingTenant {
                 who: format!("service principal {client_id}"),
             })?;
-            let api: Api<Secret> = Api::namespaced(kube.clone(), namespace);
-            let secret = api
-                .get_opt(&r.name)
-                .await
-                .map_err(|e| IdentityError::Kubernetes {
-                    action: format!("cannot read Secret {namespace}/{}", r.name),
-                    detail: e.to_string(),
-                })?;
-            let missing = || IdentityError::ClientSecretMissing {
-                namespace: namespace.into(),
-                name: r.name.clone(),
-                key: r.key.clone(),
-            };
-            let bytes = secret
-                .and_then(|s| s.data)
-                .and_then(|mut d| d.remove(&r.key))
-                .ok_or_else(missing)?;
-            let text = String::from_utf8(bytes.0).map_err(|_| missing())?;
-            return Ok(Credential::ClientSecret {
+            return Ok(Resolved::ClientSecret {
                 tenant_id,
                 client_id,
-                secret: SecretValue::new(text.trim_end_matches(['\r', '\n'])),
+                namespace: namespace.into(),
+                secret: r.clone(),
             });
         }
         self.operator_credential(id.client_id.as_deref(), id.tenant_id.as_deref())
+            .map(Resolved::Ready)
+    }
+}
+
+/// A binding's identity as resolved before anything secret is loaded: what a
+/// VaultAccessPolicy judges (its kind, client and tenant), then
+/// [`Resolved::load`]ed into a [`Credential`].
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    /// Nothing left to load.
+    Ready(Credential),
+    /// A service principal whose client secret is still in its Secret.
+    ClientSecret {
+        tenant_id: String,
+        client_id: String,
+        namespace: String,
+        secret: crate::crd::SecretKeyRef,
+    },
+}
+
+fn no_cluster() -> IdentityError {
+    IdentityError::Kubernetes {
+        action: "this identity is read from the cluster".into(),
+        detail: "no kubeconfig was found".into(),
+    }
+}
+
+impl Resolved {
+    /// The tenant the credential signs in to (`None`: a managed identity,
+    /// whose tenant is the node's).
+    pub fn tenant_id(&self) -> Option<&str> {
+        match self {
+            Self::Ready(Credential::ClientAssertion { tenant_id, .. })
+            | Self::Ready(Credential::ClientSecret { tenant_id, .. })
+            | Self::ClientSecret { tenant_id, .. } => Some(tenant_id),
+            Self::Ready(Credential::ManagedIdentity { .. }) => None,
+        }
+    }
+
+    /// The credential, reading a client secret from its Secret (in the
+    /// binding's namespace only).
+    pub async fn load(self, kube: Option<&kube::Client>) -> Result<Credential, IdentityError> {
+        match self {
+            Self::Ready(credential) => Ok(credential),
+            Self::ClientSecret {
+                tenant_id,
+                client_id,
+                namespace,
+                secret: r,
+            } => {
+                let kube = kube.ok_or_else(no_cluster)?;
+                let api: Api<Secret> = Api::namespaced(kube.clone(), &namespace);
+                let secret = api
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(|e| IdentityError::Kubernetes {
+                        action: format!("cannot read Secret {namespace}/{}", r.name),
+                        detail: e.to_string(),
+                    })?;
+                let missing = || IdentityError::ClientSecretMissing {
+                    namespace: namespace.clone(),
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                };
+                let bytes = secret
+                    .and_then(|s| s.data)
+                    .and_then(|mut d| d.remove(&r.key))
+                    .ok_or_else(missing)?;
+                let text = String::from_utf8(bytes.0).map_err(|_| missing())?;
+                Ok(Credential::ClientSecret {
+                    tenant_id,
+                    client_id,
+                    secret: SecretValue::new(text.trim_end_matches(['\r', '\n'])),
+                })
+            }
+        }
     }
 }
 

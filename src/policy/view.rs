@@ -9,8 +9,7 @@ use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::{Denial, Mode, NameFilter, Policies, Policy};
-use crate::crd::VaultSecretBindingSpec;
+use super::{Denial, Mode, NameFilter, Policies, Policy, Request};
 use crate::crd::policy::VaultAccessPolicy;
 
 /// How long a decision waits for the first listings.
@@ -74,13 +73,12 @@ impl PolicyView {
         )
     }
 
-    /// Decides for `spec` in `namespace` at vault `host`: `Ok(Ok(filter))`
-    /// allowed, `Ok(Err(denial))` denied, `Err` undecided (retry).
+    /// Decides for `request` in `namespace`: `Ok(Ok(filter))` allowed,
+    /// `Ok(Err(denial))` denied, `Err` undecided (retry).
     pub async fn decide(
         &self,
         namespace: &str,
-        host: &str,
-        spec: &VaultSecretBindingSpec,
+        request: &Request<'_>,
     ) -> Result<Result<NameFilter, Denial>, ViewError> {
         let listed = async {
             self.policies.wait_until_ready().await.ok()?;
@@ -94,7 +92,7 @@ impl PolicyView {
         let labels = namespace_labels(&self.namespaces, &self.client, namespace).await?;
         Ok(self
             .policies()
-            .decide(self.mode, namespace, &labels, host, spec))
+            .decide(self.mode, namespace, &labels, request))
     }
 }
 

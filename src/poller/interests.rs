@@ -50,10 +50,14 @@ impl Interest {
     fn of(spec: &VaultSecretBindingSpec, interval: Duration) -> Self {
         let mut picks = Vec::new();
         let mut pinned = Vec::new();
-        for p in &spec.secrets {
-            match p.version.as_deref().filter(|v| !v.is_empty()) {
-                Some(v) => pinned.push((lower(&p.name), lower(v))),
-                None => picks.push(lower(&p.name)),
+        // The plan's reads by name (picks, pins, certificates: whatever
+        // field brought them in), never the spec's fields one by one. A
+        // spec that cannot be planned reads nothing by name.
+        let named = crate::plan::plan(spec, &[]).unwrap_or_default();
+        for k in &named.keys {
+            match &k.version {
+                Some(v) => pinned.push((lower(&k.secret), lower(v))),
+                None => picks.push(lower(&k.secret)),
             }
         }
         Interest {
