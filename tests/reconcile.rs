@@ -1230,13 +1230,22 @@ fn policy_view(
     client: kube::Client,
     allowed: &str,
 ) -> kvsync::policy::view::PolicyView {
+    policy_view_of(
+        client,
+        json!({"namespaceSelector": {"matchLabels": {"team": "ci"}},
+               "vaults": [f.vault.addr().to_string()], "secrets": [allowed]}),
+    )
+}
+
+/// A PolicyView over one policy `ci-public` with `spec`, namespace `ci`
+/// labelled team=ci.
+fn policy_view_of(client: kube::Client, spec: Value) -> kvsync::policy::view::PolicyView {
     use kvsync::crd::policy::VaultAccessPolicy;
     let (policies, mut pw) = reflector::store::<VaultAccessPolicy>();
     let p: VaultAccessPolicy = serde_json::from_value(json!({
         "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultAccessPolicy",
         "metadata": {"name": "ci-public"},
-        "spec": {"namespaceSelector": {"matchLabels": {"team": "ci"}},
-                 "vaults": [f.vault.addr().to_string()], "secrets": [allowed]},
+        "spec": spec,
     }))
     .unwrap();
     pw.apply_watcher_event(&watcher::Event::Init);
@@ -1311,4 +1320,98 @@ async fn a_binding_a_policy_now_denies_stops_being_read() {
         before,
         "nothing read"
     );
+}
+
+/// Every Key Vault and Entra request the dev vault answered, by any status.
+async fn vault_requests(f: &Fixture) -> u64 {
+    let stats = f.stats().await;
+    ["get_secret", "list_secrets", "list_versions", "token"]
+        .iter()
+        .map(|op| {
+            [200, 401, 403, 404, 429, 500]
+                .iter()
+                .map(|status| stats.count(op, *status))
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_certificate_the_policy_forbids_is_denied_and_never_read() {
+    let f = start(
+        "secrets:\n  - {name: public-api, value: v}\n  - {name: payroll-tls, value: not-a-cert}\n",
+    )
+    .await;
+    // A tripwire on the forbidden name: a request for it would be answered
+    // (and counted) as a 500.
+    f.fault(json!({"op": "get_secret", "secret": "payroll-tls", "status": 500, "code": "Tripwire", "count": 1000}))
+        .await;
+    let mut b = binding(&f, json!(null));
+    b.spec.secrets = serde_json::from_value(json!([{"name": "public-api"}])).unwrap();
+    b.spec.certificates = serde_json::from_value(json!([{"name": "payroll-tls"}])).unwrap();
+    let (client, _unused) = support::mock::client();
+    let mut s = scenario_as(&f, Duration::ZERO, |ctx| {
+        ctx.without_start_spread()
+            .with_policies(policy_view(&f, client, "public-*"))
+    });
+    f.reset_stats().await;
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    let (_, st) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    let ready = &st["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "PolicyDenied", "{st}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("secret payroll-tls (spec.certificates) is not among secrets [public-*]"),
+        "{ready}"
+    );
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+    assert_eq!(vault_requests(&f).await, 0, "no request reached the vault or Entra ID");
+}
+
+#[tokio::test]
+async fn a_service_accounts_foreign_tenant_annotation_is_judged_by_tenant_ids() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let mut b = binding(&f, json!(null));
+    b.spec.identity = Some(serde_json::from_value(json!({"serviceAccountName": "agent"})).unwrap());
+    let (client, _unused) = support::mock::client();
+    let mut s = scenario_as(&f, Duration::ZERO, |ctx| {
+        ctx.without_start_spread().with_policies(policy_view_of(
+            client,
+            json!({"namespaceSelector": {"matchLabels": {"team": "ci"}},
+                   "vaults": [f.vault.addr().to_string()],
+                   "identities": {"serviceAccounts": true}}),
+        ))
+    });
+    f.reset_stats().await;
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    let foreign = "44444444-4444-4444-4444-444444444444";
+    expect(
+        &mut s.handle,
+        "GET",
+        "/api/v1/namespaces/ci/serviceaccounts/agent",
+        200,
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+               "metadata": {"name": "agent", "namespace": "ci", "annotations": {
+                   "azure.workload.identity/client-id": "55555555-5555-5555-5555-555555555555",
+                   "azure.workload.identity/tenant-id": foreign}}}),
+    )
+    .await;
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    let (_, st) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    let ready = &st["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "PolicyDenied", "{st}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("identities.tenantIds does not allow tenant {foreign}")),
+        "{ready}"
+    );
+    run.await.unwrap().unwrap();
+    no_more_requests(s).await;
+    assert_eq!(vault_requests(&f).await, 0, "no token was asked for");
 }
