@@ -189,3 +189,30 @@ async fn a_select_takes_only_what_the_policy_allows() {
     let stats = f.stats().await;
     assert_eq!(stats.count("get_secret", 200), 1, "{:?}", stats.requests);
 }
+
+#[tokio::test]
+async fn a_certificate_is_judged_like_a_pick_and_nothing_is_read() {
+    let f = start(POLICY_SEED).await;
+    let b = binding(&f, "  certificates: [{name: payroll-db}]");
+    let policies = policy_input(&f, "[public-*]");
+    let report = kvsync::check::check(
+        &b,
+        &access(&f),
+        None,
+        Duration::from_secs(300),
+        Some(&policies),
+    )
+    .await;
+    assert_eq!(
+        report.problems,
+        [
+            "PolicyDenied: VaultAccessPolicy ci-public: secret payroll-db (spec.certificates) is not among secrets [public-*]"
+        ]
+    );
+    let stats = f.stats().await;
+    assert!(
+        stats.requests.is_empty(),
+        "no token, no read: {:?}",
+        stats.requests
+    );
+}

@@ -356,3 +356,115 @@ async fn enforce_denies_a_namespace_no_policy_selects_until_one_does() {
     )
     .await;
 }
+
+/// Every way of reading a name is judged, not only `spec.secrets`: a
+/// certificate (whose Secret would carry a private key) and a pinned
+/// version of a forbidden name are denied before any request for it.
+#[tokio::test]
+async fn policy_judges_certificates_and_pins_like_picks_before_any_request() {
+    let kc = e2e!();
+    let env = Env::start(kc, SEED).await;
+    set_tripwire(&env).await;
+    let policy = restrict_to_public(&env).await;
+    let ways = [
+        (
+            "cert-tls",
+            json!({"certificates": [{"name": "payroll-db"}]}),
+            "spec.certificates",
+        ),
+        (
+            "cert-pem",
+            json!({"certificates": [{"name": "payroll-db", "format": "Pem", "key": "payroll.pem"}]}),
+            "spec.certificates",
+        ),
+        (
+            "pinned",
+            json!({"secrets": [{"name": "payroll-db", "version": "0123456789abcdef0123456789abcdef"}]}),
+            "spec.secrets",
+        ),
+    ];
+    for (name, spec, _) in &ways {
+        env.apply_binding(name, spec.clone()).await;
+    }
+    for (name, _, field) in &ways {
+        let message = denied(&env, name, &format!("secret payroll-db ({field})")).await;
+        assert!(
+            message.contains(&format!("VaultAccessPolicy {policy}:")),
+            "{name}: the message names the policy: {message}"
+        );
+        assert!(
+            env.secrets().get_opt(name).await.unwrap().is_none(),
+            "{name}: no Secret was written"
+        );
+    }
+    assert_eq!(
+        payroll_requests(&env).await,
+        0,
+        "no request for payroll-db reached the vault"
+    );
+}
+
+/// The tenant a ServiceAccount's `azure.workload.identity/tenant-id`
+/// annotation names is judged like `spec.identity.tenantId`: without
+/// `identities.tenantIds`, only the operator's own tenant is allowed.
+#[tokio::test]
+async fn a_service_accounts_tenant_annotation_is_judged_by_the_policy() {
+    let kc = e2e!();
+    let env = Env::start(kc, SEED).await;
+    env.label_namespace(SCOPE_LABEL, &env.ns).await;
+    let policy = format!("{}-ids", env.ns);
+    env.apply_policy(
+        &policy,
+        json!({"namespaceSelector": selecting(&env), "vaults": ["127.0.0.1:*"],
+               "identities": {"serviceAccounts": true}}),
+    )
+    .await;
+    // Wait until the operator decides by the policy: a binding with the
+    // operator's own identity is refused by it.
+    env.apply_binding("probe", json!({"secrets": [{"name": "public-api"}]}))
+        .await;
+    denied(&env, "probe", "identities.operator is not true").await;
+
+    let foreign = "44444444-4444-4444-4444-444444444444";
+    let sas: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    for (name, tenant) in [
+        ("foreign", foreign),
+        ("own", kvsync::devvault::DEV_TENANT_ID),
+    ] {
+        sas.create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name, "annotations": {
+                "azure.workload.identity/client-id": format!("{name}-app"),
+                "azure.workload.identity/tenant-id": tenant}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        env.apply_binding(
+            name,
+            json!({"identity": {"serviceAccountName": name}, "secrets": [{"name": "public-api"}]}),
+        )
+        .await;
+    }
+    let message = denied(
+        &env,
+        "foreign",
+        &format!("identities.tenantIds does not allow tenant {foreign}"),
+    )
+    .await;
+    assert!(
+        message.contains(&format!("VaultAccessPolicy {policy}:")),
+        "{message}"
+    );
+    assert!(env.secrets().get_opt("foreign").await.unwrap().is_none());
+    // The operator's own tenant needs no entry.
+    env.ready("own", "True", SYNC_DEADLINE).await;
+    let vault = env.vault.stats().await;
+    assert!(
+        vault["assertionSubjects"]
+            .as_object()
+            .is_none_or(|m| !m.contains_key("foreign-app")),
+        "no token was exchanged for the foreign tenant's identity: {vault}"
+    );
+}
