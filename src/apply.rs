@@ -225,6 +225,40 @@ pub fn taken_over(binding: &VaultSecretBinding, rendered: &Rendered, current: &S
     taken
 }
 
+/// Data keys of `keys` that a field manager other than `ours` owns in
+/// `current` (from its `managedFields`), with those managers: what a Merge
+/// apply would conflict on.
+pub fn foreign_keys(
+    current: &Secret,
+    keys: impl IntoIterator<Item = String>,
+    ours: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    let fields = current.metadata.managed_fields.as_deref().unwrap_or(&[]);
+    let mut found = Vec::new();
+    let mut managers = Vec::new();
+    for key in keys {
+        let field = format!("f:{key}");
+        for m in fields {
+            let manager = m.manager.as_deref().unwrap_or("");
+            let owns = m
+                .fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:data"))
+                .and_then(|d| d.get(&field))
+                .is_some();
+            if owns && !ours.contains(&manager) {
+                if !found.contains(&key) {
+                    found.push(key.clone());
+                }
+                if !managers.iter().any(|x: &String| x == manager) {
+                    managers.push(manager.to_string());
+                }
+            }
+        }
+    }
+    (found, managers)
+}
+
 /// Whether `current` already holds everything `desired` says (data keys and
 /// values, labels, annotations, owner reference, type).
 pub fn in_sync(desired: &Secret, current: Option<&Secret>) -> bool {

@@ -9,8 +9,8 @@ use kube::ResourceExt;
 
 use crate::azure::AzureAccess;
 use crate::crd::VaultSecretBinding;
-use crate::prepare::{Inputs, Judge, PrepareError, prepare};
 use crate::poller::Poller;
+use crate::prepare::{Inputs, Judge, PrepareError, prepare};
 use crate::render::{Fetched, RenderInput, render};
 
 /// What `check` found.

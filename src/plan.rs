@@ -279,11 +279,7 @@ mod tests {
         let listing = [item("payroll-db", &[("team", "pay")]), item("other", &[])];
         for (field, yaml, role) in READS_BY_FIELD {
             let p = plan(&spec(yaml), &listing).unwrap();
-            let reads: Vec<_> = p
-                .keys
-                .iter()
-                .filter(|k| k.secret == "payroll-db")
-                .collect();
+            let reads: Vec<_> = p.keys.iter().filter(|k| k.secret == "payroll-db").collect();
             assert_eq!(reads.len(), 1, "{field}: {p:?}");
             assert_eq!(reads[0].role, *role, "{field}");
             if *role != Role::Selected {

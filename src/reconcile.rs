@@ -19,8 +19,8 @@ use crate::azure::AzureAccess;
 use crate::crd::{
     TargetPolicy, VaultSecretBinding, VaultSecretBindingSpec, VaultSecretBindingStatus,
 };
-use crate::prepare::{Inputs, Judge, PrepareError, prepare};
 use crate::poller::{Pollers, ReadError};
+use crate::prepare::{Inputs, Judge, PrepareError, prepare};
 use crate::reason::Reason;
 use crate::render::{RenderInput, render};
 use crate::rollout::{self, RolloutDue};
@@ -1049,12 +1049,13 @@ async fn sync(
             let mut current = secrets.get_opt(&target).await?;
             apply::check_ownership(b, current.as_ref())
                 .map_err(|e| user(e.reason(), e.to_string(), false))?;
-            let data_of = |current: &Option<Secret>| -> Option<std::collections::BTreeMap<String, Vec<u8>>> {
-                current
-                    .as_ref()
-                    .and_then(|s| s.data.as_ref())
-                    .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
-            };
+            let data_of =
+                |current: &Option<Secret>| -> Option<std::collections::BTreeMap<String, Vec<u8>>> {
+                    current
+                        .as_ref()
+                        .and_then(|s| s.data.as_ref())
+                        .map(|d| d.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
+                };
             if spec.policy() == TargetPolicy::Merge
                 && let Some(owned) = current.as_ref().filter(|c| apply::written_as_owner(b, c))
             {
@@ -1068,11 +1069,26 @@ async fn sync(
                 // fields are released. A Merge apply that is refused (a key
                 // someone else owns, a webhook) leaves the Secret as it was.
                 let rendered = render_over(data_of(&current).as_ref())?;
+                // A key someone else owns is a conflict now, before
+                // anything is written.
+                let merge_manager = apply::field_manager(b);
+                let (keys, managers) = apply::foreign_keys(
+                    owned,
+                    rendered.data.keys().cloned(),
+                    &[apply::FIELD_MANAGER, &merge_manager],
+                );
+                if !keys.is_empty() {
+                    return Err(write_error(apply::WriteError::MergeConflict {
+                        name: target.clone(),
+                        keys,
+                        managers,
+                    }));
+                }
                 let taken = apply::taken_over(b, &rendered, owned);
                 if !ctx.may_write() {
                     return Err(SyncError::Standby);
                 }
-                apply::apply(&secrets, &taken, &apply::field_manager(b), false)
+                apply::apply(&secrets, &taken, &merge_manager, false)
                     .await
                     .map_err(write_error)?;
                 apply::release_fields(&secrets, &target, apply::FIELD_MANAGER).await?;

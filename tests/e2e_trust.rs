@@ -1034,3 +1034,178 @@ secrets:
         changed_at.elapsed()
     );
 }
+
+// §3 apply before retire: nothing a workload uses is deleted before its
+// replacement is written
+
+#[tokio::test]
+async fn a_rename_that_cannot_be_written_keeps_the_old_secret() {
+    let kc = e2e!();
+    let env = Env::start(kc, SEED).await;
+    env.bind_and_wait("app", json!({"secrets": [{"name": "db-password"}]}))
+        .await;
+    env.wait_for_value(
+        "app",
+        "db-password",
+        "first-password",
+        "the first sync",
+        SYNC_DEADLINE,
+    )
+    .await;
+    // Renamed onto a Secret kvsync does not manage: refused, and the
+    // Secret the workload reads stays as it was.
+    create_as_kubectl(&env, "theirs", &[("x", "their-value")]).await;
+    env.apply_binding(
+        "app",
+        json!({"secrets": [{"name": "db-password"}], "target": {"name": "theirs"}}),
+    )
+    .await;
+    env.ready_reason("app", "False", "SecretNotManaged", SYNC_DEADLINE)
+        .await;
+    let old = env.secret_data("app").await;
+    assert_eq!(
+        old.as_ref()
+            .and_then(|d| d.get("db-password"))
+            .map(String::as_str),
+        Some("first-password"),
+        "the old Secret is untouched while the new one cannot be written: {old:?}"
+    );
+    assert_eq!(
+        env.secret_data("theirs").await,
+        Some([("x".to_string(), "their-value".to_string())].into()),
+        "the foreign Secret is untouched"
+    );
+    // Renamed with a template that fails: the same.
+    env.apply_binding(
+        "app",
+        json!({"secrets": [{"name": "db-password"}],
+               "target": {"name": "renamed", "template": {"data": {"dsn": "{{ NOT_A_KEY }}"}}}}),
+    )
+    .await;
+    env.ready_reason("app", "False", "TemplateError", SYNC_DEADLINE)
+        .await;
+    assert!(
+        env.secret_data("app").await.is_some(),
+        "the old Secret is still there"
+    );
+    assert!(env.secrets().get_opt("renamed").await.unwrap().is_none());
+    // A rename that can be written retires the old Secret once the new one
+    // is there.
+    env.apply_binding(
+        "app",
+        json!({"secrets": [{"name": "db-password"}], "target": {"name": "renamed"}}),
+    )
+    .await;
+    env.ready("app", "True", SYNC_DEADLINE).await;
+    env.wait_for_value(
+        "renamed",
+        "db-password",
+        "first-password",
+        "the renamed Secret",
+        SYNC_DEADLINE,
+    )
+    .await;
+    env.wait_secret_gone(
+        "app",
+        "the old Secret, once the new one is written",
+        SYNC_DEADLINE,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn owner_to_merge_refused_keeps_the_secret_and_its_keys() {
+    let kc = e2e!();
+    let env = Env::start(kc, SEED).await;
+    env.bind_and_wait("app", json!({"secrets": [{"name": "db-password"}]}))
+        .await;
+    env.wait_for_value(
+        "app",
+        "db-password",
+        "first-password",
+        "the first sync",
+        SYNC_DEADLINE,
+    )
+    .await;
+    // Someone else writes a key of the Secret as another field manager;
+    // the switch to Merge would have to take it, which Merge never does.
+    let theirs = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode("typed-by-someone")
+    };
+    env.secrets()
+        .patch(
+            "app",
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret",
+                                 "metadata": {"name": "app"},
+                                 "data": {"db-password": theirs}})),
+        )
+        .await
+        .unwrap();
+    env.vault.put_secret("db-password", "second-password").await;
+    env.apply_binding(
+        "app",
+        json!({"secrets": [{"name": "db-password"}], "target": {"policy": "Merge"}}),
+    )
+    .await;
+    env.ready_reason("app", "False", "MergeConflict", SYNC_DEADLINE)
+        .await;
+    let secret = env.secrets().get("app").await.unwrap();
+    assert!(
+        !secret.owner_references().is_empty(),
+        "kvsync's owner fields are not released before Merge holds its keys"
+    );
+    assert!(
+        data_of(&secret).contains_key("db-password"),
+        "the key is still there"
+    );
+}
+
+// A template that iterates its values holds them all under a vault fault.
+
+#[tokio::test]
+async fn a_template_over_all_values_keeps_an_entry_the_vault_refuses() {
+    let kc = e2e!();
+    let env = Env::start(kc, SEED).await;
+    env.bind_and_wait(
+        "app",
+        json!({"select": {"all": true}, "refreshInterval": "1h",
+               "target": {"template": {"data": {"config.json": "{{ values | tojson }}"}}}}),
+    )
+    .await;
+    let first = env
+        .wait_for_secret("app", "config.json with both values", SYNC_DEADLINE, |s| {
+            data_of(s)
+                .get("config.json")
+                .filter(|c| c.contains("first-password") && c.contains("the-api-key"))
+                .cloned()
+                .ok_or_else(|| format!("config.json is {:?}", data_of(s).get("config.json")))
+        })
+        .await;
+    env.vault.fault(forbidden_by_rbac("api-key")).await;
+    let refused = env.vault.count_status("get_secret", 403).await;
+    // A new version of the other value, so that the file is rendered again.
+    env.vault.put_secret("db-password", "second-password").await;
+    env.barrier(&env, "app").await;
+    assert!(
+        env.vault.count_status("get_secret", 403).await > refused,
+        "the forced check was refused api-key"
+    );
+    let data = env.secret_data("app").await.unwrap_or_default();
+    assert_eq!(
+        data.get("config.json"),
+        Some(&first),
+        "the templated key keeps what it held rather than lose the refused entry"
+    );
+    let (_, c) = env
+        .until(
+            "app",
+            "the condition to name the refused value",
+            false,
+            SYNC_DEADLINE,
+            |c| c.message.contains("api-key"),
+        )
+        .await;
+    eprintln!("Ready={} {}: {}", c.status, c.reason, c.message);
+}

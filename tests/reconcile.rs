@@ -1033,6 +1033,32 @@ async fn owner_to_merge_refused_leaves_the_secret_as_it_was() {
 }
 
 #[tokio::test]
+async fn owner_to_merge_over_a_key_someone_else_owns_writes_nothing() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let mut s = scenario(&f);
+    let run = tokio::spawn(reconcile(Arc::new(merge_binding(&f)), s.ctx.clone()));
+    let mut owned = managed_secret(&b64("theirs"));
+    owned["metadata"]["managedFields"] = json!([
+        {"manager": "kvsync", "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:metadata": {"f:ownerReferences": {}}}},
+        {"manager": "kubectl-edit", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:data": {"f:DB_PASSWORD": {}}}},
+    ]);
+    expect(&mut s.handle, "GET", SECRET_PATH, 200, owned).await;
+    // No write at all: the conflict is known from the Secret as read.
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    let (_, status) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    let ready = &status["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "MergeConflict", "{status}");
+    assert!(
+        ready["message"].as_str().unwrap().contains("kubectl-edit"),
+        "{ready}"
+    );
+    let _ = run.await.unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
 async fn a_rename_onto_a_secret_kvsync_does_not_manage_keeps_the_old_one() {
     let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
     let b = renamed(&f).await;
@@ -1369,7 +1395,11 @@ async fn a_certificate_the_policy_forbids_is_denied_and_never_read() {
     );
     run.await.unwrap().unwrap();
     no_more_requests(s).await;
-    assert_eq!(vault_requests(&f).await, 0, "no request reached the vault or Entra ID");
+    assert_eq!(
+        vault_requests(&f).await,
+        0,
+        "no request reached the vault or Entra ID"
+    );
 }
 
 #[tokio::test]
@@ -1405,10 +1435,9 @@ async fn a_service_accounts_foreign_tenant_annotation_is_judged_by_tenant_ids() 
     let ready = &st["status"]["conditions"][0];
     assert_eq!(ready["reason"], "PolicyDenied", "{st}");
     assert!(
-        ready["message"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("identities.tenantIds does not allow tenant {foreign}")),
+        ready["message"].as_str().unwrap().contains(&format!(
+            "identities.tenantIds does not allow tenant {foreign}"
+        )),
         "{ready}"
     );
     run.await.unwrap().unwrap();

@@ -346,7 +346,9 @@ fn decisions() {
             vec![ci_only()],
             Mode::Open,
             ci.clone(),
-            binding(json!({"secrets": [{"name": "payroll-db", "version": "0123456789abcdef0123456789abcdef"}]})),
+            binding(
+                json!({"secrets": [{"name": "payroll-db", "version": "0123456789abcdef0123456789abcdef"}]}),
+            ),
             Err("secret payroll-db (spec.secrets) is not among secrets [public-*]"),
         ),
         (
@@ -362,7 +364,9 @@ fn decisions() {
             vec![ci_only()],
             Mode::Open,
             ci.clone(),
-            binding(json!({"secrets": [], "certificates": [{"name": "public-tls", "format": "Pem"}]})),
+            binding(
+                json!({"secrets": [], "certificates": [{"name": "public-tls", "format": "Pem"}]}),
+            ),
             Ok((false, true)),
         ),
         (
@@ -409,9 +413,9 @@ fn the_tenant_the_identity_signs_in_to_is_judged_wherever_it_came_from() {
     )
     .unwrap_err();
     assert!(
-        denied
-            .message
-            .contains(&format!("identities.tenantIds does not allow tenant {foreign}")),
+        denied.message.contains(&format!(
+            "identities.tenantIds does not allow tenant {foreign}"
+        )),
         "{}",
         denied.message
     );
