@@ -73,7 +73,8 @@ pub struct VaultAccessPolicySpec {
     pub vaults: Vec<String>,
 
     /// Secret names the bindings may read, such as `public-*` (`*` is any
-    /// run of letters, digits and `-`). Omitted: every name.
+    /// run of letters, digits and `-`), however they read them: picks,
+    /// pinned versions, certificates, `select`. Omitted: every name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256), inner(pattern(r"^[0-9a-zA-Z*-]{1,127}$")))]
     pub secrets: Option<Vec<String>>,
@@ -119,9 +120,11 @@ pub struct IdentityRules {
     #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
     pub client_ids: Vec<String>,
 
-    /// Tenant ids bindings may name in `spec.identity.tenantId`; `*` for
-    /// any. Omitted: no binding may set `tenantId` (the operator's tenant
-    /// is used).
+    /// Tenant ids the bindings' identities may sign in to, whether named in
+    /// `spec.identity.tenantId` or by the ServiceAccount's
+    /// `azure.workload.identity/tenant-id` annotation; `*` for any.
+    /// Omitted: only the operator's own tenant, and no binding may set
+    /// `tenantId`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
     pub tenant_ids: Vec<String>,
