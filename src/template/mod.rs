@@ -102,11 +102,13 @@
 //! [minijinja]: https://docs.rs/minijinja
 
 mod context;
+mod dependencies;
 mod error;
 mod helpers;
 #[cfg(test)]
 mod tests;
 
+pub use dependencies::{Dependencies, dependencies, dependencies_of};
 pub use error::TemplateError;
 
 use std::collections::BTreeMap;
