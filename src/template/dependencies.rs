@@ -1,7 +1,7 @@
 //! Which picked values a template could read, from minijinja's own parse of
 //! the text (comments, raw blocks and string literals are not reads), so
-//! that a value that cannot be read this time holds exactly the templates
-//! that could have used it.
+//! that a value that cannot be read this time holds the templated keys only
+//! when a template could have used it.
 //!
 //! Only two things give a template a value: a bare name that is a key
 //! (`{{ PASSWORD }}`) and the map `values`. Everything else a template
