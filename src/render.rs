@@ -918,15 +918,8 @@ mod tests {
 
     #[test]
     fn a_template_over_the_tls_key_of_an_unreadable_certificate_holds() {
-        let plan = Plan {
-            keys: vec![PlannedKey {
-                key: crate::shape::TLS_CRT.to_string(),
-                secret: "web-cert".to_string(),
-                version: None,
-                optional: true,
-                certificate: Some(crate::crd::CertificateFormat::Tls),
-            }],
-        };
+        let mut plan = plan(&[(crate::shape::TLS_CRT, true)]);
+        plan.keys[0].certificate = Some(crate::crd::CertificateFormat::Tls);
         let template: crate::crd::SecretTemplate = serde_json::from_value(
             serde_json::json!({"data": {"key.pem": "{{ values[\"tls.key\"] }}"}}),
         )
@@ -960,18 +953,7 @@ mod tests {
     #[test]
     fn a_key_only_spelled_inside_a_longer_name_does_not_hold() {
         // `A` is in the text (`DATA`, `values.A_B`) but never read.
-        let plan = Plan {
-            keys: [("DATA", false), ("A_B", false), ("A", true)]
-                .iter()
-                .map(|(k, optional)| PlannedKey {
-                    key: k.to_string(),
-                    secret: format!("{k}-secret"),
-                    version: None,
-                    optional: *optional,
-                    certificate: None,
-                })
-                .collect(),
-        };
+        let plan = plan(&[("DATA", false), ("A_B", false), ("A", true)]);
         let template: crate::crd::SecretTemplate =
             serde_yaml::from_str("data:\n  out: '{{ DATA }}/{{ values.A_B }}'\n").unwrap();
         let fetched: BTreeMap<String, Fetched> = [
