@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::crd::{OnDisabled, OnExpired, SyncedSecret};
 use crate::hashkey::HashKey;
-use crate::plan::Plan;
+use crate::plan::{Plan, PlannedKey};
 use crate::value::SecretValue;
 
 /// Kubernetes' limit on a Secret's data.
@@ -166,6 +166,13 @@ pub fn uses_current(fetched: &BTreeMap<String, Fetched>) -> bool {
         .any(|f| matches!(f, Fetched::Disabled | Fetched::Unavailable { .. }))
 }
 
+/// The keys under which a template sees what `planned` brings: its own, and
+/// for a `Tls` certificate (key `tls.crt`) the `tls.key` beside it.
+fn template_keys(planned: &PlannedKey) -> impl Iterator<Item = &str> {
+    let beside = (planned.key == crate::shape::TLS_CRT).then_some(crate::shape::TLS_KEY);
+    std::iter::once(planned.key.as_str()).chain(beside)
+}
+
 /// Renders the Secret's data.
 pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     let mut data = BTreeMap::new();
@@ -288,33 +295,31 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     // A template over a value that could not be read this time would render
     // without it (or fail on it): like KeepLast for a plain key, the
     // templated keys keep what the Secret holds.
-    let unread: Vec<(&str, Reason)> = input
+    let unread: Vec<(&PlannedKey, Reason)> = input
         .plan
         .keys
         .iter()
         .filter_map(|k| match input.fetched.get(&k.key) {
             Some(Fetched::Disabled) if input.on_disabled == OnDisabled::KeepLast => {
-                Some((k.secret.as_str(), Reason::SecretDisabled))
+                Some((k, Reason::SecretDisabled))
             }
-            Some(Fetched::Unavailable { reason, .. }) => Some((k.secret.as_str(), *reason)),
+            Some(Fetched::Unavailable { reason, .. }) => Some((k, *reason)),
             _ => None,
         })
         .collect();
-    // Only a template that names an unread pick's key holds: an unrelated
-    // disabled secret under a `select` must not freeze it.
+    // Only a template that could read an unread value holds (an unrelated
+    // disabled secret under a `select` must not freeze it); one that uses
+    // `values` as a whole (`tojson`, a loop, a computed key) could read any.
     let unread: Vec<(&str, Reason)> = match input.template {
-        Some(t) => unread
-            .into_iter()
-            .filter(|(name, _)| {
-                input
-                    .plan
-                    .keys
-                    .iter()
-                    .filter(|k| k.secret == *name)
-                    .any(|k| t.data.values().any(|text| text.contains(k.key.as_str())))
-            })
-            .collect(),
-        None => unread,
+        Some(t) if !unread.is_empty() => {
+            let reads = crate::template::dependencies_of(&t.data);
+            unread
+                .into_iter()
+                .filter(|(k, _)| template_keys(k).any(|key| reads.reads(key)))
+                .map(|(k, reason)| (k.secret.as_str(), reason))
+                .collect()
+        }
+        _ => Vec::new(),
     };
     let held_template = match input.template {
         Some(t) if !unread.is_empty() => {
@@ -399,7 +404,6 @@ impl Rendered {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::PlannedKey;
 
     const NOW: i64 = 1_800_000_000;
 
@@ -754,6 +758,224 @@ mod tests {
         .unwrap();
         assert_eq!(merged.data["DATABASE_URL"].expose(), "pg://app:pw@db");
         assert_eq!(merged.data["USER"].expose(), "app2");
+    }
+
+    /// Renders a `select`-like plan (`DB_USER` required, `DB_PASSWORD`
+    /// optional) through `target.template` (`mergePolicy: Replace`).
+    fn run_template(
+        templates: &[(&str, &str)],
+        fetched: &[(&str, Fetched)],
+        current: Option<&BTreeMap<String, Vec<u8>>>,
+        on_disabled: OnDisabled,
+    ) -> Result<Rendered, RenderError> {
+        let plan = plan(&[("DB_USER", false), ("DB_PASSWORD", true)]);
+        let data: BTreeMap<&str, &str> = templates.iter().copied().collect();
+        let template: crate::crd::SecretTemplate =
+            serde_json::from_value(serde_json::json!({ "data": data })).unwrap();
+        let fetched: BTreeMap<String, Fetched> = fetched
+            .iter()
+            .map(|(k, f)| (k.to_string(), f.clone()))
+            .collect();
+        render(&RenderInput {
+            plan: &plan,
+            fetched: &fetched,
+            current,
+            previous: &[],
+            on_disabled,
+            on_expired: OnExpired::Sync,
+            now: NOW,
+            hash_key: &HashKey::new(b"test-key"),
+            template: Some(&template),
+        })
+    }
+
+    const TOJSON: &[(&str, &str)] = &[("config.json", "{{ values | tojson }}")];
+    const OLD_CONFIG: &str = r#"{"DB_PASSWORD":"pw","DB_USER":"app"}"#;
+
+    fn old_config() -> BTreeMap<String, Vec<u8>> {
+        [("config.json".to_string(), OLD_CONFIG.as_bytes().to_vec())].into()
+    }
+
+    fn refused() -> Fetched {
+        Fetched::Unavailable {
+            reason: Reason::VaultForbidden,
+            message: "403".into(),
+        }
+    }
+
+    #[test]
+    fn a_template_over_all_values_keeps_its_keys_when_one_is_unreadable() {
+        let current = old_config();
+        let out = run_template(
+            TOJSON,
+            &[("DB_USER", value("app2", None)), ("DB_PASSWORD", refused())],
+            Some(&current),
+            OnDisabled::KeepLast,
+        )
+        .unwrap();
+        assert_eq!(
+            out.data["config.json"].expose(),
+            OLD_CONFIG,
+            "not re-rendered without DB_PASSWORD"
+        );
+        assert_eq!(out.kept_unreadable, ["config.json"]);
+    }
+
+    #[test]
+    fn a_template_over_all_values_keeps_its_keys_when_one_is_disabled_under_keep_last() {
+        let current = old_config();
+        let out = run_template(
+            TOJSON,
+            &[
+                ("DB_USER", value("app2", None)),
+                ("DB_PASSWORD", Fetched::Disabled),
+            ],
+            Some(&current),
+            OnDisabled::KeepLast,
+        )
+        .unwrap();
+        assert_eq!(out.data["config.json"].expose(), OLD_CONFIG);
+        assert!(out.kept_unreadable.contains(&"config.json".to_string()));
+        // Remove means the user wants it gone: rendered without it.
+        let removed = run_template(
+            TOJSON,
+            &[
+                ("DB_USER", value("app2", None)),
+                ("DB_PASSWORD", Fetched::Disabled),
+            ],
+            Some(&current),
+            OnDisabled::Remove,
+        )
+        .unwrap();
+        assert_eq!(
+            removed.data["config.json"].expose(),
+            r#"{"DB_USER": "app2"}"#
+        );
+    }
+
+    #[test]
+    fn a_loop_over_values_keeps_its_keys_when_one_is_unreadable() {
+        let template = &[(
+            "app.env",
+            "{% for k, v in values | items %}{{ k }}={{ v }}\n{% endfor %}",
+        )];
+        let current: BTreeMap<String, Vec<u8>> = [(
+            "app.env".to_string(),
+            b"DB_PASSWORD=pw\nDB_USER=app\n".to_vec(),
+        )]
+        .into();
+        let out = run_template(
+            template,
+            &[("DB_USER", value("app2", None)), ("DB_PASSWORD", refused())],
+            Some(&current),
+            OnDisabled::KeepLast,
+        )
+        .unwrap();
+        assert_eq!(
+            out.data["app.env"].expose(),
+            "DB_PASSWORD=pw\nDB_USER=app\n"
+        );
+    }
+
+    #[test]
+    fn a_template_over_all_values_with_nothing_to_keep_writes_nothing() {
+        for unread in [refused(), Fetched::Disabled] {
+            let err = run_template(
+                TOJSON,
+                &[("DB_USER", value("app", None)), ("DB_PASSWORD", unread)],
+                None,
+                OnDisabled::KeepLast,
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, RenderError::TemplateInputUnavailable { .. }),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("DB_PASSWORD-secret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_template_that_looks_the_unreadable_key_up_in_values_holds() {
+        let current: BTreeMap<String, Vec<u8>> =
+            [("url".to_string(), b"pg://app:pw".to_vec())].into();
+        for lookup in [
+            r#"values["DB_PASSWORD"]"#,
+            "values['DB_PASSWORD']",
+            "values.DB_PASSWORD",
+        ] {
+            let template = format!("pg://{{{{ DB_USER }}}}:{{{{ {lookup} | default(\"\") }}}}");
+            let out = run_template(
+                &[("url", &template)],
+                &[("DB_USER", value("app2", None)), ("DB_PASSWORD", refused())],
+                Some(&current),
+                OnDisabled::KeepLast,
+            )
+            .unwrap();
+            assert_eq!(out.data["url"].expose(), "pg://app:pw", "{lookup}");
+        }
+    }
+
+    #[test]
+    fn a_template_over_the_tls_key_of_an_unreadable_certificate_holds() {
+        let mut plan = plan(&[(crate::shape::TLS_CRT, true)]);
+        plan.keys[0].certificate = Some(crate::crd::CertificateFormat::Tls);
+        let template: crate::crd::SecretTemplate = serde_json::from_value(
+            serde_json::json!({"data": {"key.pem": "{{ values[\"tls.key\"] }}"}}),
+        )
+        .unwrap();
+        let fetched: BTreeMap<String, Fetched> =
+            [(crate::shape::TLS_CRT.to_string(), refused())].into();
+        let current: BTreeMap<String, Vec<u8>> = [(
+            "key.pem".to_string(),
+            b"-----BEGIN PRIVATE KEY-----".to_vec(),
+        )]
+        .into();
+        let out = render(&RenderInput {
+            plan: &plan,
+            fetched: &fetched,
+            current: Some(&current),
+            previous: &[],
+            on_disabled: OnDisabled::KeepLast,
+            on_expired: OnExpired::Sync,
+            now: NOW,
+            hash_key: &HashKey::new(b"test-key"),
+            template: Some(&template),
+        })
+        .unwrap();
+        assert_eq!(
+            out.data["key.pem"].expose(),
+            "-----BEGIN PRIVATE KEY-----",
+            "tls.key comes from the certificate that could not be read"
+        );
+    }
+
+    #[test]
+    fn a_key_only_spelled_inside_a_longer_name_does_not_hold() {
+        // `A` is in the text (`DATA`, `values.A_B`) but never read.
+        let plan = plan(&[("DATA", false), ("A_B", false), ("A", true)]);
+        let template: crate::crd::SecretTemplate =
+            serde_yaml::from_str("data:\n  out: '{{ DATA }}/{{ values.A_B }}'\n").unwrap();
+        let fetched: BTreeMap<String, Fetched> = [
+            ("DATA".to_string(), value("d2", None)),
+            ("A_B".to_string(), value("ab", None)),
+            ("A".to_string(), refused()),
+        ]
+        .into();
+        let current: BTreeMap<String, Vec<u8>> = [("out".to_string(), b"d1/ab".to_vec())].into();
+        let out = render(&RenderInput {
+            plan: &plan,
+            fetched: &fetched,
+            current: Some(&current),
+            previous: &[],
+            on_disabled: OnDisabled::KeepLast,
+            on_expired: OnExpired::Sync,
+            now: NOW,
+            hash_key: &HashKey::new(b"test-key"),
+            template: Some(&template),
+        })
+        .unwrap();
+        assert_eq!(out.data["out"].expose(), "d2/ab");
     }
 
     #[test]

@@ -116,3 +116,69 @@ async fn a_failing_template_says_which_key_and_line_and_never_the_value() {
     assert!(logs.contains("TemplateError"), "the failure is logged");
     assert!(!logs.contains(value), "the value is not logged");
 }
+
+#[tokio::test]
+async fn a_template_over_all_values_keeps_its_file_when_a_value_is_refused() {
+    const SEED: &str =
+        "secrets:\n  - {name: app-user, value: robot}\n  - {name: app-token, value: first-TOKEN}\n";
+    let stack = Stack::start(SEED, &[]).await;
+    stack.api.create_namespace("agents");
+    stack.create_binding(
+        "agents",
+        "config",
+        json!({
+            "secrets": [{"name": "app-user"}, {"name": "app-token", "optional": true}],
+            "target": {"name": "app-config", "template": {
+                "data": {"config.json": "{{ values | tojson }}"},
+            }},
+        }),
+    );
+    stack.ready_condition("agents", "config", "True").await;
+    let first = stack
+        .secret_text("agents", "app-config", "config.json")
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&first).unwrap(),
+        json!({"app-user": "robot", "app-token": "first-TOKEN"})
+    );
+
+    // A new version the operator may not read (403), then a forced check.
+    stack.vault.put_secret("app-token", "second-TOKEN").await;
+    stack
+        .vault
+        .fault(
+            json!({"op": "get_secret", "secret": "app-token", "status": 403,
+                      "code": "Forbidden", "innerCode": "ForbiddenByRbac",
+                      "message": "Caller is not authorized to perform action on resource."}),
+        )
+        .await;
+    let bindings: kube::Api<kvsync::crd::VaultSecretBinding> =
+        kube::Api::namespaced(stack.client.clone(), "agents");
+    bindings
+        .patch(
+            "config",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"kvsync.io/force-sync": "refused"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let message = stack
+        .wait_for("the refusal of app-token in Ready", WITHIN, || {
+            let b = stack.api.get("vaultsecretbindings", "agents", "config")?;
+            let c = b["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")?;
+            let message = c["message"].as_str()?;
+            message.contains("app-token").then(|| message.to_owned())
+        })
+        .await;
+    assert_eq!(
+        stack.secret_text("agents", "app-config", "config.json"),
+        Some(first),
+        "config.json keeps app-token rather than being rendered without it"
+    );
+    assert!(message.contains("config.json"), "{message}");
+}

@@ -98,15 +98,39 @@
 //!   defined". A key computed while rendering (`values[P ~ "x"]`) is never
 //!   named: it could spell a value.
 //!
+//! # When a value cannot be read
+//!
+//! When a value a template could read is disabled (`onDisabled: KeepLast`)
+//! or cannot be read this time (a 403, a firewall, on an `optional` or
+//! selected name), the templated keys keep what the Secret holds: rendering
+//! without the value would silently drop it. With nothing to keep, nothing
+//! is written until it can be read. Which values a template could read is
+//! decided from its text as the engine parses it ([`dependencies()`]):
+//!
+//! - a name that is a key (`{{ DB_PASSWORD }}`), also as a filter's or a
+//!   function's argument, in a `{% set %}` or a loop, reads that value (a
+//!   name a `{% set %}` or a loop shadows still counts: holding too much
+//!   keeps the last good data, holding too little loses it);
+//! - `values.KEY`, `values["KEY"]` and `values['KEY']` read that value;
+//! - any other use of `values` (`values | tojson`, `{% for k, v in values |
+//!   items %}`, `values[P ~ "x"]`, `values | length`, `{% set v = values %}`)
+//!   reads every value, and so does a template that does not parse;
+//! - comments, `{% raw %}` blocks and quoted text read nothing.
+//!
+//! A value no template could read (a disabled secret a `select` brought in
+//! that no template names) follows its own rules and holds nothing.
+//!
 //! [Jinja]: https://jinja.palletsprojects.com/en/stable/templates/
 //! [minijinja]: https://docs.rs/minijinja
 
 mod context;
+mod dependencies;
 mod error;
 mod helpers;
 #[cfg(test)]
 mod tests;
 
+pub use dependencies::{Dependencies, dependencies, dependencies_of};
 pub use error::TemplateError;
 
 use std::collections::BTreeMap;

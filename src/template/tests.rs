@@ -945,3 +945,170 @@ fn the_repetition_operator_is_refused_before_anything_runs() {
         assert!(render(&templates, &values).is_ok(), "{fine}");
     }
 }
+
+// --- what a template could read (for holding) --------------------------------
+
+fn keys(names: &[&str]) -> Dependencies {
+    Dependencies::Keys(names.iter().map(|n| n.to_string()).collect())
+}
+
+#[test]
+fn bare_names_read_the_keys_of_those_names() {
+    assert_eq!(
+        dependencies("pg://{{ DB_USER }}:{{ DB_PASSWORD | urlencode }}@db"),
+        keys(&["DB_USER", "DB_PASSWORD"]),
+        "a filter's name is not a read"
+    );
+}
+
+#[test]
+fn literal_lookups_in_values_read_only_that_key() {
+    assert_eq!(
+        dependencies(r#"{{ values["db-password"] }} {{ values['tls.crt'] }} {{ values.USER }}"#),
+        keys(&["db-password", "tls.crt", "USER"])
+    );
+    assert_eq!(
+        dependencies(r#"{{ values["db" ~ "-password"] }}"#),
+        keys(&["db-password"]),
+        "a subscript of literals only is folded, as the compiler folds it"
+    );
+    assert_eq!(
+        dependencies(r#"{% if values.TOKEN is defined %}{{ values["TOKEN"] }}{% endif %}"#),
+        keys(&["TOKEN"])
+    );
+}
+
+#[test]
+fn tojson_over_values_reads_every_value() {
+    assert_eq!(dependencies("{{ values | tojson }}"), Dependencies::All);
+    assert_eq!(
+        dependencies("{{ values | tojson(indent=2) }}\n"),
+        Dependencies::All
+    );
+}
+
+#[test]
+fn a_loop_over_values_reads_every_value() {
+    assert_eq!(
+        dependencies("{% for k, v in values | items %}{{ k }}={{ v }}\n{% endfor %}"),
+        Dependencies::All
+    );
+    assert_eq!(
+        dependencies("{% for k in values %}{{ k }}{% endfor %}"),
+        Dependencies::All
+    );
+}
+
+#[test]
+fn a_computed_subscript_reads_every_value() {
+    assert_eq!(
+        dependencies(r#"{{ values[PREFIX ~ "_PASSWORD"] }}"#),
+        Dependencies::All
+    );
+    assert_eq!(dependencies("{{ values[0] }}"), Dependencies::All);
+}
+
+#[test]
+fn any_other_use_of_values_reads_every_value() {
+    for template in [
+        "{{ values | length }}",
+        "{{ values.items() | length }}",
+        r#"{{ values.get("A") }}"#,
+        "{% set v = values %}{{ v.A }}",
+        "{% set v %}{{ values | tojson }}{% endset %}{{ v }}",
+        "{{ dict(all=values) | tojson }}",
+        "{{ dockerconfigjson(values.R, values.U, values.P) }}{{ values | first }}",
+        r#"{{ "A" in values }}"#,
+        "{% if values is defined %}x{% endif %}",
+        "{% with v = values %}{{ v.A }}{% endwith %}",
+        "{% filter upper %}{{ values | tojson }}{% endfilter %}",
+        "{% for x in range(3) %}{{ values[x] }}{% endfor %}",
+    ] {
+        assert_eq!(dependencies(template), Dependencies::All, "{template}");
+    }
+}
+
+#[test]
+fn aliases_and_loops_read_what_they_are_built_from() {
+    assert_eq!(
+        dependencies(
+            "{% set p = DB_PASSWORD %}{% for u in [DB_USER] %}{{ u }}:{{ p }}{% endfor %}"
+        ),
+        keys(&["DB_PASSWORD", "DB_USER", "u", "p"])
+    );
+    assert_eq!(
+        dependencies("{% with x = values.A %}{{ x }}{% endwith %}{% set s %}{{ B }}{% endset %}"),
+        keys(&["A", "B", "x"])
+    );
+}
+
+#[test]
+fn a_name_shadowed_by_a_local_still_counts_as_a_read() {
+    // Conservative: holding too much keeps the last good data.
+    assert_eq!(
+        dependencies(r#"{% set TOKEN = "fixed" %}{{ TOKEN }}"#),
+        keys(&["TOKEN"])
+    );
+}
+
+#[test]
+fn comments_raw_blocks_and_string_literals_are_not_reads() {
+    assert_eq!(
+        dependencies(
+            "{# uses PASSWORD and {{ values | tojson }} #}\
+             {% raw %}{{ PASSWORD }}{{ values | tojson }}{% endraw %}\
+             {{ \"PASSWORD\" }} {{ USER }}"
+        ),
+        keys(&["USER"])
+    );
+}
+
+#[test]
+fn a_key_inside_a_longer_name_is_not_read() {
+    let deps = dependencies("{{ DATA }} {{ values.A_B }}");
+    assert!(deps.reads("DATA") && deps.reads("A_B"));
+    assert!(!deps.reads("A"), "{deps:?}");
+}
+
+#[test]
+fn a_template_that_does_not_parse_reads_every_value() {
+    assert_eq!(dependencies("{{ USER "), Dependencies::All);
+    assert_eq!(dependencies("{% for %}"), Dependencies::All);
+    let too_long = format!("{{{{ A }}}}{}", " ".repeat(MAX_TEMPLATE_BYTES));
+    assert_eq!(dependencies(&too_long), Dependencies::All);
+}
+
+#[test]
+fn every_template_of_a_secret_counts() {
+    let templates = BTreeMap::from([
+        ("url".to_string(), "{{ USER }}".to_string()),
+        ("token".to_string(), "{{ values.TOKEN }}".to_string()),
+    ]);
+    assert_eq!(dependencies_of(&templates), keys(&["USER", "TOKEN"]));
+    let templates = BTreeMap::from([
+        ("url".to_string(), "{{ USER }}".to_string()),
+        (
+            "config.json".to_string(),
+            "{{ values | tojson }}".to_string(),
+        ),
+    ]);
+    assert_eq!(dependencies_of(&templates), Dependencies::All);
+    assert_eq!(dependencies_of(&BTreeMap::new()), keys(&[]));
+}
+
+#[test]
+fn deep_nesting_does_not_overflow_a_tokio_worker_stack_when_finding_reads() {
+    let templates = [
+        longest("not ", "A"),
+        longest("A - ", "A"),
+        longest("A ~ ", "A"),
+        format!(
+            "{{{{ A{} }}}}",
+            "|string".repeat((MAX_TEMPLATE_BYTES - 8) / 7)
+        ),
+    ];
+    for template in templates {
+        let deps = on_small_stack(move || dependencies(&template));
+        assert_eq!(deps, keys(&["A"]));
+    }
+}
