@@ -346,8 +346,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     } else {
         input.template
     };
-    let (mut data, certificates) =
-        crate::shape::shape(
+    let (mut data, certificates) = crate::shape::shape(
         data,
         input.plan,
         input.certificates,

@@ -103,8 +103,9 @@ pub fn shape(
             None => {
                 return Err(ShapeError::Certificate {
                     name: planned.secret.clone(),
-                    detail: "it was not converted before rendering (a kvsync bug: please report it)"
-                        .into(),
+                    detail:
+                        "it was not converted before rendering (a kvsync bug: please report it)"
+                            .into(),
                 });
             }
         };
@@ -431,6 +432,9 @@ mod tests {
         let plan = cert_plan(CertificateFormat::Tls, TLS_CRT);
         let e = super::shape(data, &plan, &Conversions::none(), &[], None, None).unwrap_err();
         assert_eq!(e.reason(), Reason::CertificateInvalid);
-        assert!(e.to_string().contains("not converted before rendering"), "{e}");
+        assert!(
+            e.to_string().contains("not converted before rendering"),
+            "{e}"
+        );
     }
 }

@@ -45,9 +45,7 @@ use base64::Engine as _;
 use crate::value::SecretValue;
 use chain::Cert;
 use key::{KeyFault, PrivateKey};
-pub use prepare::{
-    CACHE_BYTES, CACHE_ENTRIES, Conversion, Conversions, POOL_PERMITS, prepare,
-};
+pub use prepare::{CACHE_BYTES, CACHE_ENTRIES, Conversion, Conversions, POOL_PERMITS, prepare};
 
 /// The contentType Key Vault gives a certificate's backing secret in PFX form.
 pub const CONTENT_TYPE_PKCS12: &str = "application/x-pkcs12";

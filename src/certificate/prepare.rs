@@ -100,11 +100,7 @@ impl Conversions {
 /// Converts every certificate of `plan` that has a value in `fetched`, read
 /// from the vault at `vault` (its base URL): from the cache, or on the
 /// blocking pool (see the module doc). Never blocks the calling task.
-pub async fn prepare(
-    vault: &str,
-    plan: &Plan,
-    fetched: &BTreeMap<String, Fetched>,
-) -> Conversions {
+pub async fn prepare(vault: &str, plan: &Plan, fetched: &BTreeMap<String, Fetched>) -> Conversions {
     let pending = certificate_values(plan, fetched).map(|(planned, value, version)| {
         let value = value.clone();
         async move {
@@ -113,7 +109,10 @@ pub async fn prepare(
         }
     });
     Conversions {
-        by_key: futures::future::join_all(pending).await.into_iter().collect(),
+        by_key: futures::future::join_all(pending)
+            .await
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -131,9 +130,7 @@ fn certificate_values<'a>(
         .iter()
         .filter(|planned| planned.certificate.is_some())
         .filter_map(|planned| match fetched.get(&planned.key) {
-            Some(Fetched::Value { value, version, .. }) => {
-                Some((planned, value, version.as_str()))
-            }
+            Some(Fetched::Value { value, version, .. }) => Some((planned, value, version.as_str())),
             _ => None,
         })
 }
@@ -220,7 +217,9 @@ static CACHE: Mutex<Cache> = Mutex::new(Cache {
 fn lock() -> std::sync::MutexGuard<'static, Cache> {
     // The cache is consistent between statements: a panic elsewhere
     // holding it leaves nothing half-done.
-    CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Cache {
