@@ -157,6 +157,8 @@ pub async fn check(
             .rows
             .push((k.key.clone(), k.secret.clone(), version, state));
     }
+    let certificates =
+        crate::certificate::prepare(endpoint.base.as_str(), &read.plan, &read.fetched).await;
     if let Err(e) = render(&RenderInput {
         plan: &read.plan,
         fetched: &read.fetched,
@@ -168,6 +170,7 @@ pub async fn check(
         // check prints no hash: any key will do.
         hash_key: &crate::hashkey::HashKey::new(b"kvsync-check"),
         template: spec.template(),
+        certificates: &certificates,
     }) {
         // A disabled KeepLast secret renders (check sees no Secret to keep
         // from; in the cluster KeepLast keeps what the Secret holds).

@@ -991,6 +991,9 @@ async fn sync(
         .read(Some(&objref), spec, interval, force)
         .await
         .map_err(|e| SyncError::User(e.into()))?;
+    // Certificates convert off the runtime, once per version (costly PFX).
+    let certificates =
+        crate::certificate::prepare(endpoint.base.as_str(), &read.plan, &read.fetched).await;
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let target = spec.target_name(&name).to_string();
@@ -1018,6 +1021,7 @@ async fn sync(
             now: k8s_openapi::jiff::Timestamp::now().as_second(),
             hash_key: &ctx.settings.hash_key,
             template: spec.template(),
+            certificates: &certificates,
         })
         .map_err(|e| user(e.reason(), e.to_string(), false))
     };

@@ -140,6 +140,9 @@ pub struct RenderInput<'a> {
     pub hash_key: &'a HashKey,
     /// `target.template`, applied last (after certificates are converted).
     pub template: Option<&'a crate::crd::SecretTemplate>,
+    /// The plan's certificates, converted beforehand
+    /// ([`crate::certificate::prepare`]; rendering never converts).
+    pub certificates: &'a crate::certificate::Conversions,
 }
 
 fn time(secs: i64) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
@@ -348,8 +351,14 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     } else {
         input.template
     };
-    let (mut data, certificates) =
-        crate::shape::shape(data, input.plan, &kept_any, input.current, template)?;
+    let (mut data, certificates) = crate::shape::shape(
+        data,
+        input.plan,
+        input.certificates,
+        &kept_any,
+        input.current,
+        template,
+    )?;
     if let Some((policy, held)) = held_template {
         if policy == crate::crd::TemplateMergePolicy::Replace {
             data.clear();
@@ -451,6 +460,7 @@ mod tests {
             on_expired,
             now: NOW,
             hash_key: &HashKey::new(b"test-key"),
+            certificates: &crate::certificate::Conversions::none(),
             template: None,
         })
     }
@@ -706,6 +716,7 @@ mod tests {
             on_expired: OnExpired::Sync,
             now: NOW,
             hash_key: &HashKey::new(b"test-key"),
+            certificates: &crate::certificate::Conversions::none(),
             template: Some(&template),
         })
     }
@@ -1005,6 +1016,7 @@ mod tests {
             on_expired: OnExpired::Sync,
             now: NOW,
             hash_key: &HashKey::new(b"test-key"),
+            certificates: &crate::certificate::Conversions::none(),
             template: Some(&template),
         })
         .unwrap();

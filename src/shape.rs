@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::certificate::Conversions;
 use crate::crd::{CertificateFormat, SecretTemplate, TemplateMergePolicy};
 use crate::plan::Plan;
 use crate::reason::Reason;
@@ -61,13 +62,15 @@ pub struct CertificateExpiry {
     pub not_after: i64,
 }
 
-/// Converts the certificates among `data` (planned by `plan`) and applies
-/// `template`. A certificate whose key holds a kept value (`kept`: disabled
-/// or unreadable, KeepLast) is not converted again: its last output stays,
-/// `tls.key` taken from `current`.
+/// Writes the certificates among `data` (planned by `plan`) from their
+/// `certificates` conversions (made beforehand, off the async runtime:
+/// shape never converts) and applies `template`. A certificate whose key
+/// holds a kept value (`kept`: disabled or unreadable, KeepLast) is not
+/// converted again: its last output stays, `tls.key` taken from `current`.
 pub fn shape(
     mut data: BTreeMap<String, SecretValue>,
     plan: &Plan,
+    certificates: &Conversions,
     kept: &[String],
     current: Option<&BTreeMap<String, Vec<u8>>>,
     template: Option<&SecretTemplate>,
@@ -88,12 +91,24 @@ pub fn shape(
             }
             continue;
         }
-        let converted = crate::certificate::convert_cached(&raw, None).map_err(|e| {
-            ShapeError::Certificate {
-                name: planned.secret.clone(),
-                detail: e.to_string(),
+        let converted = match certificates.get(&planned.key) {
+            Some(Ok(converted)) => converted,
+            Some(Err(e)) => {
+                return Err(ShapeError::Certificate {
+                    name: planned.secret.clone(),
+                    detail: e.to_string(),
+                });
             }
-        })?;
+            // Converting here would run on the caller's (async) thread.
+            None => {
+                return Err(ShapeError::Certificate {
+                    name: planned.secret.clone(),
+                    detail:
+                        "it was not converted before rendering (a kvsync bug: please report it)"
+                            .into(),
+                });
+            }
+        };
         expiries.push(CertificateExpiry {
             name: planned.secret.clone(),
             not_after: converted.not_after,
@@ -150,6 +165,32 @@ pub fn shape(
 mod tests {
     use super::*;
     use crate::plan::PlannedKey;
+    use crate::render::Fetched;
+
+    /// [`super::shape`] with the certificates among `data` converted first,
+    /// as `render` is given them.
+    fn shape(
+        data: BTreeMap<String, SecretValue>,
+        plan: &Plan,
+        kept: &[String],
+        current: Option<&BTreeMap<String, Vec<u8>>>,
+        template: Option<&SecretTemplate>,
+    ) -> Result<(BTreeMap<String, SecretValue>, Vec<CertificateExpiry>), ShapeError> {
+        let fetched: BTreeMap<String, Fetched> = data
+            .iter()
+            .map(|(k, v)| {
+                let value = Fetched::Value {
+                    value: v.clone(),
+                    version: "v1".into(),
+                    updated: None,
+                    expires: None,
+                };
+                (k.clone(), value)
+            })
+            .collect();
+        let certificates = Conversions::convert_now(plan, &fetched);
+        super::shape(data, plan, &certificates, kept, current, template)
+    }
 
     fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, SecretValue> {
         pairs
@@ -382,5 +423,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("use format Pem or Tls"), "{e}");
+    }
+
+    #[test]
+    fn a_certificate_not_converted_beforehand_is_refused_not_converted_here() {
+        let c = chain();
+        let data = values(&[(TLS_CRT, &c.pfx_base64().unwrap())]);
+        let plan = cert_plan(CertificateFormat::Tls, TLS_CRT);
+        let e = super::shape(data, &plan, &Conversions::none(), &[], None, None).unwrap_err();
+        assert_eq!(e.reason(), Reason::CertificateInvalid);
+        assert!(
+            e.to_string().contains("not converted before rendering"),
+            "{e}"
+        );
     }
 }

@@ -9,8 +9,17 @@
 //! each issuer in turn, and `tls.key` as PKCS#8 PEM, whatever order and key
 //! format the secret used.
 //!
-//! Pure: no I/O, no clock. Errors say what to change and never carry key
-//! material or any part of the value.
+//! [`convert`] is pure: no I/O, no clock. Errors say what to change and
+//! never carry key material or any part of the value.
+//!
+//! A PFX may cost up to a second of CPU (its key derivations are budgeted,
+//! see `pfx`), so the reconcile and `kvsync check` never convert on the
+//! async runtime: [`prepare`] converts a plan's certificates on tokio's
+//! blocking pool, [`POOL_PERMITS`] at a time, once per (vault, name,
+//! version) of the backing secret, and keeps the results (failures too)
+//! in a cache bounded by [`CACHE_ENTRIES`] and [`CACHE_BYTES`], least
+//! recently used evicted first; rendering uses those [`Conversions`].
+//! Details in `prepare`.
 //!
 //! ```text
 //! value ──┬─ PFX ─ pfx (MAC, password, bags) ─┐
@@ -25,18 +34,18 @@ mod kdf;
 mod key;
 mod pem;
 mod pfx;
+mod prepare;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Mutex;
 
 use base64::Engine as _;
 
 use crate::value::SecretValue;
 use chain::Cert;
 use key::{KeyFault, PrivateKey};
+pub use prepare::{CACHE_BYTES, CACHE_ENTRIES, Conversion, Conversions, POOL_PERMITS, prepare};
 
 /// The contentType Key Vault gives a certificate's backing secret in PFX form.
 pub const CONTENT_TYPE_PKCS12: &str = "application/x-pkcs12";
@@ -207,83 +216,18 @@ pub enum CertError {
     },
 }
 
-/// How many conversions [`convert_cached`] remembers.
-pub const CACHE_ENTRIES: usize = 256;
-
-/// Remembered conversions, keyed by [`cache_key`], least recently used first.
-type Cache = VecDeque<([u8; 32], Result<Converted, CertError>)>;
-
-static CACHE: Mutex<Cache> = Mutex::new(VecDeque::new());
-
 #[cfg(test)]
 thread_local! {
-    /// Conversions this thread ran (for the cache's tests).
+    /// Conversions this thread ran (for tests that no conversion runs on
+    /// the thread that renders).
     static CONVERSIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// [`convert`], remembered process-wide: the same value and contentType
-/// (every reconcile in steady state, or one cluster binding's certificate
-/// in each of its namespaces) is converted once. Failures are remembered
-/// too, so a hostile value costs its (bounded) conversion once. At most
-/// [`CACHE_ENTRIES`] results, the least recently used evicted first. Keyed
-/// by a SHA-256 of the contentType and the value: the value itself is
-/// neither kept as a key nor logged.
-pub fn convert_cached(
-    value: &SecretValue,
-    content_type: Option<&str>,
-) -> Result<Converted, CertError> {
-    let key = cache_key(value, content_type);
-    if let Some(hit) = cache_take(&key) {
-        return hit;
-    }
-    // Converted outside the lock: one slow value does not stall the others.
-    let result = convert(value, content_type);
-    let mut cache = CACHE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !cache.iter().any(|(k, _)| *k == key) {
-        if cache.len() >= CACHE_ENTRIES {
-            cache.pop_front();
-        }
-        cache.push_back((key, result.clone()));
-    }
-    result
-}
-
-/// A hit, moved to the most recently used end.
-fn cache_take(key: &[u8; 32]) -> Option<Result<Converted, CertError>> {
-    let mut cache = CACHE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let position = cache.iter().position(|(k, _)| k == key)?;
-    let entry = cache.remove(position)?;
-    let result = entry.1.clone();
-    cache.push_back(entry);
-    Some(result)
-}
-
-fn cache_key(value: &SecretValue, content_type: Option<&str>) -> [u8; 32] {
-    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-    match content_type {
-        // Length-prefixed, so no contentType/value split collides.
-        Some(ct) => {
-            hash.update(&[1]);
-            hash.update(&(ct.len() as u64).to_be_bytes());
-            hash.update(ct.as_bytes());
-        }
-        None => hash.update(&[0]),
-    }
-    hash.update(value.as_bytes());
-    let mut key = [0u8; 32];
-    key.copy_from_slice(hash.finish().as_ref());
-    key
 }
 
 /// Converts a certificate's backing secret (`value`, with the secret's
 /// `content_type`) into TLS material. Without a contentType the value is
 /// recognised by shape: PEM text, or the base64 of a PFX. Each call
-/// converts again: callers that see the same value repeatedly (reconciles)
-/// use [`convert_cached`].
+/// converts again, on the calling thread: the reconcile converts through
+/// [`prepare`] instead (off the async runtime, once per version).
 pub fn convert(value: &SecretValue, content_type: Option<&str>) -> Result<Converted, CertError> {
     #[cfg(test)]
     CONVERSIONS.with(|n| n.set(n.get() + 1));
