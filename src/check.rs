@@ -158,7 +158,8 @@ pub async fn check(
             .push((k.key.clone(), k.secret.clone(), version, state));
     }
     let certificates =
-        crate::certificate::prepare(endpoint.base.as_str(), &read.plan, &read.fetched).await;
+        crate::certificate::prepare(prepared.endpoint.base.as_str(), &read.plan, &read.fetched)
+            .await;
     if let Err(e) = render(&RenderInput {
         plan: &read.plan,
         fetched: &read.fetched,

@@ -796,6 +796,7 @@ mod tests {
             on_expired: OnExpired::Sync,
             now: NOW,
             hash_key: &HashKey::new(b"test-key"),
+            certificates: &crate::certificate::Conversions::none(),
             template: Some(&template),
         })
     }
@@ -930,7 +931,7 @@ mod tests {
     #[test]
     fn a_template_over_the_tls_key_of_an_unreadable_certificate_holds() {
         let mut plan = plan(&[(crate::shape::TLS_CRT, true)]);
-        plan.keys[0].certificate = Some(crate::crd::CertificateFormat::Tls);
+        plan.keys[0].role = crate::plan::Role::Certificate(crate::crd::CertificateFormat::Tls);
         let template: crate::crd::SecretTemplate = serde_json::from_value(
             serde_json::json!({"data": {"key.pem": "{{ values[\"tls.key\"] }}"}}),
         )
@@ -951,6 +952,7 @@ mod tests {
             on_expired: OnExpired::Sync,
             now: NOW,
             hash_key: &HashKey::new(b"test-key"),
+            certificates: &crate::certificate::Conversions::none(),
             template: Some(&template),
         })
         .unwrap();
@@ -983,6 +985,7 @@ mod tests {
             on_expired: OnExpired::Sync,
             now: NOW,
             hash_key: &HashKey::new(b"test-key"),
+            certificates: &crate::certificate::Conversions::none(),
             template: Some(&template),
         })
         .unwrap();

@@ -128,7 +128,7 @@ fn certificate_values<'a>(
 ) -> impl Iterator<Item = (&'a PlannedKey, &'a SecretValue, &'a str)> {
     plan.keys
         .iter()
-        .filter(|planned| planned.certificate.is_some())
+        .filter(|planned| planned.certificate().is_some())
         .filter_map(|planned| match fetched.get(&planned.key) {
             Some(Fetched::Value { value, version, .. }) => Some((planned, value, version.as_str())),
             _ => None,

@@ -47,7 +47,7 @@ fn cert_plan(keys: &[(&str, &str)]) -> Plan {
                 secret: secret.to_string(),
                 version: None,
                 optional: false,
-                certificate: Some(CertificateFormat::Tls),
+                role: crate::plan::Role::Certificate(CertificateFormat::Tls),
             })
             .collect(),
     }
