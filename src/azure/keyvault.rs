@@ -529,9 +529,10 @@ impl KeyVaultClient {
             .list_pages(url, Operation::ListVersions, Some(name))
             .await?
             .items;
-        if let Some(bad) = items.iter().find(|i| {
-            !i.name().eq_ignore_ascii_case(name) || i.version().is_empty()
-        }) {
+        if let Some(bad) = items
+            .iter()
+            .find(|i| !i.name().eq_ignore_ascii_case(name) || i.version().is_empty())
+        {
             let shown: String = bad.id.chars().take(200).collect();
             return Err(self.invalid(format!(
                 "version listing of secret {name} holds item {shown:?}, which does not name it and a version"

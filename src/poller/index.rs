@@ -620,7 +620,8 @@ impl Index {
     /// namespace with many names (or pins) cannot hold back the others'. A
     /// key several namespaces need is sent once, in the turn of the first.
     pub fn fair_order(&self, keys: Vec<FetchKey>) -> Vec<FetchKey> {
-        let owners: Vec<BTreeSet<&str>> = keys.iter().map(|k| self.interests.namespaces(k)).collect();
+        let owners: Vec<BTreeSet<&str>> =
+            keys.iter().map(|k| self.interests.namespaces(k)).collect();
         let order = round_robin(&owners);
         let mut slots: Vec<Option<FetchKey>> = keys.into_iter().map(Some).collect();
         order.into_iter().filter_map(|i| slots[i].take()).collect()
@@ -973,7 +974,8 @@ impl Index {
             latest.contains(n) || protected.contains_key(&FetchKey::Latest(n.clone()))
         });
         self.pinned.retain(|k, _| {
-            pinned.contains(k) || protected.contains_key(&FetchKey::Pinned(k.0.clone(), k.1.clone()))
+            pinned.contains(k)
+                || protected.contains_key(&FetchKey::Pinned(k.0.clone(), k.1.clone()))
         });
         let current: HashSet<(String, String)> = self
             .latest

@@ -456,7 +456,9 @@ impl Interests {
 
     /// The pinned versions of `name` someone needs.
     pub fn pinned_of(&self, name: &str) -> Vec<String> {
-        self.pinned_range(name).map(|((_, v), _)| v.to_string()).collect()
+        self.pinned_range(name)
+            .map(|((_, v), _)| v.to_string())
+            .collect()
     }
 
     fn pinned_range<'a>(

@@ -293,7 +293,10 @@ impl Inner {
         drop(items);
         self.lock().index.read_planned(id, &plan);
 
-        if let Err(too_large) = self.fetch_within_limit(id, &plan, &lane, max_age, force).await {
+        if let Err(too_large) = self
+            .fetch_within_limit(id, &plan, &lane, max_age, force)
+            .await
+        {
             let wakes = {
                 let mut st = self.lock();
                 st.index.shed_read(id);
@@ -350,7 +353,9 @@ impl Inner {
                     next += 1;
                     st.index.protect(id, k);
                     match st.index.fetch_for_key(k, Instant::now(), max_age, force) {
-                        Some(key) => out.push(self.fetch(&mut st, key, lane).map(move |_| (i, 1)).boxed()),
+                        Some(key) => {
+                            out.push(self.fetch(&mut st, key, lane).map(move |_| (i, 1)).boxed())
+                        }
                         None => {
                             bytes = bytes.saturating_add(st.index.answered_bytes(k));
                             counted += 1;
@@ -368,10 +373,17 @@ impl Inner {
             // its value to a GET, or a refused one leave it all to a GET).
             let since = started.elapsed();
             let again = (round < FETCH_ROUNDS && bytes <= MAX_SECRET_BYTES)
-                .then(|| st.index.fetch_for_key(&keys[i], Instant::now(), since, false))
+                .then(|| {
+                    st.index
+                        .fetch_for_key(&keys[i], Instant::now(), since, false)
+                })
                 .flatten();
             match again {
-                Some(key) => out.push(self.fetch(&mut st, key, lane).map(move |_| (i, round + 1)).boxed()),
+                Some(key) => out.push(
+                    self.fetch(&mut st, key, lane)
+                        .map(move |_| (i, round + 1))
+                        .boxed(),
+                ),
                 None => {
                     bytes = bytes.saturating_add(st.index.answered_bytes(&keys[i]));
                     counted += 1;

@@ -371,7 +371,9 @@ fn who_in(ns: &str, name: &str) -> BindingRef {
 fn pins(name: &str, count: usize) -> String {
     let mut s = String::from("secrets:\n");
     for i in 0..count {
-        s.push_str(&format!("  - {{name: {name}, version: v{i:03}, key: k{i:03}}}\n"));
+        s.push_str(&format!(
+            "  - {{name: {name}, version: v{i:03}, key: k{i:03}}}\n"
+        ));
     }
     s
 }
@@ -389,7 +391,10 @@ fn pinned_versions_are_rechecked_by_their_names_listing_and_a_disable_wakes() {
     assert!(!work.list, "a listing shows no pinned version");
     let changes = idx.apply_versions("db", Ok(vec![version_item("db", "abc", true)]), t0);
     assert!(changes.is_empty(), "unchanged: {changes:?}");
-    assert!(idx.after_versions(t0).is_empty(), "its value is kept: no GET");
+    assert!(
+        idx.after_versions(t0).is_empty(),
+        "its value is kept: no GET"
+    );
     assert!(woken(&mut idx).is_empty());
     idx.apply_versions("db", Ok(vec![version_item("db", "abc", false)]), t0);
     assert_eq!(woken(&mut idx), ["p"]);
@@ -397,7 +402,10 @@ fn pinned_versions_are_rechecked_by_their_names_listing_and_a_disable_wakes() {
         answer(&mut idx, "p", pinned_spec, &[]).unwrap()["db"],
         Fetched::Disabled
     ));
-    assert!(idx.values.is_empty(), "a disabled version's value is not kept");
+    assert!(
+        idx.values.is_empty(),
+        "a disabled version's value is not kept"
+    );
     // Enabled again: the cycle reads its value once more.
     idx.apply_versions("db", Ok(vec![version_item("db", "abc", true)]), t0);
     assert_eq!(idx.after_versions(t0), [key]);
@@ -416,7 +424,11 @@ fn many_pins_of_one_name_cost_one_versions_listing_per_cycle() {
     }
     woken(&mut idx);
     let work = idx.cycle_work(t0).unwrap();
-    assert_eq!(work.gets, [FetchKey::Versions("db".into())], "one per name, not 300");
+    assert_eq!(
+        work.gets,
+        [FetchKey::Versions("db".into())],
+        "one per name, not 300"
+    );
     idx.apply_versions("db", Ok(listing), t0 + Duration::from_secs(1));
     assert!(idx.after_versions(t0).is_empty(), "no GET");
     assert!(woken(&mut idx).is_empty());
@@ -467,7 +479,11 @@ fn a_refused_versions_listing_checks_pins_by_get_until_retried() {
         assert_eq!(work.gets.len(), 2, "cycle {cycle}: GETs, no listing");
     }
     let work = idx.cycle_work(t0).unwrap();
-    assert_eq!(work.gets, [FetchKey::Versions("db".into())], "then listed again");
+    assert_eq!(
+        work.gets,
+        [FetchKey::Versions("db".into())],
+        "then listed again"
+    );
 }
 
 #[test]
@@ -507,7 +523,10 @@ fn a_cycle_takes_one_request_per_namespace_per_turn() {
 fn a_shed_read_keeps_nothing_only_it_needed() {
     let all = "select: {all: true}";
     let listing = vec![item("big", 100), item("shared", 100)];
-    let mut idx = index(&[("all", all), ("a", "secrets: [{name: shared}]")], &listing);
+    let mut idx = index(
+        &[("all", all), ("a", "secrets: [{name: shared}]")],
+        &listing,
+    );
     let t0 = Instant::now();
     let p = plan(&spec(all), &listing).unwrap();
     let id = idx.open_read(Some(&who("all")));
@@ -522,7 +541,10 @@ fn a_shed_read_keeps_nothing_only_it_needed() {
     assert_eq!(idx.cached_bytes(), 1, "only what binding a uses is kept");
     let work = idx.cycle_work(t0).unwrap();
     assert!(work.list, "the select still hears of listing changes");
-    assert_eq!(idx.interests.needed_latest(), BTreeSet::from(["shared".to_string()]));
+    assert_eq!(
+        idx.interests.needed_latest(),
+        BTreeSet::from(["shared".to_string()])
+    );
 }
 
 #[test]
@@ -530,7 +552,12 @@ fn answered_bytes_count_key_and_value() {
     let mut idx = index(&[("a", A)], &[]);
     let p = plan(&spec(A), &[]).unwrap();
     assert_eq!(idx.answered_bytes(&p.keys[0]), 0, "not read");
-    idx.apply_get(&latest("db-password"), got("v1", "12345", 100), 200, Instant::now());
+    idx.apply_get(
+        &latest("db-password"),
+        got("v1", "12345", 100),
+        200,
+        Instant::now(),
+    );
     assert_eq!(idx.answered_bytes(&p.keys[0]), "db-password".len() + 5);
 }
 
