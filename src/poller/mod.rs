@@ -19,11 +19,16 @@
 //! while the request goes on in the background and fills the cache).
 //!
 //! Bindings read through [`Poller::read`], which serves from the cache and
-//! fetches only what is stale. A background cycle per poller, every shortest
+//! fetches only what is stale, in plan order with a few requests out at a
+//! time, and stops once what it read passes the Secret limit
+//! (`SecretTooLarge`: the binding then keeps no names, and what only it read
+//! is pruned, so a failing binding holds no memory and costs cycles
+//! nothing). A background cycle per poller, every shortest
 //! `refreshInterval` among its bindings, checks for new versions with the
 //! cheaper plan — LIST pages (then GET only what changed, or what the listing
-//! does not show) or a GET per needed name — plus one GET per pinned version
-//! (to see it disabled or its expiry changed), and wakes exactly the bindings
+//! does not show) or a GET per needed name — plus one versions listing per
+//! pinned name (a pinned version's value is GET once; the listing shows it
+//! disabled, expiring or gone), and wakes exactly the bindings
 //! whose names (or, for a `select`, matching listing items) changed. A value
 //! read once serves every binding of the same (vault, identity, name,
 //! version). Failures belong to the name or the listing that failed: a
@@ -33,6 +38,13 @@
 //! Azure's `SecretNotFound` makes it missing). A refused LIST is tried again
 //! every 10th cycle or after max(interval, 10 min); meanwhile picks are read
 //! by GET.
+//!
+//! Fairness: reads (what a reconcile or `kvsync check` waits on) and cycles
+//! have their own permits, so background work never queues ahead of a
+//! sync; one namespace holds at most [`NAMESPACE_SHARE`] of the read permits;
+//! a cycle sends its requests round-robin by namespace (`fair`). A read
+//! that gives up waiting registers what it planned, so the requests it
+//! started still fill the cache and wake it.
 
 mod error;
 mod fair;
