@@ -1,25 +1,30 @@
 //! `SecretValue`: the one type that holds a secret's value. Its `Debug` and
 //! `Display` never print the value, so it cannot leak through a log line, an
 //! error message or a `{:?}` of a struct that contains it.
+//!
+//! The bytes are shared (`Arc`): the poller's cache, every binding's read
+//! and the render hold the same copy, so a clone costs a reference count,
+//! not the value's size.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A secret value: text as the vault holds it, or (a PFX written as-is)
 /// bytes. Read it with [`SecretValue::expose`] (text) or
 /// [`SecretValue::as_bytes`] only where it is written into a Kubernetes
-/// Secret or sent to Azure.
+/// Secret or sent to Azure. Cloning shares the bytes.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct SecretValue(Vec<u8>);
+pub struct SecretValue(Arc<[u8]>);
 
 impl SecretValue {
     /// Wraps a text value.
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into().into_bytes())
+        Self(Arc::from(value.into().into_bytes()))
     }
 
     /// Wraps bytes that need not be text (a PFX file).
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
-        Self(bytes)
+        Self(Arc::from(bytes))
     }
 
     /// The value as text. Call sites are the places that may see it. A
@@ -102,5 +107,13 @@ mod tests {
         assert_eq!(v.expose(), "");
         assert!(!format!("{v:?}").contains("130"));
         assert_eq!(SecretValue::new("text").as_text(), Some("text"));
+    }
+
+    #[test]
+    fn a_clone_shares_the_bytes() {
+        let v = SecretValue::new("x".repeat(25_000));
+        let c = v.clone();
+        assert!(std::ptr::eq(v.as_bytes(), c.as_bytes()), "no copy");
+        assert_eq!(c, v);
     }
 }

@@ -979,3 +979,26 @@ async fn responses_carry_the_vaults_date() {
     assert!((listing.served_at.expect("Date of the first page") - now).abs() <= 5);
     assert_eq!(kv.list_secrets().await.unwrap(), listing.items);
 }
+
+#[tokio::test]
+async fn versions_of_a_secret_list_across_pages_and_a_missing_one_is_not_found() {
+    let mut seed = String::from("secrets:\n");
+    for i in 0..30 {
+        seed.push_str(&format!("  - {{name: db, value: v{i}}}\n"));
+    }
+    let f = start(&seed).await;
+    let (kv, _) = f.client("reader");
+    let versions = kv.list_versions("db").await.unwrap();
+    assert_eq!(versions.len(), 30);
+    assert!(
+        versions
+            .iter()
+            .all(|v| v.name() == "db" && !v.version().is_empty())
+    );
+    assert_eq!(f.stats().await.count("list_versions", 200), 2, "25 a page");
+    let err = kv.list_versions("nope").await.unwrap_err();
+    assert!(
+        matches!(&err, KeyVaultError::NotFound { name, .. } if name == "nope"),
+        "the error names the secret: {err:?}"
+    );
+}

@@ -23,6 +23,32 @@ fn who(name: &str) -> BindingRef {
     ObjectRef::<VaultSecretBinding>::new(name).within("ns")
 }
 
+fn who_in(namespace: &str, name: &str) -> BindingRef {
+    ObjectRef::<VaultSecretBinding>::new(name).within(namespace)
+}
+
+/// A seed of `versions` versions of secret `name`.
+fn versions_of(name: &str, versions: usize) -> String {
+    let mut s = String::from("secrets:\n");
+    for i in 0..versions {
+        s.push_str(&format!("  - {{name: {name}, value: {name}-{i}}}\n"));
+    }
+    s
+}
+
+/// A spec pinning every version of `name` the vault holds, key `k000`….
+async fn pin_all(f: &Fixture, name: &str) -> VaultSecretBindingSpec {
+    let (kv, _) = f.client("writer");
+    let mut yaml = String::from("secrets:\n");
+    for (i, v) in kv.list_versions(name).await.unwrap().iter().enumerate() {
+        yaml.push_str(&format!(
+            "  - {{name: {name}, version: {}, key: k{i:03}}}\n",
+            v.version()
+        ));
+    }
+    spec(f, &yaml)
+}
+
 type Woken = futures::channel::mpsc::UnboundedReceiver<BindingRef>;
 
 fn poller(f: &Fixture, client_id: &str) -> (Poller, Woken) {
@@ -273,10 +299,16 @@ async fn pinned_versions_are_rechecked_each_cycle_and_a_disable_is_seen() {
             .unwrap();
         p.cycle().await.unwrap();
     }
+    let stats = f.stats().await;
     assert_eq!(
-        f.stats().await.total("get_secret"),
-        4,
-        "one GET to read it, then one per cycle: a listing shows only latest versions"
+        stats.total("get_secret"),
+        1,
+        "one GET to read it: a version's value never changes"
+    );
+    assert_eq!(
+        stats.count("list_versions", 200),
+        3,
+        "then one versions listing per cycle: a listing of the vault shows only latest versions"
     );
     assert!(woken(&mut rx).is_empty(), "nothing changed");
     let resp = f
@@ -640,4 +672,118 @@ async fn concurrent_reads_of_one_name_share_one_get() {
     assert_eq!(value(&a.unwrap().fetched["s001"]), "v1");
     assert_eq!(value(&b.unwrap().fetched["s001"]), "v1");
     assert_eq!(f.stats().await.total("get_secret"), 1);
+}
+
+#[tokio::test]
+async fn a_select_past_the_secret_limit_stops_reading_and_keeps_nothing() {
+    // 200 values of 25 KB: 5 MB, five times what a Secret can hold.
+    let big = "x".repeat(25 * 1024);
+    let mut seed = String::from("secrets:\n");
+    for i in 0..200 {
+        seed.push_str(&format!("  - {{name: s{i:03}, value: {big}}}\n"));
+    }
+    seed.push_str("  - {name: small, value: ok}\n");
+    let f = start(&seed).await;
+    let (p, _rx) = poller(&f, "reader");
+    let other = read(&p, &f, "other", "secrets: [{name: small}]").await;
+    assert_eq!(value(&other.fetched["small"]), "ok");
+    let all = spec(&f, "select: {namePrefix: s}");
+    for attempt in 0..2 {
+        f.reset_stats().await;
+        let err = p
+            .read(Some(&who_in("tenant", "all")), &all, REFRESH, false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), Reason::SecretTooLarge, "{err}");
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("namePrefix or tags"), "{err}");
+        let gets = f.stats().await.total("get_secret");
+        // ⌈1 MiB / 25 KB⌉ = 41 values pass the limit, plus what was in flight.
+        assert!(
+            (41..=41 + 4).contains(&gets),
+            "attempt {attempt}: {gets} GETs, not 200"
+        );
+        assert_eq!(
+            p.cached_bytes(),
+            2,
+            "attempt {attempt}: only the other binding's value is kept"
+        );
+    }
+    f.reset_stats().await;
+    p.cycle().await.unwrap();
+    assert_eq!(
+        f.stats().await.total("get_secret"),
+        0,
+        "a cycle reads nothing for the failing binding"
+    );
+    let other = read(&p, &f, "other", "secrets: [{name: small}]").await;
+    assert_eq!(value(&other.fetched["small"]), "ok");
+}
+
+#[tokio::test]
+async fn a_namespace_with_many_slow_pins_does_not_hold_up_another_namespaces_first_read() {
+    let mut seed = versions_of("slow", 300);
+    seed.push_str("  - {name: other, value: fast}\n");
+    let f = start(&seed).await;
+    let (tx, _rx) = futures::channel::mpsc::unbounded();
+    let (kv, _) = f.client("reader");
+    let p = Poller::new(kv, Some(tx)).with_read_timeout(Duration::from_secs(3));
+    let pins = pin_all(&f, "slow").await;
+    read(&p, &f, "warm", "secrets: [{name: other}]").await; // the token is fetched
+    f.fault(serde_json::json!({"op": "get_secret", "secret": "slow", "latencyMs": 1000}))
+        .await;
+    let other = spec(&f, "secrets: [{name: other}]");
+    let (wa, wb) = (who_in("tenant-a", "pins"), who_in("tenant-b", "new"));
+    let (_, b) = futures::join!(p.read(Some(&wa), &pins, REFRESH, false), async {
+        // A's 300 reads are queued first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Force: a GET of its own, not the warm-up's cached value.
+        p.read(Some(&wb), &other, REFRESH, true).await
+    });
+    let b = b.expect("B's first read is not queued behind A's pins");
+    assert_eq!(value(&b.fetched["other"]), "fast");
+}
+
+#[tokio::test]
+async fn an_unchanged_cycle_over_many_pins_of_one_name_costs_one_versions_listing() {
+    // 25 versions: one page of the listing.
+    let f = start(&versions_of("db", 25)).await;
+    let (p, mut rx) = poller(&f, "reader");
+    let pins = pin_all(&f, "db").await;
+    let r = p
+        .read(Some(&who("p")), &pins, REFRESH, false)
+        .await
+        .unwrap();
+    assert_eq!(value(&r.fetched["k000"]), "db-0");
+    for cycle in 0..2 {
+        f.reset_stats().await;
+        p.cycle().await.unwrap();
+        let stats = f.stats().await;
+        assert_eq!(stats.count("list_versions", 200), 1, "cycle {cycle}");
+        assert_eq!(stats.total("get_secret"), 0, "cycle {cycle}: no GET");
+    }
+    assert!(woken(&mut rx).is_empty(), "nothing changed");
+}
+
+#[tokio::test]
+async fn a_missing_pinned_version_is_not_read_again_next_cycle() {
+    let f = start(&seed_of(1)).await;
+    let (p, _rx) = poller(&f, "reader");
+    let gone = "secrets: [{name: s000, version: 0123456789abcdef0123456789abcdef, optional: true}]";
+    let r = read(&p, &f, "p", gone).await;
+    assert!(
+        matches!(r.fetched["s000"], Fetched::Missing),
+        "{:?}",
+        r.fetched
+    );
+    p.cycle().await.unwrap();
+    f.reset_stats().await;
+    p.cycle().await.unwrap();
+    let stats = f.stats().await;
+    assert_eq!(stats.total("get_secret"), 0, "not GET again");
+    assert_eq!(
+        stats.count("list_versions", 200),
+        1,
+        "re-checked by the listing"
+    );
 }

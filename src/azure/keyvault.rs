@@ -508,10 +508,14 @@ impl KeyVaultClient {
         url.query_pairs_mut()
             .append_pair("api-version", API_VERSION)
             .append_pair("maxresults", &PAGE_SIZE.to_string());
-        self.list_pages(url, Operation::ListSecrets).await
+        self.list_pages(url, Operation::ListSecrets, None).await
     }
 
-    /// Lists the versions of one secret.
+    /// Lists the versions of one secret (`GET /secrets/{name}/versions`,
+    /// every page): each item's `id` names the secret and one version, and
+    /// carries that version's attributes. A secret that does not exist is
+    /// Azure's `SecretNotFound` ([`KeyVaultError::NotFound`]). An item that
+    /// names another secret or no version is not the Key Vault API: refused.
     pub async fn list_versions(&self, name: &str) -> Result<Vec<SecretItem>, KeyVaultError> {
         let mut url = self.endpoint.base.clone();
         url.path_segments_mut()
@@ -521,10 +525,28 @@ impl KeyVaultClient {
         url.query_pairs_mut()
             .append_pair("api-version", API_VERSION)
             .append_pair("maxresults", &PAGE_SIZE.to_string());
-        Ok(self.list_pages(url, Operation::ListVersions).await?.items)
+        let items = self
+            .list_pages(url, Operation::ListVersions, Some(name))
+            .await?
+            .items;
+        if let Some(bad) = items
+            .iter()
+            .find(|i| !i.name().eq_ignore_ascii_case(name) || i.version().is_empty())
+        {
+            let shown: String = bad.id.chars().take(200).collect();
+            return Err(self.invalid(format!(
+                "version listing of secret {name} holds item {shown:?}, which does not name it and a version"
+            )));
+        }
+        Ok(items)
     }
 
-    async fn list_pages(&self, first: Url, op: Operation) -> Result<SecretListing, KeyVaultError> {
+    async fn list_pages(
+        &self,
+        first: Url,
+        op: Operation,
+        secret: Option<&str>,
+    ) -> Result<SecretListing, KeyVaultError> {
         let mut items = Vec::new();
         let mut next = Some(first);
         let mut pages = 0;
@@ -535,7 +557,7 @@ impl KeyVaultClient {
             if pages > MAX_PAGES {
                 return Err(self.invalid(format!("more than {MAX_PAGES} pages of secrets")));
             }
-            let served = self.send(url, op, None).await?;
+            let served = self.send(url, op, secret.map(|n| (n, None))).await?;
             if pages == 1 {
                 first_served = served.served_at;
             }

@@ -66,6 +66,19 @@ pub enum ReadError {
     /// The plan is invalid.
     #[error(transparent)]
     Plan(#[from] PlanError),
+    /// The values read so far already pass Kubernetes' Secret limit; the
+    /// rest was not read (and what was read is not kept).
+    #[error(
+        "the Secret would pass Kubernetes' 1 MiB limit: the first {keys_read} of {keys_planned} keys already hold {bytes_at_least} bytes, so kvsync stopped reading — narrow the select with namePrefix or tags, or split the binding"
+    )]
+    TooLarge {
+        /// Bytes of the keys read (key and value), more than the limit.
+        bytes_at_least: usize,
+        /// Keys read before stopping.
+        keys_read: usize,
+        /// Keys in the plan.
+        keys_planned: usize,
+    },
 }
 
 impl ReadError {
@@ -74,6 +87,7 @@ impl ReadError {
         match self {
             Self::Vault(e) => e.reason(),
             Self::Plan(p) => p.reason(),
+            Self::TooLarge { .. } => Reason::SecretTooLarge,
         }
     }
 
@@ -81,7 +95,7 @@ impl ReadError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Vault(e) => e.is_transient(),
-            Self::Plan(_) => false,
+            Self::Plan(_) | Self::TooLarge { .. } => false,
         }
     }
 }

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 use kube::runtime::reflector::ObjectRef;
 
 use super::error::VaultError;
+use super::fair::round_robin;
 use super::interests::{Interests, Orphans};
 pub use super::listing::{CyclePlan, choose_plan};
 use super::listing::{ambiguous, cmp_name, find, select_diff, trim};
 use crate::azure::keyvault::SecretItem;
 use crate::crd::{VaultSecretBinding, VaultSecretBindingSpec};
-use crate::plan::Plan;
+use crate::plan::{Plan, PlannedKey};
 use crate::reason::Reason;
 use crate::render::Fetched;
 use crate::value::SecretValue;
@@ -49,7 +50,38 @@ pub enum FetchKey {
     Latest(String),
     /// A pinned (name, version), lower case.
     Pinned(String, String),
+    /// `GET /secrets/{name}/versions`, every page: the attributes of every
+    /// version of a name (lower case) with pinned versions.
+    Versions(String),
 }
+
+impl FetchKey {
+    /// The key that reads `k` by GET (what a read protects while it runs).
+    pub fn of(k: &PlannedKey) -> Self {
+        let name = lower(&k.secret);
+        match &k.version {
+            Some(v) => FetchKey::Pinned(name, lower(v)),
+            None => FetchKey::Latest(name),
+        }
+    }
+}
+
+/// One read in progress, as the index knows it.
+#[derive(Debug)]
+struct OpenRead {
+    who: Option<BindingRef>,
+    /// The entries it relies on: kept through a prune until it ends.
+    protected: Vec<FetchKey>,
+    /// Its plan, to register its selected names if it ends without
+    /// answering (timed out): their values, still coming, are then kept.
+    plan: Option<Plan>,
+    /// Its selected names are registered (or must not be: it was shed).
+    settled: bool,
+}
+
+/// A read of the index, from [`Index::open_read`] to [`Index::close_read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReadId(u64);
 
 /// What a successful GET brought.
 pub struct Got {
@@ -195,7 +227,7 @@ pub enum Unanswered {
 pub struct Index {
     interests: Interests,
     latest: HashMap<String, Entry>,
-    pinned: HashMap<(String, String), Entry>,
+    pinned: BTreeMap<(String, String), Entry>,
     /// (name, version) → value; only versions some entry points at.
     values: HashMap<(String, String), SecretValue>,
     listing: Option<Listing>,
@@ -205,6 +237,14 @@ pub struct Index {
     /// A read with a `select` waits for the next listing: keep its tags
     /// even when no registered binding selects (e.g. `kvsync check`).
     tags_wanted: bool,
+    /// Reads in progress.
+    reads: HashMap<ReadId, OpenRead>,
+    next_read: u64,
+    /// Entries reads in progress rely on (how many reads).
+    protected: HashMap<FetchKey, u32>,
+    /// Names whose versions listing was refused (ListForbidden) → cycles
+    /// since: their pins are checked by GET meanwhile.
+    versions_refused: HashMap<String, u32>,
 }
 
 fn lower(s: &str) -> String {
@@ -223,11 +263,13 @@ impl Index {
     }
 
     /// Records the names `plan` took from the listing.
+    #[cfg(test)]
     pub fn set_selected(&mut self, who: &BindingRef, plan: &Plan) {
         self.interests.set_selected(who, plan);
     }
 
     /// A read of `who` begins: changes it will see are not woken for.
+    #[cfg(test)]
     pub fn begin_read(&mut self, who: &BindingRef) {
         self.interests.begin_read(who);
     }
@@ -262,6 +304,9 @@ impl Index {
     /// it used).
     fn drop_orphans(&mut self, orphans: Orphans) {
         for name in orphans.latest {
+            if self.protected.contains_key(&FetchKey::Latest(name.clone())) {
+                continue;
+            }
             if let Some(Entry {
                 known: Known::Value { version, .. },
                 ..
@@ -272,6 +317,12 @@ impl Index {
         }
         for (name, version) in orphans.pinned {
             if self
+                .protected
+                .contains_key(&FetchKey::Pinned(name.clone(), version.clone()))
+            {
+                continue;
+            }
+            if self
                 .pinned
                 .remove(&(name.clone(), version.clone()))
                 .is_some()
@@ -279,7 +330,7 @@ impl Index {
                 self.drop_value_if_unused(&name, &version);
             }
         }
-        if self.is_empty() {
+        if self.is_empty() && self.reads.is_empty() {
             self.latest.clear();
             self.pinned.clear();
             self.values.clear();
@@ -364,9 +415,9 @@ impl Index {
     }
 
     /// What a read of `plan` must fetch: latest names and pinned versions not
-    /// known recently enough (all of them with `force`). A recent listing
-    /// settles latest names it shows unchanged; a name it does not show is
-    /// read by GET (it may be younger than the listing).
+    /// known recently enough (all of them with `force`). See
+    /// [`Index::fetch_for_key`].
+    #[cfg(test)]
     pub fn fetches_for_read(
         &mut self,
         plan: &Plan,
@@ -374,52 +425,206 @@ impl Index {
         max_age: Duration,
         force: bool,
     ) -> Vec<FetchKey> {
-        let listing = self
-            .listing
-            .as_ref()
-            .filter(|l| {
-                self.list_failure.is_none() && now.saturating_duration_since(l.at) <= max_age
-            })
-            .map(|l| (l.items.clone(), l.at));
-        let mut changes = Changes::default();
-        let mut out = BTreeSet::new();
-        for k in &plan.keys {
-            let name = lower(&k.secret);
-            match &k.version {
-                None => {
-                    let values = &self.values;
-                    let fresh = self.latest.get(&name).is_some_and(|e| {
-                        e.fresh(now, max_age, |v| {
-                            values.contains_key(&(name.clone(), v.into()))
-                        })
-                    });
-                    if !force && fresh {
-                        continue;
-                    }
-                    if !force
-                        && let Some((items, at)) = &listing
-                        && !self.settle(&name, items, *at, false, &mut changes)
-                    {
-                        continue;
-                    }
-                    out.insert(FetchKey::Latest(name));
+        let keys: BTreeSet<FetchKey> = plan
+            .keys
+            .iter()
+            .filter_map(|k| self.fetch_for_key(k, now, max_age, force))
+            .collect();
+        keys.into_iter().collect()
+    }
+
+    /// What a read must fetch for one planned key, if anything. A recent
+    /// listing settles a latest name it shows unchanged; a name it does not
+    /// show is read by GET (it may be younger than the listing). A pinned
+    /// version whose value is cached is re-checked with its name's versions
+    /// listing (its value cannot have changed); one never read is GET.
+    pub fn fetch_for_key(
+        &mut self,
+        k: &PlannedKey,
+        now: Instant,
+        max_age: Duration,
+        force: bool,
+    ) -> Option<FetchKey> {
+        let name = lower(&k.secret);
+        let values = &self.values;
+        match &k.version {
+            None => {
+                let fresh = self.latest.get(&name).is_some_and(|e| {
+                    e.fresh(now, max_age, |v| {
+                        values.contains_key(&(name.clone(), v.into()))
+                    })
+                });
+                if !force && fresh {
+                    return None;
                 }
-                Some(v) => {
-                    let key = (name, lower(v));
-                    let values = &self.values;
-                    let fresh = self.pinned.get(&key).is_some_and(|e| {
-                        e.fresh(now, max_age, |v| {
-                            values.contains_key(&(key.0.clone(), v.into()))
-                        })
-                    });
-                    if force || !fresh {
-                        out.insert(FetchKey::Pinned(key.0, key.1));
+                let listing = self
+                    .listing
+                    .as_ref()
+                    .filter(|l| {
+                        self.list_failure.is_none()
+                            && now.saturating_duration_since(l.at) <= max_age
+                    })
+                    .map(|l| (l.items.clone(), l.at));
+                if !force && let Some((items, at)) = listing {
+                    let mut changes = Changes::default();
+                    let need_get = self.settle(&name, &items, at, false, &mut changes);
+                    self.wake(&changes);
+                    if !need_get {
+                        return None;
                     }
+                }
+                Some(FetchKey::Latest(name))
+            }
+            Some(v) => {
+                let key = (name, lower(v));
+                let fresh = self.pinned.get(&key).is_some_and(|e| {
+                    e.fresh(now, max_age, |v| {
+                        values.contains_key(&(key.0.clone(), v.into()))
+                    })
+                });
+                if !force && fresh {
+                    return None;
+                }
+                if self.pin_by_listing(&key.0, &key.1) {
+                    return Some(FetchKey::Versions(key.0));
+                }
+                Some(FetchKey::Pinned(key.0, key.1))
+            }
+        }
+    }
+
+    /// Bytes `k` adds to its Secret as known now, counted as the render
+    /// counts them (key and value): 0 for what has no value (missing,
+    /// disabled, failed, not read).
+    pub fn answered_bytes(&self, k: &PlannedKey) -> usize {
+        let name = lower(&k.secret);
+        let entry = match &k.version {
+            Some(v) => self.pinned.get(&(name.clone(), lower(v))),
+            None => self.latest.get(&name),
+        };
+        match entry {
+            Some(Entry {
+                known: Known::Value { version, .. },
+                failure: None,
+                ..
+            }) => self
+                .values
+                .get(&(name, version.clone()))
+                .map_or(0, |v| k.key.len().saturating_add(v.len())),
+            _ => 0,
+        }
+    }
+
+    /// Bytes of the values cached (each once, however many bindings use it).
+    pub fn cached_bytes(&self) -> usize {
+        self.values.values().map(|v| v.len()).sum()
+    }
+
+    /// A read begins (of `who`, or unregistered as `kvsync check` reads).
+    pub fn open_read(&mut self, who: Option<&BindingRef>) -> ReadId {
+        self.next_read += 1;
+        let id = ReadId(self.next_read);
+        if let Some(who) = who {
+            self.interests.begin_read(who);
+        }
+        self.reads.insert(
+            id,
+            OpenRead {
+                who: who.cloned(),
+                protected: Vec::new(),
+                plan: None,
+                settled: false,
+            },
+        );
+        id
+    }
+
+    /// The read has its plan.
+    pub fn read_planned(&mut self, id: ReadId, plan: &Plan) {
+        if let Some(r) = self.reads.get_mut(&id) {
+            r.plan = Some(plan.clone());
+        }
+    }
+
+    /// The read relies on what is known of `k` until it ends: a prune (or a
+    /// forgotten binding) does not drop it meanwhile.
+    pub fn protect(&mut self, id: ReadId, k: &PlannedKey) {
+        if let Some(r) = self.reads.get_mut(&id) {
+            let key = FetchKey::of(k);
+            *self.protected.entry(key.clone()).or_default() += 1;
+            r.protected.push(key);
+        }
+    }
+
+    fn unprotect(&mut self, keys: Vec<FetchKey>) {
+        for key in keys {
+            if let Some(n) = self.protected.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.protected.remove(&key);
                 }
             }
         }
-        self.wake(&changes);
-        out.into_iter().collect()
+    }
+
+    /// The read is about to answer: the names its `select` planned become
+    /// its interest (under the same lock as the answer, so a change applied
+    /// after it wakes the binding).
+    pub fn settle_read(&mut self, id: ReadId, plan: &Plan) {
+        if let Some(r) = self.reads.get_mut(&id) {
+            r.settled = true;
+            if let Some(who) = r.who.clone() {
+                self.interests.set_selected(&who, plan);
+            }
+        }
+    }
+
+    /// The read would pass the Secret limit: what only it read is dropped,
+    /// and its binding keeps no names (see [`Interests::shed`]), so that a
+    /// failing binding costs no memory and no cycle requests.
+    pub fn shed_read(&mut self, id: ReadId) {
+        let Some(r) = self.reads.get_mut(&id) else {
+            return;
+        };
+        r.settled = true;
+        let protected = std::mem::take(&mut r.protected);
+        let who = r.who.clone();
+        self.unprotect(protected);
+        if let Some(who) = who {
+            let orphans = self.interests.shed(&who);
+            self.drop_orphans(orphans);
+        }
+        self.prune();
+    }
+
+    /// A read ended (answered, failed, or given up). One that gave up before
+    /// answering registers its selected names now: the requests it started
+    /// go on and fill the cache, and a change wakes it.
+    pub fn close_read(&mut self, id: ReadId) {
+        let Some(r) = self.reads.remove(&id) else {
+            return;
+        };
+        self.unprotect(r.protected);
+        if let Some(who) = &r.who {
+            if !r.settled
+                && let Some(plan) = &r.plan
+            {
+                self.interests.set_selected(who, plan);
+            }
+            self.end_read(who);
+        }
+    }
+
+    /// `keys` in the order a cycle sends them: round-robin over the
+    /// namespaces that need them, one key per namespace per turn, so that a
+    /// namespace with many names (or pins) cannot hold back the others'. A
+    /// key several namespaces need is sent once, in the turn of the first.
+    pub fn fair_order(&self, keys: Vec<FetchKey>) -> Vec<FetchKey> {
+        let owners: Vec<BTreeSet<&str>> =
+            keys.iter().map(|k| self.interests.namespaces(k)).collect();
+        let order = round_robin(&owners);
+        let mut slots: Vec<Option<FetchKey>> = keys.into_iter().map(Some).collect();
+        order.into_iter().filter_map(|i| slots[i].take()).collect()
     }
 
     /// Updates a latest name from a listing taken at `at`; true when a GET
@@ -506,19 +711,16 @@ impl Index {
         {
             f.cycles += 1;
         }
-        // A listing shows latest versions only: pinned versions are re-checked
-        // (enabled, expiry) with one GET each, every cycle.
-        let mut gets: Vec<FetchKey> = self
-            .needed_pinned()
-            .into_iter()
-            .map(|(n, v)| FetchKey::Pinned(n, v))
-            .collect();
+        // A listing shows latest versions only: pinned versions are
+        // re-checked (enabled, expiry, gone) by their names' versions
+        // listings (see `pins`).
+        let mut gets = self.pin_checks();
         if plan == CyclePlan::Get {
             gets.extend(needed.into_iter().map(FetchKey::Latest));
         }
         Some(CycleWork {
             list: plan == CyclePlan::List,
-            gets,
+            gets: self.fair_order(gets),
             interval,
         })
     }
@@ -600,7 +802,7 @@ impl Index {
     ) -> Changes {
         let mut changes = Changes::default();
         let (name, entry) = match key {
-            FetchKey::List => return changes,
+            FetchKey::List | FetchKey::Versions(_) => return changes,
             FetchKey::Latest(name) => (name, self.latest.entry(name.clone()).or_default()),
             FetchKey::Pinned(name, version) => (
                 name,
@@ -767,8 +969,14 @@ impl Index {
     pub fn prune(&mut self) {
         let latest = self.needed_latest();
         let pinned = self.needed_pinned();
-        self.latest.retain(|n, _| latest.contains(n));
-        self.pinned.retain(|k, _| pinned.contains(k));
+        let protected = &self.protected;
+        self.latest.retain(|n, _| {
+            latest.contains(n) || protected.contains_key(&FetchKey::Latest(n.clone()))
+        });
+        self.pinned.retain(|k, _| {
+            pinned.contains(k)
+                || protected.contains_key(&FetchKey::Pinned(k.0.clone(), k.1.clone()))
+        });
         let current: HashSet<(String, String)> = self
             .latest
             .iter()
@@ -779,7 +987,7 @@ impl Index {
             .chain(self.pinned.keys().cloned())
             .collect();
         self.values.retain(|k, _| current.contains(k));
-        if self.is_empty() {
+        if self.is_empty() && self.reads.is_empty() {
             self.listing = None;
             self.list_failure = None;
         }
@@ -795,5 +1003,6 @@ fn not_read(name: &str, optional_failures: &mut Vec<(String, String)>) -> Fetche
     }
 }
 
+mod pins;
 #[cfg(test)]
 mod tests;

@@ -7,11 +7,11 @@
 //! `Arc`) and named elsewhere by a 4-byte id; a secret name is stored once
 //! (interned `Arc<str>`) however many bindings use it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::index::{BindingRef, Changes};
+use super::index::{BindingRef, Changes, FetchKey};
 use crate::crd::VaultSecretBindingSpec;
 use crate::plan::{Plan, selects};
 
@@ -135,8 +135,9 @@ pub struct Interests {
     free: Vec<Id>,
     /// Latest name → who uses it.
     users: HashMap<Name, Users>,
-    /// Pinned (name, version) → who uses it (sorted).
-    pinned_users: HashMap<(Name, Name), Vec<Id>>,
+    /// Pinned (name, version) → who uses it (sorted); ordered, so that a
+    /// name's pinned versions are one range.
+    pinned_users: BTreeMap<(Name, Name), Vec<Id>>,
     /// Bindings with a `select` (sorted).
     selecting: Vec<Id>,
 }
@@ -455,5 +456,66 @@ impl Interests {
     /// Whether some binding has a `select`.
     pub fn any_select(&self) -> bool {
         !self.selecting.is_empty()
+    }
+
+    /// The pinned versions of `name` someone needs.
+    pub fn pinned_of(&self, name: &str) -> Vec<String> {
+        self.pinned_range(name)
+            .map(|((_, v), _)| v.to_string())
+            .collect()
+    }
+
+    fn pinned_range<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = (&'a (Name, Name), &'a Vec<Id>)> + 'a {
+        let from: (Name, Name) = (Name::from(name), Name::from(""));
+        self.pinned_users
+            .range(from..)
+            .take_while(move |((n, _), _)| &**n == name)
+    }
+
+    /// The namespaces of the bindings that need what `key` fetches (a
+    /// cluster-scoped reference counts as the namespace `""`).
+    pub fn namespaces(&self, key: &FetchKey) -> BTreeSet<&str> {
+        let ids: Vec<Id> = match key {
+            FetchKey::List => self.ids.values().copied().collect(),
+            FetchKey::Latest(n) => self
+                .users
+                .get(n.as_str())
+                .map(|u| u.bindings.clone())
+                .unwrap_or_default(),
+            FetchKey::Pinned(n, v) => self
+                .pinned_users
+                .get(&(Name::from(n.as_str()), Name::from(v.as_str())))
+                .cloned()
+                .unwrap_or_default(),
+            FetchKey::Versions(n) => self
+                .pinned_range(n)
+                .flat_map(|(_, ids)| ids.iter().copied())
+                .collect(),
+        };
+        ids.into_iter()
+            .filter_map(|id| self.bindings[id as usize].as_ref())
+            .map(|s| s.who.namespace.as_deref().unwrap_or(""))
+            .collect()
+    }
+
+    /// `who`'s read would pass the Secret limit: it keeps only its `select`
+    /// (so that a listing change can wake it) and its interval; its picks,
+    /// selected names and pins go (a later read registers them again).
+    /// Returns what nobody needs now.
+    pub fn shed(&mut self, who: &BindingRef) -> Orphans {
+        let mut orphans = Orphans::default();
+        let Some(state) = self.state(who) else {
+            return orphans;
+        };
+        let kept = Interest {
+            select: state.interest.select.clone(),
+            interval: state.interest.interval,
+            ..Interest::default()
+        };
+        self.set(who, Some(kept), &mut orphans);
+        orphans
     }
 }

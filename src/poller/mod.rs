@@ -19,11 +19,16 @@
 //! while the request goes on in the background and fills the cache).
 //!
 //! Bindings read through [`Poller::read`], which serves from the cache and
-//! fetches only what is stale. A background cycle per poller, every shortest
+//! fetches only what is stale, in plan order with a few requests out at a
+//! time, and stops once what it read passes the Secret limit
+//! (`SecretTooLarge`: the binding then keeps no names, and what only it read
+//! is pruned, so a failing binding holds no memory and costs cycles
+//! nothing). A background cycle per poller, every shortest
 //! `refreshInterval` among its bindings, checks for new versions with the
 //! cheaper plan — LIST pages (then GET only what changed, or what the listing
-//! does not show) or a GET per needed name — plus one GET per pinned version
-//! (to see it disabled or its expiry changed), and wakes exactly the bindings
+//! does not show) or a GET per needed name — plus one versions listing per
+//! pinned name (a pinned version's value is GET once; the listing shows it
+//! disabled, expiring or gone), and wakes exactly the bindings
 //! whose names (or, for a `select`, matching listing items) changed. A value
 //! read once serves every binding of the same (vault, identity, name,
 //! version). Failures belong to the name or the listing that failed: a
@@ -33,8 +38,16 @@
 //! Azure's `SecretNotFound` makes it missing). A refused LIST is tried again
 //! every 10th cycle or after max(interval, 10 min); meanwhile picks are read
 //! by GET.
+//!
+//! Fairness: reads (what a reconcile or `kvsync check` waits on) and cycles
+//! have their own permits, so background work never queues ahead of a
+//! sync; one namespace holds at most [`NAMESPACE_SHARE`] of the read permits;
+//! a cycle sends its requests round-robin by namespace (`fair`). A read
+//! that gives up waiting registers what it planned, so the requests it
+//! started still fill the cache and wake it.
 
 mod error;
+mod fair;
 mod index;
 mod interests;
 mod listing;
@@ -43,9 +56,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use futures::channel::mpsc::UnboundedSender;
 use futures::future::{BoxFuture, Shared};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 
 pub use error::{ReadError, VaultError};
 pub use index::{BindingRef, CyclePlan, choose_plan};
@@ -53,11 +67,32 @@ pub use index::{BindingRef, CyclePlan, choose_plan};
 use crate::azure::keyvault::{KeyVaultClient, SecretBundle};
 use crate::crd::VaultSecretBindingSpec;
 use crate::plan::{Plan, needs_listing, plan};
-use crate::render::Fetched;
-use index::{FetchKey, Got, Index, ListingNeed, Unanswered};
+use crate::render::{Fetched, MAX_SECRET_BYTES};
+use fair::Shares;
+use index::{FetchKey, Got, Index, ListingNeed, ReadId, Unanswered};
 
-/// Requests in flight at once per poller (the per-vault budget still applies).
-const CONCURRENT_REQUESTS: usize = 8;
+/// Requests in flight at once per poller for reads (what a reconcile or
+/// `kvsync check` waits on) and for background cycles: a cycle never holds
+/// a permit a read needs. The per-vault token bucket still applies to both.
+const READ_REQUESTS: usize = 6;
+const CYCLE_REQUESTS: usize = 2;
+/// Of the read permits, at most this many serve one namespace at once.
+const NAMESPACE_SHARE: usize = 4;
+/// Requests one read keeps in flight: it reads in plan order and stops at
+/// the Secret limit, so it fetches at most the limit plus this many values.
+const READ_WINDOW: usize = 4;
+/// A planned key is fetched at most this many times in one read (a pinned
+/// version's listing, then its GET).
+const FETCH_ROUNDS: u8 = 2;
+
+/// Who a request is for: its permits, and whose share it uses.
+#[derive(Debug, Clone)]
+enum Lane {
+    /// A read, of a binding in this namespace (`None`: unregistered).
+    Read(Option<String>),
+    /// A background cycle.
+    Cycle,
+}
 
 /// How long a reconcile waits for the vault by default.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,7 +137,9 @@ struct Inner {
     client: KeyVaultClient,
     state: Mutex<State>,
     wake: Option<UnboundedSender<BindingRef>>,
-    permits: tokio::sync::Semaphore,
+    read_permits: tokio::sync::Semaphore,
+    cycle_permits: tokio::sync::Semaphore,
+    shares: Shares,
 }
 
 /// The poller of one (vault, identity).
@@ -141,11 +178,11 @@ impl Inner {
 
     /// The request for `key`: the one in flight, or a new one. It runs as its
     /// own task, so a reader that stops waiting does not cancel it.
-    fn fetch(self: &Arc<Self>, st: &mut State, key: FetchKey) -> InFlight {
+    fn fetch(self: &Arc<Self>, st: &mut State, key: FetchKey, lane: &Lane) -> InFlight {
         if let Some(f) = st.inflight.get(&key) {
             return f.clone();
         }
-        let task = tokio::spawn(Arc::clone(self).request(key.clone()));
+        let task = tokio::spawn(Arc::clone(self).request(key.clone(), lane.clone()));
         let shared = async move {
             let _ = task.await;
         }
@@ -155,8 +192,15 @@ impl Inner {
         shared
     }
 
-    async fn request(self: Arc<Self>, key: FetchKey) {
-        let permit = self.permits.acquire().await;
+    async fn request(self: Arc<Self>, key: FetchKey, lane: Lane) {
+        let share = match &lane {
+            Lane::Read(Some(ns)) => Some(self.shares.acquire(ns).await),
+            _ => None,
+        };
+        let permit = match lane {
+            Lane::Read(_) => self.read_permits.acquire().await,
+            Lane::Cycle => self.cycle_permits.acquire().await,
+        };
         // Taken before the request: a version written while it runs must
         // count as "possibly newer than what we read".
         let asked_at = unix_now();
@@ -167,10 +211,23 @@ impl Inner {
                     tracing::warn!(vault = %vault, reason = %e.reason(), error = %e, "listing the vault failed");
                     Arc::new(VaultError::from(e))
                 });
-                drop(permit);
+                drop((permit, share));
                 let mut st = self.lock();
                 st.inflight.remove(&key);
                 st.index.apply_listing(result, Instant::now());
+                self.flush(&mut st)
+            }
+            FetchKey::Versions(name) => {
+                let result = self.client.list_versions(name).await.map_err(|e| {
+                    if !matches!(e, crate::azure::keyvault::KeyVaultError::NotFound { .. }) {
+                        tracing::warn!(vault = %vault, secret = %name, reason = %e.reason(), error = %e, "listing a secret's versions failed");
+                    }
+                    Arc::new(VaultError::from(e))
+                });
+                drop((permit, share));
+                let mut st = self.lock();
+                st.inflight.remove(&key);
+                st.index.apply_versions(name, result, Instant::now());
                 self.flush(&mut st)
             }
             FetchKey::Latest(name) | FetchKey::Pinned(name, _) => {
@@ -179,7 +236,7 @@ impl Inner {
                     _ => None,
                 };
                 let result = self.client.get_secret(name, version).await;
-                drop(permit);
+                drop((permit, share));
                 let read_at = result
                     .as_ref()
                     .map(|b| served_at(b, asked_at))
@@ -209,6 +266,7 @@ impl Inner {
 
     async fn read(
         self: &Arc<Self>,
+        id: ReadId,
         who: Option<&BindingRef>,
         spec: &VaultSecretBindingSpec,
         interval: Duration,
@@ -220,13 +278,14 @@ impl Inner {
         } else {
             interval + interval / 10
         };
+        let lane = Lane::Read(who.map(|w| w.namespace.clone().unwrap_or_default()));
         let items = if needs_listing(spec) {
             let pending = {
                 let mut st = self.lock();
                 match st.index.listing_for_read(Instant::now(), max_age, force) {
                     ListingNeed::Fresh(items) => Ok(items),
                     ListingNeed::Refused(f) => return Err(ReadError::Vault(f)),
-                    ListingNeed::Fetch => Err(self.fetch(&mut st, FetchKey::List)),
+                    ListingNeed::Fetch => Err(self.fetch(&mut st, FetchKey::List, &lane)),
                 }
             };
             match pending {
@@ -244,22 +303,26 @@ impl Inner {
         };
         let plan = plan(spec, &items)?;
         drop(items);
+        self.lock().index.read_planned(id, &plan);
 
-        let (waits, wakes) = {
+        if let Err(too_large) = self
+            .fetch_within_limit(id, &plan, &lane, max_age, force)
+            .await
+        {
+            let wakes = {
+                let mut st = self.lock();
+                st.index.shed_read(id);
+                self.flush(&mut st)
+            };
+            self.send(wakes);
+            return Err(too_large);
+        }
+
+        let answer = {
             let mut st = self.lock();
-            if let Some(who) = who {
-                st.index.set_selected(who, &plan);
-            }
-            let keys = st
-                .index
-                .fetches_for_read(&plan, Instant::now(), max_age, force);
-            let waits: Vec<InFlight> = keys.into_iter().map(|k| self.fetch(&mut st, k)).collect();
-            (waits, self.flush(&mut st))
+            st.index.settle_read(id, &plan);
+            st.index.answer(who, &plan)
         };
-        self.send(wakes);
-        futures::future::join_all(waits).await;
-
-        let answer = self.lock().index.answer(who, &plan);
         match answer {
             Ok((fetched, optional_failures)) => Ok(ReadResult {
                 plan,
@@ -275,24 +338,114 @@ impl Inner {
             }))),
         }
     }
+
+    /// Fetches what `plan` needs, in plan order with at most
+    /// [`READ_WINDOW`] requests out, summing the bytes answered; stops (and
+    /// fails `SecretTooLarge`) once they pass the Secret limit, after the
+    /// requests already out have ended.
+    async fn fetch_within_limit(
+        self: &Arc<Self>,
+        id: ReadId,
+        plan: &Plan,
+        lane: &Lane,
+        max_age: Duration,
+        force: bool,
+    ) -> Result<(), ReadError> {
+        let started = Instant::now();
+        let keys = &plan.keys;
+        let mut bytes = 0usize;
+        let mut counted = 0usize;
+        let mut next = 0usize;
+        let mut out = FuturesUnordered::new();
+        loop {
+            let wakes = {
+                let mut st = self.lock();
+                while bytes <= MAX_SECRET_BYTES && out.len() < READ_WINDOW && next < keys.len() {
+                    let (i, k) = (next, &keys[next]);
+                    next += 1;
+                    st.index.protect(id, k);
+                    match st.index.fetch_for_key(k, Instant::now(), max_age, force) {
+                        Some(key) => {
+                            out.push(self.fetch(&mut st, key, lane).map(move |_| (i, 1)).boxed())
+                        }
+                        None => {
+                            bytes = bytes.saturating_add(st.index.answered_bytes(k));
+                            counted += 1;
+                        }
+                    }
+                }
+                self.flush(&mut st)
+            };
+            self.send(wakes);
+            let Some((i, round)) = out.next().await else {
+                break;
+            };
+            let mut st = self.lock();
+            // Settled by this read (a listing of a pinned name may leave
+            // its value to a GET, or a refused one leave it all to a GET).
+            let since = started.elapsed();
+            let again = (round < FETCH_ROUNDS && bytes <= MAX_SECRET_BYTES)
+                .then(|| {
+                    st.index
+                        .fetch_for_key(&keys[i], Instant::now(), since, false)
+                })
+                .flatten();
+            match again {
+                Some(key) => out.push(
+                    self.fetch(&mut st, key, lane)
+                        .map(move |_| (i, round + 1))
+                        .boxed(),
+                ),
+                None => {
+                    bytes = bytes.saturating_add(st.index.answered_bytes(&keys[i]));
+                    counted += 1;
+                }
+            }
+        }
+        if bytes > MAX_SECRET_BYTES {
+            return Err(ReadError::TooLarge {
+                bytes_at_least: bytes,
+                keys_read: counted,
+                keys_planned: keys.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends `keys` in their order, at most [`CYCLE_REQUESTS`] at once, and
+    /// waits for them all.
+    async fn cycle_fetch(self: &Arc<Self>, keys: Vec<FetchKey>) {
+        let mut keys = keys.into_iter();
+        let mut out = FuturesUnordered::new();
+        loop {
+            {
+                let mut st = self.lock();
+                while out.len() < CYCLE_REQUESTS {
+                    let Some(key) = keys.next() else { break };
+                    out.push(self.fetch(&mut st, key, &Lane::Cycle));
+                }
+            }
+            if out.next().await.is_none() {
+                break;
+            }
+        }
+    }
 }
 
 /// Ends a read in the index even when the read is dropped (timed out).
 struct ReadGuard<'a> {
     inner: &'a Arc<Inner>,
-    who: Option<&'a BindingRef>,
+    id: ReadId,
 }
 
 impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
-        if let Some(who) = self.who {
-            let wakes = {
-                let mut st = self.inner.lock();
-                st.index.end_read(who);
-                self.inner.flush(&mut st)
-            };
-            self.inner.send(wakes);
-        }
+        let wakes = {
+            let mut st = self.inner.lock();
+            st.index.close_read(self.id);
+            self.inner.flush(&mut st)
+        };
+        self.inner.send(wakes);
     }
 }
 
@@ -323,7 +476,9 @@ impl Poller {
                     cycling: 0,
                 }),
                 wake,
-                permits: tokio::sync::Semaphore::new(CONCURRENT_REQUESTS),
+                read_permits: tokio::sync::Semaphore::new(READ_REQUESTS),
+                cycle_permits: tokio::sync::Semaphore::new(CYCLE_REQUESTS),
+                shares: Shares::new(NAMESPACE_SHARE),
             }),
             read_timeout: DEFAULT_READ_TIMEOUT,
         }
@@ -369,25 +524,32 @@ impl Poller {
         interval: Duration,
         force: bool,
     ) -> Result<ReadResult, ReadError> {
-        if let Some(who) = who {
+        let id = {
             let mut st = self.inner.lock();
-            st.index.register(who, spec, interval);
-            st.index.begin_read(who);
-        }
+            if let Some(who) = who {
+                st.index.register(who, spec, interval);
+            }
+            st.index.open_read(who)
+        };
         let _guard = ReadGuard {
             inner: &self.inner,
-            who,
+            id,
         };
         let waited = self.read_timeout;
-        match tokio::time::timeout(waited, self.inner.read(who, spec, interval, force, waited))
-            .await
-        {
+        let read = self.inner.read(id, who, spec, interval, force, waited);
+        match tokio::time::timeout(waited, read).await {
             Ok(result) => result,
             Err(_) => Err(ReadError::Vault(Arc::new(VaultError::Timeout {
                 vault: self.inner.client.endpoint().name.clone(),
                 waited,
             }))),
         }
+    }
+
+    /// Bytes of secret values this poller keeps (each value once, however
+    /// many bindings use it).
+    pub fn cached_bytes(&self) -> usize {
+        self.inner.lock().index.cached_bytes()
     }
 
     /// One background check of every needed secret. Returns how long to wait
@@ -402,24 +564,32 @@ impl Poller {
             work
         };
         let _guard = CycleGuard(inner);
+        let started = Instant::now();
         if work.list {
             let listing = {
                 let mut st = inner.lock();
-                inner.fetch(&mut st, FetchKey::List)
+                inner.fetch(&mut st, FetchKey::List, &Lane::Cycle)
             };
             listing.await;
         }
-        let waits: Vec<InFlight> = {
-            let mut st = inner.lock();
+        let keys = {
+            let st = inner.lock();
             let mut keys = work.gets;
             if work.list {
-                keys.extend(st.index.after_listing());
+                let mut after = st.index.after_listing();
+                after.retain(|k| !keys.contains(k));
+                keys.extend(st.index.fair_order(after));
             }
-            keys.sort();
-            keys.dedup();
-            keys.into_iter().map(|k| inner.fetch(&mut st, k)).collect()
+            keys
         };
-        futures::future::join_all(waits).await;
+        inner.cycle_fetch(keys).await;
+        // Pinned versions the listings showed enabled but whose value is not
+        // kept, or whose listing was refused meanwhile.
+        let keys = {
+            let st = inner.lock();
+            st.index.fair_order(st.index.after_versions(started))
+        };
+        inner.cycle_fetch(keys).await;
         let failing = inner.lock().index.failing();
         let interval = work.interval;
         Some(if failing {

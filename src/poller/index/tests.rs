@@ -353,27 +353,212 @@ fn a_refused_list_is_retried_after_ten_minutes_too() {
     assert!(idx.cycle_work(t0 + LIST_RETRY_AFTER).unwrap().list);
 }
 
+fn version_item(name: &str, version: &str, enabled: bool) -> SecretItem {
+    let mut i = item(&format!("{name}/{version}"), 100);
+    i.attributes.enabled = Some(enabled);
+    i
+}
+
+fn pinned(name: &str, version: &str) -> FetchKey {
+    FetchKey::Pinned(name.into(), version.into())
+}
+
+fn who_in(ns: &str, name: &str) -> BindingRef {
+    ObjectRef::new(name).within(ns)
+}
+
+/// `count` pins of `name`, versions v000…, as one spec.
+fn pins(name: &str, count: usize) -> String {
+    let mut s = String::from("secrets:\n");
+    for i in 0..count {
+        s.push_str(&format!(
+            "  - {{name: {name}, version: v{i:03}, key: k{i:03}}}\n"
+        ));
+    }
+    s
+}
+
 #[test]
-fn pinned_versions_are_rechecked_every_cycle_and_a_disable_wakes() {
-    let pinned = "secrets: [{name: db, version: abc}]";
-    let mut idx = index(&[("p", pinned)], &[]);
+fn pinned_versions_are_rechecked_by_their_names_listing_and_a_disable_wakes() {
+    let pinned_spec = "secrets: [{name: db, version: abc}]";
+    let mut idx = index(&[("p", pinned_spec)], &[]);
     let t0 = Instant::now();
-    let key = FetchKey::Pinned("db".into(), "abc".into());
+    let key = pinned("db", "abc");
     idx.apply_get(&key, got("abc", "x", 100), 200, t0);
     woken(&mut idx);
     let work = idx.cycle_work(t0).unwrap();
-    assert_eq!(work.gets, std::slice::from_ref(&key));
+    assert_eq!(work.gets, [FetchKey::Versions("db".into())]);
     assert!(!work.list, "a listing shows no pinned version");
-    let disabled = KeyVaultError::SecretDisabled {
-        vault: "v".into(),
-        name: "db".into(),
-    };
-    idx.apply_get(&key, failed(disabled), 300, t0);
+    let changes = idx.apply_versions("db", Ok(vec![version_item("db", "abc", true)]), t0);
+    assert!(changes.is_empty(), "unchanged: {changes:?}");
+    assert!(
+        idx.after_versions(t0).is_empty(),
+        "its value is kept: no GET"
+    );
+    assert!(woken(&mut idx).is_empty());
+    idx.apply_versions("db", Ok(vec![version_item("db", "abc", false)]), t0);
     assert_eq!(woken(&mut idx), ["p"]);
     assert!(matches!(
-        answer(&mut idx, "p", pinned, &[]).unwrap()["db"],
+        answer(&mut idx, "p", pinned_spec, &[]).unwrap()["db"],
         Fetched::Disabled
     ));
+    assert!(
+        idx.values.is_empty(),
+        "a disabled version's value is not kept"
+    );
+    // Enabled again: the cycle reads its value once more.
+    idx.apply_versions("db", Ok(vec![version_item("db", "abc", true)]), t0);
+    assert_eq!(idx.after_versions(t0), [key]);
+}
+
+#[test]
+fn many_pins_of_one_name_cost_one_versions_listing_per_cycle() {
+    let spec300 = pins("db", 300);
+    let mut idx = index(&[("p", &spec300)], &[]);
+    let t0 = Instant::now();
+    let mut listing = Vec::new();
+    for i in 0..300 {
+        let v = format!("v{i:03}");
+        idx.apply_get(&pinned("db", &v), got(&v, "x", 100), 200, t0);
+        listing.push(version_item("db", &v, true));
+    }
+    woken(&mut idx);
+    let work = idx.cycle_work(t0).unwrap();
+    assert_eq!(
+        work.gets,
+        [FetchKey::Versions("db".into())],
+        "one per name, not 300"
+    );
+    idx.apply_versions("db", Ok(listing), t0 + Duration::from_secs(1));
+    assert!(idx.after_versions(t0).is_empty(), "no GET");
+    assert!(woken(&mut idx).is_empty());
+}
+
+#[test]
+fn a_missing_pinned_version_is_not_read_again_each_cycle() {
+    let mut idx = index(&[("p", "secrets: [{name: db, version: gone}]")], &[]);
+    let t0 = Instant::now();
+    let nf = KeyVaultError::NotFound {
+        vault: "v".into(),
+        name: "db".into(),
+        version: Some("gone".into()),
+    };
+    idx.apply_get(&pinned("db", "gone"), failed(nf), 200, t0);
+    woken(&mut idx);
+    let t1 = t0 + Duration::from_secs(300);
+    let work = idx.cycle_work(t1).unwrap();
+    assert_eq!(work.gets, [FetchKey::Versions("db".into())], "no GET of it");
+    let changes = idx.apply_versions("db", Ok(vec![version_item("db", "other", true)]), t1);
+    assert!(changes.is_empty(), "still missing: {changes:?}");
+    assert!(idx.after_versions(t1).is_empty(), "not read again");
+    // The secret itself deleted: still one listing, still no GET.
+    idx.apply_versions("db", failed_items(not_found("db")), t1);
+    assert!(idx.after_versions(t1).is_empty());
+}
+
+fn failed_items(e: KeyVaultError) -> Result<Vec<SecretItem>, Failure> {
+    Err(Arc::new(e.into()))
+}
+
+#[test]
+fn a_refused_versions_listing_checks_pins_by_get_until_retried() {
+    let mut idx = index(&[("p", &pins("db", 2))], &[]);
+    let t0 = Instant::now();
+    for v in ["v000", "v001"] {
+        idx.apply_get(&pinned("db", v), got(v, "x", 100), 200, t0);
+    }
+    let t1 = t0 + Duration::from_secs(300);
+    idx.apply_versions("db", failed_items(forbidden(Operation::ListVersions)), t1);
+    assert_eq!(
+        idx.after_versions(t1),
+        [pinned("db", "v000"), pinned("db", "v001")],
+        "this cycle falls back to GETs"
+    );
+    for cycle in 1..=LIST_RETRY_CYCLES {
+        let work = idx.cycle_work(t0).unwrap();
+        assert_eq!(work.gets.len(), 2, "cycle {cycle}: GETs, no listing");
+    }
+    let work = idx.cycle_work(t0).unwrap();
+    assert_eq!(
+        work.gets,
+        [FetchKey::Versions("db".into())],
+        "then listed again"
+    );
+}
+
+#[test]
+fn a_cycle_takes_one_request_per_namespace_per_turn() {
+    let mut idx = Index::default();
+    let mut a = String::from("secrets:\n");
+    for n in ["a0", "a1", "a2", "a3"] {
+        a.push_str(&format!("  - {{name: {n}, version: v1}}\n"));
+    }
+    let t = Duration::from_secs(300);
+    idx.register(&who_in("tenant-a", "many"), &spec(&a), t);
+    idx.register(
+        &who_in("tenant-b", "one"),
+        &spec("secrets: [{name: zz, version: v1}]"),
+        t,
+    );
+    idx.register(
+        &who_in("tenant-c", "shares"),
+        &spec("secrets: [{name: a0, version: v1}, {name: c0, version: v1}]"),
+        t,
+    );
+    let work = idx.cycle_work(Instant::now()).unwrap();
+    let names: Vec<String> = work
+        .gets
+        .iter()
+        .map(|k| match k {
+            FetchKey::Versions(n) => n.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // a takes a0 (which c needs too: sent once), b takes zz, c takes c0;
+    // then a's other names.
+    assert_eq!(names, ["a0", "zz", "c0", "a1", "a2", "a3"]);
+}
+
+#[test]
+fn a_shed_read_keeps_nothing_only_it_needed() {
+    let all = "select: {all: true}";
+    let listing = vec![item("big", 100), item("shared", 100)];
+    let mut idx = index(
+        &[("all", all), ("a", "secrets: [{name: shared}]")],
+        &listing,
+    );
+    let t0 = Instant::now();
+    let p = plan(&spec(all), &listing).unwrap();
+    let id = idx.open_read(Some(&who("all")));
+    for k in &p.keys {
+        idx.protect(id, k);
+    }
+    idx.apply_get(&latest("big"), got("v1", &"x".repeat(1000), 100), 200, t0);
+    idx.apply_get(&latest("shared"), got("v1", "s", 100), 200, t0);
+    assert_eq!(idx.cached_bytes(), 1001);
+    idx.shed_read(id);
+    idx.close_read(id);
+    assert_eq!(idx.cached_bytes(), 1, "only what binding a uses is kept");
+    let work = idx.cycle_work(t0).unwrap();
+    assert!(work.list, "the select still hears of listing changes");
+    assert_eq!(
+        idx.interests.needed_latest(),
+        BTreeSet::from(["shared".to_string()])
+    );
+}
+
+#[test]
+fn answered_bytes_count_key_and_value() {
+    let mut idx = index(&[("a", A)], &[]);
+    let p = plan(&spec(A), &[]).unwrap();
+    assert_eq!(idx.answered_bytes(&p.keys[0]), 0, "not read");
+    idx.apply_get(
+        &latest("db-password"),
+        got("v1", "12345", 100),
+        200,
+        Instant::now(),
+    );
+    assert_eq!(idx.answered_bytes(&p.keys[0]), "db-password".len() + 5);
 }
 
 #[test]
