@@ -198,7 +198,8 @@ impl Watched {
     }
 
     /// What was seen: create → Ready (from the first Ready status write),
-    /// the reasons written, and the samples not Ready after the first Ready.
+    /// the reasons written (and when, the first 20 writes), and the samples
+    /// not Ready after the first Ready.
     fn report(&self, writes: &Writes) -> Value {
         let writes = writes.lock().unwrap();
         let mine = writes.get(&self.key()).map(Vec::as_slice).unwrap_or(&[]);
@@ -217,6 +218,7 @@ impl Watched {
             "status_writes": mine.len(),
             "not_ready_writes_after_ready": first_ready.map(|i| mine[i..].iter().filter(|w| !w.ready).count()),
             "reasons_written": written,
+            "timeline_ms": mine.iter().take(20).map(|w| json!([w.at.duration_since(self.created).as_millis() as u64, w.reason])).collect::<Vec<_>>(),
             "ever_vault_timeout": vault_timeout,
             "samples": self.samples,
             "samples_not_ready_after_ready": self.not_ready_after_ready,
