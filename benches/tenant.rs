@@ -28,7 +28,23 @@
 //! stdout, progress on stderr; no timed assertions. The operator is killed
 //! when its scenario ends, also on a panic (`Stack` kills on drop).
 //!
-//! Measured on 2025-??-??, before issue 16's fixes: (filled in below).
+//! Measured on 2026-12-07, before issue 16's fixes (defaults, 2 shared
+//! cores, release build):
+//! 1. all 12 `SecretTooLarge` 3.4 s after create, and they stay so; 1,000
+//!    GETs (each value once) + 40 LIST pages until then, then 0 GET and 40
+//!    LIST pages a cycle; operator RSS 16.2 MiB idle, peak (VmHWM)
+//!    385.3 MiB, 98.5 MiB at the end (two cycles later) — the values only
+//!    failing bindings read are kept; tenant-b Ready 56 ms after create,
+//!    0 of 355 samples not Ready after that.
+//! 2. tenant-b's fast binding (created 1.1 s after tenant-a's) is Ready
+//!    36.1 s after create, `VaultTimeout` at 10 s first: its one GET waits
+//!    behind tenant-a's 300 slow ones (8 at a time). tenant-a's binding:
+//!    `VaultTimeout` at 10 s, Synced at 72.3 s after 573 GETs for 300 pins
+//!    (the 30 s cycle re-reads the pins while the first reads are in
+//!    flight), then `VaultTimeout` again at 118 s with nothing changed (its
+//!    pins re-checked each cycle take 37.5 s, longer than the cycle):
+//!    not Ready in 263 of 1,191 samples after it was. GETs per 33 s cycle
+//!    window: 105, 237, 153 (0 LIST). Operator peak RSS 22 MiB.
 
 #[path = "../tests/support/apiserver.rs"]
 mod apiserver;
