@@ -11,6 +11,8 @@
 
 #[path = "../tests/support/apiserver.rs"]
 mod apiserver;
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../tests/support/operator.rs"]
 mod operator;
 #[path = "../tests/support/mod.rs"]
@@ -19,18 +21,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::env_num;
 use kvsync::devvault::Stats;
 use operator::Stack;
 use serde_json::{Value, json};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
-        })
-        .unwrap_or(default)
-}
 
 fn vault_reads(s: &Stats) -> u64 {
     s.requests

@@ -27,6 +27,8 @@
 
 #[path = "../tests/support/apiserver.rs"]
 mod apiserver;
+#[path = "common/mod.rs"]
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -39,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use apiserver::ApiServer;
 use base64::Engine;
+use common::env_num;
 use serde_json::{Value, json};
 
 const BUILT: &str = env!("CARGO_BIN_EXE_kvsync");
@@ -62,15 +65,6 @@ fn profile_env(label: &str) -> Vec<(String, String)> {
         .collect()
 }
 const OPERATOR_NS: &str = "kvsync";
-
-fn env_num(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
 
 struct Scale {
     bindings: usize,

@@ -140,15 +140,29 @@ impl Stack {
 impl Stack {
     /// VmHWM of the operator: its peak resident set, in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        let pid = self.child.id().expect("running");
-        let status =
-            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+        self.proc_status_mib("VmHWM").expect("VmHWM")
+    }
+
+    /// VmRSS of the operator: its resident set now, in MiB.
+    pub fn rss_mib(&self) -> Option<f64> {
+        self.proc_status_mib("VmRSS")
+    }
+
+    /// A `kB` field of the operator's /proc/PID/status (`VmHWM`, `VmRSS`),
+    /// in MiB to a tenth; `None` once it has exited.
+    pub fn proc_status_mib(&self, field: &str) -> Option<f64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let kib: f64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM");
-        (kib / 1024.0 * 10.0).round() / 10.0
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+        Some((kib / 1024.0 * 10.0).round() / 10.0)
+    }
+
+    /// The operator's exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 }
 
@@ -191,15 +205,22 @@ impl Stack {
     /// before its generation is observed).
     pub async fn ready_condition(&self, ns: &str, name: &str, status: &str) -> serde_json::Value {
         self.wait_for(&format!("{ns}/{name} Ready={status}"), WITHIN, || {
-            let b = self.api.get("vaultsecretbindings", ns, name)?;
-            let c = b["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .find(|c| c["type"] == "Ready")?
-                .clone();
-            let current = b["status"]["observedGeneration"] == b["metadata"]["generation"];
+            let (c, current) = self.ready_now(ns, name)?;
             (c["status"] == status && (current || status == "False")).then_some(c)
         })
         .await
+    }
+
+    /// Binding `ns/name`'s Ready condition now, and whether its status
+    /// describes the current generation; `None` before it has one.
+    pub fn ready_now(&self, ns: &str, name: &str) -> Option<(serde_json::Value, bool)> {
+        let b = self.api.get("vaultsecretbindings", ns, name)?;
+        let c = b["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")?
+            .clone();
+        let current = b["status"]["observedGeneration"] == b["metadata"]["generation"];
+        Some((c, current))
     }
 }
