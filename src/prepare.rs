@@ -69,10 +69,11 @@ impl Judge<'_> {
     }
 }
 
-/// What a binding is prepared with.
-pub struct Inputs<'a> {
+/// What a binding is prepared with (`'s`: the spec's lifetime, which the
+/// prepared binding keeps).
+pub struct Inputs<'a, 's> {
     /// The spec (for a kept binding, its cluster binding's).
-    pub spec: &'a VaultSecretBindingSpec,
+    pub spec: &'s VaultSecretBindingSpec,
     /// The binding's namespace (what the policies select by).
     pub namespace: &'a str,
     /// Where its ServiceAccount or client secret is read (a cluster
@@ -149,7 +150,7 @@ impl PrepareError {
 }
 
 /// Prepares a binding: every check that needs no vault, in the order above.
-pub async fn prepare<'a>(inputs: &Inputs<'a>) -> Result<Prepared<'a>, PrepareError> {
+pub async fn prepare<'s>(inputs: &Inputs<'_, 's>) -> Result<Prepared<'s>, PrepareError> {
     let spec = inputs.spec;
     spec.validate().map_err(PrepareError::Invalid)?;
     // The host guard runs before any identity is resolved or token fetched.

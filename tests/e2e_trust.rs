@@ -1209,3 +1209,84 @@ async fn a_template_over_all_values_keeps_an_entry_the_vault_refuses() {
         .await;
     eprintln!("Ready={} {}: {}", c.status, c.reason, c.message);
 }
+
+// §2 one namespace cannot move the operator's memory or another
+// namespace's outcome
+
+/// Twelve `select`s in one namespace whose Secrets would each be about
+/// 1.5 MB: every one fails `SecretTooLarge`, the vault is read only until the
+/// limit is passed (shared between them), and a binding of another namespace
+/// syncs and stays Ready throughout.
+#[tokio::test]
+async fn oversized_selects_in_one_namespace_stop_at_the_limit_and_spare_another() {
+    let kc = e2e!();
+    const BIG: usize = 60;
+    let mut seed = String::from("secrets:\n  - {name: db-password, value: first-password}\n");
+    let filler = "x".repeat(25_000);
+    for i in 0..BIG {
+        seed.push_str(&format!("  - {{name: big-{i:02}, value: {filler}}}\n"));
+    }
+    let env = Env::start_with(
+        kc,
+        Options {
+            namespaces: 2,
+            ..Options::new(&seed)
+        },
+    )
+    .await;
+    let (tenant, other) = (env.scope(0), env.scope(1));
+    other
+        .bind_and_wait("small", json!({"secrets": [{"name": "db-password"}]}))
+        .await;
+    env.vault.reset_stats().await;
+    for i in 0..12 {
+        tenant
+            .apply_binding(
+                &format!("big-{i}"),
+                json!({"select": {"namePrefix": "big-"}, "refreshInterval": "30s"}),
+            )
+            .await;
+    }
+    for i in 0..12 {
+        let message = tenant
+            .ready_reason(
+                &format!("big-{i}"),
+                "False",
+                "SecretTooLarge",
+                SYNC_DEADLINE,
+            )
+            .await;
+        assert!(
+            message.contains("narrow the select"),
+            "the message says what to do: {message}"
+        );
+        assert!(
+            tenant
+                .secrets()
+                .get_opt(&format!("big-{i}"))
+                .await
+                .unwrap()
+                .is_none(),
+            "nothing is written for big-{i}"
+        );
+    }
+    let gets = env.vault.count_status("get_secret", 200).await;
+    assert!(
+        gets < BIG as u64,
+        "reads stop past the 1 MiB limit and are shared: {gets} GETs for {BIG} big secrets × 12 bindings"
+    );
+    // The other namespace's binding is still Ready at its generation, and a
+    // rotation still reaches it.
+    other.ready("small", "True", SYNC_DEADLINE).await;
+    env.vault.put_secret("db-password", "second-password").await;
+    other.force_sync("small").await;
+    other
+        .wait_for_value(
+            "small",
+            "db-password",
+            "second-password",
+            "a rotation in the other namespace",
+            SYNC_DEADLINE,
+        )
+        .await;
+}

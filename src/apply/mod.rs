@@ -1,6 +1,8 @@
 //! Writing the target Secret: the desired object, the ownership rules of
 //! Owner/Orphan/Merge, drift detection and server-side apply.
 
+pub mod finalizer;
+
 use crate::reason::Reason;
 use std::collections::BTreeMap;
 

@@ -1,0 +1,70 @@
+//! The Merge finalizer: a binding with `policy: Merge` writes keys into a
+//! Secret it does not own, so Kubernetes' garbage collection cannot remove
+//! them. The finalizer holds the binding until its keys (its own field
+//! manager's fields) are released from the shared Secret; a binding whose
+//! policy moves away from Merge gives them back the same way.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+
+use crate::crd::{TargetPolicy, VaultSecretBinding};
+
+/// Finalizer of Merge bindings (removes their keys from the shared Secret).
+pub const FINALIZER: &str = "kvsync.io/merge-cleanup";
+
+/// Whether `b` carries the finalizer.
+pub fn holds(b: &VaultSecretBinding) -> bool {
+    b.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Adds the finalizer to a Merge binding, or (the policy moved away from
+/// Merge) gives the shared Secret its keys back and removes it.
+pub async fn follow_policy(
+    client: &kube::Client,
+    b: &VaultSecretBinding,
+) -> Result<(), kube::Error> {
+    let bindings: Api<VaultSecretBinding> =
+        Api::namespaced(client.clone(), &b.namespace().unwrap_or_default());
+    match (b.spec.policy() == TargetPolicy::Merge, holds(b)) {
+        (true, false) => {
+            let mut finalizers = b.finalizers().to_vec();
+            finalizers.push(FINALIZER.to_string());
+            let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": b.resource_version()}});
+            bindings
+                .patch(
+                    &b.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
+            Ok(())
+        }
+        (false, true) => release(client, b).await,
+        _ => Ok(()),
+    }
+}
+
+/// Releases the binding's keys from the shared Secret, then the finalizer
+/// (on deletion, or when the policy is no longer Merge).
+pub async fn release(client: &kube::Client, b: &VaultSecretBinding) -> Result<(), kube::Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let target = b.spec.target_name(&b.name_any()).to_string();
+    super::release_fields(&secrets, &target, &super::merge_field_manager(b)).await?;
+    let bindings: Api<VaultSecretBinding> = Api::namespaced(client.clone(), &ns);
+    let finalizers: Vec<&String> = b.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": b.resource_version()}});
+    match bindings
+        .patch(
+            &b.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
