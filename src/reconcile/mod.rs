@@ -145,7 +145,6 @@ pub(super) fn display_key(b: &VaultSecretBinding) -> String {
 /// Reconciles one binding.
 pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = b.namespace().unwrap_or_default();
-    let name = b.name_any();
     let bindings: kube::Api<VaultSecretBinding> = kube::Api::namespaced(ctx.client.clone(), &ns);
     let key = key_of(&b);
     let shown = display_key(&b);
@@ -208,113 +207,172 @@ pub async fn reconcile(b: Arc<VaultSecretBinding>, ctx: Arc<Context>) -> Result<
         force_sync_handled: handled.clone(),
     })
     .await;
+    let run = Run {
+        ctx: &ctx,
+        b: &b,
+        bindings: &bindings,
+        key: &key,
+        shown: &shown,
+        prev,
+        interval,
+        force,
+        started,
+        generation,
+        handled,
+    };
     match result {
-        Ok(done) => {
-            ctx.failure_count(&key, false);
-            match done.status.conditions.first() {
-                Some(c) if c.status == "False" => ctx.metrics.sync_failed(
-                    &shown,
-                    Reason::parse(&c.reason).unwrap_or(Reason::SecretDisabled),
-                    started.elapsed(),
-                ),
-                _ => ctx.metrics.sync_succeeded(&shown, started.elapsed()),
-            }
-            if done.written {
-                ctx.metrics.secret_writes.inc();
-            }
-            ctx.metrics.set_secret_expiries(
-                &ns,
-                &name,
-                done.status.secrets.iter().filter_map(|s| {
-                    s.expires
-                        .as_ref()
-                        .map(|e| (s.name.as_str(), e.0.as_second()))
-                }),
-            );
-            if done.data_changed {
-                let secret = b.spec.target_name(&name).to_string();
-                let note = format!(
-                    "{} Secret {secret}: {} key(s) from vault {}",
-                    if done.first { "wrote" } else { "updated" },
-                    done.status.secrets.len(),
-                    vault_name(&b.spec.vault_url)
-                );
-                publish(&ctx, &b, EventType::Normal, "Synced", note).await;
-            } else if done.repaired {
-                publish(
-                    &ctx,
-                    &b,
-                    EventType::Normal,
-                    "Repaired",
-                    format!(
-                        "put Secret {} back as the vault has it",
-                        b.spec.target_name(&name)
-                    ),
-                )
-                .await;
-            }
-            if !done.ready {
-                let c = &done.status.conditions[0];
-                warn_once(
-                    &ctx,
-                    &b,
-                    prev,
-                    Reason::parse(&c.reason).unwrap_or(Reason::Synced),
-                    &c.message,
-                )
-                .await;
-            }
-            if status::needs_write(prev, &done.status, ctx.settings.status_heartbeat)
-                && ctx.may_write()
-            {
-                ctx.write_status(&bindings, &b, &done.status).await?;
-            }
-            let mut next = interval + jitter(&b.uid().unwrap_or_default(), interval);
-            if let Some(r) = done.requeue {
-                next = next.min(r);
-            }
-            if let Force::After(wait) = force {
-                next = next.min(wait);
-            }
-            Ok(Action::requeue(next))
-        }
-        Err(SyncError::User(f)) => {
-            if stops_reading(&f) {
-                // Its vault must not keep being read (nor its identity used)
-                // for it: a binding allowed before is denied now, say.
-                ctx.pollers.forget(&ObjectRef::new(&name).within(&ns));
-            }
-            let failures = ctx.failure_count(&key, true);
-            ctx.metrics.sync_failed(&shown, f.reason, started.elapsed());
-            warn_once(&ctx, &b, prev, f.reason, &f.message).await;
-            let new_status = status::failed(
-                prev,
-                generation,
-                f.reason,
-                &f.message,
-                handled,
-                status::now(),
-            );
-            if status::needs_write(prev, &new_status, ctx.settings.status_heartbeat)
-                && ctx.may_write()
-            {
-                ctx.write_status(&bindings, &b, &new_status).await?;
-            }
-            let mut wait = if f.transient {
-                backoff(failures, interval)
-            } else {
-                backoff(failures.max(3), interval)
-            };
-            if let Force::After(w) = force {
-                wait = wait.min(w);
-            }
-            Ok(Action::requeue(
-                wait + jitter(&b.uid().unwrap_or_default(), wait),
-            ))
-        }
+        Ok(done) => on_synced(&run, done).await,
+        Err(SyncError::User(f)) => on_failed(&run, f).await,
         Err(SyncError::Kube(e)) => Err(Error::Kube(e)),
         Err(SyncError::Standby) => Ok(Action::await_change()),
     }
+}
+
+/// One reconcile's context for what follows a sync.
+struct Run<'a> {
+    ctx: &'a Context,
+    b: &'a VaultSecretBinding,
+    bindings: &'a kube::Api<VaultSecretBinding>,
+    key: &'a context::BindingKey,
+    shown: &'a str,
+    prev: Option<&'a crate::crd::VaultSecretBindingStatus>,
+    interval: Duration,
+    force: Force,
+    started: Instant,
+    generation: Option<i64>,
+    handled: Option<String>,
+}
+
+/// After a sync: metrics, the Events it is worth, the status (when it
+/// changed or a heartbeat is due) and when to look again.
+async fn on_synced(run: &Run<'_>, done: sync::Synced) -> Result<Action, Error> {
+    let Run {
+        ctx,
+        b,
+        bindings,
+        key,
+        shown,
+        prev,
+        interval,
+        force,
+        started,
+        ..
+    } = *run;
+    let (ns, name) = (&key.0, &key.1);
+    ctx.failure_count(key, false);
+    match done.status.conditions.first() {
+        Some(c) if c.status == "False" => ctx.metrics.sync_failed(
+            shown,
+            Reason::parse(&c.reason).unwrap_or(Reason::SecretDisabled),
+            started.elapsed(),
+        ),
+        _ => ctx.metrics.sync_succeeded(shown, started.elapsed()),
+    }
+    if done.written {
+        ctx.metrics.secret_writes.inc();
+    }
+    ctx.metrics.set_secret_expiries(
+        ns,
+        name,
+        done.status.secrets.iter().filter_map(|s| {
+            s.expires
+                .as_ref()
+                .map(|e| (s.name.as_str(), e.0.as_second()))
+        }),
+    );
+    if done.data_changed {
+        let secret = b.spec.target_name(name).to_string();
+        let note = format!(
+            "{} Secret {secret}: {} key(s) from vault {}",
+            if done.first { "wrote" } else { "updated" },
+            done.status.secrets.len(),
+            vault_name(&b.spec.vault_url)
+        );
+        publish(ctx, b, EventType::Normal, "Synced", note).await;
+    } else if done.repaired {
+        publish(
+            ctx,
+            b,
+            EventType::Normal,
+            "Repaired",
+            format!(
+                "put Secret {} back as the vault has it",
+                b.spec.target_name(name)
+            ),
+        )
+        .await;
+    }
+    if !done.ready {
+        let c = &done.status.conditions[0];
+        warn_once(
+            ctx,
+            b,
+            prev,
+            Reason::parse(&c.reason).unwrap_or(Reason::Synced),
+            &c.message,
+        )
+        .await;
+    }
+    if status::needs_write(prev, &done.status, ctx.settings.status_heartbeat) && ctx.may_write() {
+        ctx.write_status(bindings, b, &done.status).await?;
+    }
+    let mut next = interval + jitter(&b.uid().unwrap_or_default(), interval);
+    if let Some(r) = done.requeue {
+        next = next.min(r);
+    }
+    if let Force::After(wait) = force {
+        next = next.min(wait);
+    }
+    Ok(Action::requeue(next))
+}
+
+/// After a failure the user can fix (or wait out): the condition, a
+/// warning once, and a retry with backoff.
+async fn on_failed(run: &Run<'_>, f: Failure) -> Result<Action, Error> {
+    let Run {
+        ctx,
+        b,
+        bindings,
+        key,
+        shown,
+        prev,
+        interval,
+        force,
+        started,
+        generation,
+        ref handled,
+    } = *run;
+    let (ns, name) = (&key.0, &key.1);
+    if stops_reading(&f) {
+        // Its vault must not keep being read (nor its identity used)
+        // for it: a binding allowed before is denied now, say.
+        ctx.pollers.forget(&ObjectRef::new(name).within(ns));
+    }
+    let failures = ctx.failure_count(key, true);
+    ctx.metrics.sync_failed(shown, f.reason, started.elapsed());
+    warn_once(ctx, b, prev, f.reason, &f.message).await;
+    let new_status = status::failed(
+        prev,
+        generation,
+        f.reason,
+        &f.message,
+        handled.clone(),
+        status::now(),
+    );
+    if status::needs_write(prev, &new_status, ctx.settings.status_heartbeat) && ctx.may_write() {
+        ctx.write_status(bindings, b, &new_status).await?;
+    }
+    let mut wait = if f.transient {
+        backoff(failures, interval)
+    } else {
+        backoff(failures.max(3), interval)
+    };
+    if let Force::After(w) = force {
+        wait = wait.min(w);
+    }
+    Ok(Action::requeue(
+        wait + jitter(&b.uid().unwrap_or_default(), wait),
+    ))
 }
 
 /// Requeue after an infrastructure error.
