@@ -295,6 +295,55 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     }
 
     let kept_any: Vec<String> = kept.iter().chain(&kept_unreadable).cloned().collect();
+    let held_template = held_template(input, &mut kept_unreadable)?;
+    let template = if held_template.is_some() {
+        None
+    } else {
+        input.template
+    };
+    let (mut data, certificates) = crate::shape::shape(
+        data,
+        input.plan,
+        input.certificates,
+        &kept_any,
+        input.current,
+        template,
+    )?;
+    if let Some((policy, held)) = held_template {
+        if policy == crate::crd::TemplateMergePolicy::Replace {
+            data.clear();
+        }
+        data.extend(held);
+    }
+    certificate_expiries(certificates, &mut synced, &mut expiring, input.now);
+    let bytes: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_SECRET_BYTES {
+        return Err(RenderError::TooLarge { bytes });
+    }
+    Ok(Rendered {
+        hash: input.hash_key.data_hash(&data),
+        data,
+        synced,
+        expiring,
+        skipped,
+        kept,
+        kept_unreadable,
+        disabled_unkept,
+    })
+}
+
+/// A template's keys kept at what the Secret holds, with its merge policy.
+type HeldTemplate = (
+    crate::crd::TemplateMergePolicy,
+    BTreeMap<String, SecretValue>,
+);
+
+/// The templated keys at what the Secret holds, when a template could read
+/// a value that could not be read this time; `None`: render the templates.
+fn held_template(
+    input: &RenderInput<'_>,
+    kept_unreadable: &mut Vec<String>,
+) -> Result<Option<HeldTemplate>, RenderError> {
     // A template over a value that could not be read this time would render
     // without it (or fail on it): like KeepLast for a plain key, the
     // templated keys keep what the Secret holds.
@@ -324,7 +373,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
         }
         _ => Vec::new(),
     };
-    let held_template = match input.template {
+    match input.template {
         Some(t) if !unread.is_empty() => {
             let held: Option<BTreeMap<String, SecretValue>> = t
                 .data
@@ -342,36 +391,25 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
                 });
             };
             kept_unreadable.extend(held.keys().cloned());
-            Some((t.merge_policy, held))
+            Ok(Some((t.merge_policy, held)))
         }
-        _ => None,
-    };
-    let template = if held_template.is_some() {
-        None
-    } else {
-        input.template
-    };
-    let (mut data, certificates) = crate::shape::shape(
-        data,
-        input.plan,
-        input.certificates,
-        &kept_any,
-        input.current,
-        template,
-    )?;
-    if let Some((policy, held)) = held_template {
-        if policy == crate::crd::TemplateMergePolicy::Replace {
-            data.clear();
-        }
-        data.extend(held);
+        _ => Ok(None),
     }
-    // A certificate's expiry is its leaf's notAfter (the backing secret's
-    // own `exp` may be unset): status and ExpiringSoon report that.
+}
+
+/// A certificate's expiry is its leaf's notAfter (the backing secret's own
+/// `exp` may be unset): status and ExpiringSoon report that.
+fn certificate_expiries(
+    certificates: Vec<crate::shape::CertificateExpiry>,
+    synced: &mut [SyncedSecret],
+    expiring: &mut Vec<Expiry>,
+    now: i64,
+) {
     for c in certificates {
         for s in synced.iter_mut().filter(|s| s.name == c.name) {
             s.expires = time(c.not_after);
         }
-        if c.not_after.saturating_sub(input.now) <= EXPIRY_WARNING_SECS
+        if c.not_after.saturating_sub(now) <= EXPIRY_WARNING_SECS
             && !expiring.iter().any(|e: &Expiry| e.name == c.name)
         {
             expiring.push(Expiry {
@@ -380,20 +418,6 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
             });
         }
     }
-    let bytes: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if bytes > MAX_SECRET_BYTES {
-        return Err(RenderError::TooLarge { bytes });
-    }
-    Ok(Rendered {
-        hash: input.hash_key.data_hash(&data),
-        data,
-        synced,
-        expiring,
-        skipped,
-        kept,
-        kept_unreadable,
-        disabled_unkept,
-    })
 }
 
 impl Rendered {
