@@ -128,9 +128,69 @@ type InFlight = Shared<BoxFuture<'static, ()>>;
 struct State {
     index: Index,
     inflight: HashMap<FetchKey, InFlight>,
+    /// The size of each listed name's value as last read, with the
+    /// listing's `updated` it was read at: a binding that failed
+    /// `SecretTooLarge` (and so keeps no values) fails again from these
+    /// alone while the listing shows none of its names changed — its
+    /// retries cost no GETs. Sizes, never values.
+    sizes: HashMap<Arc<str>, (Option<i64>, usize)>,
     /// Cycles running: they send the wakes collected meanwhile at their end,
     /// so a binding is woken once per cycle.
     cycling: u32,
+}
+
+/// Sizes kept at most for this many names per poller (then forgotten).
+const MAX_SIZES: usize = 100_000;
+
+impl State {
+    /// The bytes of `k`'s answered value, its size kept for the name at the
+    /// listing's `updated` (when the name came from a listing).
+    fn answered(
+        &mut self,
+        k: &crate::plan::PlannedKey,
+        updated: &HashMap<Arc<str>, Option<i64>>,
+    ) -> usize {
+        let bytes = self.index.answered_bytes(k);
+        let name = k.secret.to_ascii_lowercase();
+        if let Some((name, at)) = updated.get_key_value(name.as_str()) {
+            if self.sizes.len() >= MAX_SIZES {
+                self.sizes.clear();
+            }
+            self.sizes.insert(name.clone(), (*at, bytes));
+        }
+        bytes
+    }
+
+    /// `SecretTooLarge` when the sizes kept for the plan's listed names,
+    /// still at the listing's `updated`, already pass the Secret limit.
+    fn known_too_large(
+        &self,
+        plan: &Plan,
+        updated: &HashMap<Arc<str>, Option<i64>>,
+    ) -> Option<ReadError> {
+        let mut bytes = 0usize;
+        let mut counted = 0usize;
+        for k in &plan.keys {
+            let name = k.secret.to_ascii_lowercase();
+            let (Some(at), Some((sized_at, size))) =
+                (updated.get(name.as_str()), self.sizes.get(name.as_str()))
+            else {
+                continue;
+            };
+            if at == sized_at && at.is_some() {
+                bytes = bytes.saturating_add(*size);
+                counted += 1;
+                if bytes > MAX_SECRET_BYTES {
+                    return Some(ReadError::TooLarge {
+                        bytes_at_least: bytes,
+                        keys_read: counted,
+                        keys_planned: plan.keys.len(),
+                    });
+                }
+            }
+        }
+        None
+    }
 }
 
 struct Inner {
@@ -302,13 +362,38 @@ impl Inner {
             Arc::default()
         };
         let plan = plan(spec, &items)?;
+        // The listing's `updated` of each name planned from it (the names a
+        // `select` brought in): what the sizes kept are valid for.
+        let updated: HashMap<Arc<str>, Option<i64>> = if items.is_empty() {
+            HashMap::new()
+        } else {
+            let by_name: HashMap<String, Option<i64>> = items
+                .iter()
+                .map(|i| (i.name().to_ascii_lowercase(), i.attributes.updated))
+                .collect();
+            plan.keys
+                .iter()
+                .filter(|k| k.version.is_none())
+                .filter_map(|k| {
+                    let name = k.secret.to_ascii_lowercase();
+                    by_name.get(&name).map(|u| (Arc::from(name.as_str()), *u))
+                })
+                .collect()
+        };
         drop(items);
         self.lock().index.read_planned(id, &plan);
 
-        if let Err(too_large) = self
-            .fetch_within_limit(id, &plan, &lane, max_age, force)
-            .await
-        {
+        let known = (!force)
+            .then(|| self.lock().known_too_large(&plan, &updated))
+            .flatten();
+        let fetched = match known {
+            Some(too_large) => Err(too_large),
+            None => {
+                self.fetch_within_limit(id, &plan, &lane, max_age, force, &updated)
+                    .await
+            }
+        };
+        if let Err(too_large) = fetched {
             let wakes = {
                 let mut st = self.lock();
                 st.index.shed_read(id);
@@ -350,6 +435,7 @@ impl Inner {
         lane: &Lane,
         max_age: Duration,
         force: bool,
+        updated: &HashMap<Arc<str>, Option<i64>>,
     ) -> Result<(), ReadError> {
         let started = Instant::now();
         let keys = &plan.keys;
@@ -369,7 +455,7 @@ impl Inner {
                             out.push(self.fetch(&mut st, key, lane).map(move |_| (i, 1)).boxed())
                         }
                         None => {
-                            bytes = bytes.saturating_add(st.index.answered_bytes(k));
+                            bytes = bytes.saturating_add(st.answered(k, updated));
                             counted += 1;
                         }
                     }
@@ -397,7 +483,7 @@ impl Inner {
                         .boxed(),
                 ),
                 None => {
-                    bytes = bytes.saturating_add(st.index.answered_bytes(&keys[i]));
+                    bytes = bytes.saturating_add(st.answered(&keys[i], updated));
                     counted += 1;
                 }
             }
@@ -473,6 +559,7 @@ impl Poller {
                 state: Mutex::new(State {
                     index: Index::default(),
                     inflight: HashMap::new(),
+                    sizes: HashMap::new(),
                     cycling: 0,
                 }),
                 wake,
