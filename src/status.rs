@@ -70,15 +70,9 @@ pub struct SyncReport<'a> {
     pub secret_resource_version: Option<String>,
 }
 
-/// Status after a successful sync.
-pub fn synced(
-    prev: Option<&VaultSecretBindingStatus>,
-    generation: Option<i64>,
-    report: &SyncReport<'_>,
-    now: Time,
-) -> VaultSecretBindingStatus {
-    let empty = Vec::new();
-    let prev_conditions = prev.map(|p| &p.conditions).unwrap_or(&empty);
+/// The Ready message of a sync: what is in the Secret, what was kept, left
+/// out or unreadable, and a failed restart.
+fn synced_message(report: &SyncReport<'_>) -> String {
     let r = report.rendered;
     let mut message = format!(
         "{} secret(s) from vault {} are in Secret {}",
@@ -119,6 +113,76 @@ pub fn synced(
     if let Some(e) = report.rollout_error {
         message.push_str(&format!("; rollout restart failed, retrying: {e}"));
     }
+    message
+}
+
+/// `ExpiringSoon`: the synced secrets that expire within 7 days, or have.
+fn expiring_soon(
+    prev_conditions: &[Condition],
+    expiring: &[crate::render::Expiry],
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let now_secs = now.0.as_second();
+    if expiring.is_empty() {
+        condition(
+            prev_conditions,
+            EXPIRING_SOON,
+            false,
+            Reason::NoneExpiring,
+            "no synced secret expires within 7 days".into(),
+            generation,
+            now,
+        )
+    } else {
+        let expired = expiring.iter().any(|e| e.expires <= now_secs);
+        let list: Vec<String> = expiring
+            .iter()
+            .map(|e| {
+                let when = Timestamp::from_second(e.expires)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                format!(
+                    "{} {} {when}",
+                    e.name,
+                    if e.expires <= now_secs {
+                        "expired"
+                    } else {
+                        "expires"
+                    }
+                )
+            })
+            .collect();
+        condition(
+            prev_conditions,
+            EXPIRING_SOON,
+            true,
+            if expired {
+                Reason::SecretExpired
+            } else {
+                Reason::SecretExpiring
+            },
+            format!(
+                "{}: set a new version or a later expiry in the vault",
+                list.join(", ")
+            ),
+            generation,
+            now,
+        )
+    }
+}
+
+/// Status after a successful sync.
+pub fn synced(
+    prev: Option<&VaultSecretBindingStatus>,
+    generation: Option<i64>,
+    report: &SyncReport<'_>,
+    now: Time,
+) -> VaultSecretBindingStatus {
+    let empty = Vec::new();
+    let prev_conditions = prev.map(|p| &p.conditions).unwrap_or(&empty);
+    let r = report.rendered;
+    let message = synced_message(report);
     let ready = match r.disabled_message() {
         // The Secret holds what can be read; it still lacks a disabled one.
         Some(why) => condition(
@@ -141,54 +205,12 @@ pub fn synced(
         ),
     };
     let mut conditions = vec![ready];
-    let now_secs = now.0.as_second();
-    if r.expiring.is_empty() {
-        conditions.push(condition(
-            prev_conditions,
-            EXPIRING_SOON,
-            false,
-            Reason::NoneExpiring,
-            "no synced secret expires within 7 days".into(),
-            generation,
-            &now,
-        ));
-    } else {
-        let expired = r.expiring.iter().any(|e| e.expires <= now_secs);
-        let list: Vec<String> = r
-            .expiring
-            .iter()
-            .map(|e| {
-                let when = Timestamp::from_second(e.expires)
-                    .map(|t| t.to_string())
-                    .unwrap_or_default();
-                format!(
-                    "{} {} {when}",
-                    e.name,
-                    if e.expires <= now_secs {
-                        "expired"
-                    } else {
-                        "expires"
-                    }
-                )
-            })
-            .collect();
-        conditions.push(condition(
-            prev_conditions,
-            EXPIRING_SOON,
-            true,
-            if expired {
-                Reason::SecretExpired
-            } else {
-                Reason::SecretExpiring
-            },
-            format!(
-                "{}: set a new version or a later expiry in the vault",
-                list.join(", ")
-            ),
-            generation,
-            &now,
-        ));
-    }
+    conditions.push(expiring_soon(
+        prev_conditions,
+        &r.expiring,
+        generation,
+        &now,
+    ));
     if !report.missing_rollout.is_empty() {
         conditions.push(condition(
             prev_conditions,
