@@ -16,8 +16,9 @@ use crate::render::{Fetched, RenderInput, render};
 /// What `check` found.
 #[derive(Debug, Default)]
 pub struct CheckReport {
-    /// `(key, secret, version, state)` rows.
-    pub rows: Vec<(String, String, String, String)>,
+    /// The plan, one row per read: `(key, secret, version, state, from)`,
+    /// `from` being the spec field that causes the read.
+    pub rows: Vec<(String, String, String, String, &'static str)>,
     /// Problems, each `reason: message`.
     pub problems: Vec<String>,
 }
@@ -35,19 +36,19 @@ impl CheckReport {
             let w = |i: usize, head: &str| {
                 self.rows
                     .iter()
-                    .map(|r| [&r.0, &r.1, &r.2, &r.3][i].len())
+                    .map(|r| [r.0.as_str(), &r.1, &r.2, &r.3, r.4][i].len())
                     .max()
                     .unwrap_or(0)
                     .max(head.len())
             };
-            let (a, b, c) = (w(0, "KEY"), w(1, "SECRET"), w(2, "VERSION"));
+            let (a, b, c, d) = (w(0, "KEY"), w(1, "SECRET"), w(4, "FROM"), w(2, "VERSION"));
             let _ = writeln!(
                 out,
-                "{:a$}  {:b$}  {:c$}  STATUS",
-                "KEY", "SECRET", "VERSION"
+                "{:a$}  {:b$}  {:c$}  {:d$}  STATUS",
+                "KEY", "SECRET", "FROM", "VERSION"
             );
-            for (k, s, v, st) in &self.rows {
-                let _ = writeln!(out, "{k:a$}  {s:b$}  {v:c$}  {st}");
+            for (k, s, v, st, from) in &self.rows {
+                let _ = writeln!(out, "{k:a$}  {s:b$}  {from:c$}  {v:d$}  {st}");
             }
         }
         for p in &self.problems {
@@ -153,9 +154,10 @@ pub async fn check(
                 },
             ),
         };
+        let from = k.field();
         report
             .rows
-            .push((k.key.clone(), k.secret.clone(), version, state));
+            .push((k.key.clone(), k.secret.clone(), version, state, from));
     }
     let certificates =
         crate::certificate::prepare(prepared.endpoint.base.as_str(), &read.plan, &read.fetched)

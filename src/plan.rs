@@ -49,6 +49,15 @@ impl PlannedKey {
         }
     }
 
+    /// The spec field that causes this read, for messages and `check`.
+    pub fn field(&self) -> &'static str {
+        match self.role {
+            Role::Pick => "spec.secrets",
+            Role::Certificate(_) => "spec.certificates",
+            Role::Selected => "spec.select",
+        }
+    }
+
     /// Whether this read's version is pinned.
     pub fn pinned(&self) -> bool {
         self.version.is_some()

@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::crd::policy::{IdentityRules, VaultAccessPolicySpec};
 use crate::crd::{VaultIdentity, VaultSecretBindingSpec};
-use crate::plan::{Plan, PlannedKey, Role};
+use crate::plan::{Plan, Role};
 
 /// `--access-policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -131,15 +131,6 @@ pub struct IdentityUse<'a> {
     /// The operator's own tenant (`AZURE_TENANT_ID`): the one tenant
     /// `identities.tenantIds` need not list.
     pub operator_tenant: Option<&'a str>,
-}
-
-/// The spec field a read comes from, for messages.
-fn field(key: &PlannedKey) -> &'static str {
-    match key.role {
-        Role::Pick => "spec.secrets",
-        Role::Certificate(_) => "spec.certificates",
-        Role::Selected => "spec.select",
-    }
 }
 
 /// One policy, by name.
@@ -260,7 +251,7 @@ impl Policy {
             return Some(format!(
                 "secret {} ({}) is not among secrets [{}]",
                 read.secret,
-                field(read),
+                read.field(),
                 patterns.join(", ")
             ));
         }
@@ -304,7 +295,7 @@ impl Policies {
                 message: format!(
                     "secret {} ({}) is not among the names the VaultAccessPolicies selecting namespace {namespace} allow",
                     k.secret,
-                    field(k)
+                    k.field()
                 ),
             }),
             None => Ok(filter),
