@@ -446,3 +446,106 @@ impl Context {
 pub(super) fn key_of(b: &VaultSecretBinding) -> BindingKey {
     (b.namespace().unwrap_or_default(), b.name_any())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::azure::hosts::VaultHostPolicy;
+    use crate::azure::identity::AzureEnvironment;
+    use crate::azure::retry::RetryPolicy;
+
+    /// A context whose Kubernetes client is never answered (these tests
+    /// exercise only what is kept in memory).
+    fn context() -> Context {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = kube::Client::new(service, "default");
+        let access = Arc::new(AzureAccess::new(
+            crate::azure::http::build_client(&[]).expect("an HTTP client"),
+            VaultHostPolicy::new([]),
+            AzureEnvironment::from_lookup(|_| None),
+            RetryPolicy::default(),
+        ));
+        Context::new(
+            client.clone(),
+            access,
+            Pollers::new(None),
+            Events::new(client, "kvsync", None),
+            Settings {
+                default_refresh: Duration::from_secs(300),
+                rollout_window: Duration::from_secs(30),
+                hash_key: crate::hashkey::HashKey::new(b"k"),
+                force_sync_cooldown: Duration::ZERO,
+                status_heartbeat: Duration::from_secs(900),
+                concurrency: 1,
+                access_policy: crate::policy::Mode::Open,
+            },
+            Arc::new(crate::metrics::Metrics::default()),
+        )
+    }
+
+    fn binding(uid: &str, handled: &str) -> VaultSecretBinding {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "kvsync.io/v1alpha1", "kind": "VaultSecretBinding",
+            "metadata": {"name": "b", "namespace": "ns", "uid": uid},
+            "spec": {"vaultUrl": "https://v.vault.azure.net", "secrets": [{"name": "x"}]},
+            "status": {"forceSyncHandled": handled},
+        }))
+        .unwrap()
+    }
+
+    fn handled(s: Option<VaultSecretBindingStatus>) -> Option<String> {
+        s.and_then(|s| s.force_sync_handled)
+    }
+
+    #[tokio::test]
+    async fn the_watch_hands_over_the_status_and_the_store_keeps_none() {
+        let ctx = context();
+        let mut b = binding("u1", "from-watch");
+        ctx.observe_status(&mut b);
+        assert!(
+            b.status.is_none(),
+            "the binding as stored carries no status"
+        );
+        assert_eq!(handled(ctx.kept_status(&b)).as_deref(), Some("from-watch"));
+    }
+
+    #[tokio::test]
+    async fn a_status_this_process_wrote_wins_over_an_older_one_the_watch_brings_back() {
+        let ctx = context();
+        let b = binding("u1", "ours");
+        let ours = b.status.clone().unwrap();
+        // As write_status keeps a written status.
+        ctx.state(&key_of(&b), |s| {
+            s.status = Some(("u1".into(), PackedStatus::pack(&ours)));
+            s.ours = true;
+        });
+        let mut stale = binding("u1", "stale-relist");
+        ctx.observe_status(&mut stale);
+        assert_eq!(handled(ctx.kept_status(&b)).as_deref(), Some("ours"));
+        // Standing down: the next leader's statuses must win.
+        ctx.stand_down();
+        let mut stale = binding("u1", "stale-relist");
+        ctx.observe_status(&mut stale);
+        assert_eq!(
+            handled(ctx.kept_status(&b)).as_deref(),
+            Some("stale-relist")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_recreated_binding_never_gets_the_old_ones_status_and_forget_drops_all() {
+        let ctx = context();
+        let mut old = binding("u1", "old");
+        ctx.observe_status(&mut old);
+        let recreated = binding("u2", "x");
+        let mut bare = recreated.clone();
+        bare.status = None;
+        assert!(ctx.kept_status(&bare).is_none(), "another uid");
+        ctx.forget(&old);
+        assert!(ctx.bindings.lock().unwrap().is_empty(), "nothing kept");
+        assert!(ctx.kept_status(&old).is_none());
+    }
+}
