@@ -41,14 +41,16 @@ impl CheckReport {
                     .unwrap_or(0)
                     .max(head.len())
             };
-            let (a, b, c, d) = (w(0, "KEY"), w(1, "SECRET"), w(4, "FROM"), w(2, "VERSION"));
+            // FROM last: scripts that read the columns by position keep
+            // working.
+            let (a, b, c, d) = (w(0, "KEY"), w(1, "SECRET"), w(2, "VERSION"), w(3, "STATUS"));
             let _ = writeln!(
                 out,
-                "{:a$}  {:b$}  {:c$}  {:d$}  STATUS",
-                "KEY", "SECRET", "FROM", "VERSION"
+                "{:a$}  {:b$}  {:c$}  {:d$}  FROM",
+                "KEY", "SECRET", "VERSION", "STATUS"
             );
             for (k, s, v, st, from) in &self.rows {
-                let _ = writeln!(out, "{k:a$}  {s:b$}  {from:c$}  {v:d$}  {st}");
+                let _ = writeln!(out, "{k:a$}  {s:b$}  {v:c$}  {st:d$}  {from}");
             }
         }
         for p in &self.problems {

@@ -1008,6 +1008,34 @@ async fn owner_to_merge_gives_up_the_owner_reference_before_sharing() {
 }
 
 #[tokio::test]
+async fn merge_to_owner_releases_nothing_before_the_new_secret_is_written() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let mut s = scenario(&f);
+    // A Merge binding (finalizer held) switched to Owner on the same name:
+    // the Secret is someone else's, so the Owner write is refused — and the
+    // binding's keys stay in it.
+    let mut b = merge_binding(&f);
+    b.spec.target = None;
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        foreign_secret(json!({"DB_PASSWORD": b64("v"), "theirs": b64("x")})),
+    )
+    .await;
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    let (_, status) = expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    assert_eq!(
+        status["status"]["conditions"][0]["reason"], "SecretNotManaged",
+        "{status}"
+    );
+    let _ = run.await.unwrap();
+    no_more_requests(s).await;
+}
+
+#[tokio::test]
 async fn owner_to_merge_refused_leaves_the_secret_as_it_was() {
     let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
     let mut s = scenario(&f);

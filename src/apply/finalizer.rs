@@ -18,31 +18,29 @@ pub fn holds(b: &VaultSecretBinding) -> bool {
     b.finalizers().iter().any(|f| f == FINALIZER)
 }
 
-/// Adds the finalizer to a Merge binding, or (the policy moved away from
-/// Merge) gives the shared Secret its keys back and removes it.
+/// Adds the finalizer to a Merge binding before it writes anything. (A
+/// binding whose policy moved away from Merge keeps it until its new
+/// Secret is written: the sync then calls [`release`].)
 pub async fn follow_policy(
     client: &kube::Client,
     b: &VaultSecretBinding,
 ) -> Result<(), kube::Error> {
+    if b.spec.policy() != TargetPolicy::Merge || holds(b) {
+        return Ok(());
+    }
     let bindings: Api<VaultSecretBinding> =
         Api::namespaced(client.clone(), &b.namespace().unwrap_or_default());
-    match (b.spec.policy() == TargetPolicy::Merge, holds(b)) {
-        (true, false) => {
-            let mut finalizers = b.finalizers().to_vec();
-            finalizers.push(FINALIZER.to_string());
-            let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": b.resource_version()}});
-            bindings
-                .patch(
-                    &b.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
-            Ok(())
-        }
-        (false, true) => release(client, b).await,
-        _ => Ok(()),
-    }
+    let mut finalizers = b.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": b.resource_version()}});
+    bindings
+        .patch(
+            &b.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Releases the binding's keys from the shared Secret, then the finalizer

@@ -499,7 +499,17 @@ async fn write(
     let name = b.name_any();
     let target = spec.target_name(&name);
     if let Some(old) = prev.target_name.as_deref().filter(|old| *old != target) {
+        // Not after the Lease was lost meanwhile: the next leader may have
+        // written that name again.
+        if !ctx.may_write() {
+            return Err(SyncError::Standby);
+        }
         apply::retire_target(&secrets, b, old).await?;
+    }
+    if spec.policy() != TargetPolicy::Merge && apply::finalizer::holds(b) {
+        // Merge -> Owner/Orphan: the shared Secret keeps the binding's keys
+        // until the new Secret is written; now they go, and the finalizer.
+        apply::finalizer::release(&ctx.client, b).await?;
     }
     Ok((pending, secret_version))
 }
