@@ -166,7 +166,7 @@ pub fn plan(spec: &VaultSecretBindingSpec, listing: &[SecretItem]) -> Result<Pla
     for cert in &spec.certificates {
         insert(PlannedKey {
             key: match cert.format {
-                CertificateFormat::Tls => crate::shape::TLS_CRT.to_string(),
+                CertificateFormat::Tls => crate::crd::names::TLS_CRT.to_string(),
                 CertificateFormat::Pem => cert
                     .key
                     .clone()

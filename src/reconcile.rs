@@ -26,10 +26,7 @@ use crate::render::{RenderInput, render};
 use crate::rollout::{self, RolloutDue};
 use crate::status::{self, READY, SyncReport};
 
-/// Finalizer of Merge bindings (removes their keys from the shared Secret).
-pub const FINALIZER: &str = "kvsync.io/merge-cleanup";
-/// Annotation whose new value triggers an immediate check.
-pub const FORCE_SYNC_ANNOTATION: &str = "kvsync.io/force-sync";
+pub use crate::crd::names::{FORCE_SYNC_ANNOTATION, MERGE_FINALIZER as FINALIZER};
 
 /// Failures of the Kubernetes API itself (not the user's to fix); the
 /// controller retries them with backoff.

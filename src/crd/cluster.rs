@@ -24,11 +24,6 @@ use super::{
     VaultIdentity, VaultSecretBindingSpec, is_dns1123_subdomain,
 };
 
-/// Label on the VaultSecretBindings kvsync keeps for cluster bindings (what
-/// its watch of them selects).
-pub const CHILD_LABEL: &str = "kvsync.io/cluster-binding-child";
-/// Annotation on such a VaultSecretBinding naming its ClusterVaultSecretBinding.
-pub const PARENT_ANNOTATION: &str = "kvsync.io/cluster-binding";
 /// At most this many failed namespaces are listed in the status.
 pub const MAX_FAILED_LISTED: usize = 20;
 

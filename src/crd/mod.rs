@@ -7,10 +7,11 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod cluster;
+pub mod names;
 pub mod policy;
 mod validate;
 
-pub use validate::{MANAGED_BY_LABEL, is_dns1123_subdomain, is_secret_key, is_vault_secret_name};
+pub use validate::{is_dns1123_subdomain, is_secret_key, is_vault_secret_name};
 
 use std::collections::BTreeMap;
 

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use super::names::MANAGED_BY_LABEL;
 use super::{MIN_REFRESH_INTERVAL, SecretPick, VaultSecretBindingSpec};
 
 /// One problem with one field of a binding.
@@ -59,9 +60,6 @@ pub fn is_dns1123_subdomain(name: &str) -> bool {
                 && b[b.len() - 1] != b'-'
         })
 }
-
-/// The label that marks a Secret as written by kvsync; users cannot set it.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 
 impl VaultSecretBindingSpec {
     /// Checks the spec; returns every problem found, each naming its field.
