@@ -22,15 +22,6 @@ use serde::{Deserialize, Serialize};
 
 pub use validate::{FieldError, ValidationErrors};
 
-/// Pattern of a Key Vault secret name.
-pub const SECRET_NAME_PATTERN: &str = "^[0-9a-zA-Z-]{1,127}$";
-/// Pattern of a key in a Kubernetes Secret's `data`.
-pub const SECRET_KEY_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
-/// Pattern of a DNS-1123 subdomain (Secret and ServiceAccount names).
-pub const DNS1123_SUBDOMAIN_PATTERN: &str =
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
-/// Pattern of a Go-style duration (`30s`, `5m`, `1h30m`).
-pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 /// At most this many templated keys per binding (each costs a render).
 pub const MAX_TEMPLATE_KEYS: usize = 20;
 /// The longest template, in bytes.
