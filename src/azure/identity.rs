@@ -19,10 +19,9 @@ use kube::api::PostParams;
 use reqwest::Url;
 use serde::Deserialize;
 
-use super::hosts::{entra_id_problem, is_entra_id};
 use super::http::{MAX_RESPONSE_BYTES, describe_transport_error, read_limited};
 use super::retry::RetryPolicy;
-use crate::crd::VaultIdentity;
+use crate::crd::{VaultIdentity, entra_id_problem, is_entra_id};
 use crate::value::SecretValue;
 
 /// Audience of ServiceAccount tokens exchanged at Entra ID.

@@ -20,8 +20,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    FieldError, ManagedIdentity, SecretKeyRef, SyncSpec, SyncedSecret, ValidationErrors,
-    VaultIdentity, VaultSecretBindingSpec, is_dns1123_subdomain,
+    ENTRA_ID_MAX_LEN, ENTRA_ID_PATTERN, FieldError, ManagedIdentity, SecretKeyRef, SyncSpec,
+    SyncedSecret, ValidationErrors, VaultIdentity, VaultSecretBindingSpec, is_dns1123_subdomain,
 };
 
 /// At most this many failed namespaces are listed in the status.
@@ -154,8 +154,8 @@ pub struct ClusterIdentity {
     /// annotation or the operator's `AZURE_CLIENT_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        pattern(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"),
-        length(min = 1, max = 253)
+        pattern(ENTRA_ID_PATTERN),
+        length(min = 1, max = ENTRA_ID_MAX_LEN)
     )]
     pub client_id: Option<String>,
 
@@ -163,8 +163,8 @@ pub struct ClusterIdentity {
     /// ServiceAccount annotation or the operator's `AZURE_TENANT_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        pattern(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"),
-        length(min = 1, max = 253)
+        pattern(ENTRA_ID_PATTERN),
+        length(min = 1, max = ENTRA_ID_MAX_LEN)
     )]
     pub tenant_id: Option<String>,
 

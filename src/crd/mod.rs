@@ -11,7 +11,10 @@ pub mod names;
 pub mod policy;
 mod validate;
 
-pub use validate::{is_dns1123_subdomain, is_secret_key, is_vault_secret_name};
+pub use validate::{
+    ENTRA_ID_MAX_LEN, ENTRA_ID_PATTERN, entra_id_problem, is_dns1123_subdomain, is_entra_id,
+    is_secret_key, is_vault_secret_name,
+};
 
 use std::collections::BTreeMap;
 
@@ -213,8 +216,8 @@ pub struct VaultIdentity {
     /// (letters, digits, `-` and `.`) only: it is sent to Entra ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        pattern(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"),
-        length(min = 1, max = 253)
+        pattern(ENTRA_ID_PATTERN),
+        length(min = 1, max = ENTRA_ID_MAX_LEN)
     )]
     pub client_id: Option<String>,
 
@@ -224,8 +227,8 @@ pub struct VaultIdentity {
     /// at the operator's Entra ID host, so nothing else is accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        pattern(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"),
-        length(min = 1, max = 253)
+        pattern(ENTRA_ID_PATTERN),
+        length(min = 1, max = ENTRA_ID_MAX_LEN)
     )]
     pub tenant_id: Option<String>,
 
@@ -249,8 +252,8 @@ pub struct ManagedIdentity {
     /// system-assigned one. A GUID or a DNS name only: it is sent to IMDS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        pattern(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"),
-        length(min = 1, max = 253)
+        pattern(ENTRA_ID_PATTERN),
+        length(min = 1, max = ENTRA_ID_MAX_LEN)
     )]
     pub client_id: Option<String>,
 }
