@@ -120,7 +120,7 @@ pub fn selects(spec: &VaultSecretBindingSpec, item: &SecretItem) -> bool {
     }
     sel.allowed_names
         .as_ref()
-        .is_none_or(|patterns| patterns.iter().any(|p| crate::policy::glob(p, name)))
+        .is_none_or(|patterns| patterns.iter().any(|p| crate::crd::matching::glob(p, name)))
         && sel.tags.iter().all(|(k, v)| item.tags.get(k) == Some(v))
 }
 

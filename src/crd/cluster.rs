@@ -326,7 +326,7 @@ impl ClusterVaultSecretBindingSpec {
     pub fn selects(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
         self.namespaces.iter().any(|n| n == name)
             || self.namespace_selector.as_ref().is_some_and(|s| {
-                selector_problems(s).is_empty() && crate::policy::selects(Some(s), labels)
+                selector_problems(s).is_empty() && super::matching::selects(Some(s), labels)
             })
     }
 

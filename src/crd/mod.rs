@@ -7,6 +7,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod cluster;
+pub mod matching;
 pub mod names;
 pub mod policy;
 mod validate;
