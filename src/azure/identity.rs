@@ -19,7 +19,7 @@ use kube::api::PostParams;
 use reqwest::Url;
 use serde::Deserialize;
 
-use super::http::{MAX_RESPONSE_BYTES, describe_transport_error, read_limited};
+use super::http::{MAX_RESPONSE_BYTES, describe_transport_error, read_limited, retry_after};
 use super::retry::RetryPolicy;
 use crate::crd::{VaultIdentity, entra_id_problem, is_entra_id};
 use crate::value::SecretValue;
@@ -1185,7 +1185,7 @@ impl TokenSource {
                 }
             };
             let status = resp.status();
-            let retry_after = super::keyvault::retry_after(resp.headers());
+            let retry_after = retry_after(resp.headers());
             let body = read_limited(resp, MAX_RESPONSE_BYTES)
                 .await
                 .ok()
