@@ -2,6 +2,12 @@
 //!
 //! Doc comments on these types become the CRD's field descriptions, so they are
 //! written for the person running `kubectl explain vaultsecretbinding.spec`.
+//!
+//! Beside the three resources (`VaultSecretBinding` here, [`cluster`],
+//! [`policy`]): [`names`], every name kvsync writes on other objects;
+//! [`matching`], the globs and label selectors their rules use; and the
+//! checks that mirror the schema (`validate`, re-exported here). Nothing
+//! in this folder imports a module above it.
 
 // clippy reads the repeated `printcolumn(type_ = ...)` as duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
