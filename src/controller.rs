@@ -19,13 +19,15 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
-use crate::apply::BINDING_ANNOTATION;
 use crate::azure::AzureAccess;
-use crate::crd::cluster::{ClusterVaultSecretBinding, PARENT_ANNOTATION};
-use crate::crd::{MANAGED_BY_LABEL, VaultSecretBinding};
+use crate::crd::VaultSecretBinding;
+use crate::crd::cluster::ClusterVaultSecretBinding;
+use crate::crd::names::{
+    BINDING_ANNOTATION, FORCE_SYNC_ANNOTATION, MANAGED_BY_LABEL, PARENT_ANNOTATION,
+};
 use crate::metrics::{Metrics, ReconcileErrorKind};
 use crate::poller::Pollers;
-use crate::reconcile::{Context, FORCE_SYNC_ANNOTATION, Settings, error_policy, reconcile};
+use crate::reconcile::{Context, Settings, error_policy, reconcile};
 use crate::server::{Health, WatchHealth};
 use crate::shard::Shard;
 

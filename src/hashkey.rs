@@ -42,8 +42,7 @@ impl HashKey {
     }
 }
 
-/// Name of the Secret that holds the dataHash key.
-pub const SECRET_NAME: &str = "kvsync-hash-key";
+use crate::crd::names::HASH_KEY_SECRET as SECRET_NAME;
 /// Data key of the key bytes in that Secret.
 pub const DATA_KEY: &str = "key";
 /// Length of a key kvsync makes, and the least it accepts: HMAC-SHA256's
@@ -130,8 +129,8 @@ pub async fn load_or_create(
             namespace: Some(namespace.into()),
             labels: Some(
                 [(
-                    crate::crd::MANAGED_BY_LABEL.to_string(),
-                    "kvsync".to_string(),
+                    crate::crd::names::MANAGED_BY_LABEL.to_string(),
+                    crate::crd::names::MANAGED_BY.to_string(),
                 )]
                 .into(),
             ),

@@ -129,7 +129,7 @@ pub fn selects(spec: &VaultSecretBindingSpec, item: &SecretItem) -> bool {
     }
     sel.allowed_names
         .as_ref()
-        .is_none_or(|patterns| patterns.iter().any(|p| crate::policy::glob(p, name)))
+        .is_none_or(|patterns| patterns.iter().any(|p| crate::crd::matching::glob(p, name)))
         && sel.tags.iter().all(|(k, v)| item.tags.get(k) == Some(v))
 }
 
@@ -175,7 +175,7 @@ pub fn plan(spec: &VaultSecretBindingSpec, listing: &[SecretItem]) -> Result<Pla
     for cert in &spec.certificates {
         insert(PlannedKey {
             key: match cert.format {
-                CertificateFormat::Tls => crate::shape::TLS_CRT.to_string(),
+                CertificateFormat::Tls => crate::crd::names::TLS_CRT.to_string(),
                 CertificateFormat::Pem => cert
                     .key
                     .clone()

@@ -19,8 +19,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
+use crate::crd::matching::{glob, selects};
 use crate::crd::policy::{IdentityRules, VaultAccessPolicySpec};
 use crate::crd::{VaultIdentity, VaultSecretBindingSpec};
 use crate::plan::{Plan, Role};
@@ -33,63 +32,6 @@ pub enum Mode {
     Open,
     /// A namespace no policy selects may use nothing.
     Enforce,
-}
-
-/// `*` matches any run of letters, digits and `-` (never `.` or `:`);
-/// everything else matches itself, ignoring ASCII case.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let p = pattern.as_bytes();
-    let t = text.as_bytes();
-    let wild = |c: u8| c.is_ascii_alphanumeric() || c == b'-';
-    // Backtracking over the last `*` (enough for one-class globs).
-    let (mut i, mut j) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while j < t.len() {
-        if i < p.len() && p[i] == b'*' {
-            star = Some((i, j));
-            i += 1;
-        } else if i < p.len() && p[i].eq_ignore_ascii_case(&t[j]) {
-            i += 1;
-            j += 1;
-        } else if let Some((si, sj)) = star
-            && wild(t[sj])
-        {
-            // The `*` takes one more character.
-            star = Some((si, sj + 1));
-            i = si + 1;
-            j = sj + 1;
-        } else {
-            return false;
-        }
-    }
-    p[i..].iter().all(|&c| c == b'*')
-}
-
-/// Whether `selector` selects an object with `labels` (an empty or absent
-/// selector selects everything). An expression that cannot be evaluated
-/// (an unknown operator, `In`/`NotIn` without values — the CRD refuses
-/// both) selects everything: a policy that fails must restrict more, not
-/// less.
-pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
-    let Some(sel) = selector else { return true };
-    let by_labels = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let by_expressions = sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or(&[]);
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" | "NotIn" if values.is_empty() => true,
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => true,
-        }
-    });
-    by_labels && by_expressions
 }
 
 /// `spec` with its `select` narrowed to what `filter` allows; `None` when

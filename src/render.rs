@@ -6,6 +6,7 @@
 use crate::reason::Reason;
 use std::collections::BTreeMap;
 
+use crate::crd::names::{TLS_CRT, TLS_KEY};
 use crate::crd::{OnDisabled, OnExpired, SyncedSecret};
 use crate::hashkey::HashKey;
 use crate::plan::{Plan, PlannedKey};
@@ -172,7 +173,7 @@ pub fn uses_current(fetched: &BTreeMap<String, Fetched>) -> bool {
 /// The keys under which a template sees what `planned` brings: its own, and
 /// for a `Tls` certificate (key `tls.crt`) the `tls.key` beside it.
 fn template_keys(planned: &PlannedKey) -> impl Iterator<Item = &str> {
-    let beside = (planned.key == crate::shape::TLS_CRT).then_some(crate::shape::TLS_KEY);
+    let beside = (planned.key == TLS_CRT).then_some(TLS_KEY);
     std::iter::once(planned.key.as_str()).chain(beside)
 }
 
@@ -954,14 +955,13 @@ mod tests {
 
     #[test]
     fn a_template_over_the_tls_key_of_an_unreadable_certificate_holds() {
-        let mut plan = plan(&[(crate::shape::TLS_CRT, true)]);
+        let mut plan = plan(&[(TLS_CRT, true)]);
         plan.keys[0].role = crate::plan::Role::Certificate(crate::crd::CertificateFormat::Tls);
         let template: crate::crd::SecretTemplate = serde_json::from_value(
             serde_json::json!({"data": {"key.pem": "{{ values[\"tls.key\"] }}"}}),
         )
         .unwrap();
-        let fetched: BTreeMap<String, Fetched> =
-            [(crate::shape::TLS_CRT.to_string(), refused())].into();
+        let fetched: BTreeMap<String, Fetched> = [(TLS_CRT.to_string(), refused())].into();
         let current: BTreeMap<String, Vec<u8>> = [(
             "key.pem".to_string(),
             b"-----BEGIN PRIVATE KEY-----".to_vec(),

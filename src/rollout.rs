@@ -9,10 +9,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 
+use crate::crd::names::RESTARTED_AT_ANNOTATION;
 use crate::crd::{RolloutKind, RolloutTarget};
-
-/// Pod template annotation set on restart.
-pub const RESTARTED_AT: &str = "kvsync.io/restartedAt";
 
 /// What to do about a binding's rollout now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +47,7 @@ pub async fn restart(
     target: &RolloutTarget,
     at: &str,
 ) -> Result<bool, kube::Error> {
-    let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: at}}}}});
+    let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: at}}}}});
     let params = PatchParams::default();
     let result = match target.kind {
         RolloutKind::Deployment => Api::<Deployment>::namespaced(client.clone(), namespace)

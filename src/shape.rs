@@ -6,15 +6,11 @@
 use std::collections::BTreeMap;
 
 use crate::certificate::Conversions;
+use crate::crd::names::{TLS_CRT, TLS_KEY};
 use crate::crd::{CertificateFormat, SecretTemplate, TemplateMergePolicy};
 use crate::plan::Plan;
 use crate::reason::Reason;
 use crate::value::SecretValue;
-
-/// The certificate key of a `kubernetes.io/tls` Secret.
-pub const TLS_CRT: &str = "tls.crt";
-/// The private key of a `kubernetes.io/tls` Secret.
-pub const TLS_KEY: &str = "tls.key";
 
 /// Why the values could not be shaped into the Secret's data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

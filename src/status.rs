@@ -330,7 +330,7 @@ pub async fn write(
     });
     api.patch_status(
         name,
-        &PatchParams::apply("kvsync").force(),
+        &PatchParams::apply(crate::crd::names::FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
     .await?;

@@ -538,11 +538,7 @@ fn identity_ids_are_constrained_in_the_schema_like_validate() {
         &identity["managedIdentity"]["properties"]["clientId"],
     ];
     for field in fields {
-        assert_eq!(
-            field["pattern"],
-            kvsync::azure::hosts::ENTRA_ID_PATTERN,
-            "{field}"
-        );
+        assert_eq!(field["pattern"], kvsync::crd::ENTRA_ID_PATTERN, "{field}");
         assert_eq!(field["maxLength"], 253, "{field}");
     }
     // The schema's pattern and validate() agree: a GUID and a domain pass,

@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kvsync::crd::cluster::{CHILD_LABEL, ClusterVaultSecretBinding, PARENT_ANNOTATION};
+use kvsync::crd::cluster::ClusterVaultSecretBinding;
+use kvsync::crd::names::{CHILD_LABEL, PARENT_ANNOTATION};
 use serde_json::{Value, json};
 
 mod e2e_support;

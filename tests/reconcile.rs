@@ -674,7 +674,7 @@ fn status_error(code: u16, reason: &str, message: &str) -> Value {
 fn merge_binding(f: &Fixture) -> VaultSecretBinding {
     let mut b = binding(f, json!(null));
     b.spec.target = Some(serde_json::from_value(json!({"policy": "Merge"})).unwrap());
-    b.metadata.finalizers = Some(vec![kvsync::reconcile::FINALIZER.to_string()]);
+    b.metadata.finalizers = Some(vec![kvsync::crd::names::MERGE_FINALIZER.to_string()]);
     b
 }
 

@@ -10,8 +10,7 @@ use kube::api::{Api, Patch, PatchParams};
 
 use crate::crd::{TargetPolicy, VaultSecretBinding};
 
-/// Finalizer of Merge bindings (removes their keys from the shared Secret).
-pub const FINALIZER: &str = "kvsync.io/merge-cleanup";
+use crate::crd::names::MERGE_FINALIZER as FINALIZER;
 
 /// Whether `b` carries the finalizer.
 pub fn holds(b: &VaultSecretBinding) -> bool {

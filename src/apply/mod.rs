@@ -12,13 +12,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 
-use crate::crd::{MANAGED_BY_LABEL, TargetPolicy, VaultSecretBinding};
+use crate::crd::names::{BINDING_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::crd::{TargetPolicy, VaultSecretBinding};
 use crate::render::Rendered;
 
 /// Field manager of Secrets kvsync owns (Owner/Orphan).
-pub const FIELD_MANAGER: &str = "kvsync";
-/// Annotation naming the binding that writes a Secret.
-pub const BINDING_ANNOTATION: &str = "kvsync.io/binding";
+pub use crate::crd::names::FIELD_MANAGER;
 
 /// Why the target Secret cannot be written. Each is the user's to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,7 +69,7 @@ pub fn field_manager(binding: &VaultSecretBinding) -> String {
 
 /// The field manager `binding` uses (or used) for policy Merge.
 pub fn merge_field_manager(binding: &VaultSecretBinding) -> String {
-    format!("kvsync-merge-{}", binding.uid().unwrap_or_default())
+    crate::crd::names::merge_field_manager(&binding.uid().unwrap_or_default())
 }
 
 /// Checks that the binding may write `current` (the Secret as it is now).
@@ -88,7 +87,7 @@ pub fn check_ownership(
         };
     };
     let writer = current.annotations().get(BINDING_ANNOTATION).cloned();
-    let managed = current.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some("kvsync");
+    let managed = current.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY);
     // Our owner reference (the binding's uid) proves the Secret ours even
     // when someone removed the label or annotation: put them back.
     let owned_by_us = binding
@@ -144,7 +143,7 @@ pub async fn retire_target(
 /// Whether `current` was written by `binding` under policy Owner or Orphan
 /// (kvsync's label, and the binding named in the annotation).
 pub fn written_as_owner(binding: &VaultSecretBinding, current: &Secret) -> bool {
-    current.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some("kvsync")
+    current.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
         && current.annotations().get(BINDING_ANNOTATION) == Some(&binding.name_any())
 }
 
@@ -182,7 +181,7 @@ pub fn desired(binding: &VaultSecretBinding, rendered: &Rendered) -> Secret {
         annotations.extend(m.annotations.clone());
     }
     if !merge {
-        labels.insert(MANAGED_BY_LABEL.into(), "kvsync".into());
+        labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
         annotations.insert(BINDING_ANNOTATION.into(), binding.name_any());
     }
     let owner_references = (spec.policy() == TargetPolicy::Owner).then(|| {

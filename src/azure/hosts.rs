@@ -77,25 +77,6 @@ impl VaultEndpoint {
     }
 }
 
-/// Pattern of an Entra tenant or client id in the CRD schema: a GUID or a DNS
-/// name (labels of letters, digits and `-`, 1-63 long, dots between). Such a
-/// value is one safe URL path segment: no `/`, `:`, `@`, `%`, `?`, `#`.
-pub const ENTRA_ID_PATTERN: &str = r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$";
-/// Longest tenant or client id (a DNS name's limit).
-pub const ENTRA_ID_MAX_LEN: usize = 253;
-
-/// Is `id` a GUID or a DNS name, the only shapes of a tenant or client id
-/// kvsync puts into a token URL or request? A GUID is a DNS name of hex labels.
-pub fn is_entra_id(id: &str) -> bool {
-    (1..=ENTRA_ID_MAX_LEN).contains(&id.len())
-        && id.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
 /// Which vault hosts the operator will talk to.
 #[derive(Debug, Clone, Default)]
 pub struct VaultHostPolicy {
@@ -164,16 +145,6 @@ impl VaultHostPolicy {
     }
 }
 
-/// What is wrong with a tenant or client id, and the shape to use instead.
-pub fn entra_id_problem(value: &str, what: &str) -> String {
-    let shown: String = value.chars().take(80).collect();
-    format!(
-        "{shown:?} is not {what}: use a GUID (like 72f988bf-86f1-41af-91ab-2d7cd011db47) or a \
-         domain name (like contoso.onmicrosoft.com), at most 253 characters of letters, digits, \
-         '-' and '.'"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,39 +200,6 @@ mod tests {
         assert!(p.check("https://127.0.0.1:9443").is_err());
         assert!(p.check("https://kv1.vault.corp.example").is_ok());
         assert!(p.check("https://vault.corp.example").is_err());
-    }
-
-    #[test]
-    fn entra_ids_are_guids_or_dns_names_only() {
-        for ok in [
-            "72f988bf-86f1-41af-91ab-2d7cd011db47",
-            "contoso.onmicrosoft.com",
-            "kvsync-dev-tenant",
-            "common",
-        ] {
-            assert!(is_entra_id(ok), "{ok}");
-        }
-        let long_label = "a".repeat(64);
-        let long_name = ["a"; 127].join(".") + ".bb";
-        for bad in [
-            "",
-            "//127.0.0.1:9999/evil",
-            "a/b",
-            "a:b",
-            "user@host",
-            "a%2fb",
-            "a?b",
-            "a#b",
-            "a b",
-            "tenant\n",
-            "a..b",
-            ".a",
-            "a.",
-            long_label.as_str(),
-            long_name.as_str(),
-        ] {
-            assert!(!is_entra_id(bad), "{bad:?}");
-        }
     }
 
     #[test]

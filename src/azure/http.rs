@@ -1,6 +1,7 @@
 //! The HTTPS client shared by every call to Key Vault and Entra ID: rustls on
 //! the ring provider (the one kube uses), Mozilla's roots plus `--ca-file`,
-//! timeouts, and response bodies read with a size limit.
+//! timeouts, response bodies read with a size limit, and what both clients
+//! read from a response the same way (`Retry-After`, transport errors).
 
 use std::path::Path;
 use std::time::Duration;
@@ -63,6 +64,18 @@ pub fn build_client(extra_roots: &[CertificateDer<'static>]) -> Result<reqwest::
         .user_agent(concat!("kvsync/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| TlsError::Build(e.to_string()))
+}
+
+/// The `Retry-After` header, in seconds.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
 }
 
 /// Reads a response body of at most `limit` bytes; `None` when it is larger.

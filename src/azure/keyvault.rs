@@ -6,14 +6,13 @@
 use crate::reason::Reason;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::Url;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
 use super::hosts::{HostError, VaultEndpoint};
-use super::http::{MAX_RESPONSE_BYTES, describe_transport_error, read_limited};
+use super::http::{MAX_RESPONSE_BYTES, describe_transport_error, read_limited, retry_after};
 use super::identity::{IdentityError, TokenSource};
 use super::retry::RetryPolicy;
 use crate::value::SecretValue;
@@ -367,18 +366,6 @@ pub fn parse_secret_id(id: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix("secrets/")?;
     let (name, version) = rest.split_once('/').unwrap_or((rest, ""));
     Some((name, version.trim_end_matches('/')))
-}
-
-/// The `Retry-After` header, in seconds.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
 }
 
 /// The `Date` header (an HTTP-date) in unix seconds.

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
 use kube::{Resource, ResourceExt};
 
+use crate::crd::VaultSecretBinding;
 use crate::crd::cluster::{
-    CHILD_LABEL, ClusterVaultSecretBinding, ClusterVaultSecretBindingStatus, MAX_FAILED_LISTED,
-    NamespaceFailure, PARENT_ANNOTATION,
+    ClusterVaultSecretBinding, ClusterVaultSecretBindingStatus, MAX_FAILED_LISTED, NamespaceFailure,
 };
-use crate::crd::{MANAGED_BY_LABEL, VaultSecretBinding};
+use crate::crd::names::{
+    CHILD_LABEL, FORCE_SYNC_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, PARENT_ANNOTATION,
+};
 use crate::reason::Reason;
-use crate::reconcile::FORCE_SYNC_ANNOTATION;
 use crate::status::READY;
 
 /// How far the newest `lastSyncTime` of the namespaces may run ahead of the
@@ -49,7 +50,7 @@ pub fn child(cluster: &ClusterVaultSecretBinding, namespace: &str) -> VaultSecre
             namespace: Some(namespace.to_string()),
             labels: Some(BTreeMap::from([
                 (CHILD_LABEL.to_string(), "true".to_string()),
-                (MANAGED_BY_LABEL.to_string(), "kvsync".to_string()),
+                (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
             ])),
             annotations: Some(annotations),
             owner_references: Some(vec![OwnerReference {

@@ -11,7 +11,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::VaultSecretBinding;
-use crate::crd::cluster::PARENT_ANNOTATION;
+use crate::crd::names::{FORCE_SYNC_ANNOTATION, PARENT_ANNOTATION};
 
 /// Namespace → binding name → the Secret it writes.
 type Targets = HashMap<String, HashMap<String, String>>;
@@ -99,9 +99,7 @@ fn reported(b: &VaultSecretBinding) -> impl PartialEq + use<> {
                 .collect::<Vec<_>>()
         }),
         b.spec.clone(),
-        b.annotations()
-            .get(crate::reconcile::FORCE_SYNC_ANNOTATION)
-            .cloned(),
+        b.annotations().get(FORCE_SYNC_ANNOTATION).cloned(),
     )
 }
 

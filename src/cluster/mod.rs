@@ -34,8 +34,7 @@ use crate::crd::cluster::{
 use crate::reason::Reason;
 use index::{BindingIndex, Concerns};
 
-/// The field manager of the bindings kept for cluster bindings.
-pub const FIELD_MANAGER: &str = "kvsync-cluster";
+pub use crate::crd::names::CLUSTER_FIELD_MANAGER as FIELD_MANAGER;
 /// A cluster binding is decided again at least this often.
 const RESYNC: Duration = Duration::from_secs(300);
 /// ... and this soon after a namespace's write or removal failed.

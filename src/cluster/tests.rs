@@ -9,7 +9,8 @@ use serde_json::json;
 use super::fanout::{self, Plan};
 use super::index::BindingIndex;
 use crate::crd::VaultSecretBinding;
-use crate::crd::cluster::{ClusterVaultSecretBinding, PARENT_ANNOTATION};
+use crate::crd::cluster::ClusterVaultSecretBinding;
+use crate::crd::names::{FORCE_SYNC_ANNOTATION, PARENT_ANNOTATION};
 
 fn cluster(spec: serde_json::Value) -> ClusterVaultSecretBinding {
     let mut c: ClusterVaultSecretBinding = serde_json::from_value(json!({
@@ -134,7 +135,7 @@ fn the_child_names_its_owner_and_copies_the_spec_without_the_identity() {
         "identity": {"serviceAccountRef": {"namespace": "platform", "name": "agents-reader"}},
     }));
     c.metadata.annotations = Some(BTreeMap::from([(
-        crate::reconcile::FORCE_SYNC_ANNOTATION.to_string(),
+        FORCE_SYNC_ANNOTATION.to_string(),
         "7".to_string(),
     )]));
     let child = fanout::child(&c, "a");
@@ -147,7 +148,7 @@ fn the_child_names_its_owner_and_copies_the_spec_without_the_identity() {
     );
     let annotations = child.metadata.annotations.as_ref().unwrap();
     assert_eq!(annotations[PARENT_ANNOTATION], "agents");
-    assert_eq!(annotations[crate::reconcile::FORCE_SYNC_ANNOTATION], "7");
+    assert_eq!(annotations[FORCE_SYNC_ANNOTATION], "7");
     assert_eq!(
         child.spec.identity, None,
         "the identity names other namespaces"

@@ -12,7 +12,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::crd::VaultSecretBinding;
 use crate::crd::VaultSecretBindingSpec;
-use crate::crd::cluster::{ClusterVaultSecretBinding, PARENT_ANNOTATION};
+use crate::crd::cluster::ClusterVaultSecretBinding;
+use crate::crd::names::PARENT_ANNOTATION;
 use crate::policy::view::{ViewError, namespace_labels};
 use crate::reason::Reason;
 

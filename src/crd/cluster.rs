@@ -20,15 +20,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    FieldError, ManagedIdentity, SecretKeyRef, SyncSpec, SyncedSecret, ValidationErrors,
-    VaultIdentity, VaultSecretBindingSpec, is_dns1123_subdomain,
+    ENTRA_ID_MAX_LEN, ENTRA_ID_PATTERN, FieldError, ManagedIdentity, SecretKeyRef, SyncSpec,
+    SyncedSecret, ValidationErrors, VaultIdentity, VaultSecretBindingSpec, is_dns1123_subdomain,
 };
 
-/// Label on the VaultSecretBindings kvsync keeps for cluster bindings (what
-/// its watch of them selects).
-pub const CHILD_LABEL: &str = "kvsync.io/cluster-binding-child";
-/// Annotation on such a VaultSecretBinding naming its ClusterVaultSecretBinding.
-pub const PARENT_ANNOTATION: &str = "kvsync.io/cluster-binding";
 /// At most this many failed namespaces are listed in the status.
 pub const MAX_FAILED_LISTED: usize = 20;
 
@@ -159,8 +154,8 @@ pub struct ClusterIdentity {
     /// annotation or the operator's `AZURE_CLIENT_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        pattern(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"),
-        length(min = 1, max = 253)
+        pattern(ENTRA_ID_PATTERN),
+        length(min = 1, max = ENTRA_ID_MAX_LEN)
     )]
     pub client_id: Option<String>,
 
@@ -168,8 +163,8 @@ pub struct ClusterIdentity {
     /// ServiceAccount annotation or the operator's `AZURE_TENANT_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        pattern(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"),
-        length(min = 1, max = 253)
+        pattern(ENTRA_ID_PATTERN),
+        length(min = 1, max = ENTRA_ID_MAX_LEN)
     )]
     pub tenant_id: Option<String>,
 
@@ -331,7 +326,7 @@ impl ClusterVaultSecretBindingSpec {
     pub fn selects(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
         self.namespaces.iter().any(|n| n == name)
             || self.namespace_selector.as_ref().is_some_and(|s| {
-                selector_problems(s).is_empty() && crate::policy::selects(Some(s), labels)
+                selector_problems(s).is_empty() && super::matching::selects(Some(s), labels)
             })
     }
 

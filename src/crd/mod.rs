@@ -2,15 +2,26 @@
 //!
 //! Doc comments on these types become the CRD's field descriptions, so they are
 //! written for the person running `kubectl explain vaultsecretbinding.spec`.
+//!
+//! Beside the three resources (`VaultSecretBinding` here, [`cluster`],
+//! [`policy`]): [`names`], every name kvsync writes on other objects;
+//! [`matching`], the globs and label selectors their rules use; and the
+//! checks that mirror the schema (`validate`, re-exported here). Nothing
+//! in this folder imports a module above it.
 
 // clippy reads the repeated `printcolumn(type_ = ...)` as duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
 pub mod cluster;
+pub mod matching;
+pub mod names;
 pub mod policy;
 mod validate;
 
-pub use validate::{MANAGED_BY_LABEL, is_dns1123_subdomain, is_secret_key, is_vault_secret_name};
+pub use validate::{
+    ENTRA_ID_MAX_LEN, ENTRA_ID_PATTERN, entra_id_problem, is_dns1123_subdomain, is_entra_id,
+    is_secret_key, is_vault_secret_name,
+};
 
 use std::collections::BTreeMap;
 
@@ -21,15 +32,6 @@ use serde::{Deserialize, Serialize};
 
 pub use validate::{FieldError, ValidationErrors};
 
-/// Pattern of a Key Vault secret name.
-pub const SECRET_NAME_PATTERN: &str = "^[0-9a-zA-Z-]{1,127}$";
-/// Pattern of a key in a Kubernetes Secret's `data`.
-pub const SECRET_KEY_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
-/// Pattern of a DNS-1123 subdomain (Secret and ServiceAccount names).
-pub const DNS1123_SUBDOMAIN_PATTERN: &str =
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
-/// Pattern of a Go-style duration (`30s`, `5m`, `1h30m`).
-pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 /// At most this many templated keys per binding (each costs a render).
 pub const MAX_TEMPLATE_KEYS: usize = 20;
 /// The longest template, in bytes.
@@ -221,8 +223,8 @@ pub struct VaultIdentity {
     /// (letters, digits, `-` and `.`) only: it is sent to Entra ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        pattern(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"),
-        length(min = 1, max = 253)
+        pattern(ENTRA_ID_PATTERN),
+        length(min = 1, max = ENTRA_ID_MAX_LEN)
     )]
     pub client_id: Option<String>,
 
@@ -232,8 +234,8 @@ pub struct VaultIdentity {
     /// at the operator's Entra ID host, so nothing else is accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        pattern(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"),
-        length(min = 1, max = 253)
+        pattern(ENTRA_ID_PATTERN),
+        length(min = 1, max = ENTRA_ID_MAX_LEN)
     )]
     pub tenant_id: Option<String>,
 
@@ -257,8 +259,8 @@ pub struct ManagedIdentity {
     /// system-assigned one. A GUID or a DNS name only: it is sent to IMDS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        pattern(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$"),
-        length(min = 1, max = 253)
+        pattern(ENTRA_ID_PATTERN),
+        length(min = 1, max = ENTRA_ID_MAX_LEN)
     )]
     pub client_id: Option<String>,
 }

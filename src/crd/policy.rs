@@ -9,13 +9,6 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Pattern of a vault host pattern: a host (with an optional port), where
-/// `*` stands for any run of letters, digits and `-` (never a `.`).
-pub const HOST_PATTERN: &str = r"^[A-Za-z0-9*-]+(\.[A-Za-z0-9*-]+)*(:[0-9*]+)?$";
-/// Pattern of a secret name pattern: a Key Vault secret name where `*`
-/// stands for any run of letters, digits and `-`.
-pub const NAME_PATTERN: &str = r"^[0-9a-zA-Z*-]{1,127}$";
-
 /// Limits what the VaultSecretBindings of some namespaces may read: which
 /// vault hosts, which secret names and which identities.
 ///

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use super::names::MANAGED_BY_LABEL;
 use super::{MIN_REFRESH_INTERVAL, SecretPick, VaultSecretBindingSpec};
 
 /// One problem with one field of a binding.
@@ -46,6 +47,35 @@ pub fn is_secret_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
+/// Pattern of an Entra tenant or client id in the CRD schema: a GUID or a DNS
+/// name (labels of letters, digits and `-`, 1-63 long, dots between). Such a
+/// value is one safe URL path segment: no `/`, `:`, `@`, `%`, `?`, `#`.
+pub const ENTRA_ID_PATTERN: &str = r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*$";
+/// Longest tenant or client id (a DNS name's limit).
+pub const ENTRA_ID_MAX_LEN: usize = 253;
+
+/// Is `id` a GUID or a DNS name, the only shapes of a tenant or client id
+/// kvsync puts into a token URL or request? A GUID is a DNS name of hex labels.
+pub fn is_entra_id(id: &str) -> bool {
+    (1..=ENTRA_ID_MAX_LEN).contains(&id.len())
+        && id.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// What is wrong with a tenant or client id, and the shape to use instead.
+pub fn entra_id_problem(value: &str, what: &str) -> String {
+    let shown: String = value.chars().take(80).collect();
+    format!(
+        "{shown:?} is not {what}: use a GUID (like 72f988bf-86f1-41af-91ab-2d7cd011db47) or a \
+         domain name (like contoso.onmicrosoft.com), at most 253 characters of letters, digits, \
+         '-' and '.'"
+    )
+}
+
 /// Is `name` a DNS-1123 subdomain (the names of Secrets, ServiceAccounts, Deployments)?
 pub fn is_dns1123_subdomain(name: &str) -> bool {
     !name.is_empty()
@@ -59,9 +89,6 @@ pub fn is_dns1123_subdomain(name: &str) -> bool {
                 && b[b.len() - 1] != b'-'
         })
 }
-
-/// The label that marks a Secret as written by kvsync; users cannot set it.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 
 impl VaultSecretBindingSpec {
     /// Checks the spec; returns every problem found, each naming its field.
@@ -260,9 +287,9 @@ impl VaultSecretBindingSpec {
             ];
             for (field, what, value) in ids {
                 if let Some(v) = value
-                    && !crate::azure::hosts::is_entra_id(v)
+                    && !is_entra_id(v)
                 {
-                    push(field.into(), crate::azure::hosts::entra_id_problem(v, what));
+                    push(field.into(), entra_id_problem(v, what));
                 }
             }
             if let Some(sa) = &id.service_account_name
@@ -408,5 +435,43 @@ fn check_pick(i: usize, pick: &SecretPick, push: &mut impl FnMut(String, String)
                 "{v:?} is not a Key Vault version id (the 32 characters at the end of the secret's URI)"
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entra_ids_are_guids_or_dns_names_only() {
+        for ok in [
+            "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "contoso.onmicrosoft.com",
+            "kvsync-dev-tenant",
+            "common",
+        ] {
+            assert!(is_entra_id(ok), "{ok}");
+        }
+        let long_label = "a".repeat(64);
+        let long_name = ["a"; 127].join(".") + ".bb";
+        for bad in [
+            "",
+            "//127.0.0.1:9999/evil",
+            "a/b",
+            "a:b",
+            "user@host",
+            "a%2fb",
+            "a?b",
+            "a#b",
+            "a b",
+            "tenant\n",
+            "a..b",
+            ".a",
+            "a.",
+            long_label.as_str(),
+            long_name.as_str(),
+        ] {
+            assert!(!is_entra_id(bad), "{bad:?}");
+        }
     }
 }

@@ -26,10 +26,7 @@ use sync::{Failure, Job, SyncError, sync};
 
 pub use context::{Context, SecretCache};
 
-/// Finalizer of Merge bindings (removes their keys from the shared Secret).
-pub use crate::apply::finalizer::FINALIZER;
-/// Annotation whose new value triggers an immediate check.
-pub const FORCE_SYNC_ANNOTATION: &str = "kvsync.io/force-sync";
+pub use crate::crd::names::{FORCE_SYNC_ANNOTATION, MERGE_FINALIZER as FINALIZER};
 
 /// Failures of the Kubernetes API itself (not the user's to fix); the
 /// controller retries them with backoff.

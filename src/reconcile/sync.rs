@@ -28,6 +28,7 @@ use super::display_key;
 use crate::apply;
 use crate::certificate::Conversions;
 use crate::cluster::view::{Parent, ParentError};
+use crate::crd::names;
 use crate::crd::{
     TargetPolicy, VaultSecretBinding, VaultSecretBindingSpec, VaultSecretBindingStatus,
 };
@@ -418,7 +419,7 @@ async fn take_over_for_merge(
     let (keys, managers) = apply::foreign_keys(
         owned,
         rendered.data.keys().cloned(),
-        &[apply::FIELD_MANAGER, &merge_manager],
+        &[names::FIELD_MANAGER, &merge_manager],
     );
     if !keys.is_empty() {
         return Err(write_error(apply::WriteError::MergeConflict {
@@ -434,7 +435,7 @@ async fn take_over_for_merge(
     apply::apply(secrets, &taken, &merge_manager, false)
         .await
         .map_err(write_error)?;
-    apply::release_fields(secrets, target, apply::FIELD_MANAGER).await?;
+    apply::release_fields(secrets, target, names::FIELD_MANAGER).await?;
     Ok(())
 }
 
