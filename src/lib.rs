@@ -53,3 +53,4 @@ pub mod status;
 pub mod template;
 pub mod value;
 pub mod versions;
+pub mod watch;

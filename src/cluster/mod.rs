@@ -305,7 +305,7 @@ pub async fn run(
             watcher::Config::default().any_semantic(),
         )
         .default_backoff()
-        .modify(|c| crate::controller::trim_meta(c.meta_mut()))
+        .modify(|c| crate::watch::trim_meta(c.meta_mut()))
         .reflect(cluster_writer)
         .inspect(|e| {
             if let Err(e) = e {
@@ -327,7 +327,7 @@ pub async fn run(
             Default::default(),
         );
 
-        let namespaces = crate::controller::after_first_listing(
+        let namespaces = crate::watch::after_first_listing(
             watcher(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 watcher::Config::default().any_semantic(),
@@ -335,7 +335,7 @@ pub async fn run(
             .default_backoff()
             .modify(|n| {
                 let deleting = n.metadata.deletion_timestamp.take();
-                crate::controller::keep_labels_only(&mut n.metadata);
+                crate::watch::keep_labels_only(&mut n.metadata);
                 n.metadata.deletion_timestamp = deleting;
             })
             .reflect(namespace_writer),
@@ -372,7 +372,7 @@ pub async fn run(
             let relisted = relisted_tx.clone();
             watcher(api, watcher::Config::default().any_semantic())
                 .default_backoff()
-                .modify(|b| crate::controller::trim_meta(b.meta_mut()))
+                .modify(|b| crate::watch::trim_meta(b.meta_mut()))
                 // Only what changes a decision or a report goes on: a
                 // heartbeat or an edit elsewhere in a binding does not.
                 .filter_map(move |event| {
