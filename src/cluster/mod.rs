@@ -43,14 +43,14 @@ const RETRY: Duration = Duration::from_secs(10);
 
 /// Failures of the Kubernetes API (retried with backoff).
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum ClusterError {
     /// A Kubernetes API call failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
 
 /// What the cluster-binding reconciles share.
-pub struct Context {
+pub struct ClusterContext {
     client: kube::Client,
     bindings: Arc<Mutex<BindingIndex>>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
@@ -59,7 +59,7 @@ pub struct Context {
     leader: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
-impl Context {
+impl ClusterContext {
     fn may_write(&self) -> bool {
         self.leader.as_ref().is_none_or(|l| *l.borrow())
     }
@@ -67,8 +67,8 @@ impl Context {
 
 async fn reconcile(
     cluster: Arc<ClusterVaultSecretBinding>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
+    ctx: Arc<ClusterContext>,
+) -> Result<Action, ClusterError> {
     if !ctx.may_write() || cluster.meta().deletion_timestamp.is_some() {
         // Deleted: the garbage collector removes the bindings it owns.
         return Ok(Action::await_change());
@@ -169,7 +169,7 @@ async fn reconcile(
 /// server now, is gone or no longer selected — the watches' caches may lag,
 /// and a removal takes a Secret away.
 async fn removal_confirmed(
-    ctx: &Context,
+    ctx: &ClusterContext,
     cluster: &ClusterVaultSecretBinding,
     plan: &fanout::Plan,
     ns: &str,
@@ -189,7 +189,7 @@ async fn removal_confirmed(
 /// and is never taken over), applied over the one kvsync made otherwise.
 /// On failure: what to report, and whether to retry soon.
 async fn write_child(
-    ctx: &Context,
+    ctx: &ClusterContext,
     cluster: &ClusterVaultSecretBinding,
     ns: &str,
     known: bool,
@@ -281,7 +281,11 @@ async fn write_status(
     Ok(())
 }
 
-fn error_policy(cluster: Arc<ClusterVaultSecretBinding>, error: &Error, _: Arc<Context>) -> Action {
+fn error_policy(
+    cluster: Arc<ClusterVaultSecretBinding>,
+    error: &ClusterError,
+    _: Arc<ClusterContext>,
+) -> Action {
     tracing::warn!(cluster_binding = %cluster.name_any(), error = %error, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
@@ -401,7 +405,7 @@ pub async fn run(
         });
         let bindings = futures::stream::select_all(watches);
 
-        let ctx = Arc::new(Context {
+        let ctx = Arc::new(ClusterContext {
             client: client.clone(),
             bindings: index,
             namespaces: namespace_reader,
