@@ -38,6 +38,7 @@ pub mod events;
 pub mod hashkey;
 pub mod leader;
 pub mod metrics;
+pub mod operator;
 pub mod plan;
 pub mod policy;
 pub mod poller;

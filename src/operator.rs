@@ -1,0 +1,238 @@
+//! `kvsync run`: the process. Builds what the controllers need from the
+//! command line (the Kubernetes client, Azure access, metrics, the hash
+//! key, leader election), serves `/metrics` and the health endpoints, and
+//! runs both controllers — the namespaced one ([`crate::controller`]) and
+//! the cluster-binding one ([`crate::cluster`]) — over one set of watches,
+//! until SIGTERM or Ctrl-C.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::azure::AzureAccess;
+use crate::cli::{RunArgs, VaultArgs};
+use crate::controller::{Replica, Shared};
+use crate::metrics::Metrics;
+use crate::reconcile::Settings;
+use crate::server::Health;
+use crate::shard::Shard;
+
+/// Azure access as the vault flags (`--allowed-vault-hosts`, `--ca-file`)
+/// and the `AZURE_*` variables describe it; for `run` and `check`.
+pub fn azure_access(args: &VaultArgs) -> Result<crate::azure::AzureAccess, String> {
+    use crate::azure::{
+        AzureAccess, hosts::VaultHostPolicy, http, identity::AzureEnvironment, retry::RetryPolicy,
+    };
+    let roots = match &args.ca_file {
+        Some(path) => http::load_ca_file(path).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    let client = http::build_client(&roots).map_err(|e| e.to_string())?;
+    let env = AzureEnvironment::from_env();
+    if let Err(e) = env.check() {
+        // Not fatal: bindings with an identity of their own still work; those
+        // that use the operator's own identity report this as their condition.
+        tracing::error!(error = %e, "the operator's Azure environment is invalid");
+    }
+    Ok(AzureAccess::new(
+        client,
+        VaultHostPolicy::new(args.allowed_vault_hosts.clone()),
+        env,
+        RetryPolicy::default(),
+    ))
+}
+
+/// `kvsync run` until SIGTERM or Ctrl-C; `Err` says why it could not start.
+pub async fn run(args: RunArgs) -> Result<(), String> {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let observed = metrics.clone();
+    let access = Arc::new(azure_access(&args.vault)?.with_observer(Arc::new(
+        move |vault, op, status| observed.vault_request(vault, op.label(), status),
+    )));
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API (KUBECONFIG or in-cluster): {e}"))?;
+    let health = Arc::new(crate::server::Health::default());
+    let addr = args.metrics_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on --metrics-addr {addr}: {e}"))?;
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        health.clone(),
+        metrics.clone(),
+    ));
+    let hash_key_namespace = args
+        .hash_key_namespace
+        .clone()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let settings = crate::reconcile::Settings {
+        default_refresh: args.vault.default_refresh_interval,
+        rollout_window: args.rollout_window,
+        force_sync_cooldown: args.force_sync_cooldown,
+        status_heartbeat: args.status_heartbeat,
+        concurrency: args.concurrency,
+        access_policy: args.access_policy,
+        hash_key: crate::hashkey::load_or_create(&client, &hash_key_namespace)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shard = args.shard.unwrap_or_default();
+    // Leader election: its own stop signal, sent after the controllers have
+    // stopped writing, so the Lease is released last and a standby takes
+    // over in seconds.
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (leader, election) = if args.leader_elect {
+        let namespace = std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .ok_or("--leader-elect needs POD_NAMESPACE (the namespace of the Lease): set it from the pod's metadata.namespace")?;
+        let cfg = crate::leader::LeaderConfig {
+            namespace,
+            lease_name: shard.lease_name("kvsync"),
+            identity: crate::leader::LeaderConfig::identity_from_env(),
+            lease_duration: args.leader_elect_lease_duration,
+            renew_deadline: args.leader_elect_renew_deadline,
+        };
+        tracing::info!(lease = %cfg.lease_name, namespace = %cfg.namespace, identity = %cfg.identity, "leader election");
+        let mut rx = release_rx.clone();
+        let (leader, handle) = crate::leader::start(client.clone(), cfg, async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        })
+        .map_err(|e| e.to_string())?;
+        let role_health = health.clone();
+        let mut role_rx = leader.clone();
+        tokio::spawn(async move {
+            loop {
+                let role = crate::leader::Role::from(*role_rx.borrow_and_update());
+                tracing::info!(%role, "leader election");
+                role_health.set_role(if *role_rx.borrow() {
+                    "leader"
+                } else {
+                    "standby"
+                });
+                if role_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        (Some(leader), Some(handle))
+    } else {
+        (None, None)
+    };
+    tracing::info!(metrics_addr = %addr, "kvsync controller starting");
+    let mut stop = stop_rx.clone();
+    let all = controllers(
+        Controllers {
+            client: client.clone(),
+            access,
+            settings,
+            metrics,
+            namespaces: args.namespaces.clone(),
+            leader,
+            shard,
+        },
+        &health,
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        },
+    );
+    tokio::pin!(all);
+    tokio::select! {
+        _ = &mut all => {}
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            health.set_stopping();
+            let _ = stop_tx.send(true);
+            all.await;
+        }
+    }
+    // Writes have stopped: give the Lease back.
+    let _ = release_tx.send(true);
+    if let Some(handle) = election {
+        let _ = handle.await;
+    }
+    server.abort();
+    Ok(())
+}
+
+/// What both controllers run with, once built from the command line.
+pub struct Controllers {
+    /// The Kubernetes API.
+    pub client: kube::Client,
+    /// Key Vault and Entra ID, behind the host guard.
+    pub access: Arc<AzureAccess>,
+    /// The reconcile settings (`--default-refresh-interval`, …).
+    pub settings: Settings,
+    /// Where the controllers count.
+    pub metrics: Arc<Metrics>,
+    /// `--namespace`: the namespaces served; empty for all of them.
+    pub namespaces: Vec<String>,
+    /// With `--leader-elect`: true while this replica holds the Lease.
+    pub leader: Option<tokio::sync::watch::Receiver<bool>>,
+    /// `--shard I/N`.
+    pub shard: Shard,
+}
+
+/// Both controllers until `shutdown` completes: the namespaced one, per
+/// namespace served (or one for all), and — on shard 0, whose leader fans
+/// them out (the bindings it writes are then sharded) — the one of the
+/// ClusterVaultSecretBindings. Their watches are registered with `health`
+/// when this is called, before any runs: `/readyz` waits for all of them.
+pub fn controllers(
+    c: Controllers,
+    health: &Health,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    use futures::FutureExt;
+    let shutdown = shutdown.boxed().shared();
+    let scopes: Vec<Option<String>> = if c.namespaces.is_empty() {
+        vec![None]
+    } else {
+        c.namespaces.iter().cloned().map(Some).collect()
+    };
+    // One poller per (vault, identity), whichever namespace reads it.
+    let shared = Shared::start();
+    let mut all: Vec<_> = scopes
+        .into_iter()
+        .map(|namespace| {
+            crate::controller::run(
+                c.client.clone(),
+                c.access.clone(),
+                c.settings.clone(),
+                c.metrics.clone(),
+                health,
+                Replica {
+                    namespace,
+                    leader: c.leader.clone(),
+                    shard: c.shard,
+                },
+                &shared,
+                shutdown.clone(),
+            )
+            .boxed()
+        })
+        .collect();
+    if c.shard.index == 0 {
+        let scope = (!c.namespaces.is_empty()).then(|| c.namespaces.clone());
+        all.push(crate::cluster::run(c.client, scope, c.leader, shutdown).boxed());
+    }
+    futures::future::join_all(all).map(drop)
+}
+
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
