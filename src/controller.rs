@@ -1,7 +1,11 @@
-//! Wiring of `kvsync run`: the controller over VaultSecretBindings, the
-//! metadata watch on the Secrets it manages (drift repair), the pollers'
-//! wake-ups, readiness and watch failures, the sweep of state held for
-//! bindings that are gone, and graceful shutdown.
+//! The namespaced controller of `kvsync run`, per namespace served (or one
+//! for all): the controller over VaultSecretBindings, the metadata watch on
+//! the Secrets it manages (drift repair), the ServiceAccounts of identities,
+//! the pollers' wake-ups, the sweep of state held for bindings that are
+//! gone, and graceful shutdown. The watches it shares with the
+//! cluster-binding controller (bindings, namespaces, cluster bindings,
+//! policies) come from [`crate::operator`]; how a watch is trimmed and
+//! monitored is [`crate::watch`]'s.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,27 +13,27 @@ use std::time::Duration;
 
 use crate::events::Events;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::apply::BINDING_ANNOTATION;
 use crate::azure::AzureAccess;
 use crate::crd::cluster::{ClusterVaultSecretBinding, PARENT_ANNOTATION};
+use crate::crd::policy::VaultAccessPolicy;
 use crate::crd::{MANAGED_BY_LABEL, VaultSecretBinding};
 use crate::metrics::Metrics;
 use crate::poller::Pollers;
 use crate::reconcile::{Context, FORCE_SYNC_ANNOTATION, Settings, error_policy, reconcile};
 use crate::server::Health;
 use crate::shard::Shard;
-use crate::watch::{
-    WatchMonitor, WatchedKind, after_first_listing, keep_labels_only, keep_only, trim_meta,
-};
+use crate::watch::{WatchMonitor, WatchedKind, after_first_listing, keep_only, trim_meta};
 
 /// How often state held for bindings is checked against the bindings store.
 /// A deletion the watch reported is forgotten at once (`Context::forget`);
@@ -187,12 +191,36 @@ impl Shared {
     }
 }
 
+/// What the controller of one namespace (or of all) receives from the
+/// process's watches, which the cluster-binding controller shares: each
+/// kind is listed and watched once per process ([`crate::operator`]).
+pub struct SharedWatches {
+    /// The watch of the VaultSecretBindings of this controller's namespace
+    /// (all of them, every shard's), trimmed by [`trim_meta`] only.
+    pub bindings: BoxStream<'static, Result<watcher::Event<VaultSecretBinding>, watcher::Error>>,
+    /// The namespace (or all), for the labels policies select by.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Its changes after the first listing.
+    pub namespace_changes: UnboundedReceiver<PartialObjectMeta<Namespace>>,
+    /// The ClusterVaultSecretBindings: the bindings kept for them sync
+    /// their spec and identity.
+    pub clusters: Store<ClusterVaultSecretBinding>,
+    /// Every event of their watch.
+    pub cluster_events: UnboundedReceiver<watcher::Event<ClusterVaultSecretBinding>>,
+    /// The VaultAccessPolicies.
+    pub policies: Store<VaultAccessPolicy>,
+    /// One item each time the policies changed after their first listing,
+    /// and at each re-list's end.
+    pub policy_changes: UnboundedReceiver<()>,
+}
+
 /// The controller of `replica`'s namespace (`None`: all), until `shutdown`
-/// completes. Its watches are registered with `health` when this is
-/// called, not when the future first runs, so that several controllers
-/// started together are all counted before any can report ready.
+/// completes. Its own watches (Secrets, ServiceAccounts) and that of its
+/// bindings are registered with `health` when this is called, not when the
+/// future first runs, so that several controllers started together are all
+/// counted before any can report ready.
 #[allow(clippy::too_many_arguments)]
-pub fn run(
+pub(crate) fn namespaced(
     client: kube::Client,
     access: Arc<AzureAccess>,
     settings: Settings,
@@ -200,6 +228,7 @@ pub fn run(
     health: &Health,
     replica: Replica,
     shared: &Shared,
+    watches: SharedWatches,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Future<Output = ()> + Send + 'static {
     let namespace = replica.namespace.clone();
@@ -217,29 +246,28 @@ pub fn run(
         health,
         metrics.clone(),
     );
-    let mut policies_watch =
-        WatchMonitor::new(WatchedKind::Policies, &scope, health, metrics.clone());
-    let mut namespaces_watch =
-        WatchMonitor::new(WatchedKind::Namespaces, &scope, health, metrics.clone());
     let wake_rx = shared.route(namespace.clone());
     let pollers = shared.pollers.clone();
     async move {
         let shutdown = shutdown.shared();
-        let (bindings, secrets, accounts): (
-            Api<VaultSecretBinding>,
+        let SharedWatches {
+            bindings,
+            namespaces: namespace_reader,
+            namespace_changes,
+            clusters: cluster_reader,
+            cluster_events,
+            policies: policy_reader,
+            policy_changes: policy_rx,
+        } = watches;
+        let (secrets, accounts): (
             Api<PartialObjectMeta<Secret>>,
             Api<PartialObjectMeta<ServiceAccount>>,
         ) = match &namespace {
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
                 Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
             ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
         };
         let secret_versions = crate::versions::SecretVersions::new();
         let (account_reader, account_writer) = reflector::store();
@@ -259,8 +287,6 @@ pub fn run(
             ctx = ctx.with_leader(leader);
         }
         // VaultAccessPolicies and the namespaces' labels they select by.
-        let (policy_reader, policy_writer) = reflector::store();
-        let (namespace_reader, namespace_writer) = reflector::store();
         ctx = ctx.with_policies(crate::policy::view::PolicyView::new(
             settings_policy,
             policy_reader,
@@ -269,7 +295,6 @@ pub fn run(
         ));
         // ClusterVaultSecretBindings: the bindings kept for them sync their
         // spec and identity.
-        let (cluster_reader, cluster_writer) = reflector::store();
         ctx = ctx.with_clusters(crate::cluster::view::ClusterView::new(
             cluster_reader,
             namespace_reader,
@@ -286,8 +311,7 @@ pub fn run(
         let statuses = ctx.clone();
         let listing = ctx.clone();
         // Other shards' bindings never enter the store (nor memory).
-        let binding_stream = watcher(bindings, watcher::Config::default().any_semantic())
-            .default_backoff()
+        let binding_stream = bindings
             .try_filter(move |event| std::future::ready(in_shard(shard, event)))
             .modify(move |b| {
                 // A binding kept for a cluster binding is proven so by its
@@ -341,65 +365,15 @@ pub fn run(
             });
 
         // A policy created, changed or deleted re-decides every binding at
-        // once; a namespace's labels, the bindings in it.
-        let (policy_tx, policy_rx) = futures::channel::mpsc::unbounded::<()>();
-        // Every change after the first listing, and a re-list's end (a
-        // policy deleted while the watch was down shows only as its absence).
-        let policy_stream = watcher(
-            Api::<crate::crd::policy::VaultAccessPolicy>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff()
-        .modify(|p| trim_meta(p.meta_mut()))
-        .reflect(policy_writer)
-        .scan(false, move |listed, event| {
-            policies_watch.observe(&event);
-            let trigger = match &event {
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => true,
-                Ok(watcher::Event::InitDone) => std::mem::replace(listed, true),
-                _ => false,
-            };
-            std::future::ready(Some(trigger))
-        })
-        .for_each(move |trigger| {
-            if trigger {
-                let _ = policy_tx.unbounded_send(());
-            }
-            std::future::ready(())
-        });
-        let namespaces_api =
-            Api::<PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>::all(client.clone());
-        let namespaces_config = match &namespace {
-            Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
-            None => watcher::Config::default(),
-        }
-        .any_semantic();
-        let namespace_stream = after_first_listing(
-            watcher(namespaces_api, namespaces_config)
-                .default_backoff()
-                .modify(|n| keep_labels_only(&mut n.metadata))
-                .reflect(namespace_writer)
-                .inspect(move |event| {
-                    namespaces_watch.observe(event);
-                }),
-        )
-        // Failures are the monitor's to report; the controller sees changes.
-        .filter_map(|event| std::future::ready(event.ok().map(Ok)));
+        // once (`policy_rx`); a namespace's labels, the bindings in it.
+        let namespace_stream = namespace_changes.map(Ok::<_, watcher::Error>);
         let in_namespace = reader.clone();
         // A cluster binding changed (its identity, say, which the kept
         // bindings do not show): the bindings kept for it check again.
-        let cluster_stream = after_first_listing(
-            watcher(
-                Api::<ClusterVaultSecretBinding>::all(client.clone()),
-                watcher::Config::default().any_semantic(),
-            )
-            .default_backoff()
-            .modify(|c| trim_meta(c.meta_mut()))
-            .reflect(cluster_writer),
-        )
-        // Spec changes only: its status changes with every kept binding's.
-        .predicate_filter(kube::runtime::predicates::generation, Default::default())
-        .filter_map(|event| std::future::ready(event.ok().map(Ok)));
+        let cluster_stream = after_first_listing(cluster_events.map(Ok))
+            // Spec changes only: its status changes with every kept binding's.
+            .predicate_filter(kube::runtime::predicates::generation, Default::default())
+            .filter_map(|event| std::future::ready(event.ok().map(Ok)));
         let kept_for = reader.clone();
 
         let controller = Controller::for_stream(binding_stream, reader.clone())
@@ -462,7 +436,6 @@ pub fn run(
             () = never_listed => {}
             () = sweep(ctx, reader, listed_rx, SWEEP_EVERY) => {}
             () = account_stream => {}
-            () = policy_stream => {}
         }
     }
 }

@@ -8,13 +8,26 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Resource};
+
 use crate::azure::AzureAccess;
 use crate::cli::{RunArgs, VaultArgs};
-use crate::controller::{Replica, Shared};
+use crate::controller::{Replica, Shared, SharedWatches};
+use crate::crd::VaultSecretBinding;
+use crate::crd::cluster::ClusterVaultSecretBinding;
+use crate::crd::policy::VaultAccessPolicy;
 use crate::metrics::Metrics;
 use crate::reconcile::Settings;
 use crate::server::Health;
 use crate::shard::Shard;
+use crate::watch::{
+    Fanout, WatchMonitor, WatchedKind, after_first_listing, keep_labels_only, trim_meta,
+};
 
 /// Azure access as the vault flags (`--allowed-vault-hosts`, `--ca-file`)
 /// and the `AZURE_*` variables describe it; for `run` and `check`.
@@ -178,47 +191,225 @@ pub struct Controllers {
 /// Both controllers until `shutdown` completes: the namespaced one, per
 /// namespace served (or one for all), and — on shard 0, whose leader fans
 /// them out (the bindings it writes are then sharded) — the one of the
-/// ClusterVaultSecretBindings. Their watches are registered with `health`
-/// when this is called, before any runs: `/readyz` waits for all of them.
+/// ClusterVaultSecretBindings. They share the watches of every kind both
+/// read, so each is listed once per process: one watch of the
+/// ClusterVaultSecretBindings and one of the VaultAccessPolicies, and per
+/// namespace served (or one for all) one of the namespaces and one of the
+/// VaultSecretBindings. The watches are registered with `health` when this
+/// is called, before any runs: `/readyz` waits for all of them.
 pub fn controllers(
     c: Controllers,
     health: &Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static {
-    use futures::FutureExt;
     let shutdown = shutdown.boxed().shared();
     let scopes: Vec<Option<String>> = if c.namespaces.is_empty() {
         vec![None]
     } else {
         c.namespaces.iter().cloned().map(Some).collect()
     };
+    let cluster_runs = c.shard.index == 0;
+    // Each watch's events go to every controller that reads the kind; the
+    // drivers run until the controllers have stopped.
+    let mut drivers: Vec<BoxFuture<'static, ()>> = Vec::new();
+
+    // Every change of a policy after the first listing, and a re-list's end
+    // (a policy deleted while the watch was down shows only as its absence).
+    let (policies, policy_writer) = reflector::store();
+    let mut policy_changes = Fanout::default();
+    let mut policies_watch = WatchMonitor::new(
+        WatchedKind::Policies,
+        "in all namespaces",
+        health,
+        c.metrics.clone(),
+    );
+    let policy_subscribers: Vec<_> = scopes.iter().map(|_| policy_changes.subscribe()).collect();
+    drivers.push(
+        watcher(
+            Api::<VaultAccessPolicy>::all(c.client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(|p| trim_meta(p.meta_mut()))
+        .reflect(policy_writer)
+        .scan(false, move |listed, event| {
+            policies_watch.observe(&event);
+            let trigger = match &event {
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => true,
+                Ok(watcher::Event::InitDone) => std::mem::replace(listed, true),
+                _ => false,
+            };
+            std::future::ready(Some(trigger))
+        })
+        .for_each(move |trigger| {
+            if trigger {
+                policy_changes.send(&());
+            }
+            std::future::ready(())
+        })
+        .boxed(),
+    );
+
+    let (clusters, cluster_writer) = reflector::store::<ClusterVaultSecretBinding>();
+    let mut cluster_events = Fanout::default();
+    let cluster_subscribers: Vec<_> = scopes.iter().map(|_| cluster_events.subscribe()).collect();
+    let cluster_own_events = cluster_runs.then(|| cluster_events.subscribe());
+    drivers.push(
+        watcher(
+            Api::<ClusterVaultSecretBinding>::all(c.client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(|c| trim_meta(c.meta_mut()))
+        .reflect(cluster_writer)
+        .for_each(move |event| {
+            match event {
+                Ok(event) => cluster_events.send(&event),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch of clustervaultsecretbindings failed; retrying")
+                }
+            }
+            std::future::ready(())
+        })
+        .boxed(),
+    );
+
+    // Namespaces: watched by name where kvsync serves some (`--namespace`).
+    let mut namespace_stores = Vec::new();
+    let mut cluster_namespace_changes = Fanout::default();
+    let cluster_own_namespace_changes = cluster_runs.then(|| cluster_namespace_changes.subscribe());
+    let cluster_namespace_changes = Arc::new(std::sync::Mutex::new(cluster_namespace_changes));
+    let mut namespace_subscribers = Vec::new();
+    for scope in &scopes {
+        let (store, writer) = reflector::store();
+        namespace_stores.push(store.clone());
+        let mut watch = WatchMonitor::new(
+            WatchedKind::Namespaces,
+            &scope_text(scope),
+            health,
+            c.metrics.clone(),
+        );
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        namespace_subscribers.push((store, rx));
+        let to_cluster = cluster_namespace_changes.clone();
+        let config = match scope {
+            Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+            None => watcher::Config::default(),
+        }
+        .any_semantic();
+        drivers.push(
+            after_first_listing(
+                watcher(
+                    Api::<PartialObjectMeta<Namespace>>::all(c.client.clone()),
+                    config,
+                )
+                .default_backoff()
+                .modify(|n| keep_labels_only(&mut n.metadata))
+                .reflect(writer)
+                .inspect(move |event| {
+                    watch.observe(event);
+                }),
+            )
+            // Failures are the monitor's to report; the controllers see
+            // changes.
+            .for_each(move |changed| {
+                if let Ok(n) = changed {
+                    to_cluster.lock().expect("namespace changes").send(&n);
+                    let _ = tx.unbounded_send(n);
+                }
+                std::future::ready(())
+            })
+            .boxed(),
+        );
+    }
+
+    // VaultSecretBindings: the cluster controller's index is fed by the
+    // namespaced controllers' watches, before they keep only what they read.
+    let (cluster_watches, feed) = match (cluster_own_events, cluster_own_namespace_changes) {
+        (Some(events), Some(changes)) => {
+            let (watches, feed) = crate::cluster::ClusterWatches::new(
+                clusters.clone(),
+                events,
+                crate::cluster::Namespaces::new(namespace_stores),
+                changes,
+                scopes.clone(),
+            );
+            (Some(watches), Some(feed))
+        }
+        _ => (None, None),
+    };
+
     // One poller per (vault, identity), whichever namespace reads it.
     let shared = Shared::start();
-    let mut all: Vec<_> = scopes
-        .into_iter()
-        .map(|namespace| {
-            crate::controller::run(
-                c.client.clone(),
-                c.access.clone(),
-                c.settings.clone(),
-                c.metrics.clone(),
-                health,
-                Replica {
-                    namespace,
-                    leader: c.leader.clone(),
-                    shard: c.shard,
-                },
-                &shared,
-                shutdown.clone(),
-            )
-            .boxed()
-        })
+    let mut all: Vec<BoxFuture<'static, ()>> = scopes
+        .iter()
+        .zip(policy_subscribers)
+        .zip(cluster_subscribers)
+        .zip(namespace_subscribers)
+        .map(
+            |(((scope, policy_changes), cluster_events), (namespaces, namespace_changes))| {
+                let api = match scope {
+                    Some(ns) => Api::<VaultSecretBinding>::namespaced(c.client.clone(), ns),
+                    None => Api::all(c.client.clone()),
+                };
+                let feed = feed.clone();
+                let within = scope.clone();
+                let bindings = watcher(api, watcher::Config::default().any_semantic())
+                    .default_backoff()
+                    .modify(|b| trim_meta(b.meta_mut()))
+                    .inspect(move |event| {
+                        if let Some(feed) = &feed {
+                            feed.observe(within.as_deref(), event);
+                        }
+                    })
+                    .boxed();
+                crate::controller::namespaced(
+                    c.client.clone(),
+                    c.access.clone(),
+                    c.settings.clone(),
+                    c.metrics.clone(),
+                    health,
+                    Replica {
+                        namespace: scope.clone(),
+                        leader: c.leader.clone(),
+                        shard: c.shard,
+                    },
+                    &shared,
+                    SharedWatches {
+                        bindings,
+                        namespaces,
+                        namespace_changes,
+                        clusters: clusters.clone(),
+                        cluster_events,
+                        policies: policies.clone(),
+                        policy_changes,
+                    },
+                    shutdown.clone(),
+                )
+                .boxed()
+            },
+        )
         .collect();
-    if c.shard.index == 0 {
+    if let Some(watches) = cluster_watches {
         let scope = (!c.namespaces.is_empty()).then(|| c.namespaces.clone());
-        all.push(crate::cluster::run(c.client, scope, c.leader, shutdown).boxed());
+        all.push(crate::cluster::controller(c.client, watches, scope, c.leader, shutdown).boxed());
     }
-    futures::future::join_all(all).map(drop)
+    let drivers = futures::future::join_all(drivers);
+    async move {
+        // The drivers never end; the controllers end on shutdown.
+        tokio::select! {
+            _ = futures::future::join_all(all) => {}
+            _ = drivers => {}
+        }
+    }
+}
+
+/// How a watch's scope reads in logs and `/readyz`.
+fn scope_text(scope: &Option<String>) -> String {
+    match scope {
+        Some(ns) => format!("in namespace {ns}"),
+        None => "in all namespaces".to_string(),
+    }
 }
 
 /// SIGTERM or Ctrl-C.

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher;
 
@@ -181,15 +182,45 @@ pub fn trim_meta(meta: &mut ObjectMeta) {
     }
 }
 
-/// Keeps of a namespace's metadata its name and labels (what policies
-/// select by).
+/// Keeps of a namespace's metadata its name and labels (what policies and
+/// cluster bindings select by) and its deletion (a namespace going away is
+/// selected no more).
 pub fn keep_labels_only(meta: &mut ObjectMeta) {
     *meta = ObjectMeta {
         name: meta.name.take(),
         resource_version: meta.resource_version.take(),
         labels: meta.labels.take(),
+        deletion_timestamp: meta.deletion_timestamp.take(),
         ..Default::default()
     };
+}
+
+/// One watch, several consumers: each subscriber gets every item sent, in
+/// order. A subscriber that went away (its controller stopped) is dropped;
+/// the others go on. Unbounded: the items are watch events, and every
+/// subscriber is a controller that takes them as they come.
+pub struct Fanout<T> {
+    to: Vec<UnboundedSender<T>>,
+}
+
+impl<T> Default for Fanout<T> {
+    fn default() -> Self {
+        Self { to: Vec::new() }
+    }
+}
+
+impl<T: Clone> Fanout<T> {
+    /// A new subscriber, which gets what is sent from now on.
+    pub fn subscribe(&mut self) -> UnboundedReceiver<T> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        self.to.push(tx);
+        rx
+    }
+
+    /// Sends `item` to every subscriber.
+    pub fn send(&mut self, item: &T) {
+        self.to.retain(|tx| tx.unbounded_send(item.clone()).is_ok());
+    }
 }
 
 /// Keeps of an object's metadata only what identifies it (name, namespace,
@@ -460,6 +491,38 @@ mod tests {
             "metadata": {"name": name, "namespace": "ci"},
         }))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_gets_every_item_and_one_gone_stops_no_other() {
+        let mut fanout = Fanout::default();
+        let mut a = fanout.subscribe();
+        let b = fanout.subscribe();
+        fanout.send(&1);
+        drop(b);
+        fanout.send(&2);
+        drop(fanout);
+        assert_eq!(a.by_ref().collect::<Vec<_>>().await, [1, 2]);
+    }
+
+    #[test]
+    fn a_namespace_keeps_its_name_labels_and_deletion() {
+        let mut meta: ObjectMeta = serde_json::from_value(serde_json::json!({
+            "name": "ci", "resourceVersion": "7", "uid": "u-1",
+            "labels": {"team": "build"},
+            "annotations": {"other": "x"},
+            "deletionTimestamp": "2026-12-03T10:00:00Z",
+            "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+        }))
+        .unwrap();
+        keep_labels_only(&mut meta);
+        assert_eq!(
+            serde_json::to_value(&meta).unwrap(),
+            serde_json::json!({
+                "name": "ci", "resourceVersion": "7", "labels": {"team": "build"},
+                "deletionTimestamp": "2026-12-03T10:00:00Z",
+            })
+        );
     }
 
     #[tokio::test]
