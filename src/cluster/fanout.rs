@@ -14,6 +14,7 @@ use crate::crd::cluster::{
 };
 use crate::crd::{MANAGED_BY_LABEL, VaultSecretBinding};
 use crate::reason::Reason;
+// names: FORCE_SYNC_ANNOTATION moves to crate::crd::names.
 use crate::reconcile::FORCE_SYNC_ANNOTATION;
 use crate::status::READY;
 

@@ -99,6 +99,7 @@ fn reported(b: &VaultSecretBinding) -> impl PartialEq + use<> {
                 .collect::<Vec<_>>()
         }),
         b.spec.clone(),
+        // names:
         b.annotations()
             .get(crate::reconcile::FORCE_SYNC_ANNOTATION)
             .cloned(),
