@@ -6,13 +6,15 @@
 //! until SIGTERM or Ctrl-C.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 
 use crate::azure::AzureAccess;
@@ -213,114 +215,32 @@ pub fn controllers(
     // drivers run until the controllers have stopped.
     let mut drivers: Vec<BoxFuture<'static, ()>> = Vec::new();
 
-    // Every change of a policy after the first listing, and a re-list's end
-    // (a policy deleted while the watch was down shows only as its absence).
-    let (policies, policy_writer) = reflector::store();
-    let mut policy_changes = Fanout::default();
-    let mut policies_watch = WatchMonitor::new(
-        WatchedKind::Policies,
-        "in all namespaces",
-        health,
-        c.metrics.clone(),
-    );
-    let policy_subscribers: Vec<_> = scopes.iter().map(|_| policy_changes.subscribe()).collect();
-    drivers.push(
-        watcher(
-            Api::<VaultAccessPolicy>::all(c.client.clone()),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff()
-        .modify(|p| trim_meta(p.meta_mut()))
-        .reflect(policy_writer)
-        .scan(false, move |listed, event| {
-            policies_watch.observe(&event);
-            let trigger = match &event {
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => true,
-                Ok(watcher::Event::InitDone) => std::mem::replace(listed, true),
-                _ => false,
-            };
-            std::future::ready(Some(trigger))
-        })
-        .for_each(move |trigger| {
-            if trigger {
-                policy_changes.send(&());
-            }
-            std::future::ready(())
-        })
-        .boxed(),
-    );
+    let (policies, policy_subscribers, driver) =
+        policy_watch(&c.client, health, &c.metrics, scopes.len());
+    drivers.push(driver);
 
-    let (clusters, cluster_writer) = reflector::store::<ClusterVaultSecretBinding>();
-    let mut cluster_events = Fanout::default();
-    let cluster_subscribers: Vec<_> = scopes.iter().map(|_| cluster_events.subscribe()).collect();
-    let cluster_own_events = cluster_runs.then(|| cluster_events.subscribe());
-    drivers.push(
-        watcher(
-            Api::<ClusterVaultSecretBinding>::all(c.client.clone()),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff()
-        .modify(|c| trim_meta(c.meta_mut()))
-        .reflect(cluster_writer)
-        .for_each(move |event| {
-            match event {
-                Ok(event) => cluster_events.send(&event),
-                Err(e) => {
-                    tracing::warn!(error = %e, "watch of clustervaultsecretbindings failed; retrying")
-                }
-            }
-            std::future::ready(())
-        })
-        .boxed(),
-    );
+    let (clusters, mut cluster_subscribers, driver) =
+        cluster_binding_watch(&c.client, scopes.len() + usize::from(cluster_runs));
+    let cluster_own_events = cluster_runs.then(|| cluster_subscribers.pop()).flatten();
+    drivers.push(driver);
 
     // Namespaces: watched by name where kvsync serves some (`--namespace`).
     let mut namespace_stores = Vec::new();
     let mut cluster_namespace_changes = Fanout::default();
     let cluster_own_namespace_changes = cluster_runs.then(|| cluster_namespace_changes.subscribe());
-    let cluster_namespace_changes = Arc::new(std::sync::Mutex::new(cluster_namespace_changes));
+    let cluster_namespace_changes = Arc::new(Mutex::new(cluster_namespace_changes));
     let mut namespace_subscribers = Vec::new();
     for scope in &scopes {
-        let (store, writer) = reflector::store();
-        namespace_stores.push(store.clone());
-        let mut watch = WatchMonitor::new(
-            WatchedKind::Namespaces,
-            &scope_text(scope),
+        let (store, changes, driver) = namespace_watch(
+            &c.client,
+            scope,
             health,
-            c.metrics.clone(),
+            &c.metrics,
+            cluster_namespace_changes.clone(),
         );
-        let (tx, rx) = futures::channel::mpsc::unbounded();
-        namespace_subscribers.push((store, rx));
-        let to_cluster = cluster_namespace_changes.clone();
-        let config = match scope {
-            Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
-            None => watcher::Config::default(),
-        }
-        .any_semantic();
-        drivers.push(
-            after_first_listing(
-                watcher(
-                    Api::<PartialObjectMeta<Namespace>>::all(c.client.clone()),
-                    config,
-                )
-                .default_backoff()
-                .modify(|n| keep_labels_only(&mut n.metadata))
-                .reflect(writer)
-                .inspect(move |event| {
-                    watch.observe(event);
-                }),
-            )
-            // Failures are the monitor's to report; the controllers see
-            // changes.
-            .for_each(move |changed| {
-                if let Ok(n) = changed {
-                    to_cluster.lock().expect("namespace changes").send(&n);
-                    let _ = tx.unbounded_send(n);
-                }
-                std::future::ready(())
-            })
-            .boxed(),
-        );
+        namespace_stores.push(store.clone());
+        namespace_subscribers.push((store, changes));
+        drivers.push(driver);
     }
 
     // VaultSecretBindings: the cluster controller's index is fed by the
@@ -402,6 +322,140 @@ pub fn controllers(
             _ = drivers => {}
         }
     }
+}
+
+/// The VaultAccessPolicies' watch and store: `subscribers` receivers of an
+/// item for every change after the first listing and for each re-list's
+/// end (a policy deleted while the watch was down shows only as its
+/// absence), and the future that drives the watch.
+fn policy_watch(
+    client: &kube::Client,
+    health: &Health,
+    metrics: &Arc<Metrics>,
+    subscribers: usize,
+) -> (
+    Store<VaultAccessPolicy>,
+    Vec<UnboundedReceiver<()>>,
+    BoxFuture<'static, ()>,
+) {
+    let (policies, writer) = reflector::store();
+    let mut changes = Fanout::default();
+    let mut monitor = WatchMonitor::new(
+        WatchedKind::Policies,
+        "in all namespaces",
+        health,
+        metrics.clone(),
+    );
+    let receivers = (0..subscribers).map(|_| changes.subscribe()).collect();
+    let driver = watcher(
+        Api::<VaultAccessPolicy>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|p| trim_meta(p.meta_mut()))
+    .reflect(writer)
+    .scan(false, move |listed, event| {
+        monitor.observe(&event);
+        let trigger = match &event {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => true,
+            Ok(watcher::Event::InitDone) => std::mem::replace(listed, true),
+            _ => false,
+        };
+        std::future::ready(Some(trigger))
+    })
+    .for_each(move |trigger| {
+        if trigger {
+            changes.send(&());
+        }
+        std::future::ready(())
+    })
+    .boxed();
+    (policies, receivers, driver)
+}
+
+/// The ClusterVaultSecretBindings' watch and store: `subscribers`
+/// receivers of its every event, and the future that drives it.
+fn cluster_binding_watch(
+    client: &kube::Client,
+    subscribers: usize,
+) -> (
+    Store<ClusterVaultSecretBinding>,
+    Vec<UnboundedReceiver<watcher::Event<ClusterVaultSecretBinding>>>,
+    BoxFuture<'static, ()>,
+) {
+    let (clusters, writer) = reflector::store();
+    let mut events = Fanout::default();
+    let receivers = (0..subscribers).map(|_| events.subscribe()).collect();
+    let driver = watcher(
+        Api::<ClusterVaultSecretBinding>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|c| trim_meta(c.meta_mut()))
+    .reflect(writer)
+    .for_each(move |event| {
+        match event {
+            Ok(event) => events.send(&event),
+            Err(e) => {
+                tracing::warn!(error = %e, "watch of clustervaultsecretbindings failed; retrying")
+            }
+        }
+        std::future::ready(())
+    })
+    .boxed();
+    (clusters, receivers, driver)
+}
+
+/// The watch and store of the namespaces of `scope` (by name with
+/// `--namespace`): the namespaced controller's receiver of what changed
+/// after the first listing — sent to `to_cluster` too —, and the future
+/// that drives the watch.
+fn namespace_watch(
+    client: &kube::Client,
+    scope: &Option<String>,
+    health: &Health,
+    metrics: &Arc<Metrics>,
+    to_cluster: Arc<Mutex<Fanout<PartialObjectMeta<Namespace>>>>,
+) -> (
+    Store<PartialObjectMeta<Namespace>>,
+    UnboundedReceiver<PartialObjectMeta<Namespace>>,
+    BoxFuture<'static, ()>,
+) {
+    let (store, writer) = reflector::store();
+    let mut monitor = WatchMonitor::new(
+        WatchedKind::Namespaces,
+        &scope_text(scope),
+        health,
+        metrics.clone(),
+    );
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let config = match scope {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    }
+    .any_semantic();
+    let driver = after_first_listing(
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            config,
+        )
+        .default_backoff()
+        .modify(|n| keep_labels_only(&mut n.metadata))
+        .reflect(writer)
+        .inspect(move |event| {
+            monitor.observe(event);
+        }),
+    )
+    // Failures are the monitor's to report; the controllers see changes.
+    .for_each(move |changed| {
+        if let Ok(n) = changed {
+            to_cluster.lock().expect("namespace changes").send(&n);
+            let _ = tx.unbounded_send(n);
+        }
+        std::future::ready(())
+    })
+    .boxed();
+    (store, rx, driver)
 }
 
 /// How a watch's scope reads in logs and `/readyz`.
