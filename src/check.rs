@@ -183,3 +183,96 @@ pub async fn check(
     }
     report
 }
+
+/// The VaultAccessPolicies and namespace labels `check` decides with: from
+/// `--policies`/`--namespace-labels`, else from the cluster; `None` when
+/// neither is there (no decision is made, and `check` says so).
+pub async fn policies_for(
+    args: &crate::cli::CheckArgs,
+    binding: &crate::crd::VaultSecretBinding,
+    kube: Option<&kube::Client>,
+) -> Result<Option<PolicyInput>, String> {
+    use crate::crd::policy::VaultAccessPolicy;
+    use crate::policy::{Policies, Policy};
+    use kube::ResourceExt;
+    let ns = binding.namespace().unwrap_or_else(|| "default".into());
+    let from_file = match &args.policies {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let mut all = Vec::new();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let p =
+                    <VaultAccessPolicy as serde::Deserialize>::deserialize(doc).map_err(|e| {
+                        format!(
+                            "{} holds something that is not a VaultAccessPolicy: {e}",
+                            path.display()
+                        )
+                    })?;
+                all.push(p);
+            }
+            Some(all)
+        }
+        None => None,
+    };
+    let labels: Option<std::collections::BTreeMap<String, String>> = match &args.namespace_labels {
+        Some(text) => Some(
+            text.split(',')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| format!("--namespace-labels: {kv:?} is not k=v"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        None => None,
+    };
+    let (found, labels) = match (from_file, labels, kube) {
+        (Some(p), Some(l), _) => (p, l),
+        (p, l, Some(client)) => {
+            let found = match p {
+                Some(p) => p,
+                None => {
+                    kube::Api::<VaultAccessPolicy>::all(client.clone())
+                        .list(&Default::default())
+                        .await
+                        .map_err(|e| {
+                            format!("cannot list VaultAccessPolicies: {e} (or give --policies)")
+                        })?
+                        .items
+                }
+            };
+            let labels = match l {
+                Some(l) => l,
+                None => kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+                    .get_metadata(&ns)
+                    .await
+                    .map_err(|e| {
+                        format!("cannot read namespace {ns}: {e} (or give --namespace-labels)")
+                    })?
+                    .labels()
+                    .clone(),
+            };
+            (found, labels)
+        }
+        (Some(p), None, None) => (p, Default::default()),
+        (None, _, None) => {
+            println!("no cluster and no --policies: VaultAccessPolicies are not checked");
+            return Ok(None);
+        }
+    };
+    Ok(Some(PolicyInput {
+        policies: Policies::new(
+            found
+                .into_iter()
+                .map(|p| Policy {
+                    name: p.name_any(),
+                    spec: p.spec,
+                })
+                .collect(),
+        ),
+        labels,
+        mode: args.access_policy,
+    }))
+}

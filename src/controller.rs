@@ -1,7 +1,11 @@
-//! Wiring of `kvsync run`: the controller over VaultSecretBindings, the
-//! metadata watch on the Secrets it manages (drift repair), the pollers'
-//! wake-ups, readiness and watch failures, the sweep of state held for
-//! bindings that are gone, and graceful shutdown.
+//! The namespaced controller of `kvsync run`, per namespace served (or one
+//! for all): the controller over VaultSecretBindings, the metadata watch on
+//! the Secrets it manages (drift repair), the ServiceAccounts of identities,
+//! the pollers' wake-ups, the sweep of state held for bindings that are
+//! gone, and graceful shutdown. The watches it shares with the
+//! cluster-binding controller (bindings, namespaces, cluster bindings,
+//! policies) come from [`crate::operator`]; how a watch is trimmed and
+//! monitored is [`crate::watch`]'s.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,13 +13,13 @@ use std::time::Duration;
 
 use crate::events::Events;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
@@ -25,171 +29,19 @@ use crate::crd::cluster::ClusterVaultSecretBinding;
 use crate::crd::names::{
     BINDING_ANNOTATION, FORCE_SYNC_ANNOTATION, MANAGED_BY_LABEL, PARENT_ANNOTATION,
 };
-use crate::metrics::{Metrics, ReconcileErrorKind};
+use crate::crd::policy::VaultAccessPolicy;
+use crate::metrics::Metrics;
 use crate::poller::Pollers;
 use crate::reconcile::{Context, Settings, error_policy, reconcile};
-use crate::server::{Health, WatchHealth};
+use crate::server::Health;
 use crate::shard::Shard;
+use crate::watch::{WatchMonitor, WatchedKind, after_first_listing, keep_only, trim_meta};
 
 /// How often state held for bindings is checked against the bindings store.
 /// A deletion the watch reported is forgotten at once (`Context::forget`);
 /// this catches those it never reported (deleted while the watch was down,
 /// then re-listed) — and every re-list is followed by a sweep too.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
-
-/// Which of the two watches of a controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WatchedKind {
-    /// The VaultSecretBindings.
-    Bindings,
-    /// The Secrets kvsync manages (metadata only).
-    Secrets,
-    /// ServiceAccounts, for the identities of bindings (metadata only).
-    ServiceAccounts,
-    /// VaultAccessPolicies (cluster-scoped).
-    Policies,
-    /// Namespaces, for the labels policies select by (metadata only).
-    Namespaces,
-}
-
-impl WatchedKind {
-    fn resource(self) -> &'static str {
-        match self {
-            WatchedKind::Bindings => "vaultsecretbindings",
-            WatchedKind::Secrets => "secrets",
-            WatchedKind::ServiceAccounts => "serviceaccounts",
-            WatchedKind::Policies => "vaultaccesspolicies",
-            WatchedKind::Namespaces => "namespaces",
-        }
-    }
-}
-
-/// The metric kind of a watch failure, or `None` for the one failure that is
-/// routine: 410 Gone (the resourceVersion expired; the watcher re-lists).
-pub fn classify(watched: WatchedKind, e: &watcher::Error) -> Option<ReconcileErrorKind> {
-    let code = match e {
-        watcher::Error::InitialListFailed(kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s))
-        | watcher::Error::WatchError(s) => Some(s.code),
-        _ => None,
-    };
-    Some(match (watched, code) {
-        (_, Some(410)) => return None,
-        (WatchedKind::Bindings, Some(404)) => ReconcileErrorKind::WatchBindingsNotFound,
-        (WatchedKind::Bindings, Some(403)) => ReconcileErrorKind::WatchBindingsForbidden,
-        (WatchedKind::Secrets, Some(403)) => ReconcileErrorKind::WatchSecretsForbidden,
-        (WatchedKind::ServiceAccounts, Some(403)) => {
-            ReconcileErrorKind::WatchServiceAccountsForbidden
-        }
-        (WatchedKind::Policies, Some(404)) => ReconcileErrorKind::WatchPoliciesNotFound,
-        (WatchedKind::Policies | WatchedKind::Namespaces, Some(403)) => {
-            ReconcileErrorKind::WatchPoliciesForbidden
-        }
-        _ => ReconcileErrorKind::WatchOther,
-    })
-}
-
-/// What a person does about a watch failure of `kind`; `scope` is e.g.
-/// `in namespace ci`.
-fn advice(kind: ReconcileErrorKind, watched: WatchedKind, scope: &str) -> String {
-    match kind {
-        ReconcileErrorKind::WatchBindingsNotFound => {
-            "the VaultSecretBinding CRD is not installed: kubectl apply -f crds/ \
-             (or kvsync crd | kubectl apply -f -)"
-                .to_string()
-        }
-        ReconcileErrorKind::WatchBindingsForbidden => format!(
-            "kvsync may not list vaultsecretbindings {scope}: grant list/watch on \
-             vaultsecretbindings.kvsync.io to its ServiceAccount (see README RBAC)"
-        ),
-        ReconcileErrorKind::WatchSecretsForbidden => format!(
-            "kvsync may not list secrets {scope}: grant list/watch on secrets to its \
-             ServiceAccount (see README RBAC)"
-        ),
-        ReconcileErrorKind::WatchServiceAccountsForbidden => format!(
-            "kvsync may not list serviceaccounts {scope}: grant list/watch on \
-             serviceaccounts to its ServiceAccount (see README RBAC)"
-        ),
-        ReconcileErrorKind::WatchPoliciesNotFound => {
-            "the VaultAccessPolicy CRD is not installed: kubectl apply -f crds/ \
-             (or kvsync crd vaultaccesspolicies | kubectl apply -f -); until it is, \
-             no binding is synced"
-                .to_string()
-        }
-        ReconcileErrorKind::WatchPoliciesForbidden => format!(
-            "kvsync may not list {}: grant list/watch on vaultaccesspolicies.kvsync.io and \
-             namespaces to its ServiceAccount (the chart's -policies ClusterRole); until then \
-             no binding is synced",
-            watched.resource()
-        ),
-        _ => format!(
-            "the watch of {} {scope} failed; retrying with backoff",
-            watched.resource()
-        ),
-    }
-}
-
-/// Turns one watch's events into readiness, logs and metrics. A failure of a
-/// new kind is logged at ERROR, its repetitions at WARN (the watcher retries
-/// with backoff, so a lasting problem logs a line per attempt, not a flood).
-struct WatchMonitor {
-    watched: WatchedKind,
-    scope: String,
-    health: WatchHealth,
-    metrics: Arc<Metrics>,
-    failing: Option<ReconcileErrorKind>,
-}
-
-impl WatchMonitor {
-    fn new(watched: WatchedKind, scope: &str, health: &Health, metrics: Arc<Metrics>) -> Self {
-        let what = match watched {
-            WatchedKind::Secrets => "managed secrets",
-            other => other.resource(),
-        };
-        Self {
-            watched,
-            scope: scope.to_string(),
-            health: health.watch(format!("{what} {scope}")),
-            metrics,
-            failing: None,
-        }
-    }
-
-    /// Observes one event; true when it completes a listing.
-    fn observe<K>(&mut self, event: &Result<watcher::Event<K>, watcher::Error>) -> bool {
-        match event {
-            Ok(event) => {
-                if let Some(kind) = self.failing.take() {
-                    tracing::info!(watch = ?self.watched, scope = %self.scope, after = kind.as_str(), "watch recovered");
-                }
-                if matches!(event, watcher::Event::InitDone) {
-                    self.health.listed();
-                    true
-                } else {
-                    self.health.delivered();
-                    false
-                }
-            }
-            Err(e) => {
-                let Some(kind) = classify(self.watched, e) else {
-                    tracing::debug!(watch = ?self.watched, scope = %self.scope, error = %e, "watch expired; re-listing");
-                    return false;
-                };
-                self.health.failed();
-                self.metrics.reconcile_error(kind);
-                let advice = advice(kind, self.watched, &self.scope);
-                if self.failing == Some(kind) {
-                    tracing::warn!(kind = kind.as_str(), error = %e, "{advice}");
-                } else {
-                    tracing::error!(kind = kind.as_str(), error = %e, "{advice}");
-                }
-                self.failing = Some(kind);
-                false
-            }
-        }
-    }
-}
 
 /// Why a sweep may run: the clock, or a complete listing of the bindings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,86 +193,36 @@ impl Shared {
     }
 }
 
-/// kubectl's copy of the whole object as last applied: never read by kvsync.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// Drops what kvsync never reads before an object enters a store: the
-/// managed fields (often larger than the rest of the object) and kubectl's
-/// last-applied copy of it. At 10,000 bindings this is most of the memory.
-pub fn trim_meta(meta: &mut ObjectMeta) {
-    meta.managed_fields = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.remove(LAST_APPLIED);
-    }
-}
-
-/// Keeps of a namespace's metadata its name and labels (what policies
-/// select by).
-pub fn keep_labels_only(meta: &mut ObjectMeta) {
-    *meta = ObjectMeta {
-        name: meta.name.take(),
-        resource_version: meta.resource_version.take(),
-        labels: meta.labels.take(),
-        ..Default::default()
-    };
-}
-
-/// Keeps of an object's metadata only what identifies it (name, namespace,
-/// uid, resourceVersion, generation), its deletion state and finalizers, and
-/// the annotations named in `keep`: for the stores of objects kvsync reads
-/// nothing else of (bindings, its own Secrets).
-pub fn keep_only(meta: &mut ObjectMeta, keep: &[&str]) {
-    let annotations = meta.annotations.take().map(|mut a| {
-        a.retain(|k, _| keep.contains(&k.as_str()));
-        a
-    });
-    *meta = ObjectMeta {
-        name: meta.name.take(),
-        namespace: meta.namespace.take(),
-        uid: meta.uid.take(),
-        resource_version: meta.resource_version.take(),
-        generation: meta.generation.take(),
-        deletion_timestamp: meta.deletion_timestamp.take(),
-        finalizers: meta.finalizers.take(),
-        annotations: annotations.filter(|a| !a.is_empty()),
-        ..Default::default()
-    };
-}
-
-/// The objects of a watch worth a reconcile (of the managed Secrets, of
-/// namespaces): every change and deletion — but not the first listing, when
-/// every binding is reconciled anyway (a start with 10,000 Secrets would otherwise queue
-/// 10,000 reconciles at once, ahead of the bindings' jitter). Later
-/// re-listings do count: changes may hide in them.
-pub fn after_first_listing<S, K>(
-    events: S,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>>
-where
-    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
-{
-    events
-        .scan(false, |listed, event| {
-            let out = match event {
-                Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => Some(Ok(s)),
-                Ok(watcher::Event::InitApply(s)) if *listed => Some(Ok(s)),
-                Ok(watcher::Event::InitDone) => {
-                    *listed = true;
-                    None
-                }
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            };
-            std::future::ready(Some(out))
-        })
-        .filter_map(std::future::ready)
+/// What the controller of one namespace (or of all) receives from the
+/// process's watches, which the cluster-binding controller shares: each
+/// kind is listed and watched once per process ([`crate::operator`]).
+pub struct SharedWatches {
+    /// The watch of the VaultSecretBindings of this controller's namespace
+    /// (all of them, every shard's), trimmed by [`trim_meta`] only.
+    pub bindings: BoxStream<'static, Result<watcher::Event<VaultSecretBinding>, watcher::Error>>,
+    /// The namespace (or all), for the labels policies select by.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Its changes after the first listing.
+    pub namespace_changes: UnboundedReceiver<PartialObjectMeta<Namespace>>,
+    /// The ClusterVaultSecretBindings: the bindings kept for them sync
+    /// their spec and identity.
+    pub clusters: Store<ClusterVaultSecretBinding>,
+    /// Every event of their watch.
+    pub cluster_events: UnboundedReceiver<watcher::Event<ClusterVaultSecretBinding>>,
+    /// The VaultAccessPolicies.
+    pub policies: Store<VaultAccessPolicy>,
+    /// One item each time the policies changed after their first listing,
+    /// and at each re-list's end.
+    pub policy_changes: UnboundedReceiver<()>,
 }
 
 /// The controller of `replica`'s namespace (`None`: all), until `shutdown`
-/// completes. Its watches are registered with `health` when this is
-/// called, not when the future first runs, so that several controllers
-/// started together are all counted before any can report ready.
+/// completes. Its own watches (Secrets, ServiceAccounts) and that of its
+/// bindings are registered with `health` when this is called, not when the
+/// future first runs, so that several controllers started together are all
+/// counted before any can report ready.
 #[allow(clippy::too_many_arguments)]
-pub fn run(
+pub(crate) fn namespaced(
     client: kube::Client,
     access: Arc<AzureAccess>,
     settings: Settings,
@@ -428,6 +230,7 @@ pub fn run(
     health: &Health,
     replica: Replica,
     shared: &Shared,
+    watches: SharedWatches,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Future<Output = ()> + Send + 'static {
     let namespace = replica.namespace.clone();
@@ -445,29 +248,28 @@ pub fn run(
         health,
         metrics.clone(),
     );
-    let mut policies_watch =
-        WatchMonitor::new(WatchedKind::Policies, &scope, health, metrics.clone());
-    let mut namespaces_watch =
-        WatchMonitor::new(WatchedKind::Namespaces, &scope, health, metrics.clone());
     let wake_rx = shared.route(namespace.clone());
     let pollers = shared.pollers.clone();
     async move {
         let shutdown = shutdown.shared();
-        let (bindings, secrets, accounts): (
-            Api<VaultSecretBinding>,
+        let SharedWatches {
+            bindings,
+            namespaces: namespace_reader,
+            namespace_changes,
+            clusters: cluster_reader,
+            cluster_events,
+            policies: policy_reader,
+            policy_changes: policy_rx,
+        } = watches;
+        let (secrets, accounts): (
             Api<PartialObjectMeta<Secret>>,
             Api<PartialObjectMeta<ServiceAccount>>,
         ) = match &namespace {
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
                 Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
             ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
         };
         let secret_versions = crate::versions::SecretVersions::new();
         let (account_reader, account_writer) = reflector::store();
@@ -477,7 +279,11 @@ pub fn run(
             client.clone(),
             access,
             pollers,
-            Events::new(client.clone(), "kvsync", std::env::var("POD_NAME").ok()),
+            Events::new(
+                client.clone(),
+                crate::crd::names::REPORTING_CONTROLLER,
+                std::env::var("POD_NAME").ok(),
+            ),
             settings,
             metrics,
         )
@@ -487,8 +293,6 @@ pub fn run(
             ctx = ctx.with_leader(leader);
         }
         // VaultAccessPolicies and the namespaces' labels they select by.
-        let (policy_reader, policy_writer) = reflector::store();
-        let (namespace_reader, namespace_writer) = reflector::store();
         ctx = ctx.with_policies(crate::policy::view::PolicyView::new(
             settings_policy,
             policy_reader,
@@ -497,7 +301,6 @@ pub fn run(
         ));
         // ClusterVaultSecretBindings: the bindings kept for them sync their
         // spec and identity.
-        let (cluster_reader, cluster_writer) = reflector::store();
         ctx = ctx.with_clusters(crate::cluster::view::ClusterView::new(
             cluster_reader,
             namespace_reader,
@@ -514,8 +317,7 @@ pub fn run(
         let statuses = ctx.clone();
         let listing = ctx.clone();
         // Other shards' bindings never enter the store (nor memory).
-        let binding_stream = watcher(bindings, watcher::Config::default().any_semantic())
-            .default_backoff()
+        let binding_stream = bindings
             .try_filter(move |event| std::future::ready(in_shard(shard, event)))
             .modify(move |b| {
                 // A binding kept for a cluster binding is proven so by its
@@ -548,7 +350,10 @@ pub fn run(
             .applied_objects()
             .predicate_filter(binding_predicate, Default::default());
 
-        let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}=kvsync"));
+        let managed = watcher::Config::default().labels(&format!(
+            "{MANAGED_BY_LABEL}={}",
+            crate::crd::names::MANAGED_BY
+        ));
         let secret_stream = after_first_listing(
             watcher(secrets, managed)
                 .default_backoff()
@@ -569,65 +374,15 @@ pub fn run(
             });
 
         // A policy created, changed or deleted re-decides every binding at
-        // once; a namespace's labels, the bindings in it.
-        let (policy_tx, policy_rx) = futures::channel::mpsc::unbounded::<()>();
-        // Every change after the first listing, and a re-list's end (a
-        // policy deleted while the watch was down shows only as its absence).
-        let policy_stream = watcher(
-            Api::<crate::crd::policy::VaultAccessPolicy>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff()
-        .modify(|p| trim_meta(p.meta_mut()))
-        .reflect(policy_writer)
-        .scan(false, move |listed, event| {
-            policies_watch.observe(&event);
-            let trigger = match &event {
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => true,
-                Ok(watcher::Event::InitDone) => std::mem::replace(listed, true),
-                _ => false,
-            };
-            std::future::ready(Some(trigger))
-        })
-        .for_each(move |trigger| {
-            if trigger {
-                let _ = policy_tx.unbounded_send(());
-            }
-            std::future::ready(())
-        });
-        let namespaces_api =
-            Api::<PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>::all(client.clone());
-        let namespaces_config = match &namespace {
-            Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
-            None => watcher::Config::default(),
-        }
-        .any_semantic();
-        let namespace_stream = after_first_listing(
-            watcher(namespaces_api, namespaces_config)
-                .default_backoff()
-                .modify(|n| keep_labels_only(&mut n.metadata))
-                .reflect(namespace_writer)
-                .inspect(move |event| {
-                    namespaces_watch.observe(event);
-                }),
-        )
-        // Failures are the monitor's to report; the controller sees changes.
-        .filter_map(|event| std::future::ready(event.ok().map(Ok)));
+        // once (`policy_rx`); a namespace's labels, the bindings in it.
+        let namespace_stream = namespace_changes.map(Ok::<_, watcher::Error>);
         let in_namespace = reader.clone();
         // A cluster binding changed (its identity, say, which the kept
         // bindings do not show): the bindings kept for it check again.
-        let cluster_stream = after_first_listing(
-            watcher(
-                Api::<ClusterVaultSecretBinding>::all(client.clone()),
-                watcher::Config::default().any_semantic(),
-            )
-            .default_backoff()
-            .modify(|c| trim_meta(c.meta_mut()))
-            .reflect(cluster_writer),
-        )
-        // Spec changes only: its status changes with every kept binding's.
-        .predicate_filter(kube::runtime::predicates::generation, Default::default())
-        .filter_map(|event| std::future::ready(event.ok().map(Ok)));
+        let cluster_stream = after_first_listing(cluster_events.map(Ok))
+            // Spec changes only: its status changes with every kept binding's.
+            .predicate_filter(kube::runtime::predicates::generation, Default::default())
+            .filter_map(|event| std::future::ready(event.ok().map(Ok)));
         let kept_for = reader.clone();
 
         let controller = Controller::for_stream(binding_stream, reader.clone())
@@ -690,7 +445,6 @@ pub fn run(
             () = never_listed => {}
             () = sweep(ctx, reader, listed_rx, SWEEP_EVERY) => {}
             () = account_stream => {}
-            () = policy_stream => {}
         }
     }
 }
@@ -698,239 +452,6 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::core::Status;
-
-    fn api(code: u16) -> kube::Error {
-        kube::Error::Api(Status::failure("no", "x").with_code(code).boxed())
-    }
-
-    #[test]
-    fn watch_failures_are_classified_by_status_and_watch() {
-        use ReconcileErrorKind::*;
-        use WatchedKind::*;
-        let list = |c| watcher::Error::InitialListFailed(api(c));
-        assert_eq!(classify(Bindings, &list(404)), Some(WatchBindingsNotFound));
-        assert_eq!(classify(Bindings, &list(403)), Some(WatchBindingsForbidden));
-        assert_eq!(classify(Secrets, &list(403)), Some(WatchSecretsForbidden));
-        assert_eq!(classify(Secrets, &list(404)), Some(WatchOther));
-        assert_eq!(classify(Bindings, &list(500)), Some(WatchOther));
-        assert_eq!(classify(Policies, &list(404)), Some(WatchPoliciesNotFound));
-        assert_eq!(classify(Policies, &list(403)), Some(WatchPoliciesForbidden));
-        assert_eq!(
-            classify(Namespaces, &list(403)),
-            Some(WatchPoliciesForbidden)
-        );
-        assert_eq!(classify(Namespaces, &list(404)), Some(WatchOther));
-        assert_eq!(
-            classify(Bindings, &watcher::Error::WatchStartFailed(api(403))),
-            Some(WatchBindingsForbidden)
-        );
-        assert_eq!(
-            classify(Bindings, &watcher::Error::NoResourceVersion),
-            Some(WatchOther)
-        );
-        let gone = Status::failure("too old", "Expired").with_code(410).boxed();
-        assert_eq!(classify(Bindings, &watcher::Error::WatchError(gone)), None);
-    }
-
-    #[test]
-    fn advice_says_what_to_do() {
-        let scope = "in namespace ci";
-        assert!(
-            advice(
-                ReconcileErrorKind::WatchBindingsNotFound,
-                WatchedKind::Bindings,
-                scope
-            )
-            .contains("kubectl apply -f crds/")
-        );
-        let secrets = advice(
-            ReconcileErrorKind::WatchSecretsForbidden,
-            WatchedKind::Secrets,
-            scope,
-        );
-        assert!(
-            secrets.contains("may not list secrets in namespace ci"),
-            "{secrets}"
-        );
-        assert!(secrets.contains("grant list/watch on secrets"), "{secrets}");
-    }
-
-    /// Log lines written while `f` runs, plain text without colours.
-    fn logs_of(f: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Capture {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let capture = Capture::default();
-        let writer = capture.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
-    }
-
-    #[test]
-    fn a_new_kind_of_watch_failure_is_an_error_its_repeats_warnings() {
-        let health = Health::default();
-        let metrics = Arc::new(Metrics::default());
-        let mut monitor = WatchMonitor::new(
-            WatchedKind::Bindings,
-            "in namespace ci",
-            &health,
-            metrics.clone(),
-        );
-        let failed = |code| -> Result<watcher::Event<VaultSecretBinding>, watcher::Error> {
-            Err(watcher::Error::InitialListFailed(api(code)))
-        };
-        let logs = logs_of(|| {
-            assert!(!monitor.observe(&failed(404)));
-            assert!(!monitor.observe(&failed(404)));
-            assert!(!monitor.observe(&failed(403)));
-            assert!(monitor.observe(&Ok(watcher::Event::<VaultSecretBinding>::InitDone)));
-        });
-        let lines: Vec<&str> = logs.lines().collect();
-        assert_eq!(lines.len(), 4, "{logs}");
-        assert!(lines[0].contains("ERROR"), "{logs}");
-        assert!(
-            lines[0]
-                .contains("the VaultSecretBinding CRD is not installed: kubectl apply -f crds/"),
-            "{logs}"
-        );
-        assert!(lines[1].contains("WARN"), "{logs}");
-        assert!(lines[2].contains("ERROR"), "a new kind: {logs}");
-        assert!(
-            lines[2].contains("may not list vaultsecretbindings in namespace ci"),
-            "{logs}"
-        );
-        assert!(
-            lines[3].contains("INFO") && lines[3].contains("watch recovered"),
-            "{logs}"
-        );
-        let text = metrics.encode();
-        assert!(
-            text.contains(r#"kvsync_reconcile_errors_total{kind="watch_bindings_not_found"} 2"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"kvsync_reconcile_errors_total{kind="watch_bindings_forbidden"} 1"#),
-            "{text}"
-        );
-        assert!(health.is_ready());
-    }
-
-    #[test]
-    fn an_expired_resource_version_is_routine() {
-        let health = Health::default();
-        let metrics = Arc::new(Metrics::default());
-        let mut monitor = WatchMonitor::new(
-            WatchedKind::Secrets,
-            "in all namespaces",
-            &health,
-            metrics.clone(),
-        );
-        monitor.observe::<VaultSecretBinding>(&Ok(watcher::Event::InitDone));
-        let gone = || {
-            Err(watcher::Error::WatchError(
-                Status::failure("too old", "Expired").with_code(410).boxed(),
-            ))
-        };
-        let logs = logs_of(|| {
-            monitor.observe::<VaultSecretBinding>(&gone());
-            monitor.observe::<VaultSecretBinding>(&gone());
-        });
-        assert_eq!(logs, "", "debug only");
-        assert!(health.is_ready());
-        assert!(
-            metrics
-                .encode()
-                .contains(r#"kvsync_reconcile_errors_total{kind="watch_other"} 0"#)
-        );
-    }
-
-    #[test]
-    fn what_kvsync_never_reads_is_dropped_before_the_store() {
-        let mut meta: ObjectMeta = serde_json::from_value(serde_json::json!({
-            "name": "agent",
-            "annotations": {LAST_APPLIED: "{\"data\": \"...\"}", "kvsync.io/binding": "agent"},
-            "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
-        }))
-        .unwrap();
-        trim_meta(&mut meta);
-        assert!(meta.managed_fields.is_none());
-        let annotations = meta.annotations.unwrap();
-        assert!(!annotations.contains_key(LAST_APPLIED));
-        assert_eq!(annotations["kvsync.io/binding"], "agent");
-    }
-
-    #[test]
-    fn stores_of_bindings_and_secrets_keep_only_what_kvsync_reads() {
-        let mut meta: ObjectMeta = serde_json::from_value(serde_json::json!({
-            "name": "agent", "namespace": "ci", "uid": "u-1", "resourceVersion": "7",
-            "generation": 3, "finalizers": ["kvsync.io/merge"],
-            "deletionTimestamp": "2026-12-03T10:00:00Z",
-            "creationTimestamp": "2026-12-01T10:00:00Z",
-            "labels": {"team": "build"},
-            "annotations": {LAST_APPLIED: "{}", "kvsync.io/binding": "agent", "other": "x"},
-            "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "x", "uid": "u-2"}],
-            "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
-        }))
-        .unwrap();
-        keep_only(&mut meta, &["kvsync.io/binding"]);
-        assert_eq!(
-            serde_json::to_value(&meta).unwrap(),
-            serde_json::json!({
-                "name": "agent", "namespace": "ci", "uid": "u-1", "resourceVersion": "7",
-                "generation": 3, "finalizers": ["kvsync.io/merge"],
-                "deletionTimestamp": "2026-12-03T10:00:00Z",
-                "annotations": {"kvsync.io/binding": "agent"},
-            })
-        );
-        let mut bare: ObjectMeta = serde_json::from_value(serde_json::json!({
-            "name": "agent", "annotations": {"other": "x"}
-        }))
-        .unwrap();
-        keep_only(&mut bare, &[FORCE_SYNC_ANNOTATION]);
-        assert_eq!(bare.annotations, None);
-    }
-
-    fn meta(name: &str) -> PartialObjectMeta<Secret> {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-            "metadata": {"name": name, "namespace": "ci"},
-        }))
-        .unwrap()
-    }
-
-    #[tokio::test]
-    async fn the_first_listing_of_secrets_triggers_nothing_later_ones_do() {
-        use watcher::Event::*;
-        let events = futures::stream::iter(vec![
-            Ok(Init),
-            Ok(InitApply(meta("a"))),
-            Ok(InitDone),
-            Ok(Apply(meta("b"))),
-            Ok(Delete(meta("c"))),
-            Ok(Init),
-            Ok(InitApply(meta("d"))),
-            Ok(InitDone),
-        ]);
-        let names: Vec<String> = after_first_listing(events)
-            .map(|r| r.unwrap().name_any())
-            .collect()
-            .await;
-        assert_eq!(names, ["b", "c", "d"]);
-    }
 
     #[tokio::test]
     async fn wake_ups_go_to_the_controller_of_the_bindings_namespace() {

@@ -21,7 +21,10 @@
 //! - [`render`]: the Secret's data from what was read (pure), keyed by
 //!   [`hashkey`]; [`apply`] writes it, [`status`] reports it, [`rollout`]
 //!   restarts consumers; [`reason`] is the closed set of condition reasons.
-//! - [`controller`] wires the watches, [`leader`] election and [`shard`]ing;
+//! - [`operator`] is `kvsync run`: one watch per kind (per namespace
+//!   served), shared by the namespaced [`controller`] and the [`cluster`]
+//!   binding controller, with [`leader`] election and [`shard`]ing;
+//!   [`watch`] trims, filters and monitors watches for both.
 //!   [`check`] is `kvsync check`; [`devvault`] stands in for Azure.
 
 pub mod apply;
@@ -38,6 +41,7 @@ pub mod events;
 pub mod hashkey;
 pub mod leader;
 pub mod metrics;
+pub mod operator;
 pub mod plan;
 pub mod policy;
 pub mod poller;
@@ -53,3 +57,4 @@ pub mod status;
 pub mod template;
 pub mod value;
 pub mod versions;
+pub mod watch;

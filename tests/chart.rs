@@ -520,13 +520,13 @@ const POLICY_CALLS: &[(&str, &str, &str, &str)] = &[
         "",
         "namespaces",
         "list",
-        "namespace labels watch (controller; cluster::run)",
+        "namespace labels watch (operator: one per scope, for both controllers)",
     ),
     (
         "",
         "namespaces",
         "watch",
-        "namespace labels watch (controller; cluster::run)",
+        "namespace labels watch (operator: one per scope, for both controllers)",
     ),
 ];
 
@@ -537,13 +537,13 @@ const CLUSTER_BINDING_CALLS: &[(&str, &str, &str, &str)] = &[
         "kvsync.io",
         "clustervaultsecretbindings",
         "list",
-        "cluster::run and controller: cluster bindings watch",
+        "cluster bindings watch (operator: one, for both controllers)",
     ),
     (
         "kvsync.io",
         "clustervaultsecretbindings",
         "watch",
-        "cluster::run and controller: cluster bindings watch",
+        "cluster bindings watch (operator: one, for both controllers)",
     ),
     (
         "kvsync.io",

@@ -328,3 +328,74 @@ async fn a_forged_claim_reads_nothing_and_a_policy_does_not_limit_the_cluster_bi
         assert!(stack.api.get("secrets", ns, "agents").is_none(), "{ns}");
     }
 }
+
+/// The LIST requests of each kind `kvsync run` sends at start, once they
+/// have stopped coming: every kind in `expected` listed at least as often,
+/// then a second without more. Not every watch counts toward `/readyz`, so
+/// readiness alone does not say they all listed.
+async fn lists_at_start(stack: &Stack, expected: &[(&str, u64)]) -> Vec<(String, u64)> {
+    let lists = || -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> = stack
+            .api
+            .counts()
+            .into_iter()
+            .filter(|((verb, _, sub), _)| verb == "list" && sub.is_empty())
+            .map(|((_, resource, _), n)| (resource, n))
+            .collect();
+        all.sort();
+        all
+    };
+    stack
+        .wait_for("every kind listed", WITHIN, || {
+            let now = lists();
+            expected
+                .iter()
+                .all(|(kind, n)| now.iter().any(|(k, m)| k == kind && m >= n))
+                .then_some(())
+        })
+        .await;
+    let mut last = lists();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = lists();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+fn owned(expected: &[(&str, u64)]) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = expected.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn each_kind_is_listed_once_at_start_for_both_controllers() {
+    let stack = Stack::start(SEED, &[]).await;
+    let expected = [
+        ("clustervaultsecretbindings", 1),
+        ("namespaces", 1),
+        ("secrets", 1),
+        ("serviceaccounts", 1),
+        ("vaultaccesspolicies", 1),
+        ("vaultsecretbindings", 1),
+    ];
+    assert_eq!(lists_at_start(&stack, &expected).await, owned(&expected));
+}
+
+#[tokio::test]
+async fn with_namespaces_each_namespaced_kind_is_listed_once_per_namespace_at_start() {
+    let stack = Stack::start(SEED, &["--namespace", "a", "--namespace", "b"]).await;
+    // Namespaces are watched one by one (by name) where kvsync serves some.
+    let expected = [
+        ("clustervaultsecretbindings", 1),
+        ("namespaces", 2),
+        ("secrets", 2),
+        ("serviceaccounts", 2),
+        ("vaultaccesspolicies", 1),
+        ("vaultsecretbindings", 2),
+    ];
+    assert_eq!(lists_at_start(&stack, &expected).await, owned(&expected));
+}

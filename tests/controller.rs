@@ -350,25 +350,25 @@ fn operator_as(f: &support::Fixture, fake: Fake, replica: kvsync::controller::Re
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = futures::channel::oneshot::channel::<()>();
-    let run = tokio::spawn(kvsync::controller::run(
-        client,
-        access,
-        Settings {
-            default_refresh: Duration::from_secs(300),
-            rollout_window: Duration::from_millis(300),
-            hash_key: kvsync::hashkey::HashKey::new(b"test-key"),
-            force_sync_cooldown: Duration::ZERO,
-            status_heartbeat: Duration::from_secs(900),
-            concurrency: 8,
-            access_policy: kvsync::policy::Mode::Open,
+    let run = tokio::spawn(kvsync::operator::controllers(
+        kvsync::operator::Controllers {
+            client,
+            access,
+            settings: Settings {
+                default_refresh: Duration::from_secs(300),
+                rollout_window: Duration::from_millis(300),
+                hash_key: kvsync::hashkey::HashKey::new(b"test-key"),
+                force_sync_cooldown: Duration::ZERO,
+                status_heartbeat: Duration::from_secs(900),
+                concurrency: 8,
+                access_policy: kvsync::policy::Mode::Open,
+            },
+            metrics: metrics.clone(),
+            namespaces: vec!["ci".into()],
+            leader: replica.leader,
+            shard: replica.shard,
         },
-        metrics.clone(),
         &health,
-        kvsync::controller::Replica {
-            namespace: Some("ci".into()),
-            ..replica
-        },
-        &kvsync::controller::Shared::start(),
         async move {
             let _ = stopped.await;
         },

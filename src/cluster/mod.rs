@@ -18,12 +18,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
@@ -42,23 +43,23 @@ const RETRY: Duration = Duration::from_secs(10);
 
 /// Failures of the Kubernetes API (retried with backoff).
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum ClusterError {
     /// A Kubernetes API call failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
 
 /// What the cluster-binding reconciles share.
-pub struct Context {
+pub struct ClusterContext {
     client: kube::Client,
     bindings: Arc<Mutex<BindingIndex>>,
-    namespaces: Store<PartialObjectMeta<Namespace>>,
+    namespaces: Namespaces,
     /// `--namespace`: only these (`None`: every namespace).
     scope: Option<Vec<String>>,
     leader: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
-impl Context {
+impl ClusterContext {
     fn may_write(&self) -> bool {
         self.leader.as_ref().is_none_or(|l| *l.borrow())
     }
@@ -66,14 +67,13 @@ impl Context {
 
 async fn reconcile(
     cluster: Arc<ClusterVaultSecretBinding>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
+    ctx: Arc<ClusterContext>,
+) -> Result<Action, ClusterError> {
     if !ctx.may_write() || cluster.meta().deletion_timestamp.is_some() {
         // Deleted: the garbage collector removes the bindings it owns.
         return Ok(Action::await_change());
     }
-    let listed = ctx.bindings.lock().expect("binding index").listed()
-        && ctx.namespaces.wait_until_ready().now_or_never().is_some();
+    let listed = ctx.bindings.lock().expect("binding index").listed() && ctx.namespaces.listed();
     if !listed {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
@@ -168,7 +168,7 @@ async fn reconcile(
 /// server now, is gone or no longer selected — the watches' caches may lag,
 /// and a removal takes a Secret away.
 async fn removal_confirmed(
-    ctx: &Context,
+    ctx: &ClusterContext,
     cluster: &ClusterVaultSecretBinding,
     plan: &fanout::Plan,
     ns: &str,
@@ -188,7 +188,7 @@ async fn removal_confirmed(
 /// and is never taken over), applied over the one kvsync made otherwise.
 /// On failure: what to report, and whether to retry soon.
 async fn write_child(
-    ctx: &Context,
+    ctx: &ClusterContext,
     cluster: &ClusterVaultSecretBinding,
     ns: &str,
     known: bool,
@@ -280,37 +280,149 @@ async fn write_status(
     Ok(())
 }
 
-fn error_policy(cluster: Arc<ClusterVaultSecretBinding>, error: &Error, _: Arc<Context>) -> Action {
+fn error_policy(
+    cluster: Arc<ClusterVaultSecretBinding>,
+    error: &ClusterError,
+    _: Arc<ClusterContext>,
+) -> Action {
     tracing::warn!(cluster_binding = %cluster.name_any(), error = %error, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
 
+/// The namespaces served, as the shared watches hold them: one store of
+/// every namespace, or (with `--namespace`) one per namespace served, each
+/// filled by its own watch.
+#[derive(Clone)]
+pub struct Namespaces(Vec<Store<PartialObjectMeta<Namespace>>>);
+
+impl Namespaces {
+    /// From the stores of the namespaces' watches.
+    pub fn new(stores: Vec<Store<PartialObjectMeta<Namespace>>>) -> Self {
+        Self(stores)
+    }
+
+    /// Whether every store holds a complete listing.
+    fn listed(&self) -> bool {
+        self.0
+            .iter()
+            .all(|s| s.wait_until_ready().now_or_never().is_some())
+    }
+
+    fn state(&self) -> Vec<Arc<PartialObjectMeta<Namespace>>> {
+        self.0.iter().flat_map(|s| s.state()).collect()
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<PartialObjectMeta<Namespace>>> {
+        let key = ObjectRef::new(name);
+        self.0.iter().find_map(|s| s.get(&key))
+    }
+}
+
+/// Feeds the cluster controller's [`BindingIndex`] from the namespaced
+/// controller's watch of the VaultSecretBindings (one watch per scope,
+/// listed once for both), before that watch drops what only the cluster
+/// controller reads (spec, status, other shards' bindings).
+#[derive(Clone)]
+pub struct BindingFeed {
+    index: Arc<Mutex<BindingIndex>>,
+    changed: UnboundedSender<VaultSecretBinding>,
+    relisted: UnboundedSender<()>,
+}
+
+impl BindingFeed {
+    /// Observes one event of the watch of `scope` (`None`: all namespaces).
+    /// Only what changes a decision or a report goes on: a heartbeat or an
+    /// edit elsewhere in a binding does not. Failures are the namespaced
+    /// controller's watch monitor's to report.
+    pub fn observe(
+        &self,
+        scope: Option<&str>,
+        event: &Result<watcher::Event<VaultSecretBinding>, watcher::Error>,
+    ) {
+        let Ok(e) = event else { return };
+        let relevant = self.index.lock().expect("binding index").apply(scope, e);
+        match e {
+            watcher::Event::Apply(b) | watcher::Event::Delete(b) if relevant => {
+                let _ = self.changed.unbounded_send(b.clone());
+            }
+            watcher::Event::InitDone => {
+                let _ = self.relisted.unbounded_send(());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What the cluster-binding controller receives from the process's shared
+/// watches.
+pub struct ClusterWatches {
+    /// The ClusterVaultSecretBindings.
+    pub clusters: Store<ClusterVaultSecretBinding>,
+    /// Every event of their watch.
+    pub cluster_events: UnboundedReceiver<watcher::Event<ClusterVaultSecretBinding>>,
+    /// The namespaces served.
+    pub namespaces: Namespaces,
+    /// The namespaces that changed, after each watch's first listing.
+    pub namespace_changes: UnboundedReceiver<PartialObjectMeta<Namespace>>,
+    bindings: Arc<Mutex<BindingIndex>>,
+    binding_changes: UnboundedReceiver<VaultSecretBinding>,
+    relisted: UnboundedReceiver<()>,
+}
+
+impl ClusterWatches {
+    /// The cluster controller's inputs from `clusters`, `namespaces` and
+    /// their changes, and the [`BindingFeed`] that the watch of each of
+    /// `scopes` (the namespaces served, or `[None]`) feeds.
+    pub fn new(
+        clusters: Store<ClusterVaultSecretBinding>,
+        cluster_events: UnboundedReceiver<watcher::Event<ClusterVaultSecretBinding>>,
+        namespaces: Namespaces,
+        namespace_changes: UnboundedReceiver<PartialObjectMeta<Namespace>>,
+        scopes: Vec<Option<String>>,
+    ) -> (Self, BindingFeed) {
+        let bindings = Arc::new(Mutex::new(BindingIndex::new(scopes)));
+        let (changed, binding_changes) = futures::channel::mpsc::unbounded();
+        let (relisted_tx, relisted) = futures::channel::mpsc::unbounded();
+        let feed = BindingFeed {
+            index: bindings.clone(),
+            changed,
+            relisted: relisted_tx,
+        };
+        let watches = Self {
+            clusters,
+            cluster_events,
+            namespaces,
+            namespace_changes,
+            bindings,
+            binding_changes,
+            relisted,
+        };
+        (watches, feed)
+    }
+}
+
 /// The cluster-binding controller until `shutdown` completes. `scope`:
-/// the namespaces kvsync serves (`--namespace`; `None`: all). Watch
-/// failures are logged and retried; the namespaced controllers' watches
-/// are what `/readyz` reports.
-pub async fn run(
+/// the namespaces kvsync serves (`--namespace`; `None`: all). Its watches
+/// are shared with the namespaced controllers, whose monitors report their
+/// failures to `/readyz`.
+pub(crate) async fn controller(
     client: kube::Client,
+    watches: ClusterWatches,
     scope: Option<Vec<String>>,
     leader: Option<tokio::sync::watch::Receiver<bool>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    {
-        let (namespace_reader, namespace_writer) = reflector::store();
-        let (cluster_reader, cluster_writer) = reflector::store::<ClusterVaultSecretBinding>();
-
-        let clusters = watcher(
-            Api::<ClusterVaultSecretBinding>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff()
-        .modify(|c| crate::controller::trim_meta(c.meta_mut()))
-        .reflect(cluster_writer)
-        .inspect(|e| {
-            if let Err(e) = e {
-                tracing::warn!(error = %e, "watch of clustervaultsecretbindings failed; retrying");
-            }
-        })
+    let ClusterWatches {
+        clusters: cluster_reader,
+        cluster_events,
+        namespaces,
+        namespace_changes,
+        bindings: index,
+        binding_changes,
+        relisted,
+    } = watches;
+    let clusters = cluster_events
+        .map(Ok::<_, watcher::Error>)
         .applied_objects()
         // Its own status writes are no reason to decide again.
         .predicate_filter(
@@ -318,6 +430,7 @@ pub async fn run(
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 c.meta().generation.hash(&mut h);
+                // names:
                 c.annotations()
                     .get(crate::reconcile::FORCE_SYNC_ANNOTATION)
                     .hash(&mut h);
@@ -325,22 +438,10 @@ pub async fn run(
             },
             Default::default(),
         );
-
-        let namespaces = crate::controller::after_first_listing(
-            watcher(
-                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                watcher::Config::default().any_semantic(),
-            )
-            .default_backoff()
-            .modify(|n| {
-                let deleting = n.metadata.deletion_timestamp.take();
-                crate::controller::keep_labels_only(&mut n.metadata);
-                n.metadata.deletion_timestamp = deleting;
-            })
-            .reflect(namespace_writer),
-        )
-        // Labels and deletion decide; any other metadata change does not
-        // (a cluster creating namespaces all day must not stall the rest).
+    // Labels and deletion decide; any other metadata change does not
+    // (a cluster creating namespaces all day must not stall the rest).
+    let namespace_changes = namespace_changes
+        .map(Ok::<_, watcher::Error>)
         .predicate_filter(
             |n: &PartialObjectMeta<Namespace>| {
                 use std::hash::{Hash, Hasher};
@@ -350,117 +451,71 @@ pub async fn run(
                 Some(h.finish())
             },
             Default::default(),
-        )
-        .filter_map(|e| std::future::ready(e.ok().map(Ok)));
+        );
+    let bindings = binding_changes.map(Ok::<_, watcher::Error>);
 
-        // The bindings: of every namespace, or of each one served.
-        let scopes: Vec<Option<String>> = match &scope {
-            Some(list) => list.iter().cloned().map(Some).collect(),
-            None => vec![None],
-        };
-        let index = Arc::new(Mutex::new(BindingIndex::new(scopes.clone())));
-        // A re-list's end re-decides every cluster binding (what it dropped
-        // shows only as an absence).
-        let (relisted_tx, relisted_rx) = futures::channel::mpsc::unbounded::<()>();
-        let watches = scopes.into_iter().map(|s| {
-            let api = match &s {
-                Some(ns) => Api::<VaultSecretBinding>::namespaced(client.clone(), ns),
-                None => Api::all(client.clone()),
-            };
-            let fed = index.clone();
-            let relisted = relisted_tx.clone();
-            watcher(api, watcher::Config::default().any_semantic())
-                .default_backoff()
-                .modify(|b| crate::controller::trim_meta(b.meta_mut()))
-                // Only what changes a decision or a report goes on: a
-                // heartbeat or an edit elsewhere in a binding does not.
-                .filter_map(move |event| {
-                    let out = match event {
-                        Ok(e) => {
-                            let relevant = fed.lock().expect("binding index").apply(s.as_deref(), &e);
-                            match e {
-                                watcher::Event::Apply(b) | watcher::Event::Delete(b) if relevant => {
-                                    Some(Ok(b))
-                                }
-                                watcher::Event::InitDone => {
-                                    let _ = relisted.unbounded_send(());
-                                    None
-                                }
-                                _ => None,
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "watch of vaultsecretbindings (for cluster bindings) failed; retrying");
-                            None
-                        }
-                    };
-                    std::future::ready(out)
-                })
-                .boxed()
-        });
-        let bindings = futures::stream::select_all(watches);
-
-        let ctx = Arc::new(Context {
-            client: client.clone(),
-            bindings: index,
-            namespaces: namespace_reader,
-            scope,
-            leader: leader.clone(),
-        });
-        let all_clusters = cluster_reader.clone();
-        let same_target = cluster_reader.clone();
-        let labels_of = ctx.namespaces.clone();
-        Controller::for_stream(clusters, cluster_reader)
-            // A namespace created, labelled or unlabelled: every cluster
-            // binding decides again.
-            .watches_stream(namespaces, move |_| {
-                all_clusters
+    let ctx = Arc::new(ClusterContext {
+        client: client.clone(),
+        bindings: index,
+        namespaces,
+        scope,
+        leader: leader.clone(),
+    });
+    let all_clusters = cluster_reader.clone();
+    let same_target = cluster_reader.clone();
+    let labels_of = ctx.namespaces.clone();
+    Controller::for_stream(clusters, cluster_reader)
+        // A namespace created, labelled or unlabelled: every cluster
+        // binding decides again.
+        .watches_stream(namespace_changes, move |_| {
+            all_clusters
+                .state()
+                .iter()
+                .map(|c| ObjectRef::from_obj(&**c))
+                .collect::<Vec<_>>()
+        })
+        // A kept binding's report (its parent shows it), or a
+        // namespace's own binding that may take a Secret's name — for
+        // the cluster bindings that select its namespace only.
+        .watches_stream(bindings, move |b| match index::concerns(&b) {
+            Concerns::Child(parent) => vec![ObjectRef::new(&parent)],
+            Concerns::Own {
+                namespace,
+                name,
+                target,
+            } => {
+                let labels = labels_of
+                    .get(&namespace)
+                    .map(|n| n.labels().clone())
+                    .unwrap_or_default();
+                same_target
                     .state()
                     .iter()
+                    .filter(|c| {
+                        let n = c.name_any();
+                        (n == name || c.spec.sync.target_name(&n) == target)
+                            && c.spec.selects(&namespace, &labels)
+                    })
                     .map(|c| ObjectRef::from_obj(&**c))
-                    .collect::<Vec<_>>()
-            })
-            // A kept binding's report (its parent shows it), or a
-            // namespace's own binding that may take a Secret's name — for
-            // the cluster bindings that select its namespace only.
-            .watches_stream(bindings, move |b| match index::concerns(&b) {
-                Concerns::Child(parent) => vec![ObjectRef::new(&parent)],
-                Concerns::Own {
-                    namespace,
-                    name,
-                    target,
-                } => {
-                    let labels = labels_of
-                        .get(&ObjectRef::new(&namespace))
-                        .map(|n| n.labels().clone())
-                        .unwrap_or_default();
-                    same_target
-                        .state()
-                        .iter()
-                        .filter(|c| {
-                            let n = c.name_any();
-                            (n == name || c.spec.sync.target_name(&n) == target)
-                                && c.spec.selects(&namespace, &labels)
-                        })
-                        .map(|c| ObjectRef::from_obj(&**c))
-                        .collect()
-                }
-            })
-            .reconcile_all_on(relisted_rx)
-            .reconcile_all_on(
-                crate::leader::changes(leader)
-                    .filter_map(|leads| std::future::ready(leads.then_some(()))),
-            )
-            .graceful_shutdown_on(shutdown)
-            .run(reconcile, error_policy, ctx)
-            .for_each(|result| async move {
-                match result {
-                    Ok((obj, _)) => tracing::debug!(cluster_binding = %obj, "reconciled"),
-                    Err(e) => tracing::debug!(error = %e, "cluster binding reconcile error"),
-                }
-            })
-            .await;
-    }
+                    .collect()
+            }
+        })
+        // A re-list's end re-decides every cluster binding (what it
+        // dropped shows only as an absence).
+        .reconcile_all_on(relisted)
+        .reconcile_all_on(
+            crate::leader::changes(leader)
+                .filter_map(|leads| std::future::ready(leads.then_some(()))),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(cluster_binding = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "cluster binding reconcile error"),
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]

@@ -134,6 +134,7 @@ fn the_child_names_its_owner_and_copies_the_spec_without_the_identity() {
         "namespaces": ["a"],
         "identity": {"serviceAccountRef": {"namespace": "platform", "name": "agents-reader"}},
     }));
+    // names: FORCE_SYNC_ANNOTATION (twice in this test)
     c.metadata.annotations = Some(BTreeMap::from([(
         FORCE_SYNC_ANNOTATION.to_string(),
         "7".to_string(),
