@@ -57,9 +57,9 @@
 //!    them). tenant-a's binding: `VaultTimeout` at 10 s, Synced at 102.6 s
 //!    (its share is 4 reads at a time: 300 × 1 s / 4), 341 GETs + 24
 //!    versions-listing pages for 300 pins, and Ready from then on (0 of
-//!    1,441 samples not Ready after). Per 33 s cycle window: 38, then 1 GET
-//!    + 12 versions pages (one listing of the pinned name, 25 a page).
-//!    Operator peak RSS 20.6 MiB.
+//!    1,441 samples not Ready after). Per 33 s cycle window: 38 GETs, then
+//!    1 GET and 12 versions pages (one listing of the pinned name, 25 a
+//!    page). Operator peak RSS 20.6 MiB.
 
 #[path = "../tests/support/apiserver.rs"]
 mod apiserver;

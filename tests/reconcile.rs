@@ -984,6 +984,10 @@ async fn owner_to_merge_gives_up_the_owner_reference_before_sharing() {
         released.get("data").is_none() && released["metadata"].get("ownerReferences").is_none(),
         "applying nothing as kvsync drops its owner reference, label and keys: {released}"
     );
+    assert_eq!(
+        released["type"], "Opaque",
+        "the type is kept (a typed Secret refuses a change to Opaque): {released}"
+    );
     expect(
         &mut s.handle,
         "GET",

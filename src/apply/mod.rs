@@ -445,15 +445,39 @@ pub async fn release_fields(
     name: &str,
     manager: &str,
 ) -> Result<(), kube::Error> {
+    release(api, name, manager, None).await
+}
+
+/// [`release_fields`] of kvsync's own manager on Owner/Orphan -> Merge,
+/// keeping the Secret's `type` (`type_`, as read): a Merge apply sets no
+/// type, so released it would be defaulted to `Opaque` — which a typed
+/// Secret (`kubernetes.io/tls`, dockerconfigjson) refuses as immutable.
+pub async fn release_owner_fields(
+    api: &Api<Secret>,
+    name: &str,
+    type_: Option<&str>,
+) -> Result<(), kube::Error> {
+    release(api, name, FIELD_MANAGER, type_).await
+}
+
+async fn release(
+    api: &Api<Secret>,
+    name: &str,
+    manager: &str,
+    type_: Option<&str>,
+) -> Result<(), kube::Error> {
     for _ in 0..3 {
         let Some(current) = api.get_metadata_opt(name).await? else {
             return Ok(());
         };
-        let patch = serde_json::json!({
+        let mut patch = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": name, "resourceVersion": current.metadata.resource_version},
         });
+        if let Some(t) = type_ {
+            patch["type"] = t.into();
+        }
         match api
             .patch(name, &PatchParams::apply(manager), &Patch::Apply(&patch))
             .await

@@ -345,7 +345,11 @@ impl Inner {
                 match st.index.listing_for_read(Instant::now(), max_age, force) {
                     ListingNeed::Fresh(items) => Ok(items),
                     ListingNeed::Refused(f) => return Err(ReadError::Vault(f)),
-                    ListingNeed::Fetch => Err(self.fetch(&mut st, FetchKey::List, &lane)),
+                    // The listing serves every namespace's `select`: it
+                    // waits in no one namespace's share.
+                    ListingNeed::Fetch => {
+                        Err(self.fetch(&mut st, FetchKey::List, &Lane::Read(None)))
+                    }
                 }
             };
             match pending {
@@ -661,12 +665,16 @@ impl Poller {
         }
         let keys = {
             let st = inner.lock();
-            let mut keys = work.gets;
-            if work.list {
-                let mut after = st.index.after_listing();
-                after.retain(|k| !keys.contains(k));
-                keys.extend(st.index.fair_order(after));
-            }
+            // What the listing shows changed first (a rotation waits behind
+            // no one's pin checks: a pinned value cannot change), then the
+            // rest of the cycle's work, each fairly ordered by namespace.
+            let mut keys = if work.list {
+                st.index.fair_order(st.index.after_listing())
+            } else {
+                Vec::new()
+            };
+            let first: std::collections::HashSet<FetchKey> = keys.iter().cloned().collect();
+            keys.extend(work.gets.into_iter().filter(|k| !first.contains(k)));
             keys
         };
         inner.cycle_fetch(keys).await;

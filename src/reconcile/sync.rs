@@ -435,7 +435,7 @@ async fn take_over_for_merge(
     apply::apply(secrets, &taken, &merge_manager, false)
         .await
         .map_err(write_error)?;
-    apply::release_fields(secrets, target, names::FIELD_MANAGER).await?;
+    apply::release_owner_fields(secrets, target, owned.type_.as_deref()).await?;
     Ok(())
 }
 

@@ -82,6 +82,15 @@ impl Index {
                         .iter()
                         .find(|i| i.version().eq_ignore_ascii_case(&version));
                     match item {
+                        // A version that was there and is no longer
+                        // listed: a GET must confirm it (only Azure's
+                        // SecretNotFound makes it missing — a short or
+                        // oddly paged listing must not drop a key).
+                        None if matches!(entry.known, Known::Value { .. }) => {
+                            entry.known = Known::Unknown;
+                            entry.failure = None;
+                            entry.checked = None;
+                        }
                         None => {
                             drop_value = value_version(&entry.known);
                             entry.known = Known::Missing;

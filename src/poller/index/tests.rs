@@ -456,6 +456,38 @@ fn a_missing_pinned_version_is_not_read_again_each_cycle() {
     assert!(idx.after_versions(t1).is_empty());
 }
 
+#[test]
+fn a_read_pinned_version_the_listing_no_longer_shows_is_confirmed_by_a_get() {
+    let pinned_spec = "secrets: [{name: db, version: abc}]";
+    let mut idx = index(&[("p", pinned_spec)], &[]);
+    let t0 = Instant::now();
+    let key = pinned("db", "abc");
+    idx.apply_get(&key, got("abc", "x", 100), 200, t0);
+    woken(&mut idx);
+    // A short (or oddly paged) listing without it: not "missing" on that
+    // alone — a GET must tell, and until it answers the value is served.
+    idx.apply_versions("db", Ok(vec![version_item("db", "other", true)]), t0);
+    assert_eq!(idx.after_versions(t0), [key.clone()], "one GET confirms");
+    assert!(
+        !matches!(
+            answer(&mut idx, "p", pinned_spec, &[]).map(|a| a["db"].clone()),
+            Ok(Fetched::Missing)
+        ),
+        "never missing on the listing's word alone"
+    );
+    // Azure's SecretNotFound makes it missing.
+    let nf = KeyVaultError::NotFound {
+        vault: "v".into(),
+        name: "db".into(),
+        version: Some("abc".into()),
+    };
+    idx.apply_get(&key, failed(nf), 300, t0);
+    assert!(matches!(
+        answer(&mut idx, "p", pinned_spec, &[]).unwrap()["db"],
+        Fetched::Missing
+    ));
+}
+
 fn failed_items(e: KeyVaultError) -> Result<Vec<SecretItem>, Failure> {
     Err(Arc::new(e.into()))
 }
