@@ -41,7 +41,7 @@
 //!
 //! Fairness: reads (what a reconcile or `kvsync check` waits on) and cycles
 //! have their own permits, so background work never queues ahead of a
-//! sync; one namespace holds at most [`NAMESPACE_SHARE`] of the read permits;
+//! sync; one namespace holds at most `NAMESPACE_SHARE` (4) of the read permits;
 //! a cycle sends its requests round-robin by namespace (`fair`). A read
 //! that gives up waiting registers what it planned, so the requests it
 //! started still fill the cache and wake it.

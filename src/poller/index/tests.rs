@@ -467,7 +467,11 @@ fn a_read_pinned_version_the_listing_no_longer_shows_is_confirmed_by_a_get() {
     // A short (or oddly paged) listing without it: not "missing" on that
     // alone — a GET must tell, and until it answers the value is served.
     idx.apply_versions("db", Ok(vec![version_item("db", "other", true)]), t0);
-    assert_eq!(idx.after_versions(t0), std::slice::from_ref(&key), "one GET confirms");
+    assert_eq!(
+        idx.after_versions(t0),
+        std::slice::from_ref(&key),
+        "one GET confirms"
+    );
     assert!(
         !matches!(
             answer(&mut idx, "p", pinned_spec, &[]).map(|a| a["db"].clone()),
