@@ -432,7 +432,7 @@ pub(crate) async fn controller(
                 c.meta().generation.hash(&mut h);
                 // names:
                 c.annotations()
-                    .get(crate::reconcile::FORCE_SYNC_ANNOTATION)
+                    .get(crate::crd::names::FORCE_SYNC_ANNOTATION)
                     .hash(&mut h);
                 Some(h.finish())
             },

@@ -96,7 +96,21 @@ impl VaultSecretBindingSpec {
         let mut errs = Vec::new();
         let mut push = |field: String, message: String| errs.push(FieldError { field, message });
 
-        check_vault_url(&self.vault_url, &mut push);
+        self.check_sources(&mut push);
+        self.check_picks(&mut push);
+        self.check_identity(&mut push);
+        self.check_target(&mut push);
+
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(errs))
+        }
+    }
+
+    /// The vault URL, that something is read, certificates and the template.
+    fn check_sources(&self, push: &mut impl FnMut(String, String)) {
+        check_vault_url(&self.vault_url, push);
 
         if self.secrets.is_empty() && self.select.is_none() && self.certificates.is_empty() {
             push(
@@ -220,8 +234,12 @@ impl VaultSecretBindingSpec {
                 );
             }
         }
+    }
+
+    /// Explicit picks and the `select`.
+    fn check_picks(&self, push: &mut impl FnMut(String, String)) {
         for (i, pick) in self.secrets.iter().enumerate() {
-            check_pick(i, pick, &mut push);
+            check_pick(i, pick, push);
         }
 
         if let Some(sel) = &self.select {
@@ -253,7 +271,10 @@ impl VaultSecretBindingSpec {
                 );
             }
         }
+    }
 
+    /// `spec.identity`: one kind, ids that cannot redirect a credential.
+    fn check_identity(&self, push: &mut impl FnMut(String, String)) {
         if let Some(id) = &self.identity {
             let variants = [
                 id.service_account_name.is_some(),
@@ -327,7 +348,10 @@ impl VaultSecretBindingSpec {
                 );
             }
         }
+    }
 
+    /// The target Secret, the refresh interval and the rollout targets.
+    fn check_target(&self, push: &mut impl FnMut(String, String)) {
         if let Some(t) = &self.target {
             if let Some(name) = &t.name
                 && !is_dns1123_subdomain(name)
@@ -371,12 +395,6 @@ impl VaultSecretBindingSpec {
                     format!("{:?} is not a workload name", r.name),
                 );
             }
-        }
-
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(ValidationErrors(errs))
         }
     }
 }
