@@ -13,6 +13,7 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KVSYNC_LOG_FORMAT")]
     pub log_format: LogFormat,
 
+    /// What to do: run the operator, check a binding, print the CRDs, …
     #[command(subcommand)]
     pub command: Command,
 }
@@ -76,6 +77,7 @@ pub struct RunArgs {
     /// Watch only this namespace (repeatable); default: all namespaces.
     #[arg(long = "namespace")]
     pub namespaces: Vec<String>,
+    /// Which vault hosts the operator may send tokens to, and how.
     #[command(flatten)]
     pub vault: VaultArgs,
     /// Address of /metrics, /healthz and /readyz.
@@ -144,6 +146,7 @@ pub struct CheckArgs {
     /// The mode to decide in, as the operator's `--access-policy`.
     #[arg(long, value_enum, default_value_t = crate::policy::Mode::Open)]
     pub access_policy: crate::policy::Mode,
+    /// The operator's vault flags, so `check` allows the same hosts it would.
     #[command(flatten)]
     pub vault: VaultArgs,
 }

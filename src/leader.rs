@@ -80,11 +80,19 @@ pub struct LeaderConfig {
 /// A leader-election configuration that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LeaderError {
+    /// The renew deadline is under 2 s or not below the lease duration, so
+    /// a leader could lose the Lease while it still writes.
     #[error(
         "leader election: lease duration {lease:?} and renew deadline {renew:?} do not fit: \
          need renew deadline >= 2s and lease duration > renew deadline (e.g. 15s and 10s)"
     )]
-    Timing { lease: Duration, renew: Duration },
+    Timing {
+        /// The configured lease duration.
+        lease: Duration,
+        /// The configured renew deadline.
+        renew: Duration,
+    },
+    /// The Lease's namespace, its name or this replica's identity is empty.
     #[error("leader election: the Lease namespace, name and identity must not be empty")]
     Empty,
 }

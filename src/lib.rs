@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! kvsync: a Kubernetes operator that keeps native Secrets in step with Azure Key Vault.
 //!
 //! How the pieces relate. Arrows point the way the imports go: a module

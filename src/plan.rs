@@ -79,15 +79,23 @@ pub enum PlanError {
         "vault secrets {first} and {second} both map to key {key}: set an explicit key on one of them in spec.secrets"
     )]
     KeyCollision {
+        /// The Secret key both would be written under.
         key: String,
+        /// The vault secret planned first under that key.
         first: String,
+        /// The vault secret whose key collides with `first`'s.
         second: String,
     },
     /// A key is not valid in a Secret.
     #[error(
         "key {key:?} (from vault secret {secret}) is not a valid Secret key: keys are letters, digits, '-', '_' and '.'; set spec.secrets[].key"
     )]
-    InvalidKey { key: String, secret: String },
+    InvalidKey {
+        /// The Secret key as named or derived by `select`'s transform.
+        key: String,
+        /// The vault secret the key is for.
+        secret: String,
+    },
 }
 
 impl PlanError {

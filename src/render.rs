@@ -22,9 +22,14 @@ pub const EXPIRY_WARNING_SECS: i64 = 7 * 86400;
 pub enum Fetched {
     /// The value and its version's attributes.
     Value {
+        /// What goes under the planned key.
         value: SecretValue,
+        /// The version read, reported in `status.secrets`.
         version: String,
+        /// When that version was last updated (unix seconds), for `status.secrets`.
         updated: Option<i64>,
+        /// When it expires (unix seconds), which `onExpired` and
+        /// `ExpiringSoon` act on.
         expires: Option<i64>,
     },
     /// The secret (version) is disabled.
@@ -81,17 +86,26 @@ pub enum RenderError {
     #[error(
         "secret {name} was not found in the vault: create it, fix the name, or mark the pick optional: true"
     )]
-    Missing { name: String },
+    Missing {
+        /// The vault secret a required pick names.
+        name: String,
+    },
     /// A required secret is disabled and the policy says fail.
     #[error(
         "secret {name} is disabled in the vault (onDisabled: Fail): enable it, or set onDisabled: Remove or KeepLast"
     )]
-    Disabled { name: String },
+    Disabled {
+        /// The vault secret that is disabled.
+        name: String,
+    },
     /// The Secret would exceed Kubernetes' 1 MiB limit.
     #[error(
         "the Secret would hold {bytes} bytes, over Kubernetes' 1 MiB limit: split the binding or pick fewer secrets"
     )]
-    TooLarge { bytes: usize },
+    TooLarge {
+        /// The size the Secret's data would have.
+        bytes: usize,
+    },
     /// A certificate or a template failed (see [`crate::shape`]).
     #[error(transparent)]
     Shape(#[from] crate::shape::ShapeError),

@@ -32,12 +32,22 @@ impl Default for Shard {
 /// Why a `--shard` value was refused; each message says what is accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ShardParseError {
+    /// Not two decimal numbers around a `/` (the value as given).
     #[error("--shard {0:?}: expected I/N with decimal digits only, e.g. 0/2 (shard 0 of 2)")]
     Format(String),
+    /// A shard count of 0, which would own no binding (the value as given).
     #[error("--shard {0:?}: the shard count N must be at least 1")]
     ZeroCount(String),
     #[error("--shard {value:?}: the index must be below the count (0..={max} for {count} shards)")]
-    IndexOutOfRange { value: String, count: u32, max: u32 },
+    /// An index at or past the count.
+    IndexOutOfRange {
+        /// The `--shard` value as given.
+        value: String,
+        /// The shard count it names.
+        count: u32,
+        /// The largest index that count allows (`count - 1`).
+        max: u32,
+    },
 }
 
 /// 2^64: the end of the hash space, one past the largest hash.

@@ -26,22 +26,36 @@ pub enum ApplyError {
     #[error(
         "Secret {name} already exists and is not managed by kvsync: delete it, choose another target.name, or use target.policy: Merge to add keys to it"
     )]
-    NotManaged { name: String },
+    NotManaged {
+        /// The target Secret, in the binding's namespace.
+        name: String,
+    },
     /// Another binding writes that Secret.
     #[error("Secret {name} is written by binding {other}: choose another target.name")]
-    OwnedByOtherBinding { name: String, other: String },
+    OwnedByOtherBinding {
+        /// The target Secret, in the binding's namespace.
+        name: String,
+        /// The binding that writes it (its annotation), in the same namespace.
+        other: String,
+    },
     /// Merge needs an existing Secret.
     #[error(
         "target.policy Merge adds keys to an existing Secret, and Secret {name} does not exist: create it, or use policy Owner"
     )]
-    MergeTargetMissing { name: String },
+    MergeTargetMissing {
+        /// The target Secret, in the binding's namespace.
+        name: String,
+    },
     /// The Secret's type differs and Kubernetes cannot change it.
     #[error(
         "Secret {name} has type {current} but the binding asks for {wanted}; Kubernetes cannot change a Secret's type: delete the Secret (kvsync writes it again) or set target.type: {current}"
     )]
     TypeMismatch {
+        /// The target Secret, in the binding's namespace.
         name: String,
+        /// The type the existing Secret has.
         current: String,
+        /// The type the binding's `target.type` asks for.
         wanted: String,
     },
 }
@@ -327,7 +341,12 @@ pub enum WriteError {
     /// The API server refused the Secret: validation of its type, an
     /// immutable Secret, an admission webhook, RBAC. The user's to fix.
     #[error("the API server rejected Secret {name}: {message}")]
-    Rejected { name: String, message: String },
+    Rejected {
+        /// The target Secret, in the binding's namespace.
+        name: String,
+        /// The API server's reason, as it gave it.
+        message: String,
+    },
     /// Merge would take keys that another field manager owns.
     #[error(
         "Secret {name}: key(s) {} are owned by {}; policy Merge never takes a key someone else wrote: \
@@ -337,8 +356,11 @@ pub enum WriteError {
         managers.iter().map(|m| format!("field manager {m:?}")).collect::<Vec<_>>().join(", ")
     )]
     MergeConflict {
+        /// The target Secret, in the binding's namespace.
         name: String,
+        /// The Secret keys the binding maps that another manager owns.
         keys: Vec<String>,
+        /// The field managers that own them (`kubectl-create`, `helm`, …).
         managers: Vec<String>,
     },
     /// Any other failure of the API (retried with backoff).

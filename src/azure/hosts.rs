@@ -24,10 +24,16 @@ pub const KEY_VAULT_SUFFIXES: &[(&str, &str)] = &[
 pub enum HostError {
     /// Not a URL at all.
     #[error("vaultUrl {url:?} is not a URL: write it like https://contoso.vault.azure.net")]
-    NotAUrl { url: String },
+    NotAUrl {
+        /// The `vaultUrl` as written in the spec.
+        url: String,
+    },
     /// Not https.
     #[error("vaultUrl {url:?} must use https: kvsync sends bearer tokens only over TLS")]
-    NotHttps { url: String },
+    NotHttps {
+        /// The `vaultUrl` as written in the spec.
+        url: String,
+    },
     /// The host is not a Key Vault host.
     #[error(
         "vaultUrl host {host:?} is not a Key Vault host (*.vault.azure.net, *.vault.azure.cn, \
@@ -35,7 +41,10 @@ pub enum HostError {
          sends tokens nowhere else. For another cloud or a local vault, start the operator with \
          --allowed-vault-hosts {host}"
     )]
-    NotAVaultHost { host: String },
+    NotAVaultHost {
+        /// The refused `host[:port]`, in the form `--allowed-vault-hosts` takes.
+        host: String,
+    },
 }
 
 /// A vault URL that passed the guard.

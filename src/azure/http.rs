@@ -17,7 +17,12 @@ pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 pub enum TlsError {
     /// The `--ca-file` could not be read or holds no certificate.
     #[error("cannot use CA file {path}: {detail}")]
-    CaFile { path: String, detail: String },
+    CaFile {
+        /// The `--ca-file` path given to the operator.
+        path: String,
+        /// Why it cannot be used: unreadable, not PEM, or no certificate in it.
+        detail: String,
+    },
     /// rustls or reqwest refused the configuration.
     #[error("cannot build the HTTPS client: {0}")]
     Build(String),

@@ -83,22 +83,35 @@ pub enum KeyVaultError {
     /// 403: a permission, the firewall or private-link rules.
     #[error("{}", forbidden_message(.vault, .who, *.operation, *.kind, .detail))]
     Forbidden {
+        /// The vault's short name (its host's first label).
         vault: String,
+        /// The identity the vault refused.
         who: String,
+        /// What was refused, which names the permission to grant.
         operation: Operation,
+        /// Which rule refused it, which decides what to fix.
         kind: ForbiddenKind,
+        /// The first line of the vault's message.
         detail: String,
     },
     /// 403 `SecretDisabled`.
     #[error(
         "secret {name} is disabled in vault {vault}: enable it in the vault, or set onDisabled (KeepLast keeps the last value)"
     )]
-    SecretDisabled { vault: String, name: String },
+    SecretDisabled {
+        /// The vault's short name (its host's first label).
+        vault: String,
+        /// The disabled secret.
+        name: String,
+    },
     /// 404.
     #[error("secret {name}{} was not found in vault {vault}: check the name, or mark the pick optional: true", .version.as_deref().map(|v| format!(" version {v}")).unwrap_or_default())]
     NotFound {
+        /// The vault's short name (its host's first label).
         vault: String,
+        /// The secret that is not there.
         name: String,
+        /// The version asked for (`None`: the current one).
         version: Option<String>,
     },
     /// 401 after a fresh token.
@@ -106,22 +119,35 @@ pub enum KeyVaultError {
         "vault {vault} did not accept the token of {who} ({detail}): check that the identity belongs to the vault's tenant"
     )]
     Unauthorized {
+        /// The vault's short name (its host's first label).
         vault: String,
+        /// The identity whose token was not accepted.
         who: String,
+        /// The first line of the vault's message.
         detail: String,
     },
     /// 429 beyond the retry budget.
     #[error(
         "vault {vault} is throttling requests (429) after {attempts} attempts; kvsync backs off and retries"
     )]
-    Throttled { vault: String, attempts: u32 },
+    Throttled {
+        /// The vault's short name (its host's first label).
+        vault: String,
+        /// Requests sent, retries included, before kvsync gave up.
+        attempts: u32,
+    },
     /// 5xx beyond the retry budget.
     #[error("vault {vault} failed with HTTP {status} {code} after {attempts} attempts: {detail}")]
     Server {
+        /// The vault's short name (its host's first label).
         vault: String,
+        /// The HTTP status of the last answer.
         status: u16,
+        /// Key Vault's error code in the last answer (may be empty).
         code: String,
+        /// The first line of the vault's message.
         detail: String,
+        /// Requests sent, retries included, before kvsync gave up.
         attempts: u32,
     },
     /// DNS, connect, TLS or timeout.
@@ -129,21 +155,34 @@ pub enum KeyVaultError {
         "cannot reach vault {vault} at {authority}: {detail} — check DNS and egress from the cluster to the vault (a private endpoint needs the privatelink.vaultcore.azure.net DNS zone)"
     )]
     Unreachable {
+        /// The vault's short name (its host's first label).
         vault: String,
+        /// The `host[:port]` kvsync tried to connect to.
         authority: String,
+        /// What failed: DNS, connect, TLS or the timeout.
         detail: String,
     },
     /// 400 and other client errors.
     #[error("vault {vault} rejected the request (HTTP {status} {code}): {detail}")]
     BadRequest {
+        /// The vault's short name (its host's first label).
         vault: String,
+        /// The HTTP status of the answer.
         status: u16,
+        /// Key Vault's error code (may be empty).
         code: String,
+        /// The first line of the vault's message.
         detail: String,
     },
     /// A response that is not what the API promises.
     #[error("vault {vault} sent a response kvsync cannot read: {detail}")]
-    InvalidResponse { vault: String, detail: String },
+    InvalidResponse {
+        /// The vault's short name (its host's first label).
+        vault: String,
+        /// What is wrong with the answer; never quotes its body, which
+        /// may hold a value.
+        detail: String,
+    },
 }
 
 fn forbidden_message(

@@ -559,8 +559,11 @@ pub struct RolloutTarget {
 /// Kinds of workload that can be restarted.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum RolloutKind {
+    /// An `apps/v1` Deployment.
     Deployment,
+    /// An `apps/v1` StatefulSet.
     StatefulSet,
+    /// An `apps/v1` DaemonSet.
     DaemonSet,
 }
 

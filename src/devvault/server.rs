@@ -16,7 +16,7 @@ use super::store::{FaultSpec, VaultState};
 /// Largest request body accepted.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
-pub type Resp = Response<Full<Bytes>>;
+pub(super) type Resp = Response<Full<Bytes>>;
 
 /// State shared by every connection of one dev vault.
 pub struct Shared {

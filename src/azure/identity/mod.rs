@@ -69,12 +69,21 @@ pub enum IdentityError {
     /// A tenant or client id that is neither a GUID nor a DNS name. It would
     /// end up in the token URL or request, so it is refused where it enters.
     #[error("{origin}: {problem}; fix {origin}")]
-    InvalidId { origin: String, problem: String },
+    InvalidId {
+        /// Where the id was written (a spec field, a ServiceAccount
+        /// annotation or an operator environment variable): what to fix.
+        origin: String,
+        /// Why the value is not a tenant or client id, with what would be.
+        problem: String,
+    },
     /// An endpoint variable of the operator that is not a plain https origin.
     #[error("the operator's {var} is {value:?}, which kvsync will not use: {expected}")]
     InvalidEndpoint {
+        /// The operator's environment variable that holds the endpoint.
         var: &'static str,
+        /// What the variable holds (cut short), to show the mistake.
         value: String,
+        /// What the variable should hold instead.
         expected: &'static str,
     },
     /// The last check before a credential leaves the process failed.
@@ -83,8 +92,11 @@ pub enum IdentityError {
          the tenant id and AZURE_AUTHORITY_HOST"
     )]
     CredentialRedirected {
+        /// The identity whose credential was held back.
         who: String,
+        /// The origin the request was about to go to.
         target: String,
+        /// The token endpoint's origin, the only one a credential may go to.
         expected: String,
     },
     /// The operator's own workload identity is not configured.
@@ -93,58 +105,102 @@ pub enum IdentityError {
          operator's pod azure.workload.identity/use=true and annotate its ServiceAccount with \
          azure.workload.identity/client-id, or set spec.identity"
     )]
-    MissingOperatorIdentity { var: &'static str },
+    MissingOperatorIdentity {
+        /// The workload-identity environment variable that is not set.
+        var: &'static str,
+    },
     /// The federated token file could not be read.
     #[error(
         "cannot read the federated token file {path}: {detail} (is the workload-identity \
          webhook injecting it into the operator's pod?)"
     )]
-    TokenFile { path: String, detail: String },
+    TokenFile {
+        /// Where the operator expects the projected ServiceAccount token.
+        path: String,
+        /// Why reading it failed (the I/O error).
+        detail: String,
+    },
     /// The ServiceAccount named by the binding does not exist.
     #[error(
         "ServiceAccount {namespace}/{name} does not exist: create it or fix spec.identity.serviceAccountName"
     )]
-    ServiceAccountNotFound { namespace: String, name: String },
+    ServiceAccountNotFound {
+        /// The binding's namespace, where the ServiceAccount was looked for.
+        namespace: String,
+        /// The ServiceAccount `spec.identity.serviceAccountName` names.
+        name: String,
+    },
     /// The ServiceAccount does not name an Entra application.
     #[error(
         "ServiceAccount {namespace}/{name} has no {CLIENT_ID_ANNOTATION} annotation and \
          spec.identity.clientId is not set: annotate it with the Entra application's client id"
     )]
-    MissingClientId { namespace: String, name: String },
+    MissingClientId {
+        /// The namespace of the ServiceAccount that lacks the annotation.
+        namespace: String,
+        /// The ServiceAccount that lacks the annotation.
+        name: String,
+    },
     /// No tenant is known for the identity.
     #[error(
         "no tenant id for {who}: set spec.identity.tenantId, the ServiceAccount's \
          {TENANT_ID_ANNOTATION} annotation, or AZURE_TENANT_ID on the operator"
     )]
-    MissingTenant { who: String },
+    MissingTenant {
+        /// The identity that has no tenant (a ServiceAccount or a service
+        /// principal's client id).
+        who: String,
+    },
     /// The Kubernetes API refused or failed a read or a TokenRequest.
     #[error("{action}: {detail}")]
-    Kubernetes { action: String, detail: String },
+    Kubernetes {
+        /// What kvsync was doing, naming the object (a read of a
+        /// ServiceAccount or Secret, a TokenRequest).
+        action: String,
+        /// What the API server or the client said.
+        detail: String,
+    },
     /// The client-secret Secret or its key is missing.
     #[error("Secret {namespace}/{name} has no key {key:?}: fix spec.identity.clientSecretRef")]
     ClientSecretMissing {
+        /// The binding's namespace, where the Secret was looked for.
         namespace: String,
+        /// The Secret `spec.identity.clientSecretRef` names.
         name: String,
+        /// The key in that Secret that should hold the client secret.
         key: String,
     },
     /// Entra ID (or IMDS) answered with an error.
     #[error("Entra ID refused {who} ({code}): {description}{hint}")]
     Refused {
+        /// The identity that was refused.
         who: String,
+        /// Entra's error code (`invalid_client`, …) or the HTTP status.
         code: String,
+        /// The first line of Entra's description, without its trace ids.
         description: String,
+        /// What to do about it, from the AADSTS code; empty when kvsync
+        /// knows no more than Entra said.
         hint: String,
     },
     /// Entra ID or IMDS could not be reached, or kept failing.
     #[error("cannot get a token for {who} from {endpoint}: {detail}")]
     Unavailable {
+        /// The identity a token was wanted for.
         who: String,
+        /// The origin of the token endpoint (Entra ID or IMDS).
         endpoint: String,
+        /// What went wrong on the way, or after how many tries it gave up.
         detail: String,
     },
     /// The token endpoint answered something that is not a token.
     #[error("the token endpoint {endpoint} sent a response kvsync cannot read: {detail}")]
-    InvalidResponse { endpoint: String, detail: String },
+    InvalidResponse {
+        /// The origin of the token endpoint that answered.
+        endpoint: String,
+        /// What is wrong with the answer (not JSON, no lifetime, no token).
+        detail: String,
+    },
 }
 
 impl IdentityError {
@@ -175,8 +231,11 @@ pub enum AssertionSource {
     File(PathBuf),
     /// A TokenRequest for a ServiceAccount in the binding's namespace.
     ServiceAccount {
+        /// The client that sends the TokenRequest.
         client: kube::Client,
+        /// The binding's namespace, the ServiceAccount's.
         namespace: String,
+        /// The ServiceAccount whose token is exchanged.
         name: String,
     },
 }
@@ -197,18 +256,28 @@ impl std::fmt::Debug for AssertionSource {
 pub enum Credential {
     /// Workload identity: a federated assertion exchanged for a token.
     ClientAssertion {
+        /// The Entra tenant to sign in to.
         tenant_id: String,
+        /// The Entra application that trusts the federated assertion.
         client_id: String,
+        /// Where the federated assertion comes from.
         assertion: AssertionSource,
     },
     /// A service principal's client secret.
     ClientSecret {
+        /// The Entra tenant to sign in to.
         tenant_id: String,
+        /// The service principal's application (client) id.
         client_id: String,
+        /// The client secret, read from the binding's Secret.
         secret: SecretValue,
     },
     /// A managed identity through IMDS (`None`: system-assigned).
-    ManagedIdentity { client_id: Option<String> },
+    ManagedIdentity {
+        /// The user-assigned identity's client id; `None` for the
+        /// system-assigned one.
+        client_id: Option<String>,
+    },
 }
 
 impl Credential {

@@ -185,9 +185,14 @@ pub enum Resolved {
     Ready(Credential),
     /// A service principal whose client secret is still in its Secret.
     ClientSecret {
+        /// The Entra tenant to sign in to, already checked.
         tenant_id: String,
+        /// The service principal's client id, already checked.
         client_id: String,
+        /// The binding's namespace, the only one the Secret is read from.
         namespace: String,
+        /// The Secret and key (`spec.identity.clientSecretRef`) that hold
+        /// the client secret.
         secret: crate::crd::SecretKeyRef,
     },
 }
