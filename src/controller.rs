@@ -216,6 +216,71 @@ pub struct SharedWatches {
     pub policy_changes: UnboundedReceiver<()>,
 }
 
+/// What the namespaced controller's [`Context`] is made of.
+struct ContextParts {
+    client: kube::Client,
+    access: Arc<AzureAccess>,
+    pollers: Pollers,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    namespace: Option<String>,
+    leader: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// The context every reconcile of one controller shares: the caches its
+/// watches fill, the policies and the cluster bindings it decides by.
+fn binding_context(
+    parts: ContextParts,
+    secret_versions: crate::versions::SecretVersions,
+    account_reader: Store<PartialObjectMeta<ServiceAccount>>,
+    policy_reader: Store<VaultAccessPolicy>,
+    namespace_reader: Store<PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>,
+    cluster_reader: Store<ClusterVaultSecretBinding>,
+) -> Arc<Context> {
+    let ContextParts {
+        client,
+        access,
+        pollers,
+        settings,
+        metrics,
+        namespace,
+        leader,
+    } = parts;
+    let settings_policy = settings.access_policy;
+    let mut ctx = Context::new(
+        client.clone(),
+        access,
+        pollers,
+        Events::new(
+            client.clone(),
+            crate::crd::names::REPORTING_CONTROLLER,
+            std::env::var("POD_NAME").ok(),
+        ),
+        settings,
+        metrics,
+    )
+    .with_caches(secret_versions, account_reader)
+    .within(namespace.clone());
+    if let Some(leader) = leader {
+        ctx = ctx.with_leader(leader);
+    }
+    // VaultAccessPolicies and the namespaces' labels they select by.
+    ctx = ctx.with_policies(crate::policy::view::PolicyView::new(
+        settings_policy,
+        policy_reader,
+        namespace_reader.clone(),
+        client.clone(),
+    ));
+    // ClusterVaultSecretBindings: the bindings kept for them sync their
+    // spec and identity.
+    ctx = ctx.with_clusters(crate::cluster::view::ClusterView::new(
+        cluster_reader,
+        namespace_reader,
+        client.clone(),
+    ));
+    Arc::new(ctx)
+}
+
 /// The controller of `replica`'s namespace (`None`: all), until `shutdown`
 /// completes. Its own watches (Secrets, ServiceAccounts) and that of its
 /// bindings are registered with `health` when this is called, not when the
@@ -274,39 +339,22 @@ pub(crate) fn namespaced(
         let secret_versions = crate::versions::SecretVersions::new();
         let (account_reader, account_writer) = reflector::store();
         let concurrency = settings.concurrency;
-        let settings_policy = settings.access_policy;
-        let mut ctx = Context::new(
-            client.clone(),
-            access,
-            pollers,
-            Events::new(
-                client.clone(),
-                crate::crd::names::REPORTING_CONTROLLER,
-                std::env::var("POD_NAME").ok(),
-            ),
-            settings,
-            metrics,
-        )
-        .with_caches(secret_versions.clone(), account_reader)
-        .within(namespace.clone());
-        if let Some(leader) = replica.leader.clone() {
-            ctx = ctx.with_leader(leader);
-        }
-        // VaultAccessPolicies and the namespaces' labels they select by.
-        ctx = ctx.with_policies(crate::policy::view::PolicyView::new(
-            settings_policy,
+        let ctx = binding_context(
+            ContextParts {
+                client: client.clone(),
+                access,
+                pollers,
+                settings,
+                metrics,
+                namespace: namespace.clone(),
+                leader: replica.leader.clone(),
+            },
+            secret_versions.clone(),
+            account_reader,
             policy_reader,
-            namespace_reader.clone(),
-            client.clone(),
-        ));
-        // ClusterVaultSecretBindings: the bindings kept for them sync their
-        // spec and identity.
-        ctx = ctx.with_clusters(crate::cluster::view::ClusterView::new(
-            cluster_reader,
             namespace_reader,
-            client.clone(),
-        ));
-        let ctx = Arc::new(ctx);
+            cluster_reader,
+        );
         let shard = replica.shard;
 
         let (reader, writer) = reflector::store();

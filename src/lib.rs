@@ -72,6 +72,7 @@ pub mod crd;
 pub mod devvault;
 pub mod duration;
 pub mod events;
+pub mod fetched;
 pub mod hashkey;
 pub mod leader;
 pub mod metrics;

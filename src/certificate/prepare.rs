@@ -36,8 +36,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::{CertError, Converted};
+use crate::fetched::Fetched;
 use crate::plan::{Plan, PlannedKey};
-use crate::render::Fetched;
 use crate::value::SecretValue;
 
 /// How many conversions run at once, process-wide. One: the operator's

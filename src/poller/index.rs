@@ -20,9 +20,9 @@ pub use super::listing::{CyclePlan, choose_plan};
 use super::listing::{ambiguous, cmp_name, find, select_diff, trim};
 use crate::azure::keyvault::SecretItem;
 use crate::crd::{VaultSecretBinding, VaultSecretBindingSpec};
+use crate::fetched::Fetched;
 use crate::plan::{Plan, PlannedKey};
 use crate::reason::Reason;
-use crate::render::Fetched;
 use crate::value::SecretValue;
 
 /// Who a poller wakes.

@@ -66,8 +66,9 @@ pub use index::{BindingRef, CyclePlan, choose_plan};
 
 use crate::azure::keyvault::{KeyVaultClient, SecretBundle};
 use crate::crd::VaultSecretBindingSpec;
+use crate::fetched::Fetched;
 use crate::plan::{Plan, needs_listing, plan};
-use crate::render::{Fetched, MAX_SECRET_BYTES};
+use crate::render::MAX_SECRET_BYTES;
 use fair::Shares;
 use index::{FetchKey, Got, Index, ListingNeed, ReadId, Unanswered};
 
