@@ -216,6 +216,109 @@ pub struct SharedWatches {
     pub policy_changes: UnboundedReceiver<()>,
 }
 
+/// The bindings of this controller's shard as the controller sees them:
+/// trimmed to what it decides by, their statuses handed to the context,
+/// deletions forgotten, listings reported to the sweep and the monitor.
+fn binding_stream(
+    bindings: BoxStream<'static, Result<watcher::Event<VaultSecretBinding>, watcher::Error>>,
+    shard: Shard,
+    ctx: Arc<Context>,
+    mut bindings_watch: WatchMonitor,
+    listed_tx: UnboundedSender<()>,
+    writer: reflector::store::Writer<VaultSecretBinding>,
+) -> impl futures::Stream<Item = Result<VaultSecretBinding, watcher::Error>> + Send + 'static {
+    // A binding deleted without a finalizer is never reconciled again: drop
+    // what is held for it when the watch reports the deletion.
+    let on_delete = ctx.clone();
+    let statuses = ctx.clone();
+    let listing = ctx.clone();
+    // Other shards' bindings never enter the store (nor memory).
+    bindings
+        .try_filter(move |event| std::future::ready(in_shard(shard, event)))
+        .modify(move |b| {
+            // A binding kept for a cluster binding is proven so by its
+            // owner reference: keep that (and only for those).
+            let owners = b
+                .annotations()
+                .contains_key(PARENT_ANNOTATION)
+                .then(|| b.metadata.owner_references.take())
+                .flatten();
+            keep_only(b.meta_mut(), &[FORCE_SYNC_ANNOTATION, PARENT_ANNOTATION]);
+            b.metadata.owner_references = owners;
+            // The status moves to the context: one copy per binding.
+            statuses.observe_status(b);
+        })
+        .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Init) = event {
+                listing.set_bindings_listing(true);
+            }
+            if let Ok(watcher::Event::InitDone) = event {
+                listing.set_bindings_listing(false);
+            }
+            if bindings_watch.observe(event) {
+                let _ = listed_tx.unbounded_send(());
+            }
+            if let Ok(watcher::Event::Delete(b)) = event {
+                on_delete.forget(b);
+            }
+        })
+        .applied_objects()
+        .predicate_filter(binding_predicate, Default::default())
+}
+
+/// The Secrets kvsync manages, metadata only, by label: their
+/// resourceVersions decide "in sync" without a read, and a change wakes
+/// the binding that wrote it (drift repair).
+fn managed_secrets(
+    secrets: Api<PartialObjectMeta<Secret>>,
+    mut monitor: WatchMonitor,
+    versions: crate::versions::SecretVersions,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static
+{
+    let managed = watcher::Config::default().labels(&format!(
+        "{MANAGED_BY_LABEL}={}",
+        crate::crd::names::MANAGED_BY
+    ));
+    after_first_listing(
+        watcher(secrets, managed)
+            .default_backoff()
+            .modify(|s| keep_only(&mut s.metadata, &[BINDING_ANNOTATION]))
+            .inspect(move |event| {
+                monitor.observe(event);
+                versions.observe(event);
+            }),
+    )
+}
+
+/// ServiceAccounts' annotations, kept in memory instead of a GET per check
+/// of an identity. Never ends by itself.
+fn service_accounts(
+    accounts: Api<PartialObjectMeta<ServiceAccount>>,
+    mut monitor: WatchMonitor,
+    writer: reflector::store::Writer<PartialObjectMeta<ServiceAccount>>,
+) -> impl Future<Output = ()> + Send + 'static {
+    watcher(accounts, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|a| trim_meta(&mut a.metadata))
+        .reflect(writer)
+        .for_each(move |event| {
+            monitor.observe(&event);
+            std::future::ready(())
+        })
+}
+
+/// Ends at `shutdown` only when the bindings were never listed (the CRD
+/// missing, RBAC refusing): the controller's graceful shutdown waits for
+/// reconciles it holds until a first listing, which would never come.
+async fn never_listed(shutdown: impl Future<Output = ()>, reader: Store<VaultSecretBinding>) {
+    shutdown.await;
+    if reader.wait_until_ready().now_or_never().is_some() {
+        std::future::pending::<()>().await;
+    }
+    tracing::info!("shutting down before the bindings were ever listed");
+}
+
 /// What the namespaced controller's [`Context`] is made of.
 struct ContextParts {
     client: kube::Client,
@@ -303,11 +406,9 @@ pub(crate) fn namespaced(
         Some(ns) => format!("in namespace {ns}"),
         None => "in all namespaces".to_string(),
     };
-    let mut bindings_watch =
-        WatchMonitor::new(WatchedKind::Bindings, &scope, health, metrics.clone());
-    let mut secrets_watch =
-        WatchMonitor::new(WatchedKind::Secrets, &scope, health, metrics.clone());
-    let mut accounts_watch = WatchMonitor::new(
+    let bindings_watch = WatchMonitor::new(WatchedKind::Bindings, &scope, health, metrics.clone());
+    let secrets_watch = WatchMonitor::new(WatchedKind::Secrets, &scope, health, metrics.clone());
+    let accounts_watch = WatchMonitor::new(
         WatchedKind::ServiceAccounts,
         &scope,
         health,
@@ -355,71 +456,20 @@ pub(crate) fn namespaced(
             namespace_reader,
             cluster_reader,
         );
-        let shard = replica.shard;
 
         let (reader, writer) = reflector::store();
         let (listed_tx, listed_rx) = futures::channel::mpsc::unbounded::<()>();
-        // A binding deleted without a finalizer is never reconciled again: drop
-        // what is held for it when the watch reports the deletion.
-        let on_delete = ctx.clone();
-        let statuses = ctx.clone();
-        let listing = ctx.clone();
-        // Other shards' bindings never enter the store (nor memory).
-        let binding_stream = bindings
-            .try_filter(move |event| std::future::ready(in_shard(shard, event)))
-            .modify(move |b| {
-                // A binding kept for a cluster binding is proven so by its
-                // owner reference: keep that (and only for those).
-                let owners = b
-                    .annotations()
-                    .contains_key(PARENT_ANNOTATION)
-                    .then(|| b.metadata.owner_references.take())
-                    .flatten();
-                keep_only(b.meta_mut(), &[FORCE_SYNC_ANNOTATION, PARENT_ANNOTATION]);
-                b.metadata.owner_references = owners;
-                // The status moves to the context: one copy per binding.
-                statuses.observe_status(b);
-            })
-            .reflect(writer)
-            .inspect(move |event| {
-                if let Ok(watcher::Event::Init) = event {
-                    listing.set_bindings_listing(true);
-                }
-                if let Ok(watcher::Event::InitDone) = event {
-                    listing.set_bindings_listing(false);
-                }
-                if bindings_watch.observe(event) {
-                    let _ = listed_tx.unbounded_send(());
-                }
-                if let Ok(watcher::Event::Delete(b)) = event {
-                    on_delete.forget(b);
-                }
-            })
-            .applied_objects()
-            .predicate_filter(binding_predicate, Default::default());
-
-        let managed = watcher::Config::default().labels(&format!(
-            "{MANAGED_BY_LABEL}={}",
-            crate::crd::names::MANAGED_BY
-        ));
-        let secret_stream = after_first_listing(
-            watcher(secrets, managed)
-                .default_backoff()
-                .modify(|s| keep_only(&mut s.metadata, &[BINDING_ANNOTATION]))
-                .inspect(move |event| {
-                    secrets_watch.observe(event);
-                    secret_versions.observe(event);
-                }),
+        let binding_stream = binding_stream(
+            bindings,
+            replica.shard,
+            ctx.clone(),
+            bindings_watch,
+            listed_tx,
+            writer,
         );
-        // Identities' annotations, read from memory instead of a GET per check.
-        let account_stream = watcher(accounts, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .modify(|a| trim_meta(&mut a.metadata))
-            .reflect(account_writer)
-            .for_each(move |event| {
-                accounts_watch.observe(&event);
-                std::future::ready(())
-            });
+
+        let secret_stream = managed_secrets(secrets, secrets_watch, secret_versions);
+        let account_stream = service_accounts(accounts, accounts_watch, account_writer);
 
         // A policy created, changed or deleted re-decides every binding at
         // once (`policy_rx`); a namespace's labels, the bindings in it.
@@ -476,16 +526,7 @@ pub(crate) fn namespaced(
         // listed once, and its graceful shutdown waits for them: without a
         // listing (the CRD missing, RBAC refusing) it would wait for good.
         // With nothing ever reconciled, there is nothing to wait for.
-        let never_listed = {
-            let reader = reader.clone();
-            async move {
-                shutdown.await;
-                if reader.wait_until_ready().now_or_never().is_some() {
-                    std::future::pending::<()>().await;
-                }
-                tracing::info!("shutting down before the bindings were ever listed");
-            }
-        };
+        let never_listed = never_listed(shutdown, reader.clone());
         // The sweep and the ServiceAccount watch never end by themselves;
         // the controller ends on shutdown.
         tokio::select! {
