@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::jwt::{self, Claims, TokenProblem};
 use super::server::{Req, Resp, Route, Shared, kv_error, now, respond};
-use super::store::{AttributesPatch, StoredVersion};
+use super::store::{AttributesPatch, StoredVersion, VaultState};
 use crate::value::SecretValue;
 
 /// Key Vault's default and maximum page size.
@@ -314,86 +314,8 @@ pub(super) fn vault(shared: &Shared, req: &Req, route: Route) -> Resp {
                     let display = state.display_name(&name);
                     respond(200, bundle(&base, &display, v, true))
                 }
-                Method::PUT => {
-                    if !version.is_empty() {
-                        return kv_error(
-                            405,
-                            "MethodNotAllowed",
-                            "A new version is set on /secrets/{name}, not on a version.",
-                            None,
-                        );
-                    }
-                    let body: SetBody = match serde_json::from_slice(&req.body) {
-                        Ok(b) => b,
-                        Err(_) => {
-                            return kv_error(
-                                400,
-                                "BadParameter",
-                                "The request body is not valid JSON for a secret.",
-                                None,
-                            );
-                        }
-                    };
-                    let Some(value) = body.value else {
-                        return kv_error(
-                            400,
-                            "BadParameter",
-                            "Property 'value' is required.",
-                            None,
-                        );
-                    };
-                    if value.len() > 25 * 1024 {
-                        return kv_error(
-                            400,
-                            "BadParameter",
-                            "The secret value is larger than 25 KB.",
-                            None,
-                        );
-                    }
-                    let v = state.set(
-                        &name,
-                        value,
-                        body.tags.unwrap_or_default(),
-                        body.content_type,
-                        body.attributes.unwrap_or_default(),
-                        now,
-                    );
-                    let display = state.display_name(&name);
-                    respond(200, bundle(&base, &display, &v, true))
-                }
-                Method::PATCH => {
-                    let body: SetBody = match serde_json::from_slice(&req.body) {
-                        Ok(b) => b,
-                        Err(_) => {
-                            return kv_error(
-                                400,
-                                "BadParameter",
-                                "The request body is not valid JSON for secret attributes.",
-                                None,
-                            );
-                        }
-                    };
-                    if body.value.is_some() {
-                        return kv_error(
-                            400,
-                            "BadParameter",
-                            "The value of a secret cannot be changed: set a new version with PUT.",
-                            None,
-                        );
-                    }
-                    let Some(v) = state.update(
-                        &name,
-                        &version,
-                        body.attributes.unwrap_or_default(),
-                        body.tags,
-                        body.content_type,
-                        now,
-                    ) else {
-                        return not_found(&name, &version);
-                    };
-                    let display = state.display_name(&name);
-                    respond(200, bundle(&base, &display, &v, false))
-                }
+                Method::PUT => set_secret(&mut state, req, &base, &name, &version, now),
+                Method::PATCH => update_secret(&mut state, req, &base, &name, &version, now),
                 Method::DELETE => {
                     if !version.is_empty() {
                         return kv_error(
@@ -423,6 +345,100 @@ pub(super) fn vault(shared: &Shared, req: &Req, route: Route) -> Resp {
             None,
         ),
     }
+}
+
+/// `PUT /secrets/{name}`: a new version (values up to 25 KB, as Azure).
+fn set_secret(
+    state: &mut VaultState,
+    req: &Req,
+    base: &str,
+    name: &str,
+    version: &str,
+    now: i64,
+) -> Resp {
+    if !version.is_empty() {
+        return kv_error(
+            405,
+            "MethodNotAllowed",
+            "A new version is set on /secrets/{name}, not on a version.",
+            None,
+        );
+    }
+    let body: SetBody = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(_) => {
+            return kv_error(
+                400,
+                "BadParameter",
+                "The request body is not valid JSON for a secret.",
+                None,
+            );
+        }
+    };
+    let Some(value) = body.value else {
+        return kv_error(400, "BadParameter", "Property 'value' is required.", None);
+    };
+    if value.len() > 25 * 1024 {
+        return kv_error(
+            400,
+            "BadParameter",
+            "The secret value is larger than 25 KB.",
+            None,
+        );
+    }
+    let v = state.set(
+        name,
+        value,
+        body.tags.unwrap_or_default(),
+        body.content_type,
+        body.attributes.unwrap_or_default(),
+        now,
+    );
+    let display = state.display_name(name);
+    respond(200, bundle(base, &display, &v, true))
+}
+
+/// `PATCH /secrets/{name}/{version}`: attributes, tags, content type —
+/// never the value.
+fn update_secret(
+    state: &mut VaultState,
+    req: &Req,
+    base: &str,
+    name: &str,
+    version: &str,
+    now: i64,
+) -> Resp {
+    let body: SetBody = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(_) => {
+            return kv_error(
+                400,
+                "BadParameter",
+                "The request body is not valid JSON for secret attributes.",
+                None,
+            );
+        }
+    };
+    if body.value.is_some() {
+        return kv_error(
+            400,
+            "BadParameter",
+            "The value of a secret cannot be changed: set a new version with PUT.",
+            None,
+        );
+    }
+    let Some(v) = state.update(
+        name,
+        version,
+        body.attributes.unwrap_or_default(),
+        body.tags,
+        body.content_type,
+        now,
+    ) else {
+        return not_found(name, version);
+    };
+    let display = state.display_name(name);
+    respond(200, bundle(base, &display, &v, false))
 }
 
 #[cfg(test)]
