@@ -163,6 +163,23 @@ fn template_keys(planned: &PlannedKey) -> impl Iterator<Item = &str> {
     std::iter::once(planned.key.as_str()).chain(beside)
 }
 
+/// Keeps `planned`'s key at the value the Secret holds (`v`), reported
+/// with the version the last status recorded for it.
+fn keep(
+    input: &RenderInput<'_>,
+    planned: &crate::plan::PlannedKey,
+    v: SecretValue,
+    data: &mut BTreeMap<String, SecretValue>,
+    synced: &mut Vec<SyncedSecret>,
+    kept: &mut Vec<String>,
+) {
+    data.insert(planned.key.clone(), v);
+    kept.push(planned.key.clone());
+    if let Some(prev) = input.previous.iter().find(|s| s.key == planned.key) {
+        synced.push(prev.clone());
+    }
+}
+
 /// Renders the Secret's data.
 pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
     let mut data = BTreeMap::new();
@@ -222,13 +239,14 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
                 // Not "does not exist": the vault (or Entra ID) refused or
                 // failed. Never drop what is there because of that.
                 match last_value(input, &planned.key) {
-                    Some(v) => {
-                        data.insert(planned.key.clone(), v);
-                        kept_unreadable.push(planned.key.clone());
-                        if let Some(prev) = input.previous.iter().find(|s| s.key == planned.key) {
-                            synced.push(prev.clone());
-                        }
-                    }
+                    Some(v) => keep(
+                        input,
+                        planned,
+                        v,
+                        &mut data,
+                        &mut synced,
+                        &mut kept_unreadable,
+                    ),
                     None => skipped.push((
                         planned.key.clone(),
                         format!(
@@ -257,13 +275,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
                     ));
                 }
                 OnDisabled::KeepLast => match last_value(input, &planned.key) {
-                    Some(v) => {
-                        data.insert(planned.key.clone(), v);
-                        kept.push(planned.key.clone());
-                        if let Some(prev) = input.previous.iter().find(|s| s.key == planned.key) {
-                            synced.push(prev.clone());
-                        }
-                    }
+                    Some(v) => keep(input, planned, v, &mut data, &mut synced, &mut kept),
                     None if planned.optional => {
                         skipped.push((
                             planned.key.clone(),
