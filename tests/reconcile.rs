@@ -1040,6 +1040,74 @@ async fn merge_to_owner_releases_nothing_before_the_new_secret_is_written() {
 }
 
 #[tokio::test]
+async fn merge_to_owner_on_a_new_name_writes_first_then_releases_the_shared_keys() {
+    let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
+    let mut s = scenario(&f);
+    // A synced Merge binding into `old-name`, now Owner of its own `agent`.
+    let mut b = renamed(&f).await;
+    b.metadata.finalizers = Some(vec![kvsync::reconcile::FINALIZER.to_string()]);
+    let run = tokio::spawn(reconcile(Arc::new(b), s.ctx.clone()));
+    // The new Secret first.
+    expect(&mut s.handle, "GET", SECRET_PATH, 404, not_found()).await;
+    expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    // Then the old shared Secret gives back the binding's keys.
+    let old_path = "/api/v1/namespaces/ci/secrets/old-name";
+    let mut shared = foreign_secret(json!({"DB_PASSWORD": b64("v"), "theirs": b64("x")}));
+    shared["metadata"]["name"] = json!("old-name");
+    expect(&mut s.handle, "GET", old_path, 200, shared.clone()).await;
+    expect(&mut s.handle, "GET", old_path, 200, shared.clone()).await;
+    let (query, _) = expect(&mut s.handle, "PATCH", old_path, 200, shared.clone()).await;
+    assert!(query.contains("fieldManager=kvsync-merge-uid-1"), "{query}");
+    // The finalizer goes last (its keys in the current target: none).
+    expect(
+        &mut s.handle,
+        "GET",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    expect(
+        &mut s.handle,
+        "PATCH",
+        SECRET_PATH,
+        200,
+        managed_secret(&b64("v")),
+    )
+    .await;
+    // A stale resourceVersion: read again, then removed.
+    expect(
+        &mut s.handle,
+        "PATCH",
+        BINDING_PATH,
+        409,
+        status_error(409, "Conflict", "the object has been modified"),
+    )
+    .await;
+    let mut fresh = reply();
+    fresh["metadata"]["finalizers"] = json!([kvsync::reconcile::FINALIZER, "someone-else/keep"]);
+    fresh["metadata"]["resourceVersion"] = json!("11");
+    expect(&mut s.handle, "GET", BINDING_PATH, 200, fresh).await;
+    let (_, removed) = expect(&mut s.handle, "PATCH", BINDING_PATH, 200, reply()).await;
+    assert_eq!(
+        removed["metadata"]["finalizers"],
+        json!(["someone-else/keep"]),
+        "only ours goes, others' as they are now: {removed}"
+    );
+    assert_eq!(removed["metadata"]["resourceVersion"], "11");
+    expect(&mut s.handle, "POST", EVENTS_PATH, 201, json!({})).await;
+    expect(&mut s.handle, "PATCH", STATUS_PATH, 200, reply()).await;
+    finish(run, s).await;
+}
+
+#[tokio::test]
 async fn owner_to_merge_refused_leaves_the_secret_as_it_was() {
     let f = start("secrets:\n  - {name: db-password, value: v}\n").await;
     let mut s = scenario(&f);

@@ -50,18 +50,38 @@ pub async fn release(client: &kube::Client, b: &VaultSecretBinding) -> Result<()
     let target = b.spec.target_name(&b.name_any()).to_string();
     super::release_fields(&secrets, &target, &super::merge_field_manager(b)).await?;
     let bindings: Api<VaultSecretBinding> = Api::namespaced(client.clone(), &ns);
-    let finalizers: Vec<&String> = b.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": b.resource_version()}});
-    match bindings
-        .patch(
-            &b.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e),
+    let mut current = b.clone();
+    for _ in 0..3 {
+        let finalizers: Vec<&String> = current
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .collect();
+        let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": current.resource_version()}});
+        match bindings
+            .patch(
+                &b.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            // The binding changed since it was read (its own status write
+            // in this very sync, say): read it again, keep others'
+            // finalizers as they are now.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                match bindings.get_opt(&b.name_any()).await? {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
+    // Changed under us three times: the finalizer stays, and the next
+    // reconcile (the binding changed, so there is one) removes it.
+    tracing::warn!(binding = %b.name_any(), "could not remove the Merge finalizer: the binding kept changing");
+    Ok(())
 }

@@ -508,6 +508,9 @@ async fn write(
         apply::retire_target(&secrets, b, old).await?;
     }
     if spec.policy() != TargetPolicy::Merge && apply::finalizer::holds(b) {
+        if !ctx.may_write() {
+            return Err(SyncError::Standby);
+        }
         // Merge -> Owner/Orphan: the shared Secret keeps the binding's keys
         // until the new Secret is written; now they go, and the finalizer.
         apply::finalizer::release(&ctx.client, b).await?;
