@@ -1127,7 +1127,8 @@ async fn owner_to_merge_refused_keeps_the_secret_and_its_keys() {
         SYNC_DEADLINE,
     )
     .await;
-    // Someone else writes a key of the Secret as another field manager;
+    // Someone else writes another key of the Secret, as their own field
+    // manager (kvsync's drift repair leaves keys it does not write alone);
     // the switch to Merge would have to take it, which Merge never does.
     let theirs = {
         use base64::Engine;
@@ -1136,29 +1137,38 @@ async fn owner_to_merge_refused_keeps_the_secret_and_its_keys() {
     env.secrets()
         .patch(
             "app",
-            &PatchParams::apply("someone-else").force(),
+            &PatchParams::apply("someone-else"),
             &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret",
                                  "metadata": {"name": "app"},
-                                 "data": {"db-password": theirs}})),
+                                 "data": {"api-key": theirs}})),
         )
         .await
         .unwrap();
-    env.vault.put_secret("db-password", "second-password").await;
     env.apply_binding(
         "app",
-        json!({"secrets": [{"name": "db-password"}], "target": {"policy": "Merge"}}),
+        json!({"secrets": [{"name": "db-password"}, {"name": "api-key"}],
+               "target": {"policy": "Merge"}}),
     )
     .await;
-    env.ready_reason("app", "False", "MergeConflict", SYNC_DEADLINE)
+    let message = env
+        .ready_reason("app", "False", "MergeConflict", SYNC_DEADLINE)
         .await;
+    assert!(message.contains("someone-else"), "{message}");
     let secret = env.secrets().get("app").await.unwrap();
     assert!(
         !secret.owner_references().is_empty(),
         "kvsync's owner fields are not released before Merge holds its keys"
     );
-    assert!(
-        data_of(&secret).contains_key("db-password"),
-        "the key is still there"
+    let data = data_of(&secret);
+    assert_eq!(
+        data.get("db-password").map(String::as_str),
+        Some("first-password"),
+        "kvsync's key is still there: {data:?}"
+    );
+    assert_eq!(
+        data.get("api-key").map(String::as_str),
+        Some("typed-by-someone"),
+        "theirs is untouched: {data:?}"
     );
 }
 
