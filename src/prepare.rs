@@ -99,8 +99,10 @@ pub struct Prepared<'a> {
     pub spec: Cow<'a, VaultSecretBindingSpec>,
     /// How to sign in.
     pub credential: Credential,
-    /// The tenant the policies judged (for [`Prepared::judge_read`]).
+    /// The tenant the policies judged, and the operator's own (for
+    /// [`Prepared::judge_read`]).
     tenant: Option<String>,
+    operator_tenant: Option<String>,
 }
 
 /// Why a binding cannot be read. Each is a condition reason and a message
@@ -188,6 +190,7 @@ pub async fn prepare<'s>(inputs: &Inputs<'_, 's>) -> Result<Prepared<'s>, Prepar
         spec,
         credential,
         tenant,
+        operator_tenant: env.tenant_id.clone(),
     })
 }
 
@@ -199,7 +202,6 @@ impl Prepared<'_> {
         judge: Judge<'_>,
         namespace: &str,
         plan: &Plan,
-        operator_tenant: Option<&str>,
     ) -> Result<(), PrepareError> {
         let authority = self.endpoint.authority();
         let request = Request {
@@ -208,7 +210,7 @@ impl Prepared<'_> {
             identity: IdentityUse {
                 spec: self.spec.identity.as_ref(),
                 tenant: self.tenant.as_deref(),
-                operator_tenant,
+                operator_tenant: self.operator_tenant.as_deref(),
             },
         };
         judge.decide(namespace, &request).await.map(|_| ())

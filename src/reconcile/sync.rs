@@ -130,18 +130,11 @@ impl From<kube::Error> for SyncError {
 /// A refused write of the target Secret: the user's to fix when it has a
 /// reason, otherwise the API's failure (retried).
 fn write_error(e: apply::WriteError) -> SyncError {
-    let reason = match (e.reason(), &e) {
-        (Some(reason), _) => reason,
-        (None, apply::WriteError::Kube(_)) => {
-            let apply::WriteError::Kube(k) = e else {
-                unreachable!()
-            };
-            return SyncError::Kube(k);
-        }
-        (None, _) => Reason::SecretRejected,
-    };
+    if let apply::WriteError::Kube(k) = e {
+        return SyncError::Kube(k);
+    }
     SyncError::User(Failure {
-        reason,
+        reason: e.reason().unwrap_or(Reason::SecretRejected),
         message: e.to_string(),
         transient: false,
     })
@@ -481,14 +474,7 @@ async fn write(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let mut secret_version = compared.secret_version.clone();
     if let Some(desired) = &compared.desired {
-        prepared
-            .judge_read(
-                judge,
-                &ns,
-                &read.result.plan,
-                ctx.access.env.tenant_id.as_deref(),
-            )
-            .await?;
+        prepared.judge_read(judge, &ns, &read.result.plan).await?;
         let force_apply = spec.policy() != TargetPolicy::Merge;
         let written = apply::apply(&secrets, desired, &apply::field_manager(b), force_apply)
             .await
